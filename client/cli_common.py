@@ -1,0 +1,117 @@
+"""Flags, service start-up and output shared by the client's command-line entry points."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.api import SpecDecClient
+from client.launcher import start_service
+from specdec.config import DTYPES
+from specdec.generation import GenerationConfig, GenerationRecord
+from specdec.metrics import batch_metrics, format_metrics, generation_metrics
+
+DEFAULT_PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_files(path):\n"]
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", action="append", default=None,
+                   help="prompt text; repeat the flag for several prompts")
+    p.add_argument("--prefill-seq-len", type=int, default=32, help="prefill chunk length (32)")
+    p.add_argument("--ctx-len", type=int, default=128, help="KV positions per session (128)")
+    p.add_argument("--prefill-bsz", type=int, default=1,
+                   help="prompts run at a time when --full-batch-size is not set (1)")
+    p.add_argument("--full-batch-size", type=int, default=None,
+                   help="concurrent sessions, and KV slots of the services the client starts")
+    p.add_argument("--max-new-tokens", type=int, default=0,
+                   help="tokens to generate per prompt; 0 = until EOS or ctx_len (0)")
+    p.add_argument("--ignore-eos-token", action="store_true", help="do not stop at EOS")
+    p.add_argument("--verifier", default=None, metavar="ADDR",
+                   help="verifier host:port; default: start one as a subprocess")
+    p.add_argument("--proposer", default=None, metavar="ADDR",
+                   help="proposer host:port; default: start one as a subprocess")
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="dtype of the services the client starts")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="write prompts, generated ids, text and metrics as JSON")
+    p.add_argument("--quiet-services", action="store_true",
+                   help="do not echo the started services' logs")
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    module: str
+    args: list[str]
+
+
+def concurrency(args: argparse.Namespace) -> int:
+    return max(1, args.full_batch_size or args.prefill_bsz)
+
+
+def engine_args(args: argparse.Namespace, model: str, device_group: str, max_k: int) -> list[str]:
+    """Pass the client's engine flags on to a service it starts."""
+    return ["--model", model, "--device-group", device_group, "--dtype", args.dtype,
+            "--prefill-seq-len", str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len),
+            "--full-batch-size", str(concurrency(args)), "--max-k", str(max_k)]
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
+
+
+async def _run_prompts(client: SpecDecClient, prompts: list[list[int]], config: GenerationConfig,
+                       width: int) -> list[GenerationRecord]:
+    gate = asyncio.Semaphore(width)
+
+    async def one(ids: list[int]) -> GenerationRecord:
+        async with gate:
+            return await client.generate(ids, config)
+
+    async with client:
+        return await asyncio.gather(*(one(ids) for ids in prompts))
+
+
+def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, ServiceSpec],
+            addresses: dict[str, str | None], config: GenerationConfig) -> int:
+    """Start whatever services have no address, generate every prompt, print and save."""
+    tok = load_tokenizer(tokenizer_model)
+    texts = args.prompts or DEFAULT_PROMPTS
+    prompts = [tok(t)["input_ids"] for t in texts]
+    with ExitStack() as stack:
+        for key, spec in services.items():
+            if addresses.get(key) is None:
+                print(f"starting {spec.name} ...", file=sys.stderr, flush=True)
+                svc = start_service(spec.name, spec.module, spec.args,
+                                    echo_stderr=not args.quiet_services)
+                stack.callback(svc.stop)
+                addresses[key] = svc.address
+                print(f"{spec.name} ready on {svc.address}", file=sys.stderr, flush=True)
+        client = SpecDecClient(addresses["verifier"], addresses.get("proposer"))
+        records = asyncio.run(_run_prompts(client, prompts, config, concurrency(args)))
+    report(args, tok, texts, prompts, records)
+    return 0
+
+
+def report(args, tok, texts: list[str], prompts: list[list[int]],
+           records: list[GenerationRecord]) -> None:
+    out = []
+    for text, ids, rec in zip(texts, prompts, records):
+        gen = tok.decode(rec.tokens, skip_special_tokens=True)
+        print(f"\n=== prompt: {text!r}\n{text}{gen}\n--- ({len(rec.tokens)} tokens, "
+              f"finish: {rec.finish.name})")
+        out.append({"prompt": text, "prompt_ids": ids, "generated_ids": rec.tokens,
+                    "text": gen, "finish_reason": rec.finish.name,
+                    "metrics": generation_metrics(rec).as_dict()})
+    totals = batch_metrics(records)
+    print("\n" + format_metrics(totals))
+    if args.json:
+        args.json.write_text(json.dumps({"prompts": out, "totals": totals.as_dict()}, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)

@@ -1,0 +1,47 @@
+"""Draft-model speculative decoding over gRPC, with the flags of QEfficient's draft_based.py.
+
+    python -m client.draft_based --target-model-name models/target --draft-model-name models/draft
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from client.cli_common import ServiceSpec, add_common_args, engine_args, run_cli
+from specdec.generation import GenerationConfig
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="client.draft_based", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--draft-model-name", default="models/draft", help="draft checkpoint directory")
+    p.add_argument("--target-model-name", default="models/target",
+                   help="target checkpoint directory (its tokenizer encodes the prompts)")
+    p.add_argument("--num-speculative-tokens", type=int, default=4, help="k, drafts per step (4)")
+    p.add_argument("--target-device-group", default="0", help="devices of the verifier (0)")
+    p.add_argument("--draft-device-group", default="0", help="devices of the proposer (0)")
+    add_common_args(p)
+    args = p.parse_args(argv)
+    if args.num_speculative_tokens < 0:
+        p.error("--num-speculative-tokens must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    k = args.num_speculative_tokens
+    services = {
+        "verifier": ServiceSpec("verifier", "verifier_service",
+                                engine_args(args, args.target_model_name, args.target_device_group, k)),
+    }
+    if k:
+        services["proposer"] = ServiceSpec(
+            "proposer", "proposer_service",
+            ["--method", "draft", *engine_args(args, args.draft_model_name, args.draft_device_group, k)])
+    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token)
+    return run_cli(args, args.target_model_name, services,
+                   {"verifier": args.verifier, "proposer": args.proposer}, config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""Start the services as subprocesses on free loopback ports, and stop them after.
+
+Each service prints "specdec-ready HOST:PORT" on stdout once its model is loaded and it
+listens; the launcher waits for that line, so no port is guessed and nothing races.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from specdec_rpc.server import READY_PREFIX
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    proc: subprocess.Popen
+    address: str = ""
+    stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: the service drains and exits 0
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_service(name: str, module: str, args: list[str], timeout_s: float = 300.0,
+                  echo_stderr: bool = False) -> ServiceProcess:
+    cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    svc = ServiceProcess(name, proc)
+
+    def drain_stderr() -> None:
+        for line in proc.stderr:
+            svc.stderr_tail.append(line.rstrip())
+            if echo_stderr:
+                print(f"[{name}] {line.rstrip()}", file=sys.stderr)
+
+    threading.Thread(target=drain_stderr, daemon=True).start()
+    ready = threading.Event()
+
+    def read_stdout() -> None:
+        for line in proc.stdout:
+            if line.startswith(READY_PREFIX):
+                svc.address = line.split()[1]
+                ready.set()
+
+    threading.Thread(target=read_stdout, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not ready.wait(0.1):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            svc.stop()
+            time.sleep(0.2)  # let the stderr reader catch the last lines
+            why = "exited" if proc.returncode is not None else "timed out"
+            tail = "\n".join(svc.stderr_tail) or "(no output)"
+            raise RuntimeError(f"{name} {why} before it was ready: {' '.join(cmd)}\n{tail}")
+    return svc

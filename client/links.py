@@ -1,0 +1,65 @@
+"""Links to the services over one bidirectional gRPC stream each (one stream = one session)."""
+
+from __future__ import annotations
+
+import grpc
+
+from specdec.proposers.draft_model import Proposal
+from specdec.stopping import StopParams
+from specdec.verifier import StepOutcome
+from specdec_rpc.convert import outcome_from_pb, proposal_from_pb
+from specdec_rpc.v1 import specdec_pb2 as pb
+
+
+class ServiceError(RuntimeError):
+    """A service answered a step with a non-OK status."""
+
+    def __init__(self, service: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{service}: {code.name}: {details}")
+        self.service, self.code, self.details = service, code, details
+
+
+class _StreamLink:
+    service = ""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+        self.call = call
+
+    async def _step(self, request):
+        try:
+            await self.call.write(request)
+            reply = await self.call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise ServiceError(self.service, exc.code(), exc.details() or "") from exc
+        if reply is grpc.aio.EOF:
+            code = await self.call.code()
+            raise ServiceError(self.service, code, await self.call.details() or "stream closed")
+        return reply
+
+    async def close(self) -> None:
+        try:
+            await self.call.done_writing()
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+            pass  # the stream already ended (error, cancel); nothing left to close
+
+
+class GrpcVerifierLink(_StreamLink):
+    service = "verifier"
+
+    async def prefill(self, start: int, tokens: list[int], params: StopParams,
+                      draft_fingerprint: str) -> StepOutcome:
+        req = pb.VerifierRequest(prefill=pb.Prefill(
+            start=start, tokens=tokens, max_new_tokens=params.max_new_tokens,
+            ignore_eos=params.ignore_eos, draft_tokenizer_fingerprint=draft_fingerprint))
+        return outcome_from_pb(await self._step(req))
+
+    async def verify(self, draft: list[int]) -> StepOutcome:
+        req = pb.VerifierRequest(verify=pb.Verify(draft_tokens=draft))
+        return outcome_from_pb(await self._step(req))
+
+
+class GrpcProposerLink(_StreamLink):
+    service = "proposer"
+
+    async def propose(self, start: int, tokens: list[int], k: int) -> Proposal:
+        return proposal_from_pb(await self._step(pb.ProposeRequest(start=start, tokens=tokens, k=k)))

@@ -1,0 +1,1 @@
+"""gRPC service around a proposer (thin: translate and delegate)."""

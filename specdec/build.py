@@ -1,0 +1,30 @@
+"""Building the domain objects a service hosts from typed config."""
+
+from __future__ import annotations
+
+from specdec.config import EngineConfig
+from specdec.engine import Engine
+from specdec.proposers.draft_model import DraftModelProposer
+from specdec.tokenizer_fingerprint import tokenizer_fingerprint
+from specdec.verifier import TargetVerifier
+
+EXECUTORS = ("torch",)
+
+
+def build_engine(config: EngineConfig, executor: str = "torch") -> Engine:
+    if executor == "torch":
+        from specdec.engine.torch_engine import TorchEngine
+
+        return TorchEngine(config)
+    raise ValueError(f"executor {executor!r} is not available (available: {', '.join(EXECUTORS)})")
+
+
+def build_verifier(config: EngineConfig, max_k: int, executor: str = "torch") -> TargetVerifier:
+    engine = build_engine(config, executor)
+    return TargetVerifier(engine, max_k, tokenizer_fingerprint(engine.path, engine.vocab_size),
+                          engine.eos_token_ids)
+
+
+def build_draft_proposer(config: EngineConfig, max_k: int, executor: str = "torch") -> DraftModelProposer:
+    engine = build_engine(config, executor)
+    return DraftModelProposer(engine, max_k, tokenizer_fingerprint(engine.path, engine.vocab_size))

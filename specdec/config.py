@@ -1,0 +1,41 @@
+"""Typed configuration passed down explicitly (no globals).
+
+Defaults follow QEfficient's draft_based.py example: prefill chunks of 32 tokens, a context of
+128 positions, k = 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What an executor needs to host one model."""
+
+    model: str                    # local HF-format directory (or a hub id where a hub is reachable)
+    device: str = "cpu"           # "cpu" or "cuda:N"
+    dtype: str = "float32"        # one of DTYPES
+    prefill_seq_len: int = 32     # prefill chunk length (a QPC's prefill specialization)
+    ctx_len: int = 128            # KV positions per slot
+    full_batch_size: int = 4      # KV slots = concurrent sessions
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.prefill_seq_len < 1 or self.ctx_len < 2 or self.full_batch_size < 1:
+            raise ValueError(
+                "prefill_seq_len >= 1, ctx_len >= 2 and full_batch_size >= 1 are required, got "
+                f"{self.prefill_seq_len}, {self.ctx_len}, {self.full_batch_size}"
+            )
+
+
+def device_for_group(device_group: str, cuda_available: bool) -> str:
+    """Torch device for a QEfficient-style device group ("0" or "0,1"): the first id on CUDA
+    where CUDA exists, else the CPU. (The Cloud AI 100 executor maps the whole group onto cards.)"""
+    ids = [s.strip() for s in device_group.split(",") if s.strip()]
+    if not ids or not all(s.isdigit() for s in ids):
+        raise ValueError(f"a device group is a comma list of device ids, got {device_group!r}")
+    return f"cuda:{ids[0]}" if cuda_available else "cpu"

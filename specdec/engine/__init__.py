@@ -1,0 +1,5 @@
+"""The engine contract and its executors."""
+
+from specdec.engine.contract import Engine
+
+__all__ = ["Engine"]

@@ -1,0 +1,39 @@
+"""The one interface every model (target or draft) runs behind. It mirrors a compiled
+QEfficient QPC, so the torch and the Cloud AI 100 executors are interchangeable:
+
+    run(input_ids[B,S], position_ids[B,S], batch_index[B], num_logits) -> logits[B, num_logits, V]
+
+- The engine owns a KV cache of `slots` rows and `ctx_len` positions per layer. Row b of a call
+  writes its keys/values into slot batch_index[b] at position_ids[b, s].
+- position_ids == -1 marks padding: nothing is written there and its logits are meaningless.
+- A query at position p attends to positions 0..p of its own slot only, so entries above the
+  current position are invisible and get overwritten later: rolling back a rejected draft is
+  free (the next call simply reuses the positions).
+- num_logits keeps the logits of the last num_logits real positions of each row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class Engine(Protocol):
+    vocab_size: int       # logits width V
+    ctx_len: int          # positions per slot
+    slots: int            # KV rows (full_batch_size)
+    prefill_seq_len: int  # longest S a caller sends in one prefill chunk
+    device: str           # where it runs, for Info
+    path: Path            # checkpoint directory (tokenizer files live there too)
+    eos_token_ids: tuple[int, ...]
+
+    def run(
+        self,
+        input_ids: np.ndarray,     # [B, S] int64
+        position_ids: np.ndarray,  # [B, S] int64, -1 = padding
+        batch_index: np.ndarray,   # [B] int64, distinct slots
+        num_logits: int,
+    ) -> np.ndarray:               # [B, num_logits, V] float32
+        ...

@@ -1,0 +1,25 @@
+"""Domain errors. The gRPC layer maps each class to one status code, in one place
+(`specdec_rpc.status`); everything else that escapes is a bug and becomes INTERNAL."""
+
+from __future__ import annotations
+
+
+class SpecDecError(Exception):
+    """Base of the errors a request can cause without anything being broken."""
+
+
+class InvalidRequest(SpecDecError):
+    """Malformed request: bad token ids, k out of range, prompt over ctx_len. INVALID_ARGUMENT."""
+
+
+class PreconditionFailed(SpecDecError):
+    """Request that is valid in itself but not in this state: a step before prefill,
+    mismatched tokenizers, a sync start beyond what is held. FAILED_PRECONDITION."""
+
+
+class OutOfSlots(SpecDecError):
+    """Every KV slot is taken. RESOURCE_EXHAUSTED."""
+
+
+class NotReady(SpecDecError):
+    """The service is loading or draining. UNAVAILABLE."""

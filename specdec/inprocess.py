@@ -1,0 +1,39 @@
+"""Links that call the verifier and proposer objects directly, without gRPC: the in-process
+baseline of the benchmark, and the reference the gRPC path is compared against."""
+
+from __future__ import annotations
+
+import asyncio
+
+from specdec.proposers.draft_model import DraftModelProposer, Proposal
+from specdec.stopping import StopParams
+from specdec.verifier import StepOutcome, TargetVerifier
+
+
+class InProcessVerifierLink:
+    def __init__(self, verifier: TargetVerifier) -> None:
+        self.verifier = verifier
+        self.session = verifier.open_session()
+
+    async def prefill(self, start: int, tokens: list[int], params: StopParams,
+                      draft_fingerprint: str) -> StepOutcome:
+        return await asyncio.to_thread(self.verifier.prefill, self.session, start, tokens, params,
+                                       draft_fingerprint)
+
+    async def verify(self, draft: list[int]) -> StepOutcome:
+        return await asyncio.to_thread(self.verifier.verify, self.session, draft)
+
+    def close(self) -> None:
+        self.verifier.close_session(self.session)
+
+
+class InProcessProposerLink:
+    def __init__(self, proposer: DraftModelProposer) -> None:
+        self.proposer = proposer
+        self.session = proposer.open_session()
+
+    async def propose(self, start: int, tokens: list[int], k: int) -> Proposal:
+        return await asyncio.to_thread(self.proposer.propose, self.session, start, tokens, k)
+
+    def close(self) -> None:
+        self.proposer.close_session(self.session)

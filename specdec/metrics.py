@@ -1,0 +1,127 @@
+"""Generation metrics with the names QEfficient's examples print, computed as pure functions.
+
+Where our formulas differ from QEfficient's (its §6 in shared/reference/qefficient.md):
+- generated tokens are counted once: QEfficient adds 1 per prompt to the decode count and
+  another B to the E2E count;
+- decode time is the union of the prompts' decode intervals, so prompts decoded one after the
+  other and prompts decoded concurrently are both measured correctly;
+- "Avg number of accepted tokens" is pooled over all verify steps of all prompts (tokens per
+  target forward, correction/bonus included; k + 1 at full acceptance), not a mean of
+  per-iteration batch means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from specdec.generation import GenerationRecord
+
+
+@dataclass(frozen=True)
+class GenerationMetrics:
+    ttft_s: float                    # start -> first token (target and draft both prefilled)
+    decode_time_s: float             # first token -> last token
+    e2e_time_s: float
+    generated_tokens: int
+    decode_throughput: float         # (generated - 1) / decode_time, tokens/s
+    e2e_throughput: float            # generated / e2e_time, tokens/s
+    mean_accepted_tokens: float      # tokens per target forward after prefill
+    drafted: int
+    accepted: int
+    acceptance_rate: float           # accepted / drafted
+    acceptance_by_position: list[float]  # P(draft i accepted | draft i verified)
+    proposer_ms: float
+    verifier_ms: float
+    network_ms: float                # client-side call time minus time spent in the services
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def generation_metrics(rec: GenerationRecord) -> GenerationMetrics:
+    n = len(rec.tokens)
+    decode = rec.t_end - rec.t_first
+    e2e = rec.t_end - rec.t_start
+    return GenerationMetrics(
+        ttft_s=rec.t_first - rec.t_start,
+        decode_time_s=decode,
+        e2e_time_s=e2e,
+        generated_tokens=n,
+        decode_throughput=_ratio(n - 1, decode),
+        e2e_throughput=_ratio(n, e2e),
+        mean_accepted_tokens=_ratio(rec.step_tokens, rec.verify_steps),
+        drafted=rec.drafted,
+        accepted=rec.accepted,
+        acceptance_rate=_ratio(rec.accepted, rec.drafted),
+        acceptance_by_position=[_ratio(a, d) for a, d in
+                                zip(rec.accepted_at + [0] * len(rec.drafted_at), rec.drafted_at)],
+        proposer_ms=rec.proposer_ns / 1e6,
+        verifier_ms=rec.verifier_ns / 1e6,
+        network_ms=(rec.proposer_ns + rec.verifier_ns - rec.server_ns) / 1e6,
+    )
+
+
+def union_length(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by a set of [start, end] intervals."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total
+
+
+@dataclass(frozen=True)
+class BatchMetrics:
+    avg_ttft_s: float                # "Avg TLM+DLM TTFT"
+    decode_throughput: float         # "Decode Throughput": Σ(n_i - 1) / union of decode spans
+    e2e_throughput: float            # "E2E Throughput": Σ n_i / (last end - first start)
+    mean_accepted_tokens: float      # "Avg number of accepted tokens"
+    generated_tokens: int
+    drafted: int
+    accepted: int
+    acceptance_rate: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def batch_metrics(records: list[GenerationRecord]) -> BatchMetrics:
+    n = sum(len(r.tokens) for r in records)
+    decode_span = union_length([(r.t_first, r.t_end) for r in records])
+    wall = max(r.t_end for r in records) - min(r.t_start for r in records)
+    drafted = sum(r.drafted for r in records)
+    accepted = sum(r.accepted for r in records)
+    return BatchMetrics(
+        avg_ttft_s=sum(r.t_first - r.t_start for r in records) / len(records),
+        decode_throughput=_ratio(sum(len(r.tokens) - 1 for r in records), decode_span),
+        e2e_throughput=_ratio(n, wall),
+        mean_accepted_tokens=_ratio(sum(r.step_tokens for r in records),
+                                    sum(r.verify_steps for r in records)),
+        generated_tokens=n,
+        drafted=drafted,
+        accepted=accepted,
+        acceptance_rate=_ratio(accepted, drafted),
+    )
+
+
+def format_metrics(m: BatchMetrics) -> str:
+    """The metrics block, with the labels of QEfficient's SpDPerfMetrics."""
+    return "\n".join([
+        f"Avg TLM+DLM TTFT = {m.avg_ttft_s:.4f} s",
+        f"Decode Throughput = {m.decode_throughput:.2f} tokens/s",
+        f"E2E Throughput = {m.e2e_throughput:.2f} tokens/s",
+        f"Avg number of accepted tokens = {m.mean_accepted_tokens:.3f}",
+        f"Total generated tokens = {m.generated_tokens}",
+        f"Drafted / accepted draft tokens = {m.drafted} / {m.accepted} "
+        f"(acceptance rate {m.acceptance_rate:.1%})",
+    ])

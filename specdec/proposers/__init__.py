@@ -1,0 +1,1 @@
+"""Proposers: cheap guessers of the next k tokens."""

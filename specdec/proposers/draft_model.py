@@ -1,0 +1,72 @@
+"""Draft-model proposer: k greedy steps of a small model on its own engine.
+
+Sync follows the protocol (drop positions >= start, append tokens). After proposing d1..dk the
+session holds the synced sequence plus d1..d(k-1), the drafts it fed to itself; dk is never
+fed. When the verifier accepts all k drafts, the client's next sync therefore carries two
+tokens, [dk, bonus] (QEfficient's bonus-token case), and the proposer runs both in one call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from specdec.engine import Engine
+from specdec.errors import InvalidRequest, PreconditionFailed
+from specdec.sequence import SlotSequence
+from specdec.slots import SlotPool
+from specdec.timing import EngineGate, StepTimings
+
+
+@dataclass
+class Proposal:
+    draft: list[int]   # d1..dk (may be shorter than asked near ctx_len)
+    held_len: int      # tokens the session holds now: synced + fed drafts
+    timings: StepTimings = field(default_factory=StepTimings)
+
+
+class DraftModelProposer:
+    method = "draft"
+
+    def __init__(self, engine: Engine, max_k: int, tokenizer_fingerprint: str) -> None:
+        self.engine = engine
+        self.max_k = max_k
+        self.fingerprint = tokenizer_fingerprint
+        self.pool = SlotPool(engine.slots)
+        self.gate = EngineGate()
+
+    def open_session(self) -> SlotSequence:
+        return SlotSequence(self.pool.acquire())
+
+    def close_session(self, seq: SlotSequence) -> None:
+        self.pool.release(seq.slot)
+
+    def propose(self, seq: SlotSequence, start: int, tokens: list[int], k: int) -> Proposal:
+        t0 = time.perf_counter_ns()
+        if not 0 <= k <= self.max_k:
+            raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
+        seq.sync(start, tokens, self.engine.ctx_len, self.engine.vocab_size)
+        # Fed drafts d1..d(k-1) take positions len..len+k-2, which must exist.
+        k = min(k, self.engine.ctx_len - len(seq.tokens) + 1)
+        timings = StepTimings()
+        draft: list[int] = []
+        if k > 0 and not seq.tokens:
+            raise PreconditionFailed("nothing to draft from: sync the prompt first")
+        with self.gate.hold(timings):
+            if k == 0:
+                if seq.cached < len(seq.tokens):  # sync only: prefill the new tokens now
+                    seq.feed(self.engine)
+            else:
+                # The last token's logits are needed even if its KV is already in the slot.
+                seq.cached = min(seq.cached, len(seq.tokens) - 1)
+                logits = seq.feed(self.engine)                         # [V]
+                while True:
+                    draft.append(int(np.argmax(logits)))
+                    if len(draft) == k:
+                        break
+                    seq.tokens.append(draft[-1])
+                    logits = seq.feed(self.engine)
+        timings.total_ns = time.perf_counter_ns() - t0
+        return Proposal(draft, len(seq.tokens), timings)

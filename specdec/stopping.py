@@ -1,0 +1,42 @@
+"""Stop conditions, a pure function: EOS, max_new_tokens, ctx_len."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class FinishReason(enum.IntEnum):
+    # Values equal the wire enum's (specdec.v1.FinishReason).
+    NONE = 0
+    EOS = 1
+    LENGTH = 2
+    CTX_LEN = 3
+
+
+@dataclass(frozen=True)
+class StopParams:
+    max_new_tokens: int = 0     # tokens the session may still emit; 0 = bounded by ctx_len only
+    ignore_eos: bool = False
+
+
+def cut_at_stop(candidates: list[int], emitted: int, seq_len: int, params: StopParams,
+                eos_ids: tuple[int, ...], ctx_len: int) -> tuple[list[int], FinishReason]:
+    """Keep the prefix of `candidates` that may be emitted, and say whether the session ends.
+
+    emitted: tokens this session emitted before; seq_len: sequence length before appending.
+    The sequence never grows past ctx_len; an EOS is kept and ends the session.
+    """
+    limit = ctx_len - seq_len
+    if params.max_new_tokens:
+        limit = min(limit, params.max_new_tokens - emitted)
+    kept = candidates[:max(limit, 0)]
+    if not params.ignore_eos:
+        for i, tok in enumerate(kept):
+            if tok in eos_ids:
+                return kept[:i + 1], FinishReason.EOS
+    if params.max_new_tokens and emitted + len(kept) >= params.max_new_tokens:
+        return kept, FinishReason.LENGTH
+    if seq_len + len(kept) >= ctx_len:
+        return kept, FinishReason.CTX_LEN
+    return kept, FinishReason.NONE

@@ -1,0 +1,121 @@
+"""The verifier: hosts the target engine, keeps each session's committed sequence, and decides
+which drafted tokens to keep (greedy acceptance)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from specdec.acceptance import greedy_accept
+from specdec.engine import Engine
+from specdec.errors import InvalidRequest, PreconditionFailed
+from specdec.sequence import SlotSequence, check_token_ids
+from specdec.slots import SlotPool
+from specdec.stopping import FinishReason, StopParams, cut_at_stop
+from specdec.timing import EngineGate, StepTimings
+
+
+@dataclass
+class StepOutcome:
+    tokens: list[int]       # appended to the sequence: accepted drafts + one target token
+    accepted: int           # drafts kept (before a stop cut)
+    drafted: int            # drafts verified (after fitting to ctx_len / budget)
+    finish: FinishReason
+    sequence_len: int
+    timings: StepTimings = field(default_factory=StepTimings)
+
+
+@dataclass
+class VerifierSession:
+    seq: SlotSequence
+    params: StopParams | None = None  # None until the first prefill
+    emitted: int = 0                  # tokens emitted since the last prefill
+    finish: FinishReason = FinishReason.NONE
+
+
+class TargetVerifier:
+    def __init__(self, engine: Engine, max_k: int, tokenizer_fingerprint: str,
+                 eos_token_ids: tuple[int, ...]) -> None:
+        self.engine = engine
+        self.max_k = max_k
+        self.fingerprint = tokenizer_fingerprint
+        self.eos_token_ids = eos_token_ids
+        self.pool = SlotPool(engine.slots)
+        self.gate = EngineGate()
+
+    def open_session(self) -> VerifierSession:
+        return VerifierSession(SlotSequence(self.pool.acquire()))
+
+    def close_session(self, session: VerifierSession) -> None:
+        self.pool.release(session.seq.slot)
+
+    def prefill(self, session: VerifierSession, start: int, tokens: list[int], params: StopParams,
+                draft_fingerprint: str = "") -> StepOutcome:
+        """Sync the sequence, run its new tokens through the target, emit the next token."""
+        t0 = time.perf_counter_ns()
+        if draft_fingerprint and draft_fingerprint != self.fingerprint:
+            raise PreconditionFailed(
+                f"the proposer's tokenizer (fingerprint {draft_fingerprint}) differs from the "
+                f"target's ({self.fingerprint}): its token ids would mean other text")
+        total = start + len(tokens)
+        if total == 0:
+            raise InvalidRequest("prefill needs at least one token")
+        if total >= self.engine.ctx_len:
+            raise InvalidRequest(f"prompt of {total} tokens leaves no room to generate within "
+                                 f"ctx_len {self.engine.ctx_len}")
+        session.seq.sync(start, tokens, self.engine.ctx_len, self.engine.vocab_size)
+        timings = StepTimings()
+        with self.gate.hold(timings):
+            logits = session.seq.feed(self.engine)                     # [V]
+        session.params, session.emitted = params, 0
+        out = self._commit(session, [int(np.argmax(logits))], accepted=0, drafted=0, timings=timings)
+        out.timings.total_ns = time.perf_counter_ns() - t0
+        return out
+
+    def verify(self, session: VerifierSession, draft: list[int]) -> StepOutcome:
+        """One target forward over [t, d1..dk]; keep the agreeing prefix plus one target token."""
+        t0 = time.perf_counter_ns()
+        if session.params is None:
+            raise PreconditionFailed("verify before prefill: the first request of a session "
+                                     "must be a Prefill")
+        if session.finish:
+            raise PreconditionFailed(f"session already finished ({session.finish.name})")
+        if len(draft) > self.max_k:
+            raise InvalidRequest(f"draft of {len(draft)} tokens exceeds this verifier's max k "
+                                 f"{self.max_k}")
+        check_token_ids(draft, self.engine.vocab_size)
+        seq = session.seq
+        n_seq = len(seq.tokens)
+        # Drafts past ctx_len or past the remaining budget could never be emitted.
+        fit = self.engine.ctx_len - n_seq
+        if session.params.max_new_tokens:
+            fit = min(fit, session.params.max_new_tokens - session.emitted - 1)
+        draft = draft[:max(fit, 0)]
+        window = seq.tokens[seq.cached:] + draft                       # [t, d1..dk]
+        assert len(window) == len(draft) + 1, "verifier invariant: exactly t is uncached"
+        timings = StepTimings()
+        with self.gate.hold(timings):
+            ids = np.array([window], dtype=np.int64)                   # [1, k+1]
+            pos = np.arange(seq.cached, seq.cached + len(window), dtype=np.int64)[None]
+            logits = self.engine.run(ids, pos, np.array([seq.slot], dtype=np.int64),
+                                     len(window))[0]                   # [k+1, V]
+        target = logits.argmax(-1)                                     # [k+1]
+        accepted = greedy_accept(np.array(draft, dtype=np.int64), target)
+        seq.cached += 1 + accepted  # t and the accepted drafts were written at the right place
+        out = self._commit(session, target[:accepted + 1].tolist(), accepted, len(draft), timings)
+        out.timings.total_ns = time.perf_counter_ns() - t0
+        return out
+
+    def _commit(self, session: VerifierSession, candidates: list[int], accepted: int,
+                drafted: int, timings: StepTimings) -> StepOutcome:
+        seq = session.seq
+        assert session.params is not None
+        kept, finish = cut_at_stop(candidates, session.emitted, len(seq.tokens), session.params,
+                                   self.eos_token_ids, self.engine.ctx_len)
+        seq.tokens.extend(kept)
+        seq.cached = min(seq.cached, len(seq.tokens))
+        session.emitted += len(kept)
+        session.finish = finish
+        return StepOutcome(kept, accepted, drafted, finish, len(seq.tokens), timings)

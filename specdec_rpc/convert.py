@@ -1,0 +1,47 @@
+"""Protobuf <-> domain objects. Generated types stop here: nothing below sees them."""
+
+from __future__ import annotations
+
+from specdec.config import EngineConfig
+from specdec.engine import Engine
+from specdec.proposers.draft_model import Proposal
+from specdec.stopping import FinishReason
+from specdec.timing import StepTimings
+from specdec.verifier import StepOutcome
+from specdec_rpc.v1 import specdec_pb2 as pb
+
+
+def timings_to_pb(t: StepTimings) -> pb.StepTimings:
+    return pb.StepTimings(queue_ns=t.queue_ns, forward_ns=t.forward_ns, total_ns=t.total_ns)
+
+
+def timings_from_pb(t: pb.StepTimings) -> StepTimings:
+    return StepTimings(t.queue_ns, t.forward_ns, t.total_ns)
+
+
+def outcome_to_pb(o: StepOutcome) -> pb.VerifierReply:
+    return pb.VerifierReply(tokens=o.tokens, num_accepted_drafts=o.accepted, num_drafted=o.drafted,
+                            finish_reason=int(o.finish), timings=timings_to_pb(o.timings),
+                            sequence_len=o.sequence_len)
+
+
+def outcome_from_pb(r: pb.VerifierReply) -> StepOutcome:
+    return StepOutcome(list(r.tokens), r.num_accepted_drafts, r.num_drafted,
+                       FinishReason(r.finish_reason), r.sequence_len, timings_from_pb(r.timings))
+
+
+def proposal_to_pb(p: Proposal) -> pb.ProposeReply:
+    return pb.ProposeReply(draft_tokens=p.draft, held_len=p.held_len, timings=timings_to_pb(p.timings))
+
+
+def proposal_from_pb(r: pb.ProposeReply) -> Proposal:
+    return Proposal(list(r.draft_tokens), r.held_len, timings_from_pb(r.timings))
+
+
+def model_info(engine: Engine, config: EngineConfig, fingerprint: str, max_k: int, method: str,
+               executor: str) -> pb.ModelInfo:
+    return pb.ModelInfo(model_id=config.model, vocab_size=engine.vocab_size,
+                        tokenizer_fingerprint=fingerprint, ctx_len=engine.ctx_len, max_k=max_k,
+                        eos_token_ids=engine.eos_token_ids,
+                        prefill_seq_len=engine.prefill_seq_len, full_batch_size=engine.slots,
+                        method=method, executor=executor, device=engine.device)

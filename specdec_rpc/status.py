@@ -1,0 +1,32 @@
+"""Domain errors -> gRPC status codes, in one place."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from specdec.errors import InvalidRequest, NotReady, OutOfSlots, PreconditionFailed
+
+log = logging.getLogger(__name__)
+
+STATUS_OF = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    OutOfSlots: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    for cls, code in STATUS_OF.items():
+        if isinstance(exc, cls):
+            return code, str(exc)
+    # Anything else is a bug: log it with its traceback, tell the client nothing internal.
+    log.exception("internal error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the service log"
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    code, message = status_for(exc)
+    await context.abort(code, message)

@@ -1,0 +1,123 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_EOS: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+    FINISH_REASON_CTX_LEN: _ClassVar[FinishReason]
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_EOS: FinishReason
+FINISH_REASON_LENGTH: FinishReason
+FINISH_REASON_CTX_LEN: FinishReason
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model_id", "vocab_size", "tokenizer_fingerprint", "ctx_len", "max_k", "eos_token_ids", "prefill_seq_len", "full_batch_size", "method", "executor", "device")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CTX_LEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_K_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
+    FULL_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    vocab_size: int
+    tokenizer_fingerprint: str
+    ctx_len: int
+    max_k: int
+    eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    prefill_seq_len: int
+    full_batch_size: int
+    method: str
+    executor: str
+    device: str
+    def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., ctx_len: _Optional[int] = ..., max_k: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., prefill_seq_len: _Optional[int] = ..., full_batch_size: _Optional[int] = ..., method: _Optional[str] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+
+class StepTimings(_message.Message):
+    __slots__ = ("queue_ns", "forward_ns", "total_ns")
+    QUEUE_NS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_NS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_NS_FIELD_NUMBER: _ClassVar[int]
+    queue_ns: int
+    forward_ns: int
+    total_ns: int
+    def __init__(self, queue_ns: _Optional[int] = ..., forward_ns: _Optional[int] = ..., total_ns: _Optional[int] = ...) -> None: ...
+
+class VerifierRequest(_message.Message):
+    __slots__ = ("prefill", "verify")
+    PREFILL_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
+    prefill: Prefill
+    verify: Verify
+    def __init__(self, prefill: _Optional[_Union[Prefill, _Mapping]] = ..., verify: _Optional[_Union[Verify, _Mapping]] = ...) -> None: ...
+
+class Prefill(_message.Message):
+    __slots__ = ("start", "tokens", "max_new_tokens", "ignore_eos", "draft_tokenizer_fingerprint")
+    START_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    max_new_tokens: int
+    ignore_eos: bool
+    draft_tokenizer_fingerprint: str
+    def __init__(self, start: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., max_new_tokens: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., draft_tokenizer_fingerprint: _Optional[str] = ...) -> None: ...
+
+class Verify(_message.Message):
+    __slots__ = ("draft_tokens",)
+    DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    draft_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, draft_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class VerifierReply(_message.Message):
+    __slots__ = ("tokens", "num_accepted_drafts", "num_drafted", "finish_reason", "timings", "sequence_len")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_ACCEPTED_DRAFTS_FIELD_NUMBER: _ClassVar[int]
+    NUM_DRAFTED_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LEN_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    num_accepted_drafts: int
+    num_drafted: int
+    finish_reason: FinishReason
+    timings: StepTimings
+    sequence_len: int
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., num_accepted_drafts: _Optional[int] = ..., num_drafted: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., sequence_len: _Optional[int] = ...) -> None: ...
+
+class ProposeRequest(_message.Message):
+    __slots__ = ("start", "tokens", "k")
+    START_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    k: int
+    def __init__(self, start: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ...) -> None: ...
+
+class ProposeReply(_message.Message):
+    __slots__ = ("draft_tokens", "timings", "held_len")
+    DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    HELD_LEN_FIELD_NUMBER: _ClassVar[int]
+    draft_tokens: _containers.RepeatedScalarFieldContainer[int]
+    timings: StepTimings
+    held_len: int
+    def __init__(self, draft_tokens: _Optional[_Iterable[int]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., held_len: _Optional[int] = ...) -> None: ...

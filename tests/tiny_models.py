@@ -1,0 +1,92 @@
+"""Random tiny checkpoints of each supported family, saved in HF format for the tests.
+
+Random weights are enough wherever a test compares against `transformers` on the same
+checkpoint; tests that need a model that predicts real text use the trained ones in models/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+VOCAB = 96
+
+
+def tiny_config(family: str, **overrides):
+    import transformers
+
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-6, eos_token_id=1, bos_token_id=0, pad_token_id=0,
+                  tie_word_embeddings=False)
+    common.update(overrides)
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+           "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[family]
+    if family == "qwen3":
+        common.setdefault("head_dim", 16)  # Qwen3 decouples head_dim from hidden/heads
+    if family == "mistral":
+        common.setdefault("sliding_window", None)
+    return cls(**common)
+
+
+def save_tiny(path: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
+    """Write a random tiny `*ForCausalLM` checkpoint (config.json + model.safetensors)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(family, **overrides))
+    # Default init is nearly uniform over the vocab; widen it so argmax decisions are clear-cut
+    # and greedy comparisons are not decided by float rounding.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def hf_model(path: Path):
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def save_word_tokenizer(path: Path, prefix: str = "t", vocab: int = VOCAB) -> None:
+    """A word-level tokenizer over tokens '<prefix>0'..: lets the services fingerprint it and
+    the client encode text, at no training cost. Another prefix gives another tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"{prefix}{i}": i for i in range(vocab)}
+    words["<s>"], words["</s>"] = 0, 1
+    del words[f"{prefix}0"], words[f"{prefix}1"]
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="</s>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                            unk_token="</s>").save_pretrained(path)
+
+
+def save_truncated(src: Path, dst: Path, layers: int) -> Path:
+    """A draft that shares the target's first layers, embeddings and head: it agrees with the
+    target often but not always, so acceptance and rejection are both exercised."""
+    import transformers
+
+    model = hf_model(src)
+    model.model.layers = model.model.layers[:layers]
+    model.config.num_hidden_layers = layers
+    if hasattr(model.config, "layer_types") and model.config.layer_types:
+        model.config.layer_types = model.config.layer_types[:layers]
+    model.save_pretrained(dst, safe_serialization=True)
+    transformers.AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
+def greedy_reference(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' own greedy decoding, EOS disabled: the ground truth of lossless tests."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+    return out[0, len(prompt):].tolist()

@@ -1,0 +1,1 @@
+"""gRPC service around the target model and acceptance (thin: translate and delegate)."""

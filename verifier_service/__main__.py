@@ -1,0 +1,35 @@
+"""python -m verifier_service --model PATH [engine and server flags]"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from specdec.build import build_verifier
+from specdec_rpc.convert import model_info
+from specdec_rpc.server import serve, setup_logging
+from specdec_rpc.service_cli import add_service_args, engine_config, server_config
+from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
+from verifier_service.servicer import VerifierServicer
+
+log = logging.getLogger("verifier_service")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="verifier_service", description=(
+        "Speculative-decoding verifier: hosts the target model and verifies drafts."))
+    add_service_args(parser, default_max_k=8)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    cfg = engine_config(args)
+    log.info("config: %s, executor=%s, max_k=%d", cfg, args.executor, args.max_k)
+    verifier = build_verifier(cfg, args.max_k, args.executor)
+    info = model_info(verifier.engine, cfg, verifier.fingerprint, args.max_k, "target", args.executor)
+    servicer = VerifierServicer(verifier, info)
+    asyncio.run(serve(server_config(args),
+                      lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s), "verifier"))
+
+
+if __name__ == "__main__":
+    main()
