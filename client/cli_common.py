@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.api import SpecDecClient
+from client.links import ServiceError
 from client.launcher import start_service
 from specdec.config import DTYPES
 from specdec.generation import GenerationConfig, GenerationRecord
@@ -67,8 +68,10 @@ def load_tokenizer(model: str):
     return AutoTokenizer.from_pretrained(model)
 
 
-async def _run_prompts(client: SpecDecClient, prompts: list[list[int]], config: GenerationConfig,
-                       width: int) -> list[GenerationRecord]:
+async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]],
+                       config: GenerationConfig, width: int) -> list[GenerationRecord]:
+    # Channels belong to the event loop they are created in: make them inside it.
+    client = SpecDecClient(addresses["verifier"], addresses.get("proposer"))
     gate = asyncio.Semaphore(width)
 
     async def one(ids: list[int]) -> GenerationRecord:
@@ -94,8 +97,11 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
                 stack.callback(svc.stop)
                 addresses[key] = svc.address
                 print(f"{spec.name} ready on {svc.address}", file=sys.stderr, flush=True)
-        client = SpecDecClient(addresses["verifier"], addresses.get("proposer"))
-        records = asyncio.run(_run_prompts(client, prompts, config, concurrency(args)))
+        try:
+            records = asyncio.run(_run_prompts(addresses, prompts, config, concurrency(args)))
+        except (ServiceError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     report(args, tok, texts, prompts, records)
     return 0
 

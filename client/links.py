@@ -29,8 +29,10 @@ class _StreamLink:
         try:
             await self.call.write(request)
             reply = await self.call.read()
-        except grpc.aio.AioRpcError as exc:
-            raise ServiceError(self.service, exc.code(), exc.details() or "") from exc
+        except grpc.aio.AioRpcError:
+            # A write to a stream the server already ended (e.g. RESOURCE_EXHAUSTED at open)
+            # fails with a generic error; the call's own status says what happened.
+            reply = grpc.aio.EOF
         if reply is grpc.aio.EOF:
             code = await self.call.code()
             raise ServiceError(self.service, code, await self.call.details() or "stream closed")

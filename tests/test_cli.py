@@ -1,0 +1,48 @@
+"""The command-line entry points as a user runs them: services as real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from client.launcher import start_service
+from tests.tiny_models import greedy_reference
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_draft_based_cli_starts_services_and_is_lossless(tiny_pair, target_hf, tmp_path):
+    target, draft = tiny_pair
+    out = tmp_path / "run.json"
+    cmd = [sys.executable, "-m", "client.draft_based", "--target-model-name", str(target),
+           "--draft-model-name", str(draft), "--num-speculative-tokens", "3",
+           "--prefill-seq-len", "8", "--ctx-len", "64", "--max-new-tokens", "20",
+           "--ignore-eos-token", "--full-batch-size", "2", "--json", str(out),
+           "--prompts", "t5 t6 t7 t8 t9", "--prompts", "t40 t41 t42 t43 t44 t45 t46 t47 t48 t49 t50"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for label in ("Avg TLM+DLM TTFT", "Decode Throughput", "E2E Throughput",
+                  "Avg number of accepted tokens"):
+        assert label in proc.stdout
+    report = json.loads(out.read_text())
+    assert len(report["prompts"]) == 2
+    for item in report["prompts"]:
+        assert item["generated_ids"] == greedy_reference(target_hf, item["prompt_ids"], 20)
+        assert item["metrics"]["generated_tokens"] == 20
+    assert report["totals"]["generated_tokens"] == 40
+
+
+def test_service_exits_cleanly_on_sigterm(tiny_pair):
+    svc = start_service("verifier", "verifier_service", ["--model", str(tiny_pair[0])])
+    assert svc.address.startswith("127.0.0.1:")
+    assert svc.stop() == 0
+    assert any("stopped" in line for line in svc.stderr_tail)
+
+
+def test_service_reports_a_bad_model_path(tmp_path):
+    import pytest
+
+    with pytest.raises(RuntimeError, match="no such directory"):
+        start_service("verifier", "verifier_service", ["--model", str(tmp_path / "missing")])

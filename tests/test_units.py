@@ -1,0 +1,107 @@
+"""Pure functions on hand-written inputs: acceptance, stop rules, sync, metrics, config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from specdec.acceptance import greedy_accept
+from specdec.config import EngineConfig, device_for_group
+from specdec.errors import InvalidRequest, OutOfSlots, PreconditionFailed
+from specdec.generation import GenerationRecord
+from specdec.metrics import batch_metrics, generation_metrics, union_length
+from specdec.sequence import SlotSequence, common_prefix_len
+from specdec.slots import SlotPool
+from specdec.stopping import FinishReason, StopParams, cut_at_stop
+
+
+@pytest.mark.parametrize("draft, target, accepted", [
+    ([], [7], 0),
+    ([1, 2, 3], [1, 2, 3, 4], 3),   # all accepted: bonus 4
+    ([1, 9, 3], [1, 2, 3, 4], 1),   # rejected at 2: correction 2
+    ([9, 2, 3], [1, 2, 3, 4], 0),   # later matches do not count after a rejection
+])
+def test_greedy_accept(draft, target, accepted):
+    assert greedy_accept(np.array(draft, dtype=np.int64), np.array(target)) == accepted
+
+
+def test_cut_at_stop():
+    eos = (2,)
+    p = StopParams(max_new_tokens=10)
+    assert cut_at_stop([5, 2, 6], 0, 4, p, eos, 100) == ([5, 2], FinishReason.EOS)
+    assert cut_at_stop([5, 2, 6], 0, 4, StopParams(10, ignore_eos=True), eos, 100) == \
+        ([5, 2, 6], FinishReason.NONE)
+    assert cut_at_stop([5, 6, 7], 8, 4, p, eos, 100) == ([5, 6], FinishReason.LENGTH)
+    assert cut_at_stop([5, 6, 7], 0, 98, StopParams(), eos, 100) == ([5, 6], FinishReason.CTX_LEN)
+    # EOS beyond the budget cut does not count.
+    assert cut_at_stop([5, 6, 2], 8, 4, p, eos, 100) == ([5, 6], FinishReason.LENGTH)
+
+
+def test_slot_sequence_sync_rolls_back():
+    seq = SlotSequence(slot=0, tokens=[1, 2, 3, 4], cached=4)
+    seq.sync(2, [7, 8], ctx_len=10, vocab_size=20)
+    assert seq.tokens == [1, 2, 7, 8] and seq.cached == 2
+    seq.sync(4, [9], ctx_len=10, vocab_size=20)
+    assert seq.tokens == [1, 2, 7, 8, 9] and seq.cached == 2
+    with pytest.raises(PreconditionFailed):
+        seq.sync(6, [1], ctx_len=10, vocab_size=20)
+    with pytest.raises(InvalidRequest, match="ctx_len"):
+        seq.sync(5, [1] * 6, ctx_len=10, vocab_size=20)
+    with pytest.raises(InvalidRequest, match="out of range"):
+        seq.sync(0, [20], ctx_len=10, vocab_size=20)
+
+
+def test_common_prefix_len():
+    assert common_prefix_len([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix_len([], [1]) == 0
+    assert common_prefix_len([1, 2], [1, 2]) == 2
+
+
+def test_slot_pool():
+    pool = SlotPool(2)
+    a, b = pool.acquire(), pool.acquire()
+    assert {a, b} == {0, 1} and pool.in_use == 2
+    with pytest.raises(OutOfSlots):
+        pool.acquire()
+    pool.release(a)
+    with pytest.raises(ValueError):
+        pool.release(a)
+    assert pool.acquire() == a
+
+
+def test_union_length():
+    assert union_length([]) == 0
+    assert union_length([(0, 2), (1, 3), (5, 6)]) == pytest.approx(4)
+    assert union_length([(0, 10), (2, 3)]) == pytest.approx(10)
+
+
+def record(t_start, t_first, t_end, tokens, steps, step_tokens, drafted, accepted):
+    return GenerationRecord(prompt_len=3, tokens=list(range(tokens)), t_start=t_start,
+                            t_first=t_first, t_end=t_end, verify_steps=steps,
+                            step_tokens=step_tokens, drafted=drafted, accepted=accepted,
+                            drafted_at=[steps, steps], accepted_at=[accepted - 2, 2])
+
+
+def test_metrics_formulas():
+    a = record(0.0, 1.0, 3.0, tokens=11, steps=4, step_tokens=10, drafted=8, accepted=6)
+    m = generation_metrics(a)
+    assert m.ttft_s == 1.0 and m.decode_throughput == pytest.approx(10 / 2.0)
+    assert m.e2e_throughput == pytest.approx(11 / 3.0)
+    assert m.mean_accepted_tokens == pytest.approx(2.5)
+    assert m.acceptance_by_position == [1.0, 0.5]
+    # Two prompts decoded one after the other: decode time is the sum of both spans.
+    b = record(3.0, 4.0, 5.0, tokens=5, steps=4, step_tokens=4, drafted=8, accepted=0)
+    t = batch_metrics([a, b])
+    assert t.decode_throughput == pytest.approx((10 + 4) / 3.0)
+    assert t.e2e_throughput == pytest.approx(16 / 5.0)
+    assert t.mean_accepted_tokens == pytest.approx(14 / 8)
+    assert t.avg_ttft_s == pytest.approx(1.0)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="dtype"):
+        EngineConfig(model="m", dtype="int8")
+    assert device_for_group("1,2", cuda_available=True) == "cuda:1"
+    assert device_for_group("0", cuda_available=False) == "cpu"
+    with pytest.raises(ValueError):
+        device_for_group("a", cuda_available=False)
