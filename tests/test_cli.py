@@ -46,3 +46,16 @@ def test_service_reports_a_bad_model_path(tmp_path):
 
     with pytest.raises(RuntimeError, match="no such directory"):
         start_service("verifier", "verifier_service", ["--model", str(tmp_path / "missing")])
+
+
+def test_bench_modes_agree(tiny_pair, tmp_path):
+    """The benchmark's three modes (target-only, gRPC, in-process) produce identical tokens."""
+    target, draft = tiny_pair
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "bench", "--target-model", str(target), "--draft-model", str(draft),
+           "--prompts", "t5 t6 t7", "--max-new-tokens", "12", "--ctx-len", "64", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["identical_outputs"] is True
+    assert figures["tokens_per_s"]["speculative_grpc"] > 0

@@ -1,0 +1,1 @@
+"""Benchmarks: speculative vs target-only, split services vs in-process."""
