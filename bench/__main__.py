@@ -48,8 +48,8 @@ async def run_inprocess(verifier, proposer, prompts: list[list[int]],
         try:
             records.append(await generate(p, v, d, config, verifier.engine.ctx_len, proposer.fingerprint))
         finally:
-            v.close()
-            d.close()
+            await v.close()
+            await d.close()
     return records
 
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for svc in services:
             svc.stop()
-    verifier = build_verifier(engine(args.target_model), args.k)
+    verifier = build_verifier(engine(args.target_model), tuple(range(args.k + 1)))
     proposer = build_draft_proposer(engine(args.draft_model), args.k)
     rec_c, c = measured("(c) speculative, in-process", lambda warmup: asyncio.run(
         run_inprocess(verifier, proposer, warm if warmup else prompts, config)))

@@ -13,6 +13,8 @@ from typing import AsyncIterator
 import grpc
 
 from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError
+from specdec.inprocess import InProcessProposerLink
+from specdec.proposers.base import Proposer
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec_rpc.server import server_options, ServerConfig
 from specdec_rpc.v1 import specdec_pb2 as pb
@@ -20,7 +22,10 @@ from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
 
 class SpecDecClient:
-    def __init__(self, verifier: str, proposer: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, verifier: str, proposer: str | None = None, timeout_s: float = 30.0,
+                 local_proposer: Proposer | None = None) -> None:
+        """local_proposer: a proposer object run inside the client (no proposer round trip),
+        e.g. prompt lookup; used instead of a proposer address."""
         opts = server_options(ServerConfig())[:2]  # same message limits as the servers
         self._channels = [grpc.aio.insecure_channel(verifier, options=opts)]
         self.verifier = pb_grpc.VerifierStub(self._channels[0])
@@ -28,6 +33,7 @@ class SpecDecClient:
         if proposer:
             self._channels.append(grpc.aio.insecure_channel(proposer, options=opts))
             self.proposer = pb_grpc.ProposerStub(self._channels[1])
+        self.local_proposer = local_proposer
         self.timeout_s = timeout_s
         self.verifier_info: pb.ModelInfo | None = None
         self.proposer_info: pb.ModelInfo | None = None
@@ -47,7 +53,8 @@ class SpecDecClient:
             self.proposer_info = await self.proposer.Info(pb.InfoRequest(), timeout=self.timeout_s,
                                                           wait_for_ready=True)
             v, p = self.verifier_info, self.proposer_info
-            if p.tokenizer_fingerprint != v.tokenizer_fingerprint:
+            # An empty fingerprint (n-gram) means the proposer works with any tokenizer.
+            if p.tokenizer_fingerprint and p.tokenizer_fingerprint != v.tokenizer_fingerprint:
                 raise ServiceError("client", grpc.StatusCode.FAILED_PRECONDITION,
                                    f"proposer {p.model_id} and verifier {v.model_id} use different "
                                    f"tokenizers ({p.tokenizer_fingerprint} != {v.tokenizer_fingerprint})")
@@ -59,6 +66,8 @@ class SpecDecClient:
     def max_k(self) -> int:
         """Largest k both services accept."""
         assert self.verifier_info is not None, "connect() first"
+        if self.local_proposer is not None:
+            return min(self.verifier_info.max_k, self.local_proposer.max_k)
         if self.proposer_info is None:
             return 0
         return min(self.verifier_info.max_k, self.proposer_info.max_k)
@@ -71,16 +80,19 @@ class SpecDecClient:
             raise ValueError(f"num_speculative_tokens {config.num_speculative_tokens} exceeds what "
                              f"the services accept ({self.max_k()})")
         vlink = GrpcVerifierLink(self.verifier.Session())
-        plink = GrpcProposerLink(self.proposer.Session()) if self.proposer and config.num_speculative_tokens else None
+        plink, fingerprint = None, ""
+        if config.num_speculative_tokens and self.local_proposer is not None:
+            plink, fingerprint = InProcessProposerLink(self.local_proposer), self.local_proposer.fingerprint
+        elif config.num_speculative_tokens and self.proposer is not None:
+            plink = GrpcProposerLink(self.proposer.Session())
+            fingerprint = self.proposer_info.tokenizer_fingerprint
         try:
-            return await generate(
-                prompt, vlink, plink, config, self.verifier_info.ctx_len,
-                self.proposer_info.tokenizer_fingerprint if plink else "", on_tokens)
+            return await generate(prompt, vlink, plink, config, self.verifier_info.ctx_len,
+                                  fingerprint, on_tokens)
         finally:
-            for link in (vlink, plink):
-                if link is not None:
-                    await link.close()
-                    link.call.cancel()
+            await vlink.close()
+            if plink is not None:
+                await plink.close()
 
     async def stream(self, prompt: list[int], config: GenerationConfig) -> AsyncIterator[list[int]]:
         """Yield each step's tokens as they are accepted."""

@@ -20,11 +20,14 @@ from specdec.metrics import batch_metrics, format_metrics, generation_metrics
 DEFAULT_PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_files(path):\n"]
 
 
-def add_common_args(p: argparse.ArgumentParser) -> None:
+def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_len: int = 128) -> None:
+    """Flags every client CLI takes; the defaults of the two engine sizes follow each example."""
     p.add_argument("--prompts", action="append", default=None,
                    help="prompt text; repeat the flag for several prompts")
-    p.add_argument("--prefill-seq-len", type=int, default=32, help="prefill chunk length (32)")
-    p.add_argument("--ctx-len", type=int, default=128, help="KV positions per session (128)")
+    p.add_argument("--prefill-seq-len", type=int, default=prefill_seq_len,
+                   help=f"prefill chunk length ({prefill_seq_len})")
+    p.add_argument("--ctx-len", type=int, default=ctx_len,
+                   help=f"KV positions per session ({ctx_len})")
     p.add_argument("--prefill-bsz", type=int, default=1,
                    help="prompts run at a time when --full-batch-size is not set (1)")
     p.add_argument("--full-batch-size", type=int, default=None,
@@ -69,9 +72,11 @@ def load_tokenizer(model: str):
 
 
 async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]],
-                       config: GenerationConfig, width: int) -> list[GenerationRecord]:
+                       config: GenerationConfig, width: int,
+                       local_proposer=None) -> list[GenerationRecord]:
     # Channels belong to the event loop they are created in: make them inside it.
-    client = SpecDecClient(addresses["verifier"], addresses.get("proposer"))
+    client = SpecDecClient(addresses["verifier"], addresses.get("proposer"),
+                           local_proposer=local_proposer)
     gate = asyncio.Semaphore(width)
 
     async def one(ids: list[int]) -> GenerationRecord:
@@ -83,10 +88,11 @@ async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]
 
 
 def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, ServiceSpec],
-            addresses: dict[str, str | None], config: GenerationConfig) -> int:
+            addresses: dict[str, str | None], config: GenerationConfig,
+            default_prompts: list[str] = DEFAULT_PROMPTS, local_proposer=None) -> int:
     """Start whatever services have no address, generate every prompt, print and save."""
     tok = load_tokenizer(tokenizer_model)
-    texts = args.prompts or DEFAULT_PROMPTS
+    texts = args.prompts or default_prompts
     prompts = [tok(t)["input_ids"] for t in texts]
     with ExitStack() as stack:
         for key, spec in services.items():
@@ -98,7 +104,8 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
                 addresses[key] = svc.address
                 print(f"{spec.name} ready on {svc.address}", file=sys.stderr, flush=True)
         try:
-            records = asyncio.run(_run_prompts(addresses, prompts, config, concurrency(args)))
+            records = asyncio.run(_run_prompts(addresses, prompts, config, concurrency(args),
+                                               local_proposer))
         except (ServiceError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -39,10 +39,12 @@ class _StreamLink:
         return reply
 
     async def close(self) -> None:
+        """End the session: half-close, then cancel, so the service frees the slot at once."""
         try:
             await self.call.done_writing()
         except (grpc.aio.AioRpcError, grpc.aio.UsageError):
             pass  # the stream already ended (error, cancel); nothing left to close
+        self.call.cancel()
 
 
 class GrpcVerifierLink(_StreamLink):

@@ -7,7 +7,7 @@ from typing import AsyncIterator
 
 import grpc
 
-from specdec.proposers.draft_model import DraftModelProposer
+from specdec.proposers.base import Proposer
 from specdec_rpc.convert import proposal_to_pb
 from specdec_rpc.status import abort_with
 from specdec_rpc.v1 import specdec_pb2 as pb
@@ -15,7 +15,7 @@ from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
 
 class ProposerServicer(pb_grpc.ProposerServicer):
-    def __init__(self, proposer: DraftModelProposer, info: pb.ModelInfo) -> None:
+    def __init__(self, proposer: Proposer, info: pb.ModelInfo) -> None:
         self.proposer = proposer
         self.info = info
 

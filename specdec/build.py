@@ -19,9 +19,11 @@ def build_engine(config: EngineConfig, executor: str = "torch") -> Engine:
     raise ValueError(f"executor {executor!r} is not available (available: {', '.join(EXECUTORS)})")
 
 
-def build_verifier(config: EngineConfig, max_k: int, executor: str = "torch") -> TargetVerifier:
+def build_verifier(config: EngineConfig, window_sizes: tuple[int, ...],
+                   executor: str = "torch") -> TargetVerifier:
+    """window_sizes: the k values verify windows run at; (0, 1, ..., max_k) = any draft length."""
     engine = build_engine(config, executor)
-    return TargetVerifier(engine, max_k, tokenizer_fingerprint(engine.path, engine.vocab_size),
+    return TargetVerifier(engine, window_sizes, tokenizer_fingerprint(engine.path, engine.vocab_size),
                           engine.eos_token_ids)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from specdec.proposers.draft_model import DraftModelProposer, Proposal
+from specdec.proposers.base import Proposer
+from specdec.proposers.draft_model import Proposal
 from specdec.stopping import StopParams
 from specdec.verifier import StepOutcome, TargetVerifier
 
@@ -23,17 +24,17 @@ class InProcessVerifierLink:
     async def verify(self, draft: list[int]) -> StepOutcome:
         return await asyncio.to_thread(self.verifier.verify, self.session, draft)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.verifier.close_session(self.session)
 
 
 class InProcessProposerLink:
-    def __init__(self, proposer: DraftModelProposer) -> None:
+    def __init__(self, proposer: Proposer) -> None:
         self.proposer = proposer
         self.session = proposer.open_session()
 
     async def propose(self, start: int, tokens: list[int], k: int) -> Proposal:
         return await asyncio.to_thread(self.proposer.propose, self.session, start, tokens, k)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.proposer.close_session(self.session)

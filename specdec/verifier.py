@@ -15,6 +15,7 @@ from specdec.sequence import SlotSequence, check_token_ids
 from specdec.slots import SlotPool
 from specdec.stopping import FinishReason, StopParams, cut_at_stop
 from specdec.timing import EngineGate, StepTimings
+from specdec.windows import select_window
 
 
 @dataclass
@@ -36,10 +37,11 @@ class VerifierSession:
 
 
 class TargetVerifier:
-    def __init__(self, engine: Engine, max_k: int, tokenizer_fingerprint: str,
+    def __init__(self, engine: Engine, window_sizes: tuple[int, ...], tokenizer_fingerprint: str,
                  eos_token_ids: tuple[int, ...]) -> None:
         self.engine = engine
-        self.max_k = max_k
+        self.window_sizes = window_sizes  # k values verify windows run at (see specdec.windows)
+        self.max_k = window_sizes[-1]
         self.fingerprint = tokenizer_fingerprint
         self.eos_token_ids = eos_token_ids
         self.pool = SlotPool(engine.slots)
@@ -95,13 +97,16 @@ class TargetVerifier:
         draft = draft[:max(fit, 0)]
         window = seq.tokens[seq.cached:] + draft                       # [t, d1..dk]
         assert len(window) == len(draft) + 1, "verifier invariant: exactly t is uncached"
+        # Pad to the smallest window size that holds the draft; -1 positions write nothing.
+        pad = select_window(len(draft), self.window_sizes) - len(draft)
+        ids = np.array([window + [-1] * pad], dtype=np.int64)                        # [1, K+1]
+        pos = np.array([list(range(seq.cached, seq.cached + len(window))) + [-1] * pad],
+                       dtype=np.int64)                                               # [1, K+1]
         timings = StepTimings()
         with self.gate.hold(timings):
-            ids = np.array([window], dtype=np.int64)                   # [1, k+1]
-            pos = np.arange(seq.cached, seq.cached + len(window), dtype=np.int64)[None]
             logits = self.engine.run(ids, pos, np.array([seq.slot], dtype=np.int64),
-                                     len(window))[0]                   # [k+1, V]
-        target = logits.argmax(-1)                                     # [k+1]
+                                     ids.shape[1])[0]                   # [K+1, V]
+        target = logits[:len(window)].argmax(-1)                        # [k+1]
         accepted = greedy_accept(np.array(draft, dtype=np.int64), target)
         seq.cached += 1 + accepted  # t and the accepted drafts were written at the right place
         out = self._commit(session, target[:accepted + 1].tolist(), accepted, len(draft), timings)

@@ -10,7 +10,7 @@ from specdec_rpc.server import ServerConfig
 
 def add_service_args(parser: argparse.ArgumentParser, default_max_k: int) -> None:
     e = parser.add_argument_group("engine")
-    e.add_argument("--model", required=True, help="HF-format checkpoint directory (local path)")
+    e.add_argument("--model", default=None, help="HF-format checkpoint directory (local path)")
     e.add_argument("--executor", default="torch", choices=["torch"], help="model executor")
     e.add_argument("--device", default=None,
                    help="torch device (cpu, cuda:N); default: from --device-group")
@@ -40,7 +40,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         device = device_for_group(args.device_group, torch.cuda.is_available())
     if args.max_k < 0:
         raise SystemExit("--max-k must be >= 0")
-    return EngineConfig(model=args.model, device=device, dtype=args.dtype,
+    return EngineConfig(model=args.model or "", device=device, dtype=args.dtype,
                         prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
                         full_batch_size=args.full_batch_size)
 

@@ -67,10 +67,11 @@ def engine_config(path: Path, slots: int = 4) -> EngineConfig:
                         full_batch_size=slots)
 
 
-def start_verifier(path: Path, slots: int = 4) -> tuple[ServerThread, object]:
+def start_verifier(path: Path, slots: int = 4,
+                   window_sizes: tuple[int, ...] | None = None) -> tuple[ServerThread, object]:
     cfg = engine_config(path, slots)
-    verifier = build_verifier(cfg, MAX_K)
-    info = model_info(verifier.engine, cfg, verifier.fingerprint, MAX_K, "target", "torch")
+    verifier = build_verifier(cfg, window_sizes or tuple(range(MAX_K + 1)))
+    info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k, "target", "torch")
     servicer = VerifierServicer(verifier, info)
     return ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s)), verifier
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from specdec.build import build_verifier
+from specdec.windows import parse_sizes
 from specdec_rpc.convert import model_info
 from specdec_rpc.server import serve, setup_logging
 from specdec_rpc.service_cli import add_service_args, engine_config, server_config
@@ -20,12 +21,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="verifier_service", description=(
         "Speculative-decoding verifier: hosts the target model and verifies drafts."))
     add_service_args(parser, default_max_k=8)
+    parser.add_argument("--window-sizes", type=parse_sizes, default=None, metavar="K,K,...",
+                        help="k values verify windows run at, like QEfficient's compiled "
+                             "--num-speculative-tokens list: a draft of d tokens runs in the "
+                             "smallest k >= d, padded with -1 (default: every k up to --max-k)")
     args = parser.parse_args(argv)
+    if args.model is None:
+        parser.error("--model is required")
     setup_logging(args.log_level)
     cfg = engine_config(args)
-    log.info("config: %s, executor=%s, max_k=%d", cfg, args.executor, args.max_k)
-    verifier = build_verifier(cfg, args.max_k, args.executor)
-    info = model_info(verifier.engine, cfg, verifier.fingerprint, args.max_k, "target", args.executor)
+    sizes = args.window_sizes or tuple(range(args.max_k + 1))
+    log.info("config: %s, executor=%s, window sizes=%s", cfg, args.executor, sizes)
+    verifier = build_verifier(cfg, sizes, args.executor)
+    info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k, "target",
+                      args.executor)
     servicer = VerifierServicer(verifier, info)
     asyncio.run(serve(server_config(args),
                       lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s), "verifier"))

@@ -1,0 +1,67 @@
+"""Prompt-lookup (n-gram) speculative decoding, with the flags of QEfficient's prompt_lookup.py.
+
+    python -m client.prompt_lookup --target-model-name models/target --num-speculative-tokens 0,3
+
+The n-gram search runs in a proposer service (`--method ngram`), or inside the client with
+--local-proposer (no proposer round trip). --num-speculative-tokens takes a comma list, as
+QEfficient's multi-K does: the verify window sizes (compiled specializations on Cloud AI 100,
+any size on torch); each step uses the smallest that holds its draft, and the largest is k.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from client.cli_common import ServiceSpec, add_common_args, concurrency, engine_args, run_cli
+from specdec.generation import GenerationConfig
+from specdec.proposers.prompt_lookup import PromptLookupProposer
+from specdec.windows import parse_sizes
+
+REPEATED_PATTERN_PROMPTS = [
+    "x = 1\ny = 2\nz = 3\nprint(x)\nprint(y)\nprint(z)\nx = 1\ny = 2\n",
+    "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):\n",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="client.prompt_lookup", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target-model-name", default="models/target",
+                   help="target checkpoint directory (its tokenizer encodes the prompts)")
+    p.add_argument("--num-speculative-tokens", type=parse_sizes, default=(3,), metavar="K[,K...]",
+                   help="verify window sizes, e.g. 0,3; the largest is k (3)")
+    p.add_argument("--max-ngram-size", type=int, default=3, help="longest n-gram matched (3)")
+    p.add_argument("--device-group", default="0", help="devices of the verifier (0)")
+    p.add_argument("--local-proposer", action="store_true",
+                   help="run the n-gram search inside the client, without a proposer service")
+    add_common_args(p, prefill_seq_len=256, ctx_len=1024)
+    args = p.parse_args(argv)
+    if args.max_ngram_size < 1:
+        p.error("--max-ngram-size must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = args.num_speculative_tokens
+    k = sizes[-1]
+    window = ",".join(map(str, sizes))
+    services = {"verifier": ServiceSpec(
+        "verifier", "verifier_service",
+        [*engine_args(args, args.target_model_name, args.device_group, k), "--window-sizes", window])}
+    local = None
+    if k and args.local_proposer:
+        local = PromptLookupProposer(k, args.max_ngram_size, args.ctx_len, concurrency(args))
+    elif k:
+        services["proposer"] = ServiceSpec(
+            "proposer", "proposer_service",
+            ["--method", "ngram", "--max-ngram-size", str(args.max_ngram_size), "--max-k", str(k),
+             "--ctx-len", str(args.ctx_len), "--full-batch-size", str(concurrency(args))])
+    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token)
+    return run_cli(args, args.target_model_name, services,
+                   {"verifier": args.verifier, "proposer": args.proposer}, config,
+                   REPEATED_PATTERN_PROMPTS, local)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
