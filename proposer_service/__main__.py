@@ -10,7 +10,8 @@ from specdec.build import build_draft_proposer
 from specdec.proposers.prompt_lookup import PromptLookupProposer
 from specdec_rpc.convert import model_info
 from specdec_rpc.server import serve, setup_logging
-from specdec_rpc.service_cli import add_service_args, engine_config, server_config
+from specdec_rpc.service_cli import (add_service_args, admission, engine_config, server_config,
+                                     session_runner)
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from proposer_service.servicer import ProposerServicer
@@ -31,18 +32,19 @@ def main(argv: list[str] | None = None) -> None:
     cfg = engine_config(args)
     if args.method == "ngram":
         proposer = PromptLookupProposer(args.max_k, args.max_ngram_size, cfg.ctx_len,
-                                        cfg.full_batch_size)
+                                        cfg.full_batch_size, admission(args))
         info = pb.ModelInfo(model_id="ngram", ctx_len=cfg.ctx_len, max_k=args.max_k,
                             full_batch_size=cfg.full_batch_size, method="ngram", executor="none",
                             device="cpu")
     else:
         if args.model is None:
             parser.error("--method draft needs --model")
-        proposer = build_draft_proposer(cfg, args.max_k, args.executor)
+        proposer = build_draft_proposer(cfg, args.max_k, args.executor, args.batching == "on",
+                                        admission(args))
         info = model_info(proposer.engine, cfg, proposer.fingerprint, args.max_k, "draft",
                           args.executor)
     log.info("config: %s, method=%s, max_k=%d", cfg, args.method, args.max_k)
-    servicer = ProposerServicer(proposer, info)
+    servicer = ProposerServicer(proposer, info, session_runner(args))
     asyncio.run(serve(server_config(args),
                       lambda s: pb_grpc.add_ProposerServicer_to_server(servicer, s), "proposer"))
 

@@ -2,38 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import grpc
 
 from specdec.proposers.base import Proposer
 from specdec_rpc.convert import proposal_to_pb
-from specdec_rpc.status import abort_with
+from specdec_rpc.sessions import SessionRunner
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
 
 class ProposerServicer(pb_grpc.ProposerServicer):
-    def __init__(self, proposer: Proposer, info: pb.ModelInfo) -> None:
+    def __init__(self, proposer: Proposer, info: pb.ModelInfo, runner: SessionRunner) -> None:
         self.proposer = proposer
         self.info = info
+        self.runner = runner
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         return self.info
 
+    def _step(self, session: Any, req: pb.ProposeRequest) -> pb.ProposeReply:
+        return proposal_to_pb(self.proposer.propose(session, req.start, list(req.tokens), req.k))
+
     async def Session(self, requests: AsyncIterator[pb.ProposeRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProposeReply]:
-        try:
-            session = self.proposer.open_session()
-        except Exception as exc:
-            await abort_with(context, exc)
-        try:
-            async for req in requests:
-                out = await asyncio.to_thread(self.proposer.propose, session, req.start,
-                                              list(req.tokens), req.k)
-                yield proposal_to_pb(out)
-        except Exception as exc:
-            await abort_with(context, exc)
-        finally:
-            self.proposer.close_session(session)
+        # An async generator itself, so grpc.aio serves it as a streaming handler.
+        async for reply in self.runner.run(context, self.proposer.open_session,
+                                           self.proposer.close_session, self._step):
+            yield reply

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from specdec.batching import Batcher
 from specdec.config import EngineConfig
 from specdec.engine import Engine
 from specdec.proposers.draft_model import DraftModelProposer
+from specdec.slots import Admission
 from specdec.tokenizer_fingerprint import tokenizer_fingerprint
 from specdec.verifier import TargetVerifier
 
@@ -19,14 +21,17 @@ def build_engine(config: EngineConfig, executor: str = "torch") -> Engine:
     raise ValueError(f"executor {executor!r} is not available (available: {', '.join(EXECUTORS)})")
 
 
-def build_verifier(config: EngineConfig, window_sizes: tuple[int, ...],
-                   executor: str = "torch") -> TargetVerifier:
+def build_verifier(config: EngineConfig, window_sizes: tuple[int, ...], executor: str = "torch",
+                   batching: bool = True, admission: Admission = Admission()) -> TargetVerifier:
     """window_sizes: the k values verify windows run at; (0, 1, ..., max_k) = any draft length."""
     engine = build_engine(config, executor)
-    return TargetVerifier(engine, window_sizes, tokenizer_fingerprint(engine.path, engine.vocab_size),
-                          engine.eos_token_ids)
+    return TargetVerifier(Batcher(engine, batching), window_sizes,
+                          tokenizer_fingerprint(engine.path, engine.vocab_size),
+                          engine.eos_token_ids, admission)
 
 
-def build_draft_proposer(config: EngineConfig, max_k: int, executor: str = "torch") -> DraftModelProposer:
+def build_draft_proposer(config: EngineConfig, max_k: int, executor: str = "torch",
+                         batching: bool = True, admission: Admission = Admission()) -> DraftModelProposer:
     engine = build_engine(config, executor)
-    return DraftModelProposer(engine, max_k, tokenizer_fingerprint(engine.path, engine.vocab_size))
+    return DraftModelProposer(Batcher(engine, batching), max_k,
+                              tokenizer_fingerprint(engine.path, engine.vocab_size), admission)

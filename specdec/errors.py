@@ -23,3 +23,7 @@ class OutOfSlots(SpecDecError):
 
 class NotReady(SpecDecError):
     """The service is loading or draining. UNAVAILABLE."""
+
+
+class SessionIdle(SpecDecError):
+    """A session sent nothing for longer than the idle timeout; it was closed. DEADLINE_EXCEEDED."""

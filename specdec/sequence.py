@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specdec.engine import Engine
+from specdec.batching import DECODE, PREFILL, Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
+from specdec.timing import StepTimings
 
 
 @dataclass
@@ -34,20 +35,19 @@ class SlotSequence:
         self.tokens.extend(new_tokens)
         self.cached = min(self.cached, start)
 
-    def feed(self, engine: Engine, upto: int | None = None) -> np.ndarray:
-        """Run tokens[cached:upto] through the engine in chunks of prefill_seq_len.
+    def feed(self, batcher: Batcher, timings: StepTimings) -> np.ndarray:
+        """Run tokens[cached:] through the engine in chunks of prefill_seq_len.
         Returns the logits of the last fed token: [V] float32."""
-        upto = len(self.tokens) if upto is None else upto
-        if upto <= self.cached:
+        end = len(self.tokens)
+        if end <= self.cached:
             raise PreconditionFailed("nothing to feed: the session holds no new tokens")
-        logits = None
-        for s in range(self.cached, upto, engine.prefill_seq_len):
-            e = min(s + engine.prefill_seq_len, upto)
-            ids = np.array([self.tokens[s:e]], dtype=np.int64)          # [1, S]
-            pos = np.arange(s, e, dtype=np.int64)[None]                  # [1, S]
-            logits = engine.run(ids, pos, np.array([self.slot], dtype=np.int64), 1)[0, -1]
-        self.cached = upto
-        return logits
+        chunk = batcher.engine.prefill_seq_len
+        for s in range(self.cached, end, chunk):
+            e = min(s + chunk, end)
+            logits = batcher.run_row(self.tokens[s:e], list(range(s, e)), self.slot, 1,
+                                     DECODE if e - s == 1 else PREFILL, timings)   # [1, V]
+        self.cached = end
+        return logits[-1]
 
 
 def check_token_ids(tokens: list[int], vocab_size: int) -> None:

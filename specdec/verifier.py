@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from specdec.acceptance import greedy_accept
-from specdec.engine import Engine
+from specdec.batching import DECODE, Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.sequence import SlotSequence, check_token_ids
-from specdec.slots import SlotPool
+from specdec.slots import Admission, SlotPool
 from specdec.stopping import FinishReason, StopParams, cut_at_stop
-from specdec.timing import EngineGate, StepTimings
+from specdec.timing import StepTimings
 from specdec.windows import select_window
 
 
@@ -37,17 +37,18 @@ class VerifierSession:
 
 
 class TargetVerifier:
-    def __init__(self, engine: Engine, window_sizes: tuple[int, ...], tokenizer_fingerprint: str,
-                 eos_token_ids: tuple[int, ...]) -> None:
-        self.engine = engine
+    def __init__(self, batcher: Batcher, window_sizes: tuple[int, ...], tokenizer_fingerprint: str,
+                 eos_token_ids: tuple[int, ...], admission: Admission = Admission()) -> None:
+        self.batcher = batcher
+        self.engine = batcher.engine
         self.window_sizes = window_sizes  # k values verify windows run at (see specdec.windows)
         self.max_k = window_sizes[-1]
         self.fingerprint = tokenizer_fingerprint
         self.eos_token_ids = eos_token_ids
-        self.pool = SlotPool(engine.slots)
-        self.gate = EngineGate()
+        self.pool = SlotPool(self.engine.slots, admission)
 
     def open_session(self) -> VerifierSession:
+        """Blocks while all slots are taken (bounded, see Admission)."""
         return VerifierSession(SlotSequence(self.pool.acquire()))
 
     def close_session(self, session: VerifierSession) -> None:
@@ -69,8 +70,7 @@ class TargetVerifier:
                                  f"ctx_len {self.engine.ctx_len}")
         session.seq.sync(start, tokens, self.engine.ctx_len, self.engine.vocab_size)
         timings = StepTimings()
-        with self.gate.hold(timings):
-            logits = session.seq.feed(self.engine)                     # [V]
+        logits = session.seq.feed(self.batcher, timings)               # [V]
         session.params, session.emitted = params, 0
         out = self._commit(session, [int(np.argmax(logits))], accepted=0, drafted=0, timings=timings)
         out.timings.total_ns = time.perf_counter_ns() - t0
@@ -99,14 +99,11 @@ class TargetVerifier:
         assert len(window) == len(draft) + 1, "verifier invariant: exactly t is uncached"
         # Pad to the smallest window size that holds the draft; -1 positions write nothing.
         pad = select_window(len(draft), self.window_sizes) - len(draft)
-        ids = np.array([window + [-1] * pad], dtype=np.int64)                        # [1, K+1]
-        pos = np.array([list(range(seq.cached, seq.cached + len(window))) + [-1] * pad],
-                       dtype=np.int64)                                               # [1, K+1]
+        ids = window + [-1] * pad                                                    # [K+1]
+        pos = list(range(seq.cached, seq.cached + len(window))) + [-1] * pad         # [K+1]
         timings = StepTimings()
-        with self.gate.hold(timings):
-            logits = self.engine.run(ids, pos, np.array([seq.slot], dtype=np.int64),
-                                     ids.shape[1])[0]                   # [K+1, V]
-        target = logits[:len(window)].argmax(-1)                        # [k+1]
+        logits = self.batcher.run_row(ids, pos, seq.slot, len(ids), DECODE, timings)  # [K+1, V]
+        target = logits[:len(window)].argmax(-1)                                     # [k+1]
         accepted = greedy_accept(np.array(draft, dtype=np.int64), target)
         seq.cached += 1 + accepted  # t and the accepted drafts were written at the right place
         out = self._commit(session, target[:accepted + 1].tolist(), accepted, len(draft), timings)

@@ -6,7 +6,7 @@ import logging
 
 import grpc
 
-from specdec.errors import InvalidRequest, NotReady, OutOfSlots, PreconditionFailed
+from specdec.errors import InvalidRequest, NotReady, OutOfSlots, PreconditionFailed, SessionIdle
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +15,7 @@ STATUS_OF = {
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     OutOfSlots: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    SessionIdle: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

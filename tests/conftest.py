@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -11,6 +12,8 @@ import pytest
 
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import EngineConfig
+from specdec.slots import Admission
+from specdec_rpc.sessions import SessionPolicy, SessionRunner
 from specdec_rpc.convert import model_info
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.tiny_models import hf_model, save_tiny, save_truncated, save_word_tokenizer
@@ -67,20 +70,26 @@ def engine_config(path: Path, slots: int = 4) -> EngineConfig:
                         full_batch_size=slots)
 
 
-def start_verifier(path: Path, slots: int = 4,
-                   window_sizes: tuple[int, ...] | None = None) -> tuple[ServerThread, object]:
+def runner(idle_timeout_s: float = 60.0) -> SessionRunner:
+    return SessionRunner(ThreadPoolExecutor(32), SessionPolicy(idle_timeout_s))
+
+
+def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | None = None,
+                   batching: bool = True, admission: Admission = Admission(),
+                   idle_timeout_s: float = 60.0) -> tuple[ServerThread, object]:
     cfg = engine_config(path, slots)
-    verifier = build_verifier(cfg, window_sizes or tuple(range(MAX_K + 1)))
+    verifier = build_verifier(cfg, window_sizes or tuple(range(MAX_K + 1)), "torch", batching,
+                              admission)
     info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k, "target", "torch")
-    servicer = VerifierServicer(verifier, info)
+    servicer = VerifierServicer(verifier, info, runner(idle_timeout_s))
     return ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s)), verifier
 
 
-def start_proposer(path: Path, slots: int = 4) -> tuple[ServerThread, object]:
+def start_proposer(path: Path, slots: int = 4, batching: bool = True) -> tuple[ServerThread, object]:
     cfg = engine_config(path, slots)
-    proposer = build_draft_proposer(cfg, MAX_K)
+    proposer = build_draft_proposer(cfg, MAX_K, "torch", batching)
     info = model_info(proposer.engine, cfg, proposer.fingerprint, MAX_K, "draft", "torch")
-    servicer = ProposerServicer(proposer, info)
+    servicer = ProposerServicer(proposer, info, runner())
     return ServerThread(lambda s: pb_grpc.add_ProposerServicer_to_server(servicer, s)), proposer
 
 

@@ -10,7 +10,8 @@ from specdec.build import build_verifier
 from specdec.windows import parse_sizes
 from specdec_rpc.convert import model_info
 from specdec_rpc.server import serve, setup_logging
-from specdec_rpc.service_cli import add_service_args, engine_config, server_config
+from specdec_rpc.service_cli import (add_service_args, admission, engine_config, server_config,
+                                     session_runner)
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from verifier_service.servicer import VerifierServicer
 
@@ -32,10 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = engine_config(args)
     sizes = args.window_sizes or tuple(range(args.max_k + 1))
     log.info("config: %s, executor=%s, window sizes=%s", cfg, args.executor, sizes)
-    verifier = build_verifier(cfg, sizes, args.executor)
+    verifier = build_verifier(cfg, sizes, args.executor, args.batching == "on", admission(args))
     info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k, "target",
                       args.executor)
-    servicer = VerifierServicer(verifier, info)
+    servicer = VerifierServicer(verifier, info, session_runner(args))
     asyncio.run(serve(server_config(args),
                       lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s), "verifier"))
 

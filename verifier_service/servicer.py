@@ -2,50 +2,42 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import AsyncIterator
 
 import grpc
 
 from specdec.errors import InvalidRequest
 from specdec.stopping import StopParams
-from specdec.verifier import TargetVerifier
+from specdec.verifier import TargetVerifier, VerifierSession
 from specdec_rpc.convert import outcome_to_pb
-from specdec_rpc.status import abort_with
+from specdec_rpc.sessions import SessionRunner
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
 
 class VerifierServicer(pb_grpc.VerifierServicer):
-    def __init__(self, verifier: TargetVerifier, info: pb.ModelInfo) -> None:
+    def __init__(self, verifier: TargetVerifier, info: pb.ModelInfo, runner: SessionRunner) -> None:
         self.verifier = verifier
         self.info = info
+        self.runner = runner
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         return self.info
 
+    def _step(self, session: VerifierSession, req: pb.VerifierRequest) -> pb.VerifierReply:
+        kind = req.WhichOneof("kind")
+        if kind == "prefill":
+            p = req.prefill
+            return outcome_to_pb(self.verifier.prefill(
+                session, p.start, list(p.tokens), StopParams(p.max_new_tokens, p.ignore_eos),
+                p.draft_tokenizer_fingerprint))
+        if kind == "verify":
+            return outcome_to_pb(self.verifier.verify(session, list(req.verify.draft_tokens)))
+        raise InvalidRequest("empty VerifierRequest: set prefill or verify")
+
     async def Session(self, requests: AsyncIterator[pb.VerifierRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.VerifierReply]:
-        try:
-            session = self.verifier.open_session()
-        except Exception as exc:
-            await abort_with(context, exc)
-        # The slot is held exactly as long as the stream: released on end, error or cancel.
-        try:
-            async for req in requests:
-                kind = req.WhichOneof("kind")
-                if kind == "prefill":
-                    p = req.prefill
-                    out = await asyncio.to_thread(
-                        self.verifier.prefill, session, p.start, list(p.tokens),
-                        StopParams(p.max_new_tokens, p.ignore_eos), p.draft_tokenizer_fingerprint)
-                elif kind == "verify":
-                    out = await asyncio.to_thread(self.verifier.verify, session,
-                                                  list(req.verify.draft_tokens))
-                else:
-                    raise InvalidRequest("empty VerifierRequest: set prefill or verify")
-                yield outcome_to_pb(out)
-        except Exception as exc:
-            await abort_with(context, exc)
-        finally:
-            self.verifier.close_session(session)
+        # An async generator itself, so grpc.aio serves it as a streaming handler.
+        async for reply in self.runner.run(context, self.verifier.open_session,
+                                           self.verifier.close_session, self._step):
+            yield reply

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specdec.engine import Engine
+from specdec.batching import Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.sequence import SlotSequence
-from specdec.slots import SlotPool
-from specdec.timing import EngineGate, StepTimings
+from specdec.slots import Admission, SlotPool
+from specdec.timing import StepTimings
 
 
 @dataclass
@@ -30,12 +30,13 @@ class Proposal:
 class DraftModelProposer:
     method = "draft"
 
-    def __init__(self, engine: Engine, max_k: int, tokenizer_fingerprint: str) -> None:
-        self.engine = engine
+    def __init__(self, batcher: Batcher, max_k: int, tokenizer_fingerprint: str,
+                 admission: Admission = Admission()) -> None:
+        self.batcher = batcher
+        self.engine = batcher.engine
         self.max_k = max_k
         self.fingerprint = tokenizer_fingerprint
-        self.pool = SlotPool(engine.slots)
-        self.gate = EngineGate()
+        self.pool = SlotPool(self.engine.slots, admission)
 
     def open_session(self) -> SlotSequence:
         return SlotSequence(self.pool.acquire())
@@ -54,19 +55,18 @@ class DraftModelProposer:
         draft: list[int] = []
         if k > 0 and not seq.tokens:
             raise PreconditionFailed("nothing to draft from: sync the prompt first")
-        with self.gate.hold(timings):
-            if k == 0:
-                if seq.cached < len(seq.tokens):  # sync only: prefill the new tokens now
-                    seq.feed(self.engine)
-            else:
-                # The last token's logits are needed even if its KV is already in the slot.
-                seq.cached = min(seq.cached, len(seq.tokens) - 1)
-                logits = seq.feed(self.engine)                         # [V]
-                while True:
-                    draft.append(int(np.argmax(logits)))
-                    if len(draft) == k:
-                        break
-                    seq.tokens.append(draft[-1])
-                    logits = seq.feed(self.engine)
+        if k == 0:
+            if seq.cached < len(seq.tokens):  # sync only: prefill the new tokens now
+                seq.feed(self.batcher, timings)
+        else:
+            # The last token's logits are needed even if its KV is already in the slot.
+            seq.cached = min(seq.cached, len(seq.tokens) - 1)
+            logits = seq.feed(self.batcher, timings)                   # [V]
+            while True:
+                draft.append(int(np.argmax(logits)))
+                if len(draft) == k:
+                    break
+                seq.tokens.append(draft[-1])
+                logits = seq.feed(self.batcher, timings)
         timings.total_ns = time.perf_counter_ns() - t0
         return Proposal(draft, len(seq.tokens), timings)

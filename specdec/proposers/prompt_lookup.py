@@ -11,7 +11,7 @@ import numpy as np
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.draft_model import Proposal
 from specdec.proposers.ngram import propose_ngram
-from specdec.slots import SlotPool
+from specdec.slots import Admission, SlotPool
 from specdec.timing import StepTimings
 
 
@@ -41,13 +41,14 @@ class PromptLookupProposer:
     method = "ngram"
     fingerprint = ""  # proposals are ids taken from the sequence itself: any tokenizer fits
 
-    def __init__(self, max_k: int, max_ngram_size: int, ctx_len: int, sessions: int) -> None:
+    def __init__(self, max_k: int, max_ngram_size: int, ctx_len: int, sessions: int,
+                 admission: Admission = Admission()) -> None:
         if max_ngram_size < 1:
             raise ValueError("max_ngram_size must be >= 1")
         self.max_k = max_k
         self.max_ngram_size = max_ngram_size
         self.ctx_len = ctx_len
-        self.pool = SlotPool(sessions)  # bounds memory: one history per open session
+        self.pool = SlotPool(sessions, admission)  # bounds memory: one history per open session
 
     def open_session(self) -> TokenHistory:
         return TokenHistory(self.ctx_len, self.pool.acquire())
