@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from specdec.proposers.draft_model import Proposal
@@ -29,7 +31,7 @@ class _StreamLink:
         try:
             await self.call.write(request)
             reply = await self.call.read()
-        except grpc.aio.AioRpcError:
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             # A write to a stream the server already ended (e.g. RESOURCE_EXHAUSTED at open)
             # fails with a generic error; the call's own status says what happened.
             reply = grpc.aio.EOF

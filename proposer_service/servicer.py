@@ -28,6 +28,6 @@ class ProposerServicer(pb_grpc.ProposerServicer):
     async def Session(self, requests: AsyncIterator[pb.ProposeRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProposeReply]:
         # An async generator itself, so grpc.aio serves it as a streaming handler.
-        async for reply in self.runner.run(context, self.proposer.open_session,
+        async for reply in self.runner.run(requests, context, self.proposer.open_session,
                                            self.proposer.close_session, self._step):
             yield reply

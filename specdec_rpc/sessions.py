@@ -37,7 +37,8 @@ class SessionRunner:
         self.executor = executor  # domain calls block (admission wait, engine rows): run them here
         self.policy = policy
 
-    async def run(self, context: grpc.aio.ServicerContext, open_session: Callable[[], Any],
+    async def run(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+                  open_session: Callable[[], Any],
                   close_session: Callable[[Any], None],
                   step: Callable[[Any, Any], Any]) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
@@ -53,13 +54,13 @@ class SessionRunner:
         try:
             while True:
                 try:
-                    request = await asyncio.wait_for(context.read(), self.policy.idle_timeout_s)
+                    request = await asyncio.wait_for(anext(requests, None), self.policy.idle_timeout_s)
                 except asyncio.TimeoutError:
                     raise SessionIdle(
                         f"session idle for more than {self.policy.idle_timeout_s:g}s: closed and "
                         "its slot freed; open a new session and resend the sequence (start = 0)"
                     ) from None
-                if request is grpc.aio.EOF:
+                if request is None:  # the client half-closed: the session ends normally
                     return
                 running = loop.run_in_executor(self.executor, step, session, request)
                 reply = await asyncio.shield(running)

@@ -85,9 +85,10 @@ def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | N
     return ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s)), verifier
 
 
-def start_proposer(path: Path, slots: int = 4, batching: bool = True) -> tuple[ServerThread, object]:
+def start_proposer(path: Path, slots: int = 4, batching: bool = True,
+                   admission: Admission = Admission()) -> tuple[ServerThread, object]:
     cfg = engine_config(path, slots)
-    proposer = build_draft_proposer(cfg, MAX_K, "torch", batching)
+    proposer = build_draft_proposer(cfg, MAX_K, "torch", batching, admission)
     info = model_info(proposer.engine, cfg, proposer.fingerprint, MAX_K, "draft", "torch")
     servicer = ProposerServicer(proposer, info, runner())
     return ServerThread(lambda s: pb_grpc.add_ProposerServicer_to_server(servicer, s)), proposer

@@ -38,6 +38,6 @@ class VerifierServicer(pb_grpc.VerifierServicer):
     async def Session(self, requests: AsyncIterator[pb.VerifierRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.VerifierReply]:
         # An async generator itself, so grpc.aio serves it as a streaming handler.
-        async for reply in self.runner.run(context, self.verifier.open_session,
+        async for reply in self.runner.run(requests, context, self.verifier.open_session,
                                            self.verifier.close_session, self._step):
             yield reply
