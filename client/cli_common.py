@@ -7,14 +7,16 @@ import asyncio
 import json
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from client.api import SpecDecClient
 from client.links import ServiceError
 from client.launcher import start_service
 from specdec.config import DTYPES
+from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig, GenerationRecord
+from specdec.sampling import SamplingParams
 from specdec.metrics import batch_metrics, format_metrics, generation_metrics
 
 DEFAULT_PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_files(path):\n"]
@@ -35,6 +37,12 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
     p.add_argument("--max-new-tokens", type=int, default=0,
                    help="tokens to generate per prompt; 0 = until EOS or ctx_len (0)")
     p.add_argument("--ignore-eos-token", action="store_true", help="do not stop at EOS")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature; 0 = greedy (0)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely; 0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampling seed; prompt i uses seed + i (default: fresh entropy)")
     p.add_argument("--verifier", default=None, metavar="ADDR",
                    help="verifier host:port; default: start one as a subprocess")
     p.add_argument("--proposer", default=None, metavar="ADDR",
@@ -65,6 +73,15 @@ def engine_args(args: argparse.Namespace, model: str, device_group: str, max_k: 
             "--full-batch-size", str(concurrency(args)), "--max-k", str(max_k)]
 
 
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
+    try:
+        params.validate()
+    except InvalidRequest as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return params
+
+
 def load_tokenizer(model: str):
     from transformers import AutoTokenizer
 
@@ -79,12 +96,14 @@ async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]
                            local_proposer=local_proposer)
     gate = asyncio.Semaphore(width)
 
-    async def one(ids: list[int]) -> GenerationRecord:
+    async def one(i: int, ids: list[int]) -> GenerationRecord:
+        s = config.sampling
+        seeded = replace(config, sampling=replace(s, seed=None if s.seed is None else s.seed + i))
         async with gate:
-            return await client.generate(ids, config)
+            return await client.generate(ids, seeded)
 
     async with client:
-        return await asyncio.gather(*(one(ids) for ids in prompts))
+        return await asyncio.gather(*(one(i, ids) for i, ids in enumerate(prompts)))
 
 
 def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, ServiceSpec],

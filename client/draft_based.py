@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from client.cli_common import ServiceSpec, add_common_args, engine_args, run_cli
+from client.cli_common import ServiceSpec, add_common_args, engine_args, run_cli, sampling_params
 from specdec.generation import GenerationConfig
 
 
@@ -20,6 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-speculative-tokens", type=int, default=4, help="k, drafts per step (4)")
     p.add_argument("--target-device-group", default="0", help="devices of the verifier (0)")
     p.add_argument("--draft-device-group", default="0", help="devices of the proposer (0)")
+    p.add_argument("--draft-top-m", type=int, default=16,
+                   help="when sampling, the draft samples from its top m tokens and sends their "
+                        "probabilities; 0 = greedy drafts (16)")
     add_common_args(p)
     args = p.parse_args(argv)
     if args.num_speculative_tokens < 0:
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         services["proposer"] = ServiceSpec(
             "proposer", "proposer_service",
             ["--method", "draft", *engine_args(args, args.draft_model_name, args.draft_device_group, k)])
-    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token)
+    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
+                              args.draft_top_m)
     return run_cli(args, args.target_model_name, services,
                    {"verifier": args.verifier, "proposer": args.proposer}, config)
 

@@ -9,7 +9,8 @@ import grpc
 from specdec.proposers.draft_model import Proposal
 from specdec.stopping import StopParams
 from specdec.verifier import StepOutcome
-from specdec_rpc.convert import outcome_from_pb, proposal_from_pb
+from specdec.sampling import SamplingParams, Sparse
+from specdec_rpc.convert import outcome_from_pb, proposal_from_pb, sampling_to_pb, sparse_to_pb
 from specdec_rpc.v1 import specdec_pb2 as pb
 
 
@@ -53,19 +54,23 @@ class GrpcVerifierLink(_StreamLink):
     service = "verifier"
 
     async def prefill(self, start: int, tokens: list[int], params: StopParams,
-                      draft_fingerprint: str) -> StepOutcome:
+                      draft_fingerprint: str, sampling: SamplingParams) -> StepOutcome:
         req = pb.VerifierRequest(prefill=pb.Prefill(
             start=start, tokens=tokens, max_new_tokens=params.max_new_tokens,
-            ignore_eos=params.ignore_eos, draft_tokenizer_fingerprint=draft_fingerprint))
+            ignore_eos=params.ignore_eos, draft_tokenizer_fingerprint=draft_fingerprint,
+            sampling=sampling_to_pb(sampling)))
         return outcome_from_pb(await self._step(req))
 
-    async def verify(self, draft: list[int]) -> StepOutcome:
-        req = pb.VerifierRequest(verify=pb.Verify(draft_tokens=draft))
+    async def verify(self, draft: list[int], draft_probs: list[Sparse] | None) -> StepOutcome:
+        req = pb.VerifierRequest(verify=pb.Verify(draft_tokens=draft,
+                                                  draft_probs=sparse_to_pb(draft_probs)))
         return outcome_from_pb(await self._step(req))
 
 
 class GrpcProposerLink(_StreamLink):
     service = "proposer"
 
-    async def propose(self, start: int, tokens: list[int], k: int) -> Proposal:
-        return proposal_from_pb(await self._step(pb.ProposeRequest(start=start, tokens=tokens, k=k)))
+    async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
+                      top_m: int) -> Proposal:
+        return proposal_from_pb(await self._step(pb.ProposeRequest(
+            start=start, tokens=tokens, k=k, sampling=sampling_to_pb(sampling), top_m=top_m)))

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from client.cli_common import ServiceSpec, add_common_args, concurrency, engine_args, run_cli
+from client.cli_common import (ServiceSpec, add_common_args, concurrency, engine_args, run_cli,
+                               sampling_params)
 from specdec.generation import GenerationConfig
 from specdec.proposers.prompt_lookup import PromptLookupProposer
 from specdec.windows import parse_sizes
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             "proposer", "proposer_service",
             ["--method", "ngram", "--max-ngram-size", str(args.max_ngram_size), "--max-k", str(k),
              "--ctx-len", str(args.ctx_len), "--full-batch-size", str(concurrency(args))])
-    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token)
+    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args))
     return run_cli(args, args.target_model_name, services,
                    {"verifier": args.verifier, "proposer": args.proposer}, config,
                    REPEATED_PATTERN_PROMPTS, local)

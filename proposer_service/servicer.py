@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator
 import grpc
 
 from specdec.proposers.base import Proposer
-from specdec_rpc.convert import proposal_to_pb
+from specdec_rpc.convert import proposal_to_pb, sampling_from_pb
 from specdec_rpc.sessions import SessionRunner
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
@@ -23,7 +23,8 @@ class ProposerServicer(pb_grpc.ProposerServicer):
         return self.info
 
     def _step(self, session: Any, req: pb.ProposeRequest) -> pb.ProposeReply:
-        return proposal_to_pb(self.proposer.propose(session, req.start, list(req.tokens), req.k))
+        return proposal_to_pb(self.proposer.propose(session, req.start, list(req.tokens), req.k,
+                                                    sampling_from_pb(req.sampling), req.top_m))
 
     async def Session(self, requests: AsyncIterator[pb.ProposeRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProposeReply]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from specdec.proposers.draft_model import Proposal
+from specdec.sampling import SamplingParams, Sparse
 from specdec.sequence import common_prefix_len
 from specdec.stopping import FinishReason, StopParams
 from specdec.verifier import StepOutcome
@@ -20,13 +21,14 @@ from specdec.verifier import StepOutcome
 
 class VerifierLink(Protocol):
     async def prefill(self, start: int, tokens: list[int], params: StopParams,
-                      draft_fingerprint: str) -> StepOutcome: ...
+                      draft_fingerprint: str, sampling: SamplingParams) -> StepOutcome: ...
 
-    async def verify(self, draft: list[int]) -> StepOutcome: ...
+    async def verify(self, draft: list[int], draft_probs: list[Sparse] | None) -> StepOutcome: ...
 
 
 class ProposerLink(Protocol):
-    async def propose(self, start: int, tokens: list[int], k: int) -> Proposal: ...
+    async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
+                      top_m: int) -> Proposal: ...
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class GenerationConfig:
     num_speculative_tokens: int = 4   # k; 0 = target-only decoding
     max_new_tokens: int = 0           # 0 = until EOS or ctx_len
     ignore_eos: bool = False
+    sampling: SamplingParams = SamplingParams()  # greedy by default
+    # When sampling, a draft model samples its drafts from its top draft_top_m tokens and sends
+    # those probabilities (the exact q); 0 = greedy drafts (deterministic, nothing sent).
+    draft_top_m: int = 16
 
 
 @dataclass
@@ -84,9 +90,11 @@ async def generate(
     params = StopParams(config.max_new_tokens, config.ignore_eos)
     k_max = config.num_speculative_tokens if proposer is not None else 0
     # Prefill the target and the draft concurrently: each owns its own device.
-    calls = [_timed(rec, "verifier_ns", verifier.prefill(0, prompt, params, draft_fingerprint))]
+    sampling, top_m = config.sampling, config.draft_top_m
+    calls = [_timed(rec, "verifier_ns",
+                    verifier.prefill(0, prompt, params, draft_fingerprint, sampling))]
     if k_max:
-        calls.append(_timed(rec, "proposer_ns", proposer.propose(0, prompt, 0)))
+        calls.append(_timed(rec, "proposer_ns", proposer.propose(0, prompt, 0, sampling, top_m)))
     first, *_ = await asyncio.gather(*calls)
     held = list(prompt)  # what the proposer holds
     seq = prompt + first.tokens
@@ -100,12 +108,14 @@ async def generate(
         if config.max_new_tokens:
             k = min(k, config.max_new_tokens - len(rec.tokens) - 1)
         draft: list[int] = []
+        probs = None
         if k > 0:
             start = common_prefix_len(held, seq)
-            proposal = await _timed(rec, "proposer_ns", proposer.propose(start, seq[start:], k))
-            draft = proposal.draft
+            proposal = await _timed(rec, "proposer_ns",
+                                    proposer.propose(start, seq[start:], k, sampling, top_m))
+            draft, probs = proposal.draft, proposal.probs
             held = (seq + draft)[:proposal.held_len]
-        step = await _timed(rec, "verifier_ns", verifier.verify(draft))
+        step = await _timed(rec, "verifier_ns", verifier.verify(draft, probs))
         rec.verify_steps += 1
         rec.step_tokens += len(step.tokens)
         rec.drafted += step.drafted

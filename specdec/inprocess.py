@@ -7,6 +7,7 @@ import asyncio
 
 from specdec.proposers.base import Proposer
 from specdec.proposers.draft_model import Proposal
+from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import StopParams
 from specdec.verifier import StepOutcome, TargetVerifier
 
@@ -17,12 +18,12 @@ class InProcessVerifierLink:
         self.session = verifier.open_session()
 
     async def prefill(self, start: int, tokens: list[int], params: StopParams,
-                      draft_fingerprint: str) -> StepOutcome:
+                      draft_fingerprint: str, sampling: SamplingParams) -> StepOutcome:
         return await asyncio.to_thread(self.verifier.prefill, self.session, start, tokens, params,
-                                       draft_fingerprint)
+                                       draft_fingerprint, sampling)
 
-    async def verify(self, draft: list[int]) -> StepOutcome:
-        return await asyncio.to_thread(self.verifier.verify, self.session, draft)
+    async def verify(self, draft: list[int], draft_probs: list[Sparse] | None) -> StepOutcome:
+        return await asyncio.to_thread(self.verifier.verify, self.session, draft, draft_probs)
 
     async def close(self) -> None:
         self.verifier.close_session(self.session)
@@ -33,8 +34,10 @@ class InProcessProposerLink:
         self.proposer = proposer
         self.session = proposer.open_session()
 
-    async def propose(self, start: int, tokens: list[int], k: int) -> Proposal:
-        return await asyncio.to_thread(self.proposer.propose, self.session, start, tokens, k)
+    async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
+                      top_m: int) -> Proposal:
+        return await asyncio.to_thread(self.proposer.propose, self.session, start, tokens, k,
+                                       sampling, top_m)
 
     async def close(self) -> None:
         self.proposer.close_session(self.session)

@@ -12,6 +12,8 @@ from specdec.acceptance import greedy_accept
 from specdec.batching import DECODE, Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.sequence import SlotSequence, check_token_ids
+from specdec.sampling import (TARGET_STREAM, SamplingParams, Sparse, check_proposals,
+                              rejection_sample, sample, seeded_rng, warp)
 from specdec.slots import Admission, SlotPool
 from specdec.stopping import FinishReason, StopParams, cut_at_stop
 from specdec.timing import StepTimings
@@ -34,6 +36,8 @@ class VerifierSession:
     params: StopParams | None = None  # None until the first prefill
     emitted: int = 0                  # tokens emitted since the last prefill
     finish: FinishReason = FinishReason.NONE
+    sampling: SamplingParams = SamplingParams()
+    rng: np.random.Generator | None = None  # acceptance draws and samples; seeded at prefill
 
 
 class TargetVerifier:
@@ -55,9 +59,11 @@ class TargetVerifier:
         self.pool.release(session.seq.slot)
 
     def prefill(self, session: VerifierSession, start: int, tokens: list[int], params: StopParams,
-                draft_fingerprint: str = "") -> StepOutcome:
+                draft_fingerprint: str = "",
+                sampling: SamplingParams = SamplingParams()) -> StepOutcome:
         """Sync the sequence, run its new tokens through the target, emit the next token."""
         t0 = time.perf_counter_ns()
+        sampling.validate()
         if draft_fingerprint and draft_fingerprint != self.fingerprint:
             raise PreconditionFailed(
                 f"the proposer's tokenizer (fingerprint {draft_fingerprint}) differs from the "
@@ -72,12 +78,21 @@ class TargetVerifier:
         timings = StepTimings()
         logits = session.seq.feed(self.batcher, timings)               # [V]
         session.params, session.emitted = params, 0
-        out = self._commit(session, [int(np.argmax(logits))], accepted=0, drafted=0, timings=timings)
+        session.sampling = sampling
+        session.rng = seeded_rng(sampling.seed, TARGET_STREAM)
+        first = (int(np.argmax(logits)) if sampling.greedy
+                 else sample(warp(logits, sampling), session.rng))
+        out = self._commit(session, [first], accepted=0, drafted=0, timings=timings)
         out.timings.total_ns = time.perf_counter_ns() - t0
         return out
 
-    def verify(self, session: VerifierSession, draft: list[int]) -> StepOutcome:
-        """One target forward over [t, d1..dk]; keep the agreeing prefix plus one target token."""
+    def verify(self, session: VerifierSession, draft: list[int],
+               draft_probs: list[Sparse] | None = None) -> StepOutcome:
+        """One target forward over [t, d1..dk]; keep the accepted prefix plus one target token.
+
+        draft_probs: per draft, the sparse distribution it was sampled from; None = the drafts
+        are deterministic (point masses). Only used when the session samples.
+        """
         t0 = time.perf_counter_ns()
         if session.params is None:
             raise PreconditionFailed("verify before prefill: the first request of a session "
@@ -88,6 +103,8 @@ class TargetVerifier:
             raise InvalidRequest(f"draft of {len(draft)} tokens exceeds this verifier's max k "
                                  f"{self.max_k}")
         check_token_ids(draft, self.engine.vocab_size)
+        if draft_probs is not None:
+            check_proposals(draft, draft_probs, self.engine.vocab_size)
         seq = session.seq
         n_seq = len(seq.tokens)
         # Drafts past ctx_len or past the remaining budget could never be emitted.
@@ -95,6 +112,8 @@ class TargetVerifier:
         if session.params.max_new_tokens:
             fit = min(fit, session.params.max_new_tokens - session.emitted - 1)
         draft = draft[:max(fit, 0)]
+        if draft_probs is not None:
+            draft_probs = draft_probs[:len(draft)]
         window = seq.tokens[seq.cached:] + draft                       # [t, d1..dk]
         assert len(window) == len(draft) + 1, "verifier invariant: exactly t is uncached"
         # Pad to the smallest window size that holds the draft; -1 positions write nothing.
@@ -103,10 +122,17 @@ class TargetVerifier:
         pos = list(range(seq.cached, seq.cached + len(window))) + [-1] * pad         # [K+1]
         timings = StepTimings()
         logits = self.batcher.run_row(ids, pos, seq.slot, len(ids), DECODE, timings)  # [K+1, V]
-        target = logits[:len(window)].argmax(-1)                                     # [k+1]
-        accepted = greedy_accept(np.array(draft, dtype=np.int64), target)
+        logits = logits[:len(window)]                                                # [k+1, V]
+        if session.sampling.greedy:
+            target = logits.argmax(-1)                                               # [k+1]
+            accepted = greedy_accept(np.array(draft, dtype=np.int64), target)
+            candidates = target[:accepted + 1].tolist()
+        else:
+            p = np.stack([warp(row, session.sampling) for row in logits])            # [k+1, V]
+            accepted, nxt = rejection_sample(draft, draft_probs, p, session.rng)
+            candidates = draft[:accepted] + [nxt]
         seq.cached += 1 + accepted  # t and the accepted drafts were written at the right place
-        out = self._commit(session, target[:accepted + 1].tolist(), accepted, len(draft), timings)
+        out = self._commit(session, candidates, accepted, len(draft), timings)
         out.timings.total_ns = time.perf_counter_ns() - t0
         return out
 

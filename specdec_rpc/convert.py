@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from specdec.config import EngineConfig
 from specdec.engine import Engine
 from specdec.proposers.draft_model import Proposal
+from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import FinishReason
 from specdec.timing import StepTimings
 from specdec.verifier import StepOutcome
@@ -31,11 +34,33 @@ def outcome_from_pb(r: pb.VerifierReply) -> StepOutcome:
 
 
 def proposal_to_pb(p: Proposal) -> pb.ProposeReply:
-    return pb.ProposeReply(draft_tokens=p.draft, held_len=p.held_len, timings=timings_to_pb(p.timings))
+    return pb.ProposeReply(draft_tokens=p.draft, held_len=p.held_len, timings=timings_to_pb(p.timings),
+                           draft_probs=sparse_to_pb(p.probs))
 
 
 def proposal_from_pb(r: pb.ProposeReply) -> Proposal:
-    return Proposal(list(r.draft_tokens), r.held_len, timings_from_pb(r.timings))
+    return Proposal(list(r.draft_tokens), r.held_len, timings_from_pb(r.timings),
+                    sparse_from_pb(r.draft_probs))
+
+
+def sampling_to_pb(s: SamplingParams) -> pb.SamplingParams:
+    return pb.SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed)
+
+
+def sampling_from_pb(s: pb.SamplingParams) -> SamplingParams:
+    # top_p 0 is proto3's unset value: read it as "off", like top_k 0.
+    return SamplingParams(s.temperature, s.top_k, s.top_p or 1.0,
+                          s.seed if s.HasField("seed") else None)
+
+
+def sparse_to_pb(dists: list[Sparse] | None) -> list[pb.TokenDistribution]:
+    return [pb.TokenDistribution(token_ids=ids.tolist(), probs=p.tolist()) for ids, p in dists or []]
+
+
+def sparse_from_pb(dists) -> list[Sparse] | None:
+    """An empty list on the wire means deterministic drafts: None."""
+    return [(np.array(d.token_ids, dtype=np.int64), np.array(d.probs, dtype=np.float64))
+            for d in dists] or None
 
 
 def model_info(engine: Engine, config: EngineConfig, fingerprint: str, max_k: int, method: str,

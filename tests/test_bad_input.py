@@ -72,8 +72,23 @@ def assert_still_serves(services, target_hf):
     ([prefill(PROMPT, draft_tokenizer_fingerprint="0123456789abcdef")],
      grpc.StatusCode.FAILED_PRECONDITION, "tokenizer"),
     ([pb.VerifierRequest()], grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+    ([prefill(PROMPT, sampling=pb.SamplingParams(temperature=-1))],
+     grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+    ([prefill(PROMPT, sampling=pb.SamplingParams(temperature=float("nan")))],
+     grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+    ([prefill(PROMPT, sampling=pb.SamplingParams(temperature=1, top_p=1.5))],
+     grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
+    ([prefill(PROMPT, sampling=pb.SamplingParams(temperature=1)),
+      pb.VerifierRequest(verify=pb.Verify(draft_tokens=[3, 4], draft_probs=[
+          pb.TokenDistribution(token_ids=[3], probs=[1.0])]))],
+     grpc.StatusCode.INVALID_ARGUMENT, "distributions"),
+    ([prefill(PROMPT, sampling=pb.SamplingParams(temperature=1)),
+      pb.VerifierRequest(verify=pb.Verify(draft_tokens=[3], draft_probs=[
+          pb.TokenDistribution(token_ids=[4], probs=[1.0])]))],
+     grpc.StatusCode.INVALID_ARGUMENT, "probability 0"),
 ], ids=["token-over-vocab", "prompt-over-ctx", "empty-prompt", "step-before-prefill",
-        "k-over-max", "draft-over-vocab", "tokenizer-mismatch", "empty-request"])
+        "k-over-max", "draft-over-vocab", "tokenizer-mismatch", "empty-request",
+        "negative-temperature", "nan-temperature", "top-p-over-1", "probs-count", "probs-miss-draft"])
 def test_verifier_rejects(services, target_hf, requests_, code, match):
     expect_status(services["verifier"], pb_grpc.VerifierStub, requests_, code, match)
     assert_still_serves(services, target_hf)
@@ -84,7 +99,10 @@ def test_verifier_rejects(services, target_hf, requests_, code, match):
     (pb.ProposeRequest(start=0, tokens=[VOCAB], k=2), grpc.StatusCode.INVALID_ARGUMENT, "out of range"),
     (pb.ProposeRequest(start=3, tokens=[4], k=2), grpc.StatusCode.FAILED_PRECONDITION, "beyond"),
     (pb.ProposeRequest(start=0, tokens=[], k=2), grpc.StatusCode.FAILED_PRECONDITION, "nothing to draft"),
-], ids=["k-over-max", "token-over-vocab", "start-beyond-held", "no-context"])
+    (pb.ProposeRequest(start=0, tokens=PROMPT, k=2, top_m=4,
+                       sampling=pb.SamplingParams(temperature=1, top_k=0, top_p=2)),
+     grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
+], ids=["k-over-max", "token-over-vocab", "start-beyond-held", "no-context", "bad-sampling"])
 def test_proposer_rejects(services, target_hf, request_, code, match):
     expect_status(services["proposer"], pb_grpc.ProposerStub, [request_], code, match)
     assert_still_serves(services, target_hf)

@@ -111,3 +111,14 @@ def test_streaming_yields_steps_in_order(services, target_hf):
     chunks = asyncio.run(go())
     assert len(chunks) > 1 and chunks[0] and all(1 <= len(c) <= 4 for c in chunks[1:])
     assert sum(chunks, []) == greedy_reference(target_hf, prompt, NEW_TOKENS)
+
+
+def test_seeded_sampling_over_grpc_is_reproducible(services):
+    from specdec.sampling import SamplingParams
+
+    def sample(seed):
+        config = GenerationConfig(3, 24, True, SamplingParams(1.0, top_k=20, top_p=0.9, seed=seed))
+        return run(services, prompts()[1], config).tokens
+
+    assert sample(5) == sample(5)
+    assert sample(5) != sample(6)

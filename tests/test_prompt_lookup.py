@@ -88,8 +88,8 @@ class RecordingProposer:
     def __init__(self, link):
         self.link, self.lengths = link, []
 
-    async def propose(self, start, tokens, k):
-        out = await self.link.propose(start, tokens, k)
+    async def propose(self, start, tokens, k, sampling, top_m):
+        out = await self.link.propose(start, tokens, k, sampling, top_m)
         self.lengths.append((len(out.draft), k))
         return out
 

@@ -9,7 +9,7 @@ import grpc
 from specdec.errors import InvalidRequest
 from specdec.stopping import StopParams
 from specdec.verifier import TargetVerifier, VerifierSession
-from specdec_rpc.convert import outcome_to_pb
+from specdec_rpc.convert import outcome_to_pb, sampling_from_pb, sparse_from_pb
 from specdec_rpc.sessions import SessionRunner
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
@@ -30,9 +30,11 @@ class VerifierServicer(pb_grpc.VerifierServicer):
             p = req.prefill
             return outcome_to_pb(self.verifier.prefill(
                 session, p.start, list(p.tokens), StopParams(p.max_new_tokens, p.ignore_eos),
-                p.draft_tokenizer_fingerprint))
+                p.draft_tokenizer_fingerprint, sampling_from_pb(p.sampling)))
         if kind == "verify":
-            return outcome_to_pb(self.verifier.verify(session, list(req.verify.draft_tokens)))
+            v = req.verify
+            return outcome_to_pb(self.verifier.verify(session, list(v.draft_tokens),
+                                                      sparse_from_pb(v.draft_probs)))
         raise InvalidRequest("empty VerifierRequest: set prefill or verify")
 
     async def Session(self, requests: AsyncIterator[pb.VerifierRequest],

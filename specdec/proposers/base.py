@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from specdec.proposers.draft_model import Proposal
+from specdec.sampling import SamplingParams
 
 
 class Proposer(Protocol):
@@ -16,6 +17,8 @@ class Proposer(Protocol):
 
     def close_session(self, session: Any) -> None: ...
 
-    def propose(self, session: Any, start: int, tokens: list[int], k: int) -> Proposal:
-        """Sync (drop positions >= start, append tokens), then propose up to k tokens."""
+    def propose(self, session: Any, start: int, tokens: list[int], k: int,
+                sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
+        """Sync (drop positions >= start, append tokens), then propose up to k tokens; a
+        proposer that samples (sampling non-greedy, top_m > 0) returns the q of each draft."""
         ...

@@ -11,6 +11,7 @@ import numpy as np
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.draft_model import Proposal
 from specdec.proposers.ngram import propose_ngram
+from specdec.sampling import SamplingParams
 from specdec.slots import Admission, SlotPool
 from specdec.timing import StepTimings
 
@@ -56,7 +57,9 @@ class PromptLookupProposer:
     def close_session(self, history: TokenHistory) -> None:
         self.pool.release(history.slot)
 
-    def propose(self, history: TokenHistory, start: int, tokens: list[int], k: int) -> Proposal:
+    def propose(self, history: TokenHistory, start: int, tokens: list[int], k: int,
+                sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
+        """Deterministic drafts whatever the sampling: the point-mass case of the rejection rule."""
         t0 = time.perf_counter_ns()
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
