@@ -66,6 +66,8 @@ class SpecDecClient:
     def max_k(self) -> int:
         """Largest k both services accept."""
         assert self.verifier_info is not None, "connect() first"
+        if self.verifier_info.method == "turbo":  # the verifier drafts with its own heads
+            return self.verifier_info.max_k
         if self.local_proposer is not None:
             return min(self.verifier_info.max_k, self.local_proposer.max_k)
         if self.proposer_info is None:
@@ -83,7 +85,8 @@ class SpecDecClient:
         plink, fingerprint = None, ""
         if config.num_speculative_tokens and self.local_proposer is not None:
             plink, fingerprint = InProcessProposerLink(self.local_proposer), self.local_proposer.fingerprint
-        elif config.num_speculative_tokens and self.proposer is not None:
+        elif (config.num_speculative_tokens and self.proposer is not None
+              and self.verifier_info.method != "turbo"):
             plink = GrpcProposerLink(self.proposer.Session())
             fingerprint = self.proposer_info.tokenizer_fingerprint
         try:

@@ -18,16 +18,31 @@ from proposer_service.servicer import ProposerServicer
 
 log = logging.getLogger("proposer_service")
 
+TURBO_HELP = """proposer_service: Turbo (multi-projection) heads need the target's hidden states, so they run
+inside the verifier's forward pass, not in a proposer service: each verify reply carries the
+next round's drafts, and a Turbo round costs one target forward and no proposer call.
+Start the verifier with the heads instead:
+
+    python -m verifier_service --model PATH --speculative-model-type turbo
+
+(PATH holds the base checkpoint plus speculator_config.json and speculator.safetensors), and
+generate with `python -m client.multi_projection --verifier HOST:PORT`, or let
+`python -m client.multi_projection --pretrained-model-name-or-path PATH` start it for you.
+"""
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="proposer_service", description=(
         "Speculative-decoding proposer: guesses the next k tokens for the verifier to check."))
-    parser.add_argument("--method", default="draft", choices=["draft", "ngram"],
-                        help="draft = a small draft model (default); ngram = prompt lookup")
+    parser.add_argument("--method", default="draft", choices=["draft", "ngram", "turbo"],
+                        help="draft = a small draft model (default); ngram = prompt lookup; "
+                             "turbo runs in the verifier, not here")
     parser.add_argument("--max-ngram-size", type=int, default=3,
                         help="ngram: longest n-gram matched (3)")
     add_service_args(parser, default_max_k=8)
     args = parser.parse_args(argv)
+    if args.method == "turbo":
+        parser.exit(2, TURBO_HELP)
     setup_logging(args.log_level)
     cfg = engine_config(args)
     if args.method == "ngram":

@@ -23,8 +23,11 @@ def build_engine(config: EngineConfig, executor: str = "torch") -> Engine:
 
 def build_verifier(config: EngineConfig, window_sizes: tuple[int, ...], executor: str = "torch",
                    batching: bool = True, admission: Admission = Admission()) -> TargetVerifier:
-    """window_sizes: the k values verify windows run at; (0, 1, ..., max_k) = any draft length."""
+    """window_sizes: the k values verify windows run at; (0, 1, ..., max_k) = any draft length.
+    A Turbo target (config.turbo) drafts with its H heads: its windows are 0..H."""
     engine = build_engine(config, executor)
+    if engine.num_heads:
+        window_sizes = tuple(range(engine.num_heads + 1))
     return TargetVerifier(Batcher(engine, batching), window_sizes,
                           tokenizer_fingerprint(engine.path, engine.vocab_size),
                           engine.eos_token_ids, admission)

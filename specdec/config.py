@@ -21,6 +21,7 @@ class EngineConfig:
     prefill_seq_len: int = 32     # prefill chunk length (a QPC's prefill specialization)
     ctx_len: int = 128            # KV positions per slot
     full_batch_size: int = 4      # KV slots = concurrent sessions
+    turbo: bool = False           # also evaluate the Turbo heads beside the checkpoint
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -88,12 +88,12 @@ async def generate(
 ) -> GenerationRecord:
     rec = GenerationRecord(prompt_len=len(prompt), t_start=time.perf_counter())
     params = StopParams(config.max_new_tokens, config.ignore_eos)
-    k_max = config.num_speculative_tokens if proposer is not None else 0
+    k_max = config.num_speculative_tokens
     # Prefill the target and the draft concurrently: each owns its own device.
     sampling, top_m = config.sampling, config.draft_top_m
     calls = [_timed(rec, "verifier_ns",
                     verifier.prefill(0, prompt, params, draft_fingerprint, sampling))]
-    if k_max:
+    if k_max and proposer is not None:
         calls.append(_timed(rec, "proposer_ns", proposer.propose(0, prompt, 0, sampling, top_m)))
     first, *_ = await asyncio.gather(*calls)
     held = list(prompt)  # what the proposer holds
@@ -101,6 +101,7 @@ async def generate(
     rec.tokens += first.tokens
     rec.finish = first.finish
     rec.t_first = time.perf_counter()
+    guesses = first.next_draft  # Turbo: the verifier's own heads draft the next round
     if on_tokens:
         on_tokens(first.tokens)
     while not rec.finish:
@@ -109,13 +110,16 @@ async def generate(
             k = min(k, config.max_new_tokens - len(rec.tokens) - 1)
         draft: list[int] = []
         probs = None
-        if k > 0:
+        if k > 0 and proposer is None:
+            draft = guesses[:k]
+        elif k > 0:
             start = common_prefix_len(held, seq)
             proposal = await _timed(rec, "proposer_ns",
                                     proposer.propose(start, seq[start:], k, sampling, top_m))
             draft, probs = proposal.draft, proposal.probs
             held = (seq + draft)[:proposal.held_len]
         step = await _timed(rec, "verifier_ns", verifier.verify(draft, probs))
+        guesses = step.next_draft
         rec.verify_steps += 1
         rec.step_tokens += len(step.tokens)
         rec.drafted += step.drafted

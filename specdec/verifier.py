@@ -28,6 +28,7 @@ class StepOutcome:
     finish: FinishReason
     sequence_len: int
     timings: StepTimings = field(default_factory=StepTimings)
+    next_draft: list[int] = field(default_factory=list)  # Turbo: the heads' guesses for next round
 
 
 @dataclass
@@ -76,13 +77,16 @@ class TargetVerifier:
                                  f"ctx_len {self.engine.ctx_len}")
         session.seq.sync(start, tokens, self.engine.ctx_len, self.engine.vocab_size)
         timings = StepTimings()
-        logits = session.seq.feed(self.batcher, timings)               # [V]
+        logits = session.seq.feed(self.batcher, timings)               # [V] or Turbo [H+1, V]
+        logits, guesses = self._split_heads(logits[None])
+        logits = logits[0]
         session.params, session.emitted = params, 0
         session.sampling = sampling
         session.rng = seeded_rng(sampling.seed, TARGET_STREAM)
         first = (int(np.argmax(logits)) if sampling.greedy
                  else sample(warp(logits, sampling), session.rng))
         out = self._commit(session, [first], accepted=0, drafted=0, timings=timings)
+        out.next_draft = guesses[0]
         out.timings.total_ns = time.perf_counter_ns() - t0
         return out
 
@@ -122,7 +126,7 @@ class TargetVerifier:
         pos = list(range(seq.cached, seq.cached + len(window))) + [-1] * pad         # [K+1]
         timings = StepTimings()
         logits = self.batcher.run_row(ids, pos, seq.slot, len(ids), DECODE, timings)  # [K+1, V]
-        logits = logits[:len(window)]                                                # [k+1, V]
+        logits, guesses = self._split_heads(logits[:len(window)])                    # [k+1, V]
         if session.sampling.greedy:
             target = logits.argmax(-1)                                               # [k+1]
             accepted = greedy_accept(np.array(draft, dtype=np.int64), target)
@@ -133,8 +137,17 @@ class TargetVerifier:
             candidates = draft[:accepted] + [nxt]
         seq.cached += 1 + accepted  # t and the accepted drafts were written at the right place
         out = self._commit(session, candidates, accepted, len(draft), timings)
+        # Turbo: the heads at the last accepted position guess the tokens after the one emitted.
+        out.next_draft = guesses[accepted]
         out.timings.total_ns = time.perf_counter_ns() - t0
         return out
+
+    def _split_heads(self, logits: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
+        """[n, V] -> ([n, V], n empty guesses); Turbo [n, H+1, V] -> (base [n, V], per position
+        the heads' top-1 guesses [H]): single path, top-1 per head, as QEfficient."""
+        if logits.ndim == 2:
+            return logits, [[] for _ in range(logits.shape[0])]
+        return logits[:, 0], logits[:, 1:].argmax(-1).tolist()
 
     def _commit(self, session: VerifierSession, candidates: list[int], accepted: int,
                 drafted: int, timings: StepTimings) -> StepOutcome:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from dataclasses import replace
 
 from specdec.build import build_verifier
 from specdec.windows import parse_sizes
@@ -26,16 +27,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="k values verify windows run at, like QEfficient's compiled "
                              "--num-speculative-tokens list: a draft of d tokens runs in the "
                              "smallest k >= d, padded with -1 (default: every k up to --max-k)")
+    parser.add_argument("--speculative-model-type", default="target", choices=["target", "turbo"],
+                        help="turbo: also evaluate the multi-projection heads beside the checkpoint "
+                             "(speculator_config.json); k is their number (target)")
     args = parser.parse_args(argv)
     if args.model is None:
         parser.error("--model is required")
     setup_logging(args.log_level)
-    cfg = engine_config(args)
+    cfg = replace(engine_config(args), turbo=args.speculative_model_type == "turbo")
     sizes = args.window_sizes or tuple(range(args.max_k + 1))
     log.info("config: %s, executor=%s, window sizes=%s", cfg, args.executor, sizes)
     verifier = build_verifier(cfg, sizes, args.executor, args.batching == "on", admission(args))
-    info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k, "target",
-                      args.executor)
+    info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k,
+                      args.speculative_model_type, args.executor)
     servicer = VerifierServicer(verifier, info, session_runner(args))
     asyncio.run(serve(server_config(args),
                       lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s), "verifier"))

@@ -10,6 +10,8 @@ QEfficient QPC, so the torch and the Cloud AI 100 executors are interchangeable:
   current position are invisible and get overwritten later: rolling back a rejected draft is
   free (the next call simply reuses the positions).
 - num_logits keeps the logits of the last num_logits real positions of each row.
+- A multi-projection (Turbo) target returns [B, num_logits, H+1, V]: index 0 is the base head,
+  index j the head that guesses j tokens further (num_heads = H; 0 for plain models).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Engine(Protocol):
     device: str           # where it runs, for Info
     path: Path            # checkpoint directory (tokenizer files live there too)
     eos_token_ids: tuple[int, ...]
+    num_heads: int        # Turbo heads evaluated with the base head; 0 = a plain model
 
     def run(
         self,
@@ -35,5 +38,5 @@ class Engine(Protocol):
         position_ids: np.ndarray,  # [B, S] int64, -1 = padding
         batch_index: np.ndarray,   # [B] int64, distinct slots
         num_logits: int,
-    ) -> np.ndarray:               # [B, num_logits, V] float32
+    ) -> np.ndarray:               # [B, num_logits, V] or [B, num_logits, H+1, V] float32
         ...

@@ -10,6 +10,7 @@ import torch
 from specdec.config import EngineConfig
 from specdec.engine.checkpoint import LlamaFamilyConfig, load_state_dict, read_config, resolve_model_path
 from specdec.engine.llama import LlamaFamilyModel, rope_inv_freq
+from specdec.engine.turbo import load_turbo_heads
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,12 @@ class TorchEngine:
         self.prefill_seq_len = config.prefill_seq_len
         self.eos_token_ids = mc.eos_token_ids
         self.model = build_model(mc, load_state_dict(path), self.dtype, config.device)
+        self.turbo_heads = None
+        self.num_heads = 0  # Turbo heads H; run() returns [B, N, H+1, V] when H > 0
+        if config.turbo:
+            turbo, heads = load_turbo_heads(path, mc.hidden_size)
+            self.turbo_heads = heads.to(device=config.device, dtype=self.dtype)
+            self.num_heads = turbo.num_heads
         positions = torch.arange(config.ctx_len, dtype=torch.float32)
         freqs = torch.outer(positions, rope_inv_freq(mc))
         emb = torch.cat((freqs, freqs), dim=-1)   # [ctx_len, hd], float32 as in transformers
@@ -110,6 +117,11 @@ class TorchEngine:
 
     def run(self, input_ids: np.ndarray, position_ids: np.ndarray, batch_index: np.ndarray,
             num_logits: int) -> np.ndarray:
+        """[B, num_logits, V] float32; with Turbo heads [B, num_logits, H+1, V], index 0 = base."""
         with torch.inference_mode():
             h = self.hidden(input_ids, position_ids, batch_index, num_logits)
-            return self.model.logits(h).cpu().numpy()  # [B, num_logits, V] float32
+            if self.turbo_heads is None:
+                return self.model.logits(h).cpu().numpy()
+            normed = self.model.model.norm(h)                                    # [B, N, D]
+            stacked = torch.stack([normed, *(head(normed) for head in self.turbo_heads)], dim=2)
+            return self.model.lm_head(stacked).float().cpu().numpy()            # [B, N, H+1, V]

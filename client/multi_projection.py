@@ -1,0 +1,46 @@
+"""Multi-projection ("Turbo") speculative decoding, with the flags of QEfficient's
+multi_projection.py. The heads run inside the verifier's forward: every verify reply carries
+the next round's drafts, so a round costs one target forward and no proposer call.
+
+    python -m client.multi_projection --pretrained-model-name-or-path models/target
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from client.cli_common import ServiceSpec, add_common_args, engine_args, run_cli, sampling_params
+from specdec.engine.turbo import NotATurboModel, read_turbo_config
+from specdec.generation import GenerationConfig
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="client.multi_projection", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pretrained-model-name-or-path", default="models/target",
+                   help="base checkpoint directory with speculator_config.json and "
+                        "speculator.safetensors beside it")
+    p.add_argument("--device-group", default="0", help="devices of the verifier (0)")
+    add_common_args(p, prefill_seq_len=32, ctx_len=128)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model = args.pretrained_model_name_or_path
+    try:
+        heads = read_turbo_config(Path(model)).num_heads   # k comes from the speculator config
+    except NotATurboModel as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    services = {"verifier": ServiceSpec(
+        "verifier", "verifier_service",
+        [*engine_args(args, model, args.device_group, heads), "--speculative-model-type", "turbo"])}
+    config = GenerationConfig(heads, args.max_new_tokens, args.ignore_eos_token, sampling_params(args))
+    return run_cli(args, model, services, {"verifier": args.verifier}, config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

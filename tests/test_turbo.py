@@ -1,0 +1,154 @@
+"""Multi-projection (Turbo) heads: logits against a direct reference on transformers' hidden
+states, QEfficient's shared-weights layout, and lossless generation with the verifier drafting
+for itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from client.api import SpecDecClient
+from specdec.config import EngineConfig
+from specdec.engine.torch_engine import TorchEngine
+from specdec.engine.turbo import NotATurboModel
+from specdec.generation import GenerationConfig
+from specdec_rpc.v1 import specdec_pb2 as pb
+from tests.conftest import ServerThread, engine_config, runner
+from tests.tiny_models import VOCAB, greedy_reference, hf_model, save_tiny, save_word_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def save_turbo(path: Path, heads: int, layers: int, seed: int = 0, zero_heads: tuple = ()) -> dict:
+    """speculator_config.json + speculator.safetensors with random ResBlocks (heads listed in
+    zero_heads get QEfficient's zero init: they repeat the base head's guess)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    hidden = json.loads((path / "config.json").read_text())["hidden_size"]
+    state = {}
+    for j in range(heads):
+        for layer in range(layers):
+            scale = 0.0 if j in zero_heads else 0.3
+            state[f"projections.{j}.{layer}.linear.weight"] = torch.randn(hidden, hidden, generator=g) * scale
+            state[f"projections.{j}.{layer}.linear.bias"] = torch.randn(hidden, generator=g) * scale
+    save_file(state, str(path / "speculator.safetensors"))
+    (path / "speculator_config.json").write_text(json.dumps(
+        {"model_type": "turbo", "turbo_num_heads": heads, "turbo_num_layers": layers}))
+    return state
+
+
+def reference_heads(model, state: dict, ids: list[int], heads: int, layers: int) -> np.ndarray:
+    """[S, H+1, V]: lm_head([h, ResBlocks_1(h), ...]) on transformers' final hidden states, with
+    QEfficient's layout: every layer of a head is the checkpoint's LAST layer entry."""
+    with torch.no_grad():
+        h = model.model(torch.tensor([ids])).last_hidden_state[0]          # [S, D], post-norm
+        outs = [h]
+        for j in range(heads):
+            w = state[f"projections.{j}.{layers - 1}.linear.weight"]
+            b = state[f"projections.{j}.{layers - 1}.linear.bias"]
+            x = h
+            for _ in range(layers):
+                x = x + torch.nn.functional.silu(x @ w.T + b)
+            outs.append(x)
+        return model.lm_head(torch.stack(outs, dim=1)).numpy()              # [S, H+1, V]
+
+
+@pytest.mark.parametrize("heads, layers", [(3, 1), (2, 2)])
+def test_head_logits_match_reference(tmp_path, heads, layers):
+    path = save_tiny(tmp_path, "llama", seed=1)
+    state = save_turbo(path, heads, layers)
+    engine = TorchEngine(EngineConfig(model=str(path), ctx_len=32, prefill_seq_len=8,
+                                      full_batch_size=2, turbo=True))
+    ids = [5, 9, 14, 3, 22, 7, 40]
+    out = engine.run(np.array([ids[:4]]), np.arange(4)[None], np.array([1]), 4)
+    out2 = engine.run(np.array([ids[4:]]), np.arange(4, 7)[None], np.array([1]), 3)
+    assert out.shape == (1, 4, heads + 1, VOCAB)
+    got = np.concatenate([out[0], out2[0]])
+    np.testing.assert_allclose(got, reference_heads(hf_model(path), state, ids, heads, layers),
+                               atol=1e-4)
+
+
+def test_missing_speculator_is_named(tmp_path):
+    path = save_tiny(tmp_path, "llama")
+    with pytest.raises(NotATurboModel, match="not a Turbo model"):
+        TorchEngine(EngineConfig(model=str(path), turbo=True))
+
+
+@pytest.fixture(scope="module")
+def turbo_target(tiny_pair, tmp_path_factory):
+    import shutil
+
+    path = shutil.copytree(tiny_pair[0], tmp_path_factory.mktemp("turbo") / "target")
+    save_turbo(path, heads=3, layers=1, zero_heads=(0,))
+    return path
+
+
+@pytest.fixture(scope="module")
+def turbo_service(turbo_target):
+    from dataclasses import replace
+
+    from specdec.build import build_verifier
+    from specdec_rpc.convert import model_info
+    from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
+    from verifier_service.servicer import VerifierServicer
+
+    cfg = replace(engine_config(turbo_target), turbo=True)
+    verifier = build_verifier(cfg, (0,))
+    info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k, "turbo", "torch")
+    server = ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(
+        VerifierServicer(verifier, info, runner()), s))
+    yield server.address, verifier
+    server.stop()
+
+
+def test_turbo_is_lossless_for_several_batch_shapes(turbo_service, target_hf):
+    address, verifier = turbo_service
+    assert verifier.max_k == 3  # k comes from the speculator config, not from the caller
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(2, VOCAB, size=n).tolist() for n in (3, 8, 11, 19, 6)]
+
+    async def go(batch):
+        async with SpecDecClient(address) as client:
+            assert client.max_k() == 3
+            return await asyncio.gather(*(client.generate(p, GenerationConfig(3, 30, True))
+                                          for p in batch))
+
+    records = asyncio.run(go(prompts[:1])) + asyncio.run(go(prompts[1:3])) + asyncio.run(go(prompts[3:]))
+    for prompt, rec in zip(prompts, records):
+        assert rec.tokens == greedy_reference(target_hf, prompt, 30)
+        assert rec.drafted > 0
+    assert sum(r.accepted for r in records) > 0  # the zero-init head repeats tokens: some accepted
+
+
+def test_cli_refuses_a_model_without_heads(tiny_pair):
+    proc = subprocess.run([sys.executable, "-m", "client.multi_projection",
+                           "--pretrained-model-name-or-path", str(tiny_pair[1])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not a Turbo model" in proc.stderr
+
+
+def test_proposer_service_explains_turbo():
+    proc = subprocess.run([sys.executable, "-m", "proposer_service", "--method", "turbo"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "inside the verifier" in proc.stderr and "--speculative-model-type turbo" in proc.stderr
+
+
+def test_multi_projection_cli_is_lossless(turbo_target, target_hf, tmp_path):
+    out = tmp_path / "turbo.json"
+    proc = subprocess.run([sys.executable, "-m", "client.multi_projection",
+                           "--pretrained-model-name-or-path", str(turbo_target),
+                           "--prefill-seq-len", "8", "--ctx-len", "64", "--max-new-tokens", "16",
+                           "--ignore-eos-token", "--prompts", "t5 t6 t7 t8", "--json", str(out),
+                           "--quiet-services"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    item = json.loads(out.read_text())["prompts"][0]
+    assert item["generated_ids"] == greedy_reference(target_hf, item["prompt_ids"], 16)
