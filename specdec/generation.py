@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from specdec.proposers.draft_model import Proposal
+from specdec.recovery import LinkLost, RecoveryPolicy, backoff_delays
 from specdec.sampling import SamplingParams, Sparse
 from specdec.sequence import common_prefix_len
 from specdec.stopping import FinishReason, StopParams
@@ -61,6 +62,7 @@ class GenerationRecord:
     proposer_ns: int = 0               # client-side wall time of proposer calls
     verifier_ns: int = 0               # client-side wall time of verifier calls
     server_ns: int = 0                 # time the services reported for those calls
+    recoveries: int = 0                # lost service sessions replaced mid-generation
 
 
 def _count(at: list[int], n: int) -> None:
@@ -77,6 +79,88 @@ async def _timed(record: GenerationRecord, attr: str, call: Awaitable):
     return out
 
 
+Reopen = Callable[[], Awaitable]  # opens a new session on a service (a fresh link)
+
+
+class _Generation:
+    """One generation's state and the three moves of a round; recovery keeps them going."""
+
+    def __init__(self, prompt: list[int], verifier: VerifierLink, proposer: ProposerLink | None,
+                 config: GenerationConfig, ctx_len: int, draft_fingerprint: str,
+                 reopen_verifier: Reopen | None, reopen_proposer: Reopen | None,
+                 policy: RecoveryPolicy) -> None:
+        self.rec = GenerationRecord(prompt_len=len(prompt), t_start=time.perf_counter())
+        self.seq = list(prompt)           # prompt + everything emitted: the source of truth
+        self.held: list[int] = []         # what the proposer session holds
+        self.guesses: list[int] = []      # Turbo: the verifier's own heads' next draft
+        self.verifier, self.proposer = verifier, proposer
+        self.config, self.ctx_len, self.fingerprint = config, ctx_len, draft_fingerprint
+        self.reopen_verifier, self.reopen_proposer, self.policy = reopen_verifier, reopen_proposer, policy
+        self.proposer_down_at: float | None = None
+
+    def _remaining(self) -> int:
+        """StopParams.max_new_tokens for a (re-)prefill: what this generation may still emit."""
+        return self.config.max_new_tokens - len(self.rec.tokens) if self.config.max_new_tokens else 0
+
+    async def prefill(self) -> StepOutcome:
+        """Prefill the verifier with the whole sequence (start = 0), retrying a lost verifier
+        with backoff until the deadline."""
+        params = StopParams(self._remaining(), self.config.ignore_eos)
+        deadline = time.monotonic() + self.policy.deadline_s
+        for delay in backoff_delays(self.policy):
+            await asyncio.sleep(delay)
+            try:
+                if self.verifier is None:
+                    self.verifier = await self.reopen_verifier()
+                return await _timed(self.rec, "verifier_ns", self.verifier.prefill(
+                    0, self.seq, params, self.fingerprint, self.config.sampling))
+            except LinkLost:
+                if self.reopen_verifier is None or time.monotonic() + delay > deadline:
+                    raise
+                self.verifier = None
+                self.rec.recoveries += 1
+
+    async def propose(self, k: int) -> tuple[list[int], list[Sparse] | None]:
+        if self.proposer is None and self.reopen_proposer is not None and self.proposer_down_at \
+                and time.monotonic() - self.proposer_down_at >= self.policy.proposer_retry_s:
+            try:
+                self.proposer, self.held = await self.reopen_proposer(), []
+                self.proposer_down_at = None
+            except LinkLost:
+                self.proposer_down_at = time.monotonic()
+        if self.proposer is None:
+            return self.guesses[:k], None   # Turbo guesses; empty = a target-only step
+        start = common_prefix_len(self.held, self.seq)
+        try:
+            proposal = await _timed(self.rec, "proposer_ns", self.proposer.propose(
+                start, self.seq[start:], k, self.config.sampling, self.config.draft_top_m))
+        except LinkLost:
+            # Lossless either way: go on target-only and try a new session later.
+            self.proposer, self.proposer_down_at = None, time.monotonic()
+            self.rec.recoveries += 1
+            return [], None
+        self.held = (self.seq + proposal.draft)[:proposal.held_len]
+        return proposal.draft, proposal.probs
+
+    async def verify(self, draft: list[int], probs: list[Sparse] | None) -> StepOutcome:
+        try:
+            return await _timed(self.rec, "verifier_ns", self.verifier.verify(draft, probs))
+        except LinkLost:
+            if self.reopen_verifier is None:
+                raise
+            self.verifier = None
+            self.rec.recoveries += 1
+            return await self.prefill()  # emits the token the lost step would have ended with
+
+    def commit(self, step: StepOutcome, on_tokens) -> None:
+        self.seq += step.tokens
+        self.rec.tokens += step.tokens
+        self.rec.finish = step.finish
+        self.guesses = step.next_draft
+        if on_tokens:
+            on_tokens(step.tokens)
+
+
 async def generate(
     prompt: list[int],
     verifier: VerifierLink,
@@ -85,51 +169,33 @@ async def generate(
     ctx_len: int,
     draft_fingerprint: str = "",
     on_tokens: Callable[[list[int]], None] | None = None,
+    reopen_verifier: Reopen | None = None,
+    reopen_proposer: Reopen | None = None,
+    policy: RecoveryPolicy = RecoveryPolicy(),
 ) -> GenerationRecord:
-    rec = GenerationRecord(prompt_len=len(prompt), t_start=time.perf_counter())
-    params = StopParams(config.max_new_tokens, config.ignore_eos)
-    k_max = config.num_speculative_tokens
+    """reopen_*: open a new session when a link is lost (LinkLost); None = fail instead."""
+    g = _Generation(prompt, verifier, proposer, config, ctx_len, draft_fingerprint,
+                    reopen_verifier, reopen_proposer, policy)
+    rec, k_max = g.rec, config.num_speculative_tokens
     # Prefill the target and the draft concurrently: each owns its own device.
-    sampling, top_m = config.sampling, config.draft_top_m
-    calls = [_timed(rec, "verifier_ns",
-                    verifier.prefill(0, prompt, params, draft_fingerprint, sampling))]
+    calls = [g.prefill()]
     if k_max and proposer is not None:
-        calls.append(_timed(rec, "proposer_ns", proposer.propose(0, prompt, 0, sampling, top_m)))
+        calls.append(g.propose(0))
     first, *_ = await asyncio.gather(*calls)
-    held = list(prompt)  # what the proposer holds
-    seq = prompt + first.tokens
-    rec.tokens += first.tokens
-    rec.finish = first.finish
     rec.t_first = time.perf_counter()
-    guesses = first.next_draft  # Turbo: the verifier's own heads draft the next round
-    if on_tokens:
-        on_tokens(first.tokens)
+    g.commit(first, on_tokens)
     while not rec.finish:
-        k = min(k_max, ctx_len - len(seq))
+        k = min(k_max, ctx_len - len(g.seq))
         if config.max_new_tokens:
             k = min(k, config.max_new_tokens - len(rec.tokens) - 1)
-        draft: list[int] = []
-        probs = None
-        if k > 0 and proposer is None:
-            draft = guesses[:k]
-        elif k > 0:
-            start = common_prefix_len(held, seq)
-            proposal = await _timed(rec, "proposer_ns",
-                                    proposer.propose(start, seq[start:], k, sampling, top_m))
-            draft, probs = proposal.draft, proposal.probs
-            held = (seq + draft)[:proposal.held_len]
-        step = await _timed(rec, "verifier_ns", verifier.verify(draft, probs))
-        guesses = step.next_draft
+        draft, probs = await g.propose(k) if k > 0 else ([], None)
+        step = await g.verify(draft, probs)
         rec.verify_steps += 1
         rec.step_tokens += len(step.tokens)
         rec.drafted += step.drafted
         rec.accepted += step.accepted
         _count(rec.drafted_at, step.drafted)
         _count(rec.accepted_at, step.accepted)
-        seq += step.tokens
-        rec.tokens += step.tokens
-        rec.finish = step.finish
-        if on_tokens:
-            on_tokens(step.tokens)
+        g.commit(step, on_tokens)
     rec.t_end = time.perf_counter()
     return rec

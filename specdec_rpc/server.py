@@ -1,5 +1,14 @@
-"""Server scaffolding shared by both services: a grpc.aio server with finite message limits
-and keepalive, a readiness line on stdout, and a graceful stop on SIGTERM/SIGINT."""
+"""The serving scaffolding both services share: a grpc.aio server with finite message limits
+and keepalive, the standard health service, reflection, auth and metrics interceptors, TLS,
+model loading behind NOT_SERVING, and a graceful drain on SIGTERM/SIGINT.
+
+Life of a service:
+  bind + start (health NOT_SERVING) -> load and warm up the model (Info and sessions answer
+  UNAVAILABLE meanwhile) -> SERVING, print "specdec-ready HOST:PORT" -> ... SIGTERM ->
+  NOT_SERVING, refuse new sessions, let in-flight steps finish and end every session with
+  UNAVAILABLE (clients reconnect elsewhere) -> stop within the grace period -> close the engine
+  -> exit 0.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +16,22 @@ import asyncio
 import logging
 import signal
 import sys
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from specdec_rpc.interceptors import AuthInterceptor, MetricsInterceptor
+from specdec_rpc.metrics import ServiceMetrics
+from specdec_rpc.security import ServerSecurity
 
 log = logging.getLogger(__name__)
 
-READY_PREFIX = "specdec-ready"  # the line a launcher waits for: "specdec-ready <host:port>"
+READY_PREFIX = "specdec-ready"    # the line a launcher waits for: "specdec-ready <host:port>"
+METRICS_PREFIX = "specdec-metrics"  # "specdec-metrics <host:port>" when metrics are served
 
 
 @dataclass(frozen=True)
@@ -23,6 +40,8 @@ class ServerConfig:
     port: int = 0                   # 0 = any free port (reported on the ready line)
     grace_s: float = 5.0            # in-flight steps may finish within this on shutdown
     max_message_mb: int = 16        # a window of k tokens is bytes; 16 MiB bounds abuse
+    metrics_port: int | None = None  # Prometheus /metrics on this port; None = off, 0 = any
+    security: ServerSecurity = field(default_factory=ServerSecurity)
 
 
 def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
@@ -39,25 +58,78 @@ def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-async def serve(cfg: ServerConfig, register: Callable[[grpc.aio.Server], None],
-                name: str) -> None:
-    server = grpc.aio.server(options=server_options(cfg))
+class Lifecycle:
+    """Readiness and draining, shared by the server and the session runner."""
+
+    def __init__(self, service_name: str) -> None:
+        self.service_name = service_name
+        self.health = health_aio.HealthServicer()
+        self.ready = False
+        self.draining = asyncio.Event()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", self.service_name):  # "" = the whole server
+            await self.health.set(name, status)
+
+
+async def serve(cfg: ServerConfig, name: str, service_full_name: str, lifecycle: Lifecycle,
+                metrics: ServiceMetrics, register: Callable[[grpc.aio.Server], None],
+                load: Callable[[], None], close: Callable[[], None]) -> None:
+    """load(): blocking model load + warm-up (run in a thread); close(): free the engine."""
+    interceptors = [MetricsInterceptor(metrics)]
+    if cfg.security.auth_token:
+        interceptors.insert(0, AuthInterceptor(cfg.security.auth_token))
+    server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
     register(server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    health_pb2_grpc.add_HealthServicer_to_server(lifecycle.health, server)
+    reflection.enable_server_reflection(
+        (service_full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    creds = cfg.security.credentials()
+    address = f"{cfg.host}:{cfg.port}"
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     if port == 0:
-        raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}")
+        raise RuntimeError(f"could not bind {address}")
+    await lifecycle.set_serving(False)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     address = f"{cfg.host}:{port}"
-    log.info("%s listening on %s", name, address)
-    print(f"{READY_PREFIX} {address}", flush=True)
-    await stop.wait()
-    log.info("%s shutting down (grace %.1fs)", name, cfg.grace_s)
+    log.info("%s listening on %s (%s), loading the model", name, address, "TLS" if creds else "insecure")
+    if cfg.metrics_port is not None:
+        mport = metrics.serve(cfg.metrics_port, cfg.host)
+        log.info("%s metrics on http://%s:%d/metrics", name, cfg.host, mport)
+        print(f"{METRICS_PREFIX} {cfg.host}:{mport}", flush=True)
+    loading = asyncio.ensure_future(asyncio.to_thread(load))
+    await asyncio.wait({loading, asyncio.ensure_future(stop.wait())},
+                       return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        loading.result()  # a failed load raises here: the process exits non-zero
+        lifecycle.ready = True
+        await lifecycle.set_serving(True)
+        log.info("%s ready", name)
+        print(f"{READY_PREFIX} {address}", flush=True)
+        await stop.wait()
+    log.info("%s draining (grace %.1fs)", name, cfg.grace_s)
+    await lifecycle.set_serving(False)
+    lifecycle.draining.set()
     await server.stop(cfg.grace_s)
+    if loading.done():
+        close()
     log.info("%s stopped", name)
+
+
+def run_service(main: Callable[[], Awaitable[None]]) -> None:
+    try:
+        asyncio.run(main())
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # Bad configuration or model: say it in one line, exit non-zero.
+        log.error("%s", exc)
+        sys.exit(1)
 
 
 def setup_logging(level: str) -> None:

@@ -1,15 +1,22 @@
-"""Command-line flags both services share: engine, server, logging."""
+"""Command-line flags both services share (engine, sessions, server, security, metrics), each
+also settable by environment variable: --ctx-len <=> SPECDEC_CTX_LEN. The command line wins."""
 
 from __future__ import annotations
 
 import argparse
-
-from concurrent.futures import ThreadPoolExecutor
+import dataclasses
+import json
+import os
+from pathlib import Path
 
 from specdec.config import DTYPES, EngineConfig, device_for_group
 from specdec.slots import Admission
-from specdec_rpc.sessions import SessionPolicy, SessionRunner
+from specdec_rpc.security import ServerSecurity
 from specdec_rpc.server import ServerConfig
+from specdec_rpc.sessions import SessionPolicy
+
+ENV_PREFIX = "SPECDEC_"
+SECRET_FIELDS = ("auth_token",)
 
 
 def add_service_args(parser: argparse.ArgumentParser, default_max_k: int) -> None:
@@ -43,7 +50,43 @@ def add_service_args(parser: argparse.ArgumentParser, default_max_k: int) -> Non
     s.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (0)")
     s.add_argument("--grace", type=float, default=5.0,
                    help="seconds in-flight steps get to finish on SIGTERM/SIGINT (5)")
+    s.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics on this HTTP port (0 = any free; default off)")
+    t = parser.add_argument_group("security")
+    t.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate: serve TLS")
+    t.add_argument("--tls-key", type=Path, default=None, help="PEM private key for --tls-cert")
+    t.add_argument("--tls-client-ca", type=Path, default=None,
+                   help="PEM CA: require client certificates signed by it (mutual TLS)")
+    t.add_argument("--auth-token", default=None,
+                   help="require 'authorization: Bearer <token>' metadata (prefer the "
+                        "SPECDEC_AUTH_TOKEN variable: command lines are visible to other users)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def env_var(action: argparse.Action) -> str | None:
+    longs = [o for o in action.option_strings if o.startswith("--")]
+    return ENV_PREFIX + longs[0][2:].upper().replace("-", "_") if longs else None
+
+
+def parse_with_env(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Flags not on the command line are taken from SPECDEC_<FLAG> when set; they go through
+    argparse like typed flags, so types and choices are checked the same way."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    extra: list[str] = []
+    for action in parser._actions:
+        name = env_var(action)
+        if not name or name not in os.environ or given & set(action.option_strings):
+            continue
+        value = os.environ[name]
+        if action.nargs == 0:  # store_true
+            if value.lower() in ("1", "true", "yes", "on"):
+                extra.append(action.option_strings[0])
+        else:
+            extra += [action.option_strings[-1], value]
+    return parser.parse_args(extra + argv)
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -63,12 +106,22 @@ def admission(args: argparse.Namespace) -> Admission:
     return Admission(max_waiting=args.max_queue, wait_s=args.queue_timeout)
 
 
-def session_runner(args: argparse.Namespace) -> SessionRunner:
-    # Every open or waiting session may block one thread (admission wait, engine row).
-    workers = args.full_batch_size + args.max_queue + 4
-    return SessionRunner(ThreadPoolExecutor(workers, thread_name_prefix="session"),
-                         SessionPolicy(idle_timeout_s=args.idle_timeout))
+def session_policy(args: argparse.Namespace) -> SessionPolicy:
+    return SessionPolicy(idle_timeout_s=args.idle_timeout)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(host=args.host, port=args.port, grace_s=args.grace)
+    return ServerConfig(host=args.host, port=args.port, grace_s=args.grace,
+                        metrics_port=args.metrics_port,
+                        security=ServerSecurity(args.tls_cert, args.tls_key, args.tls_client_ca,
+                                                args.auth_token))
+
+
+def describe(config) -> str:
+    """A config dataclass as one JSON line, secrets replaced by '***'."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: ("***" if k in SECRET_FIELDS and v else clean(v)) for k, v in value.items()}
+        return str(value) if isinstance(value, Path) else value
+
+    return json.dumps(clean(dataclasses.asdict(config)), default=str)

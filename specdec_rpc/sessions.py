@@ -2,9 +2,9 @@
 
 A session lives exactly as long as its stream: the slot is taken when the stream opens (waiting
 in the bounded admission queue if all are taken) and freed when it ends, whether it completes,
-errs, is cancelled, breaks, or goes idle past the timeout. A slot whose step is still running
-on the engine is freed when that step finishes, never before, so a new session can't share a
-batch row with the old one's last step.
+errs, is cancelled, breaks, goes idle past the timeout, or the service drains. A slot whose step
+is still running on the engine is freed when that step finishes, never before, so a new session
+can't share a batch row with the old one's last step.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from typing import Any, AsyncIterator, Callable
 
 import grpc
 
-from specdec.errors import SessionIdle
+from specdec.errors import NotReady, SessionIdle
+from specdec_rpc.server import Lifecycle
 from specdec_rpc.status import abort_with
 
 
 @dataclass(frozen=True)
 class SessionPolicy:
-    idle_timeout_s: float = 60.0   # a stream silent this long is closed and its slot freed
+    idle_timeout_s: float = 120.0  # a stream silent this long is closed and its slot freed
 
 
 def _close_when_done(future: asyncio.Future, close: Callable[[Any], None]) -> None:
@@ -33,15 +34,47 @@ def _close_when_done(future: asyncio.Future, close: Callable[[Any], None]) -> No
 
 
 class SessionRunner:
-    def __init__(self, executor: ThreadPoolExecutor, policy: SessionPolicy) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, policy: SessionPolicy,
+                 lifecycle: Lifecycle, on_step: Callable[[Any, Any], None] | None = None) -> None:
         self.executor = executor  # domain calls block (admission wait, engine rows): run them here
         self.policy = policy
+        self.lifecycle = lifecycle
+        self.on_step = on_step    # (request, reply) -> None, e.g. metrics
+
+    def check_ready(self) -> None:
+        if self.lifecycle.draining.is_set():
+            raise NotReady("service is draining (shutting down): open the session elsewhere or "
+                           "retry when it is back")
+        if not self.lifecycle.ready:
+            raise NotReady("service is loading its model; retry shortly (health: NOT_SERVING)")
+
+    async def _next(self, requests: AsyncIterator[Any]) -> Any:
+        """The next request, None at half-close; raises when idle too long or draining."""
+        read = asyncio.ensure_future(anext(requests, None))
+        drain = asyncio.ensure_future(self.lifecycle.draining.wait())
+        try:
+            done, _ = await asyncio.wait({read, drain}, timeout=self.policy.idle_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the stream is cancelled while waiting: leave no task behind
+            drain.cancel()
+            if not read.done():
+                read.cancel()
+        if read in done:
+            return read.result()
+        if drain in done:
+            raise NotReady("service is draining: the session ended after its last step; "
+                           "reconnect and resend the sequence (start = 0)")
+        raise SessionIdle(f"session idle for more than {self.policy.idle_timeout_s:g}s: closed and "
+                          "its slot freed; open a new session and resend the sequence (start = 0)")
 
     async def run(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
-                  open_session: Callable[[], Any],
-                  close_session: Callable[[Any], None],
+                  open_session: Callable[[], Any], close_session: Callable[[Any], None],
                   step: Callable[[Any, Any], Any]) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
+        try:
+            self.check_ready()
+        except NotReady as exc:
+            await abort_with(context, exc)
         opening = loop.run_in_executor(self.executor, open_session)
         try:
             session = await asyncio.shield(opening)
@@ -52,19 +85,12 @@ class SessionRunner:
             await abort_with(context, exc)
         running: asyncio.Future | None = None
         try:
-            while True:
-                try:
-                    request = await asyncio.wait_for(anext(requests, None), self.policy.idle_timeout_s)
-                except asyncio.TimeoutError:
-                    raise SessionIdle(
-                        f"session idle for more than {self.policy.idle_timeout_s:g}s: closed and "
-                        "its slot freed; open a new session and resend the sequence (start = 0)"
-                    ) from None
-                if request is None:  # the client half-closed: the session ends normally
-                    return
+            while (request := await self._next(requests)) is not None:
                 running = loop.run_in_executor(self.executor, step, session, request)
                 reply = await asyncio.shield(running)
                 running = None
+                if self.on_step:
+                    self.on_step(request, reply)
                 yield reply
         except Exception as exc:
             await abort_with(context, exc)

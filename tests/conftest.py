@@ -13,6 +13,7 @@ import pytest
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import EngineConfig
 from specdec.slots import Admission
+from specdec_rpc.server import Lifecycle
 from specdec_rpc.sessions import SessionPolicy, SessionRunner
 from specdec_rpc.convert import model_info
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
@@ -65,13 +66,23 @@ class ServerThread:
         self.thread.join(10)
 
 
+def attached(servicer_cls, backend, info, idle_timeout_s: float = 60.0):
+    """A servicer with its (already loaded) verifier or proposer attached."""
+    servicer = servicer_cls(runner(idle_timeout_s))
+    servicer.attach(backend, info)
+    return servicer
+
+
 def engine_config(path: Path, slots: int = 4) -> EngineConfig:
     return EngineConfig(model=str(path), ctx_len=CTX_LEN, prefill_seq_len=PREFILL,
                         full_batch_size=slots)
 
 
 def runner(idle_timeout_s: float = 60.0) -> SessionRunner:
-    return SessionRunner(ThreadPoolExecutor(32), SessionPolicy(idle_timeout_s))
+    """A session runner whose service counts as loaded (the in-process servers attach first)."""
+    lifecycle = Lifecycle("test")
+    lifecycle.ready = True
+    return SessionRunner(ThreadPoolExecutor(32), SessionPolicy(idle_timeout_s), lifecycle)
 
 
 def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | None = None,
@@ -81,7 +92,8 @@ def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | N
     verifier = build_verifier(cfg, window_sizes or tuple(range(MAX_K + 1)), "torch", batching,
                               admission)
     info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k, "target", "torch")
-    servicer = VerifierServicer(verifier, info, runner(idle_timeout_s))
+    servicer = VerifierServicer(runner(idle_timeout_s))
+    servicer.attach(verifier, info)
     return ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s)), verifier
 
 
@@ -90,7 +102,8 @@ def start_proposer(path: Path, slots: int = 4, batching: bool = True,
     cfg = engine_config(path, slots)
     proposer = build_draft_proposer(cfg, MAX_K, "torch", batching, admission)
     info = model_info(proposer.engine, cfg, proposer.fingerprint, MAX_K, "draft", "torch")
-    servicer = ProposerServicer(proposer, info, runner())
+    servicer = ProposerServicer(runner())
+    servicer.attach(proposer, info)
     return ServerThread(lambda s: pb_grpc.add_ProposerServicer_to_server(servicer, s)), proposer
 
 

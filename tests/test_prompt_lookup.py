@@ -15,7 +15,7 @@ from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.proposers.prompt_lookup import PromptLookupProposer
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
-from tests.conftest import CTX_LEN, ServerThread, engine_config, runner, start_verifier
+from tests.conftest import CTX_LEN, ServerThread, attached, engine_config, start_verifier
 from tests.tiny_models import VOCAB, greedy_reference
 from specdec.build import build_verifier
 
@@ -36,7 +36,7 @@ def ngram_service():
     proposer = PromptLookupProposer(max_k=8, max_ngram_size=3, ctx_len=CTX_LEN, sessions=8)
     info = pb.ModelInfo(model_id="ngram", ctx_len=CTX_LEN, max_k=8, method="ngram")
     server = ServerThread(lambda s: pb_grpc.add_ProposerServicer_to_server(
-        ProposerServicer(proposer, info, runner()), s))
+        attached(ProposerServicer, proposer, info), s))
     yield server.address
     server.stop()
 

@@ -20,7 +20,7 @@ from specdec.engine.torch_engine import TorchEngine
 from specdec.engine.turbo import NotATurboModel
 from specdec.generation import GenerationConfig
 from specdec_rpc.v1 import specdec_pb2 as pb
-from tests.conftest import ServerThread, engine_config, runner
+from tests.conftest import ServerThread, attached, engine_config
 from tests.tiny_models import VOCAB, greedy_reference, hf_model, save_tiny, save_word_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +104,7 @@ def turbo_service(turbo_target):
     verifier = build_verifier(cfg, (0,))
     info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k, "turbo", "torch")
     server = ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(
-        VerifierServicer(verifier, info, runner()), s))
+        attached(VerifierServicer, verifier, info), s))
     yield server.address, verifier
     server.stop()
 

@@ -1,48 +1,64 @@
-"""python -m verifier_service --model PATH [engine and server flags]"""
+"""python -m verifier_service --model PATH [flags]   (flags also as SPECDEC_* variables)"""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
 
 from specdec.build import build_verifier
-from specdec.windows import parse_sizes
+from specdec.stopping import StopParams
+from specdec.verifier import TargetVerifier
 from specdec_rpc.convert import model_info
-from specdec_rpc.server import serve, setup_logging
-from specdec_rpc.service_cli import (add_service_args, admission, engine_config, server_config,
-                                     session_runner)
+from specdec_rpc.metrics import ServiceMetrics
+from specdec_rpc.server import Lifecycle, run_service, serve, setup_logging
+from specdec_rpc.service_cli import describe
+from specdec_rpc.sessions import SessionRunner
+from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
+from verifier_service.config import VerifierServiceConfig, from_args
 from verifier_service.servicer import VerifierServicer
 
 log = logging.getLogger("verifier_service")
+SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
+
+
+def warm_up(verifier: TargetVerifier) -> None:
+    """One prefill and one verify window, so the first client does not pay lazy init."""
+    session = verifier.open_session()
+    try:
+        verifier.prefill(session, 0, [0], StopParams(), "")
+        verifier.verify(session, [0] * min(verifier.max_k, verifier.engine.ctx_len - 2))
+    finally:
+        verifier.close_session(session)
+
+
+async def run(cfg: VerifierServiceConfig) -> None:
+    lifecycle, metrics = Lifecycle(SERVICE), ServiceMetrics()
+    workers = cfg.engine.full_batch_size + cfg.admission.max_waiting + 4
+    runner = SessionRunner(ThreadPoolExecutor(workers, thread_name_prefix="session"), cfg.sessions,
+                           lifecycle, metrics.observe_verifier_step)
+    servicer = VerifierServicer(runner)
+    loaded: list[TargetVerifier] = []
+
+    def load() -> None:
+        verifier = build_verifier(cfg.engine, cfg.window_sizes, cfg.executor, cfg.batching,
+                                  cfg.admission)
+        warm_up(verifier)
+        servicer.attach(verifier, model_info(verifier.engine, cfg.engine, verifier.fingerprint,
+                                             verifier.max_k, cfg.speculative_model_type, cfg.executor))
+        metrics.track_pool(lambda: verifier.pool.in_use, lambda: verifier.pool.waiting)
+        loaded.append(verifier)
+
+    await serve(cfg.server, "verifier", SERVICE, lifecycle, metrics,
+                lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s), load,
+                lambda: loaded[0].batcher.close())
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="verifier_service", description=(
-        "Speculative-decoding verifier: hosts the target model and verifies drafts."))
-    add_service_args(parser, default_max_k=8)
-    parser.add_argument("--window-sizes", type=parse_sizes, default=None, metavar="K,K,...",
-                        help="k values verify windows run at, like QEfficient's compiled "
-                             "--num-speculative-tokens list: a draft of d tokens runs in the "
-                             "smallest k >= d, padded with -1 (default: every k up to --max-k)")
-    parser.add_argument("--speculative-model-type", default="target", choices=["target", "turbo"],
-                        help="turbo: also evaluate the multi-projection heads beside the checkpoint "
-                             "(speculator_config.json); k is their number (target)")
-    args = parser.parse_args(argv)
-    if args.model is None:
-        parser.error("--model is required")
-    setup_logging(args.log_level)
-    cfg = replace(engine_config(args), turbo=args.speculative_model_type == "turbo")
-    sizes = args.window_sizes or tuple(range(args.max_k + 1))
-    log.info("config: %s, executor=%s, window sizes=%s", cfg, args.executor, sizes)
-    verifier = build_verifier(cfg, sizes, args.executor, args.batching == "on", admission(args))
-    info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k,
-                      args.speculative_model_type, args.executor)
-    servicer = VerifierServicer(verifier, info, session_runner(args))
-    asyncio.run(serve(server_config(args),
-                      lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s), "verifier"))
+    cfg = from_args(argv)
+    setup_logging(cfg.log_level)
+    log.info("config: %s", describe(cfg))
+    run_service(lambda: run(cfg))
 
 
 if __name__ == "__main__":

@@ -11,17 +11,27 @@ from specdec.stopping import StopParams
 from specdec.verifier import TargetVerifier, VerifierSession
 from specdec_rpc.convert import outcome_to_pb, sampling_from_pb, sparse_from_pb
 from specdec_rpc.sessions import SessionRunner
+from specdec_rpc.status import abort_with
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
 
 class VerifierServicer(pb_grpc.VerifierServicer):
-    def __init__(self, verifier: TargetVerifier, info: pb.ModelInfo, runner: SessionRunner) -> None:
-        self.verifier = verifier
-        self.info = info
+    """Registered before the model loads; `attach` hands it the loaded verifier."""
+
+    def __init__(self, runner: SessionRunner) -> None:
         self.runner = runner
+        self.verifier: TargetVerifier | None = None
+        self.info: pb.ModelInfo | None = None
+
+    def attach(self, verifier: TargetVerifier, info: pb.ModelInfo) -> None:
+        self.verifier, self.info = verifier, info
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        try:
+            self.runner.check_ready()
+        except Exception as exc:
+            await abort_with(context, exc)
         return self.info
 
     def _step(self, session: VerifierSession, req: pb.VerifierRequest) -> pb.VerifierReply:
@@ -40,6 +50,6 @@ class VerifierServicer(pb_grpc.VerifierServicer):
     async def Session(self, requests: AsyncIterator[pb.VerifierRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.VerifierReply]:
         # An async generator itself, so grpc.aio serves it as a streaming handler.
-        async for reply in self.runner.run(requests, context, self.verifier.open_session,
-                                           self.verifier.close_session, self._step):
+        async for reply in self.runner.run(requests, context, lambda: self.verifier.open_session(),
+                                           lambda s: self.verifier.close_session(s), self._step):
             yield reply

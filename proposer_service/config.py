@@ -1,0 +1,67 @@
+"""The proposer service's typed configuration, built once from flags and environment."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from specdec.config import EngineConfig
+from specdec.slots import Admission
+from specdec_rpc.server import ServerConfig
+from specdec_rpc.service_cli import (add_service_args, admission, engine_config, parse_with_env,
+                                     server_config, session_policy)
+from specdec_rpc.sessions import SessionPolicy
+
+TURBO_HELP = """proposer_service: Turbo (multi-projection) heads need the target's hidden states, so they run
+inside the verifier's forward pass, not in a proposer service: each verify reply carries the
+next round's drafts, and a Turbo round costs one target forward and no proposer call.
+Start the verifier with the heads instead:
+
+    python -m verifier_service --model PATH --speculative-model-type turbo
+
+(PATH holds the base checkpoint plus speculator_config.json and speculator.safetensors), and
+generate with `python -m client.multi_projection --verifier HOST:PORT`, or let
+`python -m client.multi_projection --pretrained-model-name-or-path PATH` start it for you.
+"""
+
+
+@dataclass(frozen=True)
+class ProposerServiceConfig:
+    method: str                     # "draft" or "ngram"
+    engine: EngineConfig            # draft: the draft model; ngram: only ctx_len and sessions
+    server: ServerConfig
+    admission: Admission
+    sessions: SessionPolicy
+    executor: str
+    batching: bool
+    max_k: int
+    max_ngram_size: int
+    log_level: str
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="proposer_service", description=(
+        "Speculative-decoding proposer: guesses the next k tokens for the verifier to check. "
+        "Every flag can also be set as SPECDEC_<FLAG> in the environment."))
+    p.add_argument("--method", default="draft", choices=["draft", "ngram", "turbo"],
+                   help="draft = a small draft model (default); ngram = prompt lookup; "
+                        "turbo runs in the verifier, not here")
+    p.add_argument("--max-ngram-size", type=int, default=3, help="ngram: longest n-gram matched (3)")
+    add_service_args(p, default_max_k=8)
+    return p
+
+
+def from_args(argv: list[str] | None = None) -> ProposerServiceConfig:
+    p = parser()
+    args = parse_with_env(p, argv)
+    if args.method == "turbo":
+        p.exit(2, TURBO_HELP)
+    if args.method == "draft" and args.model is None:
+        p.error("--method draft needs --model (or SPECDEC_MODEL)")
+    if args.max_ngram_size < 1:
+        p.error("--max-ngram-size must be >= 1")
+    return ProposerServiceConfig(
+        method=args.method, engine=engine_config(args), server=server_config(args),
+        admission=admission(args), sessions=session_policy(args), executor=args.executor,
+        batching=args.batching == "on", max_k=args.max_k, max_ngram_size=args.max_ngram_size,
+        log_level=args.log_level)

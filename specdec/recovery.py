@@ -1,0 +1,37 @@
+"""What the client does when a service goes away mid-generation, so that no work is lost.
+
+- The proposer is optional: while it is unreachable the generation goes on with target-only
+  steps (same tokens, fewer per step), and every `proposer_retry_s` the client opens a new
+  proposer session, which resyncs from start = 0 by the ordinary sync rule.
+- The verifier holds the committed sequence, but the client holds it too: a lost verifier is
+  retried with backoff until `deadline_s`, then a new session is prefilled with the whole
+  sequence (start = 0), which emits exactly the token the lost step would have ended with.
+  Retrying is safe because a prefill from start = 0 is idempotent; a verify step is never
+  re-sent on a broken stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class LinkLost(Exception):
+    """A link's service is gone for now (process died, restarting, draining, session closed
+    as idle, step deadline missed); opening a new session may succeed later."""
+
+
+@dataclass(frozen=True)
+class RecoveryPolicy:
+    deadline_s: float = 60.0      # keep trying a lost verifier this long, then give up
+    backoff_s: float = 0.2        # first delay between verifier attempts, doubled each time
+    backoff_max_s: float = 3.0
+    proposer_retry_s: float = 2.0  # while the proposer is down, try a new session this often
+
+
+def backoff_delays(policy: RecoveryPolicy):
+    """0, b, 2b, 4b, ... capped at backoff_max_s."""
+    yield 0.0
+    delay = policy.backoff_s
+    while True:
+        yield delay
+        delay = min(delay * 2, policy.backoff_max_s)

@@ -1,0 +1,107 @@
+"""Server interceptors: the shared-token check and per-RPC metrics (count by status code,
+latency). Both wrap unary and bidirectional-streaming handlers, the two kinds we serve."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from specdec_rpc.metrics import ServiceMetrics
+from specdec_rpc.security import OPEN_SERVICES, token_matches
+
+
+def _wrap(handler: grpc.RpcMethodHandler, unary, stream) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary),
+                                                   handler.request_deserializer,
+                                                   handler.response_serializer)
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream),
+                                                     handler.request_deserializer,
+                                                     handler.response_serializer)
+    return handler  # unary-stream / stream-unary: not served here (reflection is stream-stream)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_SERVICES) \
+                or token_matches(details.invocation_metadata, self.token):
+            return handler
+        message = "missing or wrong token: send metadata 'authorization: Bearer <token>'"
+
+        def unary(_behavior):
+            async def deny(request, context):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            return deny
+
+        def stream(_behavior):
+            async def deny(requests, context):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+                yield  # pragma: no cover - makes this an async generator
+            return deny
+
+        return _wrap(handler, unary, stream)
+
+
+def _code(context: grpc.aio.ServicerContext, default: str) -> str:
+    """The status an abort set, else the outcome the wrapper saw."""
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else default
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method.rsplit("/", 1)[-1] if not details.method.startswith(OPEN_SERVICES) \
+            else details.method
+        m = self.metrics
+
+        def record(context, start: float, default: str) -> None:
+            m.rpc_total.labels(method, _code(context, default)).inc()
+            m.rpc_seconds.labels(method).observe(time.perf_counter() - start)
+
+        def unary(behavior):
+            async def run(request, context):
+                start, outcome = time.perf_counter(), "OK"
+                try:
+                    return await behavior(request, context)
+                except asyncio.CancelledError:
+                    outcome = "CANCELLED"
+                    raise
+                except Exception:
+                    outcome = "UNKNOWN"
+                    raise
+                finally:
+                    record(context, start, outcome)
+            return run
+
+        def stream(behavior):
+            async def run(requests, context):
+                start, outcome = time.perf_counter(), "OK"
+                m.sessions_open.inc()
+                try:
+                    async for reply in behavior(requests, context):
+                        yield reply
+                except asyncio.CancelledError:
+                    outcome = "CANCELLED"
+                    raise
+                except Exception:
+                    outcome = "UNKNOWN"
+                    raise
+                finally:
+                    m.sessions_open.dec()
+                    record(context, start, outcome)
+            return run
+
+        return _wrap(handler, unary, stream)

@@ -1,0 +1,85 @@
+"""Prometheus metrics of one service, on its own registry (no process globals), served on a
+separate HTTP port.
+
+PromQL (rate windows to taste):
+  acceptance rate        sum(rate(specdec_accepted_tokens_total[5m]))
+                         / sum(rate(specdec_drafted_tokens_total[5m]))
+  mean acceptance length sum(rate(specdec_emitted_tokens_total[5m]))
+  (tokens per verify)    / sum(rate(specdec_verify_steps_total[5m]))
+  acceptance at draft i  rate(specdec_accepted_by_position_total{position="i"}[5m])
+                         / rate(specdec_drafted_by_position_total{position="i"}[5m])
+  errors by code         sum by (code) (rate(specdec_rpc_total{code!="OK"}[5m]))
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from specdec_rpc.v1 import specdec_pb2 as pb
+
+LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rpc_total = Counter("specdec_rpc", "RPCs finished, by method and status code",
+                                 ["method", "code"], registry=r)
+        self.rpc_seconds = Histogram("specdec_rpc_seconds", "RPC duration (a Session RPC lasts "
+                                     "a whole session)", ["method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.step_seconds = Histogram("specdec_step_seconds", "one session step inside the service",
+                                      ["kind"], buckets=LATENCY_BUCKETS, registry=r)
+        self.sessions_open = Gauge("specdec_sessions_open", "open session streams", registry=r)
+        self.slots_in_use = Gauge("specdec_slots_in_use", "KV slots (or histories) held", registry=r)
+        self.queue_length = Gauge("specdec_admission_queue_length", "sessions waiting for a slot",
+                                  registry=r)
+        self.verify_steps = Counter("specdec_verify_steps", "verify steps (target forwards after "
+                                    "prefill)", registry=r)
+        self.drafts = Counter("specdec_drafts", "verify steps that checked a non-empty draft", registry=r)
+        self.drafted = Counter("specdec_drafted_tokens", "draft tokens verified", registry=r)
+        self.accepted = Counter("specdec_accepted_tokens", "draft tokens accepted", registry=r)
+        self.emitted = Counter("specdec_emitted_tokens", "tokens emitted by verify steps", registry=r)
+        self.drafted_at = Counter("specdec_drafted_by_position", "draft tokens verified at draft "
+                                  "position i (1-based)", ["position"], registry=r)
+        self.accepted_at = Counter("specdec_accepted_by_position", "draft tokens accepted at draft "
+                                   "position i (1-based)", ["position"], registry=r)
+        self.forward_seconds = Histogram("specdec_forward_seconds", "engine time of one step "
+                                         "(verify forward or k draft forwards)", ["kind"],
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.proposals = Counter("specdec_proposals", "proposer steps", registry=r)
+        self.proposed = Counter("specdec_proposed_tokens", "tokens proposed", registry=r)
+
+    def track_pool(self, in_use: Callable[[], int], waiting: Callable[[], int]) -> None:
+        self.slots_in_use.set_function(in_use)
+        self.queue_length.set_function(waiting)
+
+    def observe_verifier_step(self, request: pb.VerifierRequest, reply: pb.VerifierReply) -> None:
+        kind = request.WhichOneof("kind")
+        self.step_seconds.labels(kind).observe(reply.timings.total_ns / 1e9)
+        self.forward_seconds.labels(kind).observe(reply.timings.forward_ns / 1e9)
+        if kind != "verify":
+            return
+        self.verify_steps.inc()
+        self.emitted.inc(len(reply.tokens))
+        if reply.num_drafted:
+            self.drafts.inc()
+            self.drafted.inc(reply.num_drafted)
+            self.accepted.inc(reply.num_accepted_drafts)
+            for i in range(reply.num_drafted):
+                self.drafted_at.labels(str(i + 1)).inc()
+            for i in range(reply.num_accepted_drafts):
+                self.accepted_at.labels(str(i + 1)).inc()
+
+    def observe_proposer_step(self, request: pb.ProposeRequest, reply: pb.ProposeReply) -> None:
+        self.step_seconds.labels("propose").observe(reply.timings.total_ns / 1e9)
+        self.forward_seconds.labels("draft").observe(reply.timings.forward_ns / 1e9)
+        self.proposals.inc()
+        self.proposed.inc(len(reply.draft_tokens))
+
+    def serve(self, port: int, host: str) -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port (0 picks a free one)."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server.server_address[1]
