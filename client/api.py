@@ -1,8 +1,11 @@
-"""Client library: generate from token ids (or text) against a verifier and a proposer.
+"""Client library: generate from token ids against a verifier and a proposer.
 
     async with SpecDecClient("127.0.0.1:50051", "127.0.0.1:50052") as client:
         record = await client.generate(prompt_ids, GenerationConfig(num_speculative_tokens=4))
         async for tokens in client.stream(prompt_ids, config): ...
+
+A lost proposer or verifier does not lose the generation (specdec.recovery): the client goes on
+target-only or reopens a verifier session with the whole sequence, with backoff and a deadline.
 """
 
 from __future__ import annotations
@@ -12,29 +15,42 @@ from typing import AsyncIterator
 
 import grpc
 
-from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError
+from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError, service_error
+from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink
 from specdec.proposers.base import Proposer
-from specdec.generation import GenerationConfig, GenerationRecord, generate
-from specdec_rpc.server import server_options, ServerConfig
+from specdec.recovery import RecoveryPolicy
+from specdec_rpc.security import ClientSecurity
+from specdec_rpc.server import ServerConfig, server_options
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
+
+# Same message limits as the servers; reconnect quickly to a restarted service (gRPC's default
+# backoff grows to 120 s, far past any useful recovery deadline).
+CHANNEL_OPTIONS = server_options(ServerConfig())[:2] + [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 class SpecDecClient:
     def __init__(self, verifier: str, proposer: str | None = None, timeout_s: float = 30.0,
-                 local_proposer: Proposer | None = None) -> None:
+                 local_proposer: Proposer | None = None,
+                 security: ClientSecurity = ClientSecurity(), step_timeout_s: float = 60.0,
+                 recovery: RecoveryPolicy = RecoveryPolicy()) -> None:
         """local_proposer: a proposer object run inside the client (no proposer round trip),
-        e.g. prompt lookup; used instead of a proposer address."""
-        opts = server_options(ServerConfig())[:2]  # same message limits as the servers
-        self._channels = [grpc.aio.insecure_channel(verifier, options=opts)]
+        e.g. prompt lookup; used instead of a proposer address. timeout_s bounds Info calls,
+        step_timeout_s every session step."""
+        self.security = security
+        self._channels = [security.channel(verifier, CHANNEL_OPTIONS)]
         self.verifier = pb_grpc.VerifierStub(self._channels[0])
         self.proposer = None
         if proposer:
-            self._channels.append(grpc.aio.insecure_channel(proposer, options=opts))
+            self._channels.append(security.channel(proposer, CHANNEL_OPTIONS))
             self.proposer = pb_grpc.ProposerStub(self._channels[1])
         self.local_proposer = local_proposer
-        self.timeout_s = timeout_s
+        self.timeout_s, self.step_timeout_s, self.recovery = timeout_s, step_timeout_s, recovery
         self.verifier_info: pb.ModelInfo | None = None
         self.proposer_info: pb.ModelInfo | None = None
 
@@ -45,13 +61,18 @@ class SpecDecClient:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
+    async def _info(self, stub, service: str) -> pb.ModelInfo:
+        try:
+            return await stub.Info(pb.InfoRequest(), timeout=self.timeout_s, wait_for_ready=True,
+                                   metadata=self.security.metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise service_error(service, exc.code(), exc.details() or "") from exc
+
     async def connect(self) -> None:
         """Fetch both Infos and check that the pair can work together."""
-        self.verifier_info = await self.verifier.Info(pb.InfoRequest(), timeout=self.timeout_s,
-                                                      wait_for_ready=True)
+        self.verifier_info = await self._info(self.verifier, "verifier")
         if self.proposer is not None:
-            self.proposer_info = await self.proposer.Info(pb.InfoRequest(), timeout=self.timeout_s,
-                                                          wait_for_ready=True)
+            self.proposer_info = await self._info(self.proposer, "proposer")
             v, p = self.verifier_info, self.proposer_info
             # An empty fingerprint (n-gram) means the proposer works with any tokenizer.
             if p.tokenizer_fingerprint and p.tokenizer_fingerprint != v.tokenizer_fingerprint:
@@ -74,6 +95,14 @@ class SpecDecClient:
             return 0
         return min(self.verifier_info.max_k, self.proposer_info.max_k)
 
+    def _open_verifier(self) -> GrpcVerifierLink:
+        call = self.verifier.Session(metadata=self.security.metadata())
+        return GrpcVerifierLink(call, self.step_timeout_s)
+
+    def _open_proposer(self) -> GrpcProposerLink:
+        call = self.proposer.Session(metadata=self.security.metadata())
+        return GrpcProposerLink(call, self.step_timeout_s)
+
     async def generate(self, prompt: list[int], config: GenerationConfig,
                        on_tokens=None) -> GenerationRecord:
         if self.verifier_info is None:
@@ -81,21 +110,33 @@ class SpecDecClient:
         if config.num_speculative_tokens > self.max_k():
             raise ValueError(f"num_speculative_tokens {config.num_speculative_tokens} exceeds what "
                              f"the services accept ({self.max_k()})")
-        vlink = GrpcVerifierLink(self.verifier.Session())
-        plink, fingerprint = None, ""
+        links: list = [self._open_verifier()]
+        plink, fingerprint, reopen_proposer = None, "", None
         if config.num_speculative_tokens and self.local_proposer is not None:
             plink, fingerprint = InProcessProposerLink(self.local_proposer), self.local_proposer.fingerprint
         elif (config.num_speculative_tokens and self.proposer is not None
               and self.verifier_info.method != "turbo"):
-            plink = GrpcProposerLink(self.proposer.Session())
-            fingerprint = self.proposer_info.tokenizer_fingerprint
+            plink, fingerprint = self._open_proposer(), self.proposer_info.tokenizer_fingerprint
+            reopen_proposer = self._track(links, self._open_proposer)
+        if plink is not None:
+            links.append(plink)
         try:
-            return await generate(prompt, vlink, plink, config, self.verifier_info.ctx_len,
-                                  fingerprint, on_tokens)
+            return await generate(prompt, links[0], plink, config, self.verifier_info.ctx_len,
+                                  fingerprint, on_tokens,
+                                  reopen_verifier=self._track(links, self._open_verifier),
+                                  reopen_proposer=reopen_proposer, policy=self.recovery)
         finally:
-            await vlink.close()
-            if plink is not None:
-                await plink.close()
+            for link in links:
+                await link.close()
+
+    @staticmethod
+    def _track(links: list, opener):
+        """A reopen function whose new sessions get closed with the generation."""
+        async def reopen():
+            link = opener()
+            links.append(link)
+            return link
+        return reopen
 
     async def stream(self, prompt: list[int], config: GenerationConfig) -> AsyncIterator[list[int]]:
         """Yield each step's tokens as they are accepted."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -16,7 +17,9 @@ from client.launcher import start_service
 from specdec.config import DTYPES
 from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig, GenerationRecord
+from specdec.recovery import RecoveryPolicy
 from specdec.sampling import SamplingParams
+from specdec_rpc.security import ClientSecurity
 from specdec.metrics import batch_metrics, format_metrics, generation_metrics
 
 DEFAULT_PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_files(path):\n"]
@@ -53,6 +56,16 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
                    help="write prompts, generated ids, text and metrics as JSON")
     p.add_argument("--quiet-services", action="store_true",
                    help="do not echo the started services' logs")
+    c = p.add_argument_group("connection (services given by address)")
+    c.add_argument("--tls-ca", type=Path, default=None, help="PEM CA: connect with TLS")
+    c.add_argument("--tls-cert", type=Path, default=None, help="PEM client certificate (mutual TLS)")
+    c.add_argument("--tls-key", type=Path, default=None, help="PEM key of --tls-cert")
+    c.add_argument("--auth-token", default=os.environ.get("SPECDEC_AUTH_TOKEN"),
+                   help="shared token sent as 'authorization: Bearer' (default: $SPECDEC_AUTH_TOKEN)")
+    c.add_argument("--step-timeout", type=float, default=60.0,
+                   help="deadline of each service step, seconds (60)")
+    c.add_argument("--recovery-deadline", type=float, default=60.0,
+                   help="how long to keep reconnecting to a lost verifier, seconds (60)")
 
 
 @dataclass
@@ -88,12 +101,18 @@ def load_tokenizer(model: str):
     return AutoTokenizer.from_pretrained(model)
 
 
+def client_options(args: argparse.Namespace) -> dict:
+    return {"security": ClientSecurity(args.tls_ca, args.tls_cert, args.tls_key, args.auth_token),
+            "step_timeout_s": args.step_timeout,
+            "recovery": RecoveryPolicy(deadline_s=args.recovery_deadline)}
+
+
 async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]],
-                       config: GenerationConfig, width: int,
-                       local_proposer=None) -> list[GenerationRecord]:
+                       config: GenerationConfig, width: int, local_proposer=None,
+                       options: dict | None = None) -> list[GenerationRecord]:
     # Channels belong to the event loop they are created in: make them inside it.
     client = SpecDecClient(addresses["verifier"], addresses.get("proposer"),
-                           local_proposer=local_proposer)
+                           local_proposer=local_proposer, **(options or {}))
     gate = asyncio.Semaphore(width)
 
     async def one(i: int, ids: list[int]) -> GenerationRecord:
@@ -124,7 +143,7 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
                 print(f"{spec.name} ready on {svc.address}", file=sys.stderr, flush=True)
         try:
             records = asyncio.run(_run_prompts(addresses, prompts, config, concurrency(args),
-                                               local_proposer))
+                                               local_proposer, client_options(args)))
         except (ServiceError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from specdec_rpc.server import READY_PREFIX
+from specdec_rpc.server import LISTENING_PREFIX, METRICS_PREFIX, READY_PREFIX
 
 
 @dataclass
@@ -22,6 +22,7 @@ class ServiceProcess:
     name: str
     proc: subprocess.Popen
     address: str = ""
+    metrics_address: str = ""       # host:port of /metrics, when the service serves it
     stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
@@ -36,10 +37,12 @@ class ServiceProcess:
 
 
 def start_service(name: str, module: str, args: list[str], timeout_s: float = 300.0,
-                  echo_stderr: bool = False) -> ServiceProcess:
-    cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", *args]
+                  echo_stderr: bool = False, port: int = 0, wait_for: str = READY_PREFIX,
+                  env: dict[str, str] | None = None) -> ServiceProcess:
+    """wait_for: READY_PREFIX (model loaded, SERVING) or LISTENING_PREFIX (bound, loading)."""
+    cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     svc = ServiceProcess(name, proc)
 
     def drain_stderr() -> None:
@@ -53,9 +56,13 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = 30
 
     def read_stdout() -> None:
         for line in proc.stdout:
-            if line.startswith(READY_PREFIX):
-                svc.address = line.split()[1]
-                ready.set()
+            prefix, _, rest = line.strip().partition(" ")
+            if prefix == METRICS_PREFIX:
+                svc.metrics_address = rest
+            elif prefix in (LISTENING_PREFIX, READY_PREFIX):
+                svc.address = rest
+                if prefix == wait_for:
+                    ready.set()
 
     threading.Thread(target=read_stdout, daemon=True).start()
     deadline = time.monotonic() + timeout_s

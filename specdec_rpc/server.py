@@ -30,6 +30,7 @@ from specdec_rpc.security import ServerSecurity
 
 log = logging.getLogger(__name__)
 
+LISTENING_PREFIX = "specdec-listening"  # "specdec-listening <host:port>": bound, model loading
 READY_PREFIX = "specdec-ready"    # the line a launcher waits for: "specdec-ready <host:port>"
 METRICS_PREFIX = "specdec-metrics"  # "specdec-metrics <host:port>" when metrics are served
 
@@ -100,6 +101,7 @@ async def serve(cfg: ServerConfig, name: str, service_full_name: str, lifecycle:
         loop.add_signal_handler(sig, stop.set)
     address = f"{cfg.host}:{port}"
     log.info("%s listening on %s (%s), loading the model", name, address, "TLS" if creds else "insecure")
+    print(f"{LISTENING_PREFIX} {address}", flush=True)
     if cfg.metrics_port is not None:
         mport = metrics.serve(cfg.metrics_port, cfg.host)
         log.info("%s metrics on http://%s:%d/metrics", name, cfg.host, mport)
