@@ -16,11 +16,10 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 
-from client.cli_common import DEFAULT_PROMPTS, load_tokenizer
 from client.api import SpecDecClient
+from client.cli_common import DEFAULT_PROMPTS, load_tokenizer
 from client.launcher import start_service
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig

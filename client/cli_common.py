@@ -12,15 +12,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from client.api import SpecDecClient
-from client.links import ServiceError
 from client.launcher import start_service
+from client.links import ServiceError
 from specdec.config import DTYPES
 from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig, GenerationRecord
+from specdec.metrics import batch_metrics, format_metrics, generation_metrics
 from specdec.recovery import RecoveryPolicy
 from specdec.sampling import SamplingParams
 from specdec_rpc.security import ClientSecurity
-from specdec.metrics import batch_metrics, format_metrics, generation_metrics
 
 DEFAULT_PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_files(path):\n"]
 
@@ -52,6 +52,14 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
                    help="proposer host:port; default: start one as a subprocess")
     p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="dtype of the services the client starts")
+    q = p.add_argument_group("executor of the services the client starts")
+    q.add_argument("--executor", default="torch", choices=["torch", "qaic"],
+                   help="torch (CPU/CUDA) or qaic (Cloud AI 100 through QEfficient) (torch)")
+    q.add_argument("--num-cores", type=int, default=11, help="qaic: AI cores of the target QPC (11)")
+    q.add_argument("--draft-num-cores", type=int, default=5, help="qaic: AI cores of the draft QPC (5)")
+    q.add_argument("--mxfp6", action="store_true", help="qaic: compile matmuls as MXFP6")
+    q.add_argument("--mxint8-kv-cache", action="store_true", help="qaic: KV cache in MXINT8")
+    q.add_argument("--compile-dir", default=None, help="qaic: QPC compile/cache directory")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write prompts, generated ids, text and metrics as JSON")
     p.add_argument("--quiet-services", action="store_true",
@@ -79,11 +87,18 @@ def concurrency(args: argparse.Namespace) -> int:
     return max(1, args.full_batch_size or args.prefill_bsz)
 
 
-def engine_args(args: argparse.Namespace, model: str, device_group: str, max_k: int) -> list[str]:
+def engine_args(args: argparse.Namespace, model: str, device_group: str, max_k: int,
+                draft: bool = False) -> list[str]:
     """Pass the client's engine flags on to a service it starts."""
-    return ["--model", model, "--device-group", device_group, "--dtype", args.dtype,
-            "--prefill-seq-len", str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len),
-            "--full-batch-size", str(concurrency(args)), "--max-k", str(max_k)]
+    out = ["--model", model, "--device-group", device_group, "--dtype", args.dtype,
+           "--prefill-seq-len", str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len),
+           "--full-batch-size", str(concurrency(args)), "--max-k", str(max_k),
+           "--executor", args.executor]
+    if args.executor == "qaic":
+        out += ["--num-cores", str(args.draft_num_cores if draft else args.num_cores)]
+        out += ["--mxfp6"] * args.mxfp6 + ["--mxint8-kv-cache"] * args.mxint8_kv_cache
+        out += ["--compile-dir", args.compile_dir] if args.compile_dir else []
+    return out
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     if k:
         services["proposer"] = ServiceSpec(
             "proposer", "proposer_service",
-            ["--method", "draft", *engine_args(args, args.draft_model_name, args.draft_device_group, k)])
+            ["--method", "draft",
+             *engine_args(args, args.draft_model_name, args.draft_device_group, k, draft=True)])
     config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
                               args.draft_top_m)
     return run_cli(args, args.target_model_name, services,

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from client.cli_common import (ServiceSpec, add_common_args, concurrency, engine_args, run_cli,
-                               sampling_params)
+from client.cli_common import ServiceSpec, add_common_args, concurrency, engine_args, run_cli, sampling_params
 from specdec.generation import GenerationConfig
 from specdec.proposers.prompt_lookup import PromptLookupProposer
 from specdec.windows import parse_sizes

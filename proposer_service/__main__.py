@@ -31,7 +31,8 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
         return proposer, pb.ModelInfo(model_id="ngram", ctx_len=e.ctx_len, max_k=cfg.max_k,
                                       full_batch_size=e.full_batch_size, method="ngram",
                                       executor="none", device="cpu")
-    proposer = build_draft_proposer(e, cfg.max_k, cfg.executor, cfg.batching, cfg.admission)
+    proposer = build_draft_proposer(e, cfg.max_k, cfg.executor, cfg.batching, cfg.admission,
+                                    cfg.qaic)
     # Warm-up: a sync and a short draft, so the first client does not pay lazy init.
     session = proposer.open_session()
     try:

@@ -8,8 +8,15 @@ from dataclasses import dataclass
 from specdec.config import EngineConfig
 from specdec.slots import Admission
 from specdec_rpc.server import ServerConfig
-from specdec_rpc.service_cli import (add_service_args, admission, engine_config, parse_with_env,
-                                     server_config, session_policy)
+from specdec_rpc.service_cli import (
+    add_service_args,
+    admission,
+    engine_config,
+    parse_with_env,
+    qaic_options,
+    server_config,
+    session_policy,
+)
 from specdec_rpc.sessions import SessionPolicy
 
 TURBO_HELP = """proposer_service: Turbo (multi-projection) heads need the target's hidden states, so they run
@@ -36,6 +43,7 @@ class ProposerServiceConfig:
     batching: bool
     max_k: int
     max_ngram_size: int
+    qaic: object                    # QaicOptions for --executor qaic, else None
     log_level: str
 
 
@@ -47,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
                    help="draft = a small draft model (default); ngram = prompt lookup; "
                         "turbo runs in the verifier, not here")
     p.add_argument("--max-ngram-size", type=int, default=3, help="ngram: longest n-gram matched (3)")
-    add_service_args(p, default_max_k=8)
+    add_service_args(p, default_max_k=8, default_num_cores=5)
     return p
 
 
@@ -64,4 +72,4 @@ def from_args(argv: list[str] | None = None) -> ProposerServiceConfig:
         method=args.method, engine=engine_config(args), server=server_config(args),
         admission=admission(args), sessions=session_policy(args), executor=args.executor,
         batching=args.batching == "on", max_k=args.max_k, max_ngram_size=args.max_ngram_size,
-        log_level=args.log_level)
+        qaic=qaic_options(args), log_level=args.log_level)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from specdec.batching import Batcher
 from specdec.config import EngineConfig
 from specdec.engine import Engine
@@ -10,31 +12,42 @@ from specdec.slots import Admission
 from specdec.tokenizer_fingerprint import tokenizer_fingerprint
 from specdec.verifier import TargetVerifier
 
-EXECUTORS = ("torch",)
+EXECUTORS = ("torch", "qaic")
 
 
-def build_engine(config: EngineConfig, executor: str = "torch") -> Engine:
+def build_engine(config: EngineConfig, executor: str = "torch", tlm: bool = False,
+                 decode_ks: tuple[int, ...] = (0,), qaic: Any = None,
+                 qaic_backend: Any = None) -> Engine:
+    """tlm / decode_ks matter to compiled executors only: a target QPC keeps the logits of
+    every window position and is compiled for those window sizes; torch runs any shape.
+    qaic: QaicOptions; qaic_backend: compile/session backend (default: QEfficient)."""
     if executor == "torch":
         from specdec.engine.torch_engine import TorchEngine
 
         return TorchEngine(config)
+    if executor == "qaic":
+        from specdec.engine.qaic_engine import QaicEngine, QaicOptions
+
+        return QaicEngine(config, qaic or QaicOptions(), tlm, decode_ks, qaic_backend)
     raise ValueError(f"executor {executor!r} is not available (available: {', '.join(EXECUTORS)})")
 
 
 def build_verifier(config: EngineConfig, window_sizes: tuple[int, ...], executor: str = "torch",
-                   batching: bool = True, admission: Admission = Admission()) -> TargetVerifier:
+                   batching: bool = True, admission: Admission = Admission(), qaic: Any = None,
+                   qaic_backend: Any = None) -> TargetVerifier:
     """window_sizes: the k values verify windows run at; (0, 1, ..., max_k) = any draft length.
     A Turbo target (config.turbo) drafts with its H heads: its windows are 0..H."""
-    engine = build_engine(config, executor)
+    engine = build_engine(config, executor, True, window_sizes, qaic, qaic_backend)
     if engine.num_heads:
-        window_sizes = tuple(range(engine.num_heads + 1))
+        window_sizes = (engine.num_heads,) if executor == "qaic" else tuple(range(engine.num_heads + 1))
     return TargetVerifier(Batcher(engine, batching), window_sizes,
                           tokenizer_fingerprint(engine.path, engine.vocab_size),
                           engine.eos_token_ids, admission)
 
 
 def build_draft_proposer(config: EngineConfig, max_k: int, executor: str = "torch",
-                         batching: bool = True, admission: Admission = Admission()) -> DraftModelProposer:
-    engine = build_engine(config, executor)
+                         batching: bool = True, admission: Admission = Admission(), qaic: Any = None,
+                         qaic_backend: Any = None) -> DraftModelProposer:
+    engine = build_engine(config, executor, False, (0,), qaic, qaic_backend)
     return DraftModelProposer(Batcher(engine, batching), max_k,
                               tokenizer_fingerprint(engine.path, engine.vocab_size), admission)

@@ -11,9 +11,17 @@ import numpy as np
 from specdec.acceptance import greedy_accept
 from specdec.batching import DECODE, Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
+from specdec.sampling import (
+    TARGET_STREAM,
+    SamplingParams,
+    Sparse,
+    check_proposals,
+    rejection_sample,
+    sample,
+    seeded_rng,
+    warp,
+)
 from specdec.sequence import SlotSequence, check_token_ids
-from specdec.sampling import (TARGET_STREAM, SamplingParams, Sparse, check_proposals,
-                              rejection_sample, sample, seeded_rng, warp)
 from specdec.slots import Admission, SlotPool
 from specdec.stopping import FinishReason, StopParams, cut_at_stop
 from specdec.timing import StepTimings

@@ -19,10 +19,12 @@ ENV_PREFIX = "SPECDEC_"
 SECRET_FIELDS = ("auth_token",)
 
 
-def add_service_args(parser: argparse.ArgumentParser, default_max_k: int) -> None:
+def add_service_args(parser: argparse.ArgumentParser, default_max_k: int,
+                     default_num_cores: int) -> None:
     e = parser.add_argument_group("engine")
     e.add_argument("--model", default=None, help="HF-format checkpoint directory (local path)")
-    e.add_argument("--executor", default="torch", choices=["torch"], help="model executor")
+    e.add_argument("--executor", default="torch", choices=["torch", "qaic"],
+                   help="torch (CPU/CUDA) or qaic (Cloud AI 100 through QEfficient) (torch)")
     e.add_argument("--device", default=None,
                    help="torch device (cpu, cuda:N); default: from --device-group")
     e.add_argument("--device-group", default="0",
@@ -35,6 +37,13 @@ def add_service_args(parser: argparse.ArgumentParser, default_max_k: int) -> Non
                    help="concurrent sessions = KV slots (4)")
     e.add_argument("--max-k", type=int, default=default_max_k,
                    help=f"largest number of speculative tokens per step ({default_max_k})")
+    q = parser.add_argument_group("Cloud AI 100 (--executor qaic)")
+    q.add_argument("--num-cores", type=int, default=default_num_cores,
+                   help=f"AI cores the QPC is compiled for ({default_num_cores})")
+    q.add_argument("--mxfp6", action="store_true", help="compile matmuls as MXFP6")
+    q.add_argument("--mxint8-kv-cache", action="store_true", help="keep the KV cache in MXINT8")
+    q.add_argument("--compile-dir", type=Path, default=None,
+                   help="where QPCs are compiled and cached; an unchanged one is reused")
     b = parser.add_argument_group("sessions and batching")
     b.add_argument("--batching", default="on", choices=["on", "off"],
                    help="coalesce ready steps of all sessions into one engine call (on); off = "
@@ -91,15 +100,26 @@ def parse_with_env(parser: argparse.ArgumentParser, argv: list[str] | None) -> a
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     device = args.device
-    if device is None:
+    if device is None and args.executor == "torch":
         import torch
 
         device = device_for_group(args.device_group, torch.cuda.is_available())
     if args.max_k < 0:
         raise SystemExit("--max-k must be >= 0")
-    return EngineConfig(model=args.model or "", device=device, dtype=args.dtype,
+    return EngineConfig(model=args.model or "", device=device or "cpu", dtype=args.dtype,
                         prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
                         full_batch_size=args.full_batch_size)
+
+
+def qaic_options(args: argparse.Namespace):
+    """Compile settings for --executor qaic; None for torch. The device group is the card group."""
+    if args.executor != "qaic":
+        return None
+    from specdec.engine.qaic_engine import QaicOptions
+
+    ids = tuple(int(i) for i in args.device_group.split(",") if i.strip())
+    return QaicOptions(device_ids=ids, num_cores=args.num_cores, mxfp6_matmul=args.mxfp6,
+                       mxint8_kv_cache=args.mxint8_kv_cache, compile_dir=args.compile_dir)
 
 
 def admission(args: argparse.Namespace) -> Admission:

@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 
+from proposer_service.servicer import ProposerServicer
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import EngineConfig
 from specdec.slots import Admission
+from specdec_rpc.convert import model_info
 from specdec_rpc.server import Lifecycle
 from specdec_rpc.sessions import SessionPolicy, SessionRunner
-from specdec_rpc.convert import model_info
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.tiny_models import hf_model, save_tiny, save_truncated, save_word_tokenizer
-from proposer_service.servicer import ProposerServicer
 from verifier_service.servicer import VerifierServicer
 
 CTX_LEN = 96
@@ -87,21 +88,25 @@ def runner(idle_timeout_s: float = 60.0) -> SessionRunner:
 
 def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | None = None,
                    batching: bool = True, admission: Admission = Admission(),
-                   idle_timeout_s: float = 60.0) -> tuple[ServerThread, object]:
-    cfg = engine_config(path, slots)
-    verifier = build_verifier(cfg, window_sizes or tuple(range(MAX_K + 1)), "torch", batching,
-                              admission)
-    info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k, "target", "torch")
+                   idle_timeout_s: float = 60.0, executor: str = "torch", qaic_backend=None,
+                   turbo: bool = False) -> tuple[ServerThread, object]:
+    cfg = replace(engine_config(path, slots), turbo=turbo)
+    verifier = build_verifier(cfg, window_sizes or tuple(range(MAX_K + 1)), executor, batching,
+                              admission, qaic_backend=qaic_backend)
+    info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k,
+                      "turbo" if turbo else "target", executor)
     servicer = VerifierServicer(runner(idle_timeout_s))
     servicer.attach(verifier, info)
     return ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s)), verifier
 
 
 def start_proposer(path: Path, slots: int = 4, batching: bool = True,
-                   admission: Admission = Admission()) -> tuple[ServerThread, object]:
+                   admission: Admission = Admission(), executor: str = "torch",
+                   qaic_backend=None) -> tuple[ServerThread, object]:
     cfg = engine_config(path, slots)
-    proposer = build_draft_proposer(cfg, MAX_K, "torch", batching, admission)
-    info = model_info(proposer.engine, cfg, proposer.fingerprint, MAX_K, "draft", "torch")
+    proposer = build_draft_proposer(cfg, MAX_K, executor, batching, admission,
+                                    qaic_backend=qaic_backend)
+    info = model_info(proposer.engine, cfg, proposer.fingerprint, MAX_K, "draft", executor)
     servicer = ProposerServicer(runner())
     servicer.attach(proposer, info)
     return ServerThread(lambda s: pb_grpc.add_ProposerServicer_to_server(servicer, s)), proposer

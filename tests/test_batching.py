@@ -14,7 +14,7 @@ import pytest
 
 from client.api import SpecDecClient
 from client.links import ServiceError
-from specdec.batching import DECODE, PREFILL, Batcher, pad_rows, row_logit_slice, Row
+from specdec.batching import DECODE, PREFILL, Batcher, Row, pad_rows, row_logit_slice
 from specdec.config import EngineConfig
 from specdec.engine.torch_engine import TorchEngine
 from specdec.generation import GenerationConfig
@@ -127,7 +127,8 @@ def test_admission_queue_then_resource_exhausted(tiny_pair):
             waiter, refused = stub.Session(), stub.Session()
             t0 = time.monotonic()
             waiting = asyncio.ensure_future(attempt(waiter, prefill_req([5])))
-            await asyncio.sleep(0.1)
+            while verifier.pool.waiting == 0:  # the waiter is queued before the next arrives
+                await asyncio.sleep(0.01)
             assert await attempt(refused, prefill_req([5])) == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "queue is full" in await refused.details()
             assert await waiting == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -136,7 +137,8 @@ def test_admission_queue_then_resource_exhausted(tiny_pair):
             # A waiter gets the slot as soon as the holder leaves.
             lucky = stub.Session()
             await lucky.write(prefill_req([5, 6]))
-            await asyncio.sleep(0.1)
+            while verifier.pool.waiting == 0:
+                await asyncio.sleep(0.01)
             holder.cancel()
             assert len((await lucky.read()).tokens) == 1
             lucky.cancel()

@@ -11,7 +11,7 @@ from client.api import SpecDecClient
 from specdec.generation import GenerationConfig
 from specdec.metrics import generation_metrics
 from specdec.stopping import FinishReason
-from tests.conftest import CTX_LEN, PREFILL, start_proposer, start_verifier
+from tests.conftest import CTX_LEN, start_proposer, start_verifier
 from tests.tiny_models import VOCAB, greedy_reference
 
 # Lengths below, at and above multiples of prefill_seq_len (8).

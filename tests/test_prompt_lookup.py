@@ -10,6 +10,7 @@ import pytest
 
 from client.api import SpecDecClient
 from proposer_service.servicer import ProposerServicer
+from specdec.build import build_verifier
 from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.proposers.prompt_lookup import PromptLookupProposer
@@ -17,7 +18,6 @@ from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.conftest import CTX_LEN, ServerThread, attached, engine_config, start_verifier
 from tests.tiny_models import VOCAB, greedy_reference
-from specdec.build import build_verifier
 
 NEW = 40
 

@@ -15,8 +15,15 @@ from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import EngineConfig
 from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
-from specdec.sampling import (SamplingParams, acceptance_probability, dense, rejection_sample,
-                              residual, truncate_top_m, warp)
+from specdec.sampling import (
+    SamplingParams,
+    acceptance_probability,
+    dense,
+    rejection_sample,
+    residual,
+    truncate_top_m,
+    warp,
+)
 from tests.tiny_models import hf_model, save_tiny
 
 P_MIN = 1e-4  # fixed seeds make each test deterministic; a p-value under this is a real bias

@@ -9,7 +9,7 @@ import torch
 
 from specdec.config import EngineConfig
 from specdec.engine.torch_engine import TorchEngine
-from tests.tiny_models import FAMILIES, VOCAB, hf_model, save_tiny
+from tests.tiny_models import VOCAB, hf_model, save_tiny
 
 ATOL = 1e-4
 

@@ -19,9 +19,8 @@ from specdec.config import EngineConfig
 from specdec.engine.torch_engine import TorchEngine
 from specdec.engine.turbo import NotATurboModel
 from specdec.generation import GenerationConfig
-from specdec_rpc.v1 import specdec_pb2 as pb
 from tests.conftest import ServerThread, attached, engine_config
-from tests.tiny_models import VOCAB, greedy_reference, hf_model, save_tiny, save_word_tokenizer
+from tests.tiny_models import VOCAB, greedy_reference, hf_model, save_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -156,10 +156,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers, processors, trainers  # noqa: E402
-
 import transformers  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers  # noqa: E402
+from tokenizers import models as tk_models  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,

@@ -42,7 +42,7 @@ async def run(cfg: VerifierServiceConfig) -> None:
 
     def load() -> None:
         verifier = build_verifier(cfg.engine, cfg.window_sizes, cfg.executor, cfg.batching,
-                                  cfg.admission)
+                                  cfg.admission, cfg.qaic)
         warm_up(verifier)
         servicer.attach(verifier, model_info(verifier.engine, cfg.engine, verifier.fingerprint,
                                              verifier.max_k, cfg.speculative_model_type, cfg.executor))

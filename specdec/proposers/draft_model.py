@@ -15,9 +15,16 @@ import numpy as np
 
 from specdec.batching import Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
+from specdec.sampling import (
+    DRAFT_STREAM,
+    SamplingParams,
+    Sparse,
+    sample_sparse,
+    seeded_rng,
+    truncate_top_m,
+    warp,
+)
 from specdec.sequence import SlotSequence
-from specdec.sampling import (DRAFT_STREAM, SamplingParams, Sparse, sample_sparse, seeded_rng,
-                              truncate_top_m, warp)
 from specdec.slots import Admission, SlotPool
 from specdec.timing import StepTimings
 
