@@ -1,13 +1,16 @@
 """Benchmark: the same models and prompts, decoded three ways, measured in one run.
 
   (a) target-only: k = 0 steps through the verifier service over gRPC
-  (b) speculative over gRPC: proposer and verifier services, each its own process
+  (b) speculative over gRPC: the services as separate processes (for --method turbo the
+      verifier alone, drafting with its heads)
   (c) speculative in-process: the same library and generation loop, no gRPC, one process
 
 Prints tokens/s of each, the ratios b/a (what speculation buys) and b/c (what the split
 costs), and mean accepted tokens per target step. All three must produce identical tokens.
 
-    python -m bench --target-model models/target --draft-model models/draft --k 4
+    python -m bench --method draft --k 4
+    python -m bench --method ngram --k 3
+    python -m bench --method turbo
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from client.api import SpecDecClient
@@ -23,9 +27,11 @@ from client.cli_common import DEFAULT_PROMPTS, load_tokenizer
 from client.launcher import start_service
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
+from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.metrics import BatchMetrics, batch_metrics
+from specdec.proposers.prompt_lookup import PromptLookupProposer
 
 BENCH_PROMPTS = DEFAULT_PROMPTS + [
     "class Stack:\n    def __init__(self):\n",
@@ -43,12 +49,15 @@ async def run_inprocess(verifier, proposer, prompts: list[list[int]],
                         config: GenerationConfig) -> list[GenerationRecord]:
     records = []
     for p in prompts:
-        v, d = InProcessVerifierLink(verifier), InProcessProposerLink(proposer)
+        v = InProcessVerifierLink(verifier)
+        d = InProcessProposerLink(proposer) if proposer is not None else None
         try:
-            records.append(await generate(p, v, d, config, verifier.engine.ctx_len, proposer.fingerprint))
+            records.append(await generate(p, v, d, config, verifier.engine.ctx_len,
+                                          proposer.fingerprint if proposer is not None else ""))
         finally:
             await v.close()
-            await d.close()
+            if d is not None:
+                await d.close()
     return records
 
 
@@ -61,12 +70,14 @@ def measured(label: str, run) -> tuple[list[GenerationRecord], BatchMetrics]:
     return records, m
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="draft", choices=["draft", "ngram", "turbo"])
     p.add_argument("--target-model", default="models/target")
     p.add_argument("--draft-model", default="models/draft")
-    p.add_argument("--k", type=int, default=4, help="speculative tokens per step (4)")
+    p.add_argument("--k", type=int, default=4, help="speculative tokens per step (4; turbo: its heads)")
+    p.add_argument("--max-ngram-size", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--ctx-len", type=int, default=256)
     p.add_argument("--prefill-seq-len", type=int, default=32)
@@ -74,38 +85,57 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--prompts", action="append", default=None)
     p.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.method == "turbo":
+        args.k = read_turbo_config(Path(args.target_model)).num_heads
     tok = load_tokenizer(args.target_model)
     prompts = [tok(t)["input_ids"] for t in (args.prompts or BENCH_PROMPTS)]
     config = GenerationConfig(args.k, args.max_new_tokens, ignore_eos=True)
     target_only = GenerationConfig(0, args.max_new_tokens, ignore_eos=True)
     warm = [prompts[0]]
-
-    def engine(model: str) -> EngineConfig:
-        return EngineConfig(model=model, device=args.device, dtype=args.dtype,
-                            prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
-                            full_batch_size=1)
-
+    engine = EngineConfig(model=args.target_model, device=args.device, dtype=args.dtype,
+                          prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
+                          full_batch_size=1)
     flags = ["--device", args.device, "--dtype", args.dtype, "--prefill-seq-len",
              str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len), "--full-batch-size", "1",
              "--max-k", str(args.k)]
-    print(f"bench: {len(prompts)} prompts x {args.max_new_tokens} tokens, k = {args.k}, "
-          f"{args.device}/{args.dtype}", file=sys.stderr)
-    services = [start_service("verifier", "verifier_service", ["--model", args.target_model, *flags]),
-                start_service("proposer", "proposer_service",
-                              ["--method", "draft", "--model", args.draft_model, *flags])]
+    print(f"bench: {args.method}, {len(prompts)} prompts x {args.max_new_tokens} tokens, "
+          f"k = {args.k}, {args.device}/{args.dtype}", file=sys.stderr)
+
+    services = [start_service("verifier", "verifier_service", ["--model", args.target_model, *flags])]
+    if args.method == "turbo":  # a second verifier with its heads on
+        services.append(start_service("verifier", "verifier_service",
+                                      ["--model", args.target_model, *flags,
+                                       "--speculative-model-type", "turbo"]))
+    elif args.method == "ngram":
+        services.append(start_service("proposer", "proposer_service",
+                                      ["--method", "ngram", "--max-ngram-size",
+                                       str(args.max_ngram_size), *flags]))
+    else:
+        services.append(start_service("proposer", "proposer_service",
+                                      ["--method", "draft", "--model", args.draft_model, *flags]))
     try:
-        v_addr, p_addr = services[0].address, services[1].address
+        plain = services[0].address
+        spec_v, spec_p = (services[1].address, None) if args.method == "turbo" \
+            else (plain, services[1].address)
         rec_a, a = measured("(a) target-only, gRPC", lambda warmup: asyncio.run(
-            run_grpc(v_addr, None, warm if warmup else prompts, target_only)))
+            run_grpc(plain, None, warm if warmup else prompts, target_only)))
         rec_b, b = measured("(b) speculative, gRPC", lambda warmup: asyncio.run(
-            run_grpc(v_addr, p_addr, warm if warmup else prompts, config)))
+            run_grpc(spec_v, spec_p, warm if warmup else prompts, config)))
     finally:
         for svc in services:
             svc.stop()
-    verifier = build_verifier(engine(args.target_model), tuple(range(args.k + 1)))
-    proposer = build_draft_proposer(engine(args.draft_model), args.k)
+    if args.method == "turbo":
+        verifier, proposer = build_verifier(replace(engine, turbo=True), (0,)), None
+    else:
+        verifier = build_verifier(engine, tuple(range(args.k + 1)))
+        proposer = (PromptLookupProposer(args.k, args.max_ngram_size, args.ctx_len, 1)
+                    if args.method == "ngram"
+                    else build_draft_proposer(replace(engine, model=args.draft_model), args.k))
     rec_c, c = measured("(c) speculative, in-process", lambda warmup: asyncio.run(
         run_inprocess(verifier, proposer, warm if warmup else prompts, config)))
 
@@ -118,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         "mean_accepted_tokens": b.mean_accepted_tokens,
         "acceptance_rate": b.acceptance_rate,
         "identical_outputs": same,
-        "setup": {"k": args.k, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
-                  "device": args.device, "dtype": args.dtype, "target": args.target_model,
-                  "draft": args.draft_model},
+        "setup": {"method": args.method, "k": args.k, "prompts": len(prompts),
+                  "max_new_tokens": args.max_new_tokens, "device": args.device,
+                  "dtype": args.dtype, "target": args.target_model, "draft": args.draft_model},
     }
     print(f"\nspeedup b/a (speculative vs target-only, both gRPC): {figures['speedup_b_over_a']:.2f}x")
     print(f"split  b/c (gRPC services vs in-process):          {figures['split_ratio_b_over_c']:.2f}x")

@@ -49,8 +49,11 @@ class SamplingParams:
 TARGET_STREAM, DRAFT_STREAM = 0, 1
 
 
-def seeded_rng(seed: int | None, stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(None if seed is None else [seed, stream]))
+def seeded_rng(seed: int | None, stream: int, position: int = 0) -> np.random.Generator:
+    """A generator for one stream of a seed, starting at a sequence position: a session
+    re-prefilled after a recovery draws fresh numbers instead of replaying the first ones."""
+    words = None if seed is None else [seed, stream, position]
+    return np.random.default_rng(np.random.SeedSequence(words))
 
 
 # A sparse distribution: (token ids [m], probabilities [m]); what a draft model sampled from.

@@ -90,7 +90,7 @@ class TargetVerifier:
         logits = logits[0]
         session.params, session.emitted = params, 0
         session.sampling = sampling
-        session.rng = seeded_rng(sampling.seed, TARGET_STREAM)
+        session.rng = seeded_rng(sampling.seed, TARGET_STREAM, total)
         first = (int(np.argmax(logits)) if sampling.greedy
                  else sample(warp(logits, sampling), session.rng))
         out = self._commit(session, [first], accepted=0, drafted=0, timings=timings)
