@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from proposer_service.config import ProposerServiceConfig, from_args
 from proposer_service.servicer import ProposerServicer
@@ -15,7 +14,7 @@ from specdec_rpc.convert import model_info
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.server import Lifecycle, run_service, serve, setup_logging
 from specdec_rpc.service_cli import describe
-from specdec_rpc.sessions import SessionRunner
+from specdec_rpc.sessions import session_runner
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
@@ -45,9 +44,8 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
 
 async def run(cfg: ProposerServiceConfig) -> None:
     lifecycle, metrics = Lifecycle(SERVICE), ServiceMetrics()
-    workers = cfg.engine.full_batch_size + cfg.admission.max_waiting + 4
-    runner = SessionRunner(ThreadPoolExecutor(workers, thread_name_prefix="session"), cfg.sessions,
-                           lifecycle, metrics.observe_proposer_step)
+    runner = session_runner(cfg.engine.full_batch_size, cfg.admission, cfg.sessions, lifecycle,
+                            metrics.observe_proposer_step)
     servicer = ProposerServicer(runner)
     loaded: list[Proposer] = []
 

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Callable
 import grpc
 
 from specdec.errors import NotReady, SessionIdle
+from specdec.slots import Admission
 from specdec_rpc.server import Lifecycle
 from specdec_rpc.status import abort_with
 
@@ -99,3 +100,41 @@ class SessionRunner:
                 running.add_done_callback(lambda _: close_session(session))
             else:
                 close_session(session)
+
+
+def session_runner(slots: int, admission: Admission, policy: SessionPolicy, lifecycle: Lifecycle,
+                   on_step: Callable[[Any, Any], None] | None) -> SessionRunner:
+    # Every open or queued session may block one thread (admission wait, engine row).
+    workers = slots + admission.max_waiting + 4
+    return SessionRunner(ThreadPoolExecutor(workers, thread_name_prefix="session"), policy,
+                         lifecycle, on_step)
+
+
+class AttachedBackend:
+    """Servicer base: registered before the model loads, handed the loaded backend (verifier or
+    proposer) and its Info by `attach`; until then every call answers UNAVAILABLE."""
+
+    def __init__(self, runner: SessionRunner) -> None:
+        self.runner = runner
+        self.backend: Any = None
+        self.info: Any = None
+
+    def attach(self, backend: Any, info: Any) -> None:
+        self.backend, self.info = backend, info
+
+    async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self.runner.check_ready()
+        except Exception as exc:
+            await abort_with(context, exc)
+        return self.info
+
+    async def Session(self, requests: AsyncIterator[Any],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        # An async generator itself, so grpc.aio serves it as a streaming handler.
+        async for reply in self.runner.run(requests, context, lambda: self.backend.open_session(),
+                                           lambda s: self.backend.close_session(s), self._step):
+            yield reply
+
+    def _step(self, session: Any, request: Any) -> Any:
+        raise NotImplementedError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from specdec.build import build_verifier
 from specdec.stopping import StopParams
@@ -12,7 +11,7 @@ from specdec_rpc.convert import model_info
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.server import Lifecycle, run_service, serve, setup_logging
 from specdec_rpc.service_cli import describe
-from specdec_rpc.sessions import SessionRunner
+from specdec_rpc.sessions import session_runner
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from verifier_service.config import VerifierServiceConfig, from_args
@@ -34,9 +33,8 @@ def warm_up(verifier: TargetVerifier) -> None:
 
 async def run(cfg: VerifierServiceConfig) -> None:
     lifecycle, metrics = Lifecycle(SERVICE), ServiceMetrics()
-    workers = cfg.engine.full_batch_size + cfg.admission.max_waiting + 4
-    runner = SessionRunner(ThreadPoolExecutor(workers, thread_name_prefix="session"), cfg.sessions,
-                           lifecycle, metrics.observe_verifier_step)
+    runner = session_runner(cfg.engine.full_batch_size, cfg.admission, cfg.sessions, lifecycle,
+                            metrics.observe_verifier_step)
     servicer = VerifierServicer(runner)
     loaded: list[TargetVerifier] = []
 
