@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 
-from specdec.proposers.draft_model import Proposal
+from specdec.proposers.base import Proposal
 from specdec.recovery import LinkLost
 from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import StopParams

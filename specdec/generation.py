@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
-from specdec.proposers.draft_model import Proposal
+from specdec.proposers.base import Proposal
 from specdec.recovery import LinkLost, RecoveryPolicy, backoff_delays
 from specdec.sampling import SamplingParams, Sparse
 from specdec.sequence import common_prefix_len

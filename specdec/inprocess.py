@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from specdec.proposers.base import Proposer
-from specdec.proposers.draft_model import Proposal
+from specdec.proposers.base import Proposal, Proposer
 from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import StopParams
 from specdec.verifier import StepOutcome, TargetVerifier

@@ -6,7 +6,7 @@ import numpy as np
 
 from specdec.config import EngineConfig
 from specdec.engine import Engine
-from specdec.proposers.draft_model import Proposal
+from specdec.proposers.base import Proposal
 from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import FinishReason
 from specdec.timing import StepTimings

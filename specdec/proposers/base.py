@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from specdec.proposers.draft_model import Proposal
-from specdec.sampling import SamplingParams
+from specdec.sampling import SamplingParams, Sparse
+from specdec.timing import StepTimings
+
+
+@dataclass
+class Proposal:
+    draft: list[int]   # d1..dk (may be shorter than asked, or empty: no guess)
+    held_len: int      # tokens the session holds now: synced + drafts it fed to itself
+    timings: StepTimings = field(default_factory=StepTimings)
+    probs: list[Sparse] | None = None  # per draft, the q it was sampled from; None = deterministic
 
 
 class Proposer(Protocol):

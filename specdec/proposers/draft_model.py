@@ -9,12 +9,13 @@ tokens, [dk, bonus] (QEfficient's bonus-token case), and the proposer runs both 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from specdec.batching import Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
+from specdec.proposers.base import Proposal
 from specdec.sampling import (
     DRAFT_STREAM,
     SamplingParams,
@@ -30,18 +31,9 @@ from specdec.timing import StepTimings
 
 
 @dataclass
-class Proposal:
-    draft: list[int]   # d1..dk (may be shorter than asked near ctx_len)
-    held_len: int      # tokens the session holds now: synced + fed drafts
-    timings: StepTimings = field(default_factory=StepTimings)
-    probs: list[Sparse] | None = None  # per draft, the q it was sampled from; None = deterministic
-
-
-@dataclass
 class DraftSession:
     seq: SlotSequence
     rng: np.random.Generator | None = None  # created by the first sampled proposal
-
 
 
 class DraftModelProposer:

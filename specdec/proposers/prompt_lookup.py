@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from specdec.errors import InvalidRequest, PreconditionFailed
-from specdec.proposers.draft_model import Proposal
+from specdec.proposers.base import Proposal
 from specdec.proposers.ngram import propose_ngram
 from specdec.sampling import SamplingParams
 from specdec.slots import Admission, SlotPool
