@@ -23,6 +23,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
+from specdec.batching import row_logit_slice
 from specdec.config import EngineConfig
 from specdec.engine.checkpoint import read_config, resolve_model_path
 from specdec.engine.qaic_specs import QpcLayout, Specialization
@@ -150,8 +151,6 @@ class QaicEngine:
 
     def run(self, input_ids: np.ndarray, position_ids: np.ndarray, batch_index: np.ndarray,
             num_logits: int) -> np.ndarray:
-        from specdec.batching import row_logit_slice
-
         b, s = input_ids.shape
         spec = self.layout.choose(s, num_logits)
         out_shape = (b, num_logits) + self.layout.logits_shape(spec)[2:]
