@@ -11,10 +11,9 @@ from specdec.build import build_draft_proposer
 from specdec.proposers.base import Proposer
 from specdec.proposers.prompt_lookup import PromptLookupProposer
 from specdec_rpc.convert import model_info
-from specdec_rpc.metrics import ServiceMetrics
-from specdec_rpc.server import Lifecycle, run_service, serve, setup_logging
+from specdec_rpc.hosting import host_backend
+from specdec_rpc.server import run_service, setup_logging
 from specdec_rpc.service_cli import describe
-from specdec_rpc.sessions import session_runner
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
@@ -43,25 +42,9 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
 
 
 async def run(cfg: ProposerServiceConfig) -> None:
-    lifecycle, metrics = Lifecycle(SERVICE), ServiceMetrics()
-    runner = session_runner(cfg.engine.full_batch_size, cfg.admission, cfg.sessions, lifecycle,
-                            metrics.observe_proposer_step)
-    servicer = ProposerServicer(runner)
-    loaded: list[Proposer] = []
-
-    def load() -> None:
-        proposer, info = build(cfg)
-        servicer.attach(proposer, info)
-        metrics.track_pool(lambda: proposer.pool.in_use, lambda: proposer.pool.waiting)
-        loaded.append(proposer)
-
-    def close() -> None:
-        batcher = getattr(loaded[0], "batcher", None)  # the n-gram proposer has no engine
-        if batcher is not None:
-            batcher.close()
-
-    await serve(cfg.server, "proposer", SERVICE, lifecycle, metrics,
-                lambda s: pb_grpc.add_ProposerServicer_to_server(servicer, s), load, close)
+    await host_backend(cfg.server, "proposer", SERVICE, ProposerServicer,
+                       pb_grpc.add_ProposerServicer_to_server, lambda m: m.observe_proposer_step,
+                       lambda: build(cfg), cfg.engine.full_batch_size, cfg.admission, cfg.sessions)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,10 +8,9 @@ from specdec.build import build_verifier
 from specdec.stopping import StopParams
 from specdec.verifier import TargetVerifier
 from specdec_rpc.convert import model_info
-from specdec_rpc.metrics import ServiceMetrics
-from specdec_rpc.server import Lifecycle, run_service, serve, setup_logging
+from specdec_rpc.hosting import host_backend
+from specdec_rpc.server import run_service, setup_logging
 from specdec_rpc.service_cli import describe
-from specdec_rpc.sessions import session_runner
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from verifier_service.config import VerifierServiceConfig, from_args
@@ -31,25 +30,18 @@ def warm_up(verifier: TargetVerifier) -> None:
         verifier.close_session(session)
 
 
+def build(cfg: VerifierServiceConfig) -> tuple[TargetVerifier, pb.ModelInfo]:
+    verifier = build_verifier(cfg.engine, cfg.window_sizes, cfg.executor, cfg.batching,
+                              cfg.admission, cfg.qaic)
+    warm_up(verifier)
+    return verifier, model_info(verifier.engine, cfg.engine, verifier.fingerprint, verifier.max_k,
+                                cfg.speculative_model_type, cfg.executor)
+
+
 async def run(cfg: VerifierServiceConfig) -> None:
-    lifecycle, metrics = Lifecycle(SERVICE), ServiceMetrics()
-    runner = session_runner(cfg.engine.full_batch_size, cfg.admission, cfg.sessions, lifecycle,
-                            metrics.observe_verifier_step)
-    servicer = VerifierServicer(runner)
-    loaded: list[TargetVerifier] = []
-
-    def load() -> None:
-        verifier = build_verifier(cfg.engine, cfg.window_sizes, cfg.executor, cfg.batching,
-                                  cfg.admission, cfg.qaic)
-        warm_up(verifier)
-        servicer.attach(verifier, model_info(verifier.engine, cfg.engine, verifier.fingerprint,
-                                             verifier.max_k, cfg.speculative_model_type, cfg.executor))
-        metrics.track_pool(lambda: verifier.pool.in_use, lambda: verifier.pool.waiting)
-        loaded.append(verifier)
-
-    await serve(cfg.server, "verifier", SERVICE, lifecycle, metrics,
-                lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s), load,
-                lambda: loaded[0].batcher.close())
+    await host_backend(cfg.server, "verifier", SERVICE, VerifierServicer,
+                       pb_grpc.add_VerifierServicer_to_server, lambda m: m.observe_verifier_step,
+                       lambda: build(cfg), cfg.engine.full_batch_size, cfg.admission, cfg.sessions)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,38 @@
+"""The whole life of a service that hosts one backend (a verifier or a proposer): metrics,
+session runner and servicer wired together, the backend built (and warmed up) behind
+NOT_SERVING, freed after the drain. Each service's __main__ only says what to build."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import grpc
+
+from specdec.slots import Admission
+from specdec_rpc.metrics import ServiceMetrics
+from specdec_rpc.server import Lifecycle, ServerConfig, serve
+from specdec_rpc.sessions import AttachedBackend, SessionPolicy, session_runner
+
+
+async def host_backend(server: ServerConfig, name: str, service_name: str,
+                       servicer_cls: type[AttachedBackend],
+                       add_servicer: Callable[[Any, grpc.aio.Server], None],
+                       observe: Callable[[ServiceMetrics], Callable[[Any, Any], None]],
+                       build: Callable[[], tuple[Any, Any]], slots: int, admission: Admission,
+                       sessions: SessionPolicy) -> None:
+    """build() -> (backend, ModelInfo), blocking; observe picks the metrics' per-step hook."""
+    lifecycle, metrics = Lifecycle(service_name), ServiceMetrics()
+    servicer = servicer_cls(session_runner(slots, admission, sessions, lifecycle, observe(metrics)))
+
+    def load() -> None:
+        backend, info = build()
+        servicer.attach(backend, info)
+        metrics.track_pool(lambda: backend.pool.in_use, lambda: backend.pool.waiting)
+
+    def close() -> None:
+        batcher = getattr(servicer.backend, "batcher", None)  # the n-gram proposer has none
+        if batcher is not None:
+            batcher.close()
+
+    await serve(server, name, service_name, lifecycle, metrics,
+                lambda s: add_servicer(servicer, s), load, close)
