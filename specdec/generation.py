@@ -92,6 +92,7 @@ class _Generation:
         self.rec = GenerationRecord(prompt_len=len(prompt), t_start=time.perf_counter())
         self.seq = list(prompt)           # prompt + everything emitted: the source of truth
         self.held: list[int] = []         # what the proposer session holds
+        self.held_agrees = 0              # held[:held_agrees] == seq[:held_agrees], known
         self.guesses: list[int] = []      # Turbo: the verifier's own heads' next draft
         self.verifier, self.proposer = verifier, proposer
         self.config, self.ctx_len, self.fingerprint = config, ctx_len, draft_fingerprint
@@ -124,13 +125,14 @@ class _Generation:
         if self.proposer is None and self.reopen_proposer is not None and self.proposer_down_at \
                 and time.monotonic() - self.proposer_down_at >= self.policy.proposer_retry_s:
             try:
-                self.proposer, self.held = await self.reopen_proposer(), []
+                self.proposer, self.held, self.held_agrees = await self.reopen_proposer(), [], 0
                 self.proposer_down_at = None
             except LinkLost:
                 self.proposer_down_at = time.monotonic()
         if self.proposer is None:
             return self.guesses[:k], None   # Turbo guesses; empty = a target-only step
-        start = common_prefix_len(self.held, self.seq)
+        # Only the tail since the last proposal can differ: the per-step scan stays O(k).
+        start = common_prefix_len(self.held, self.seq, self.held_agrees)
         try:
             proposal = await _timed(self.rec, "proposer_ns", self.proposer.propose(
                 start, self.seq[start:], k, self.config.sampling, self.config.draft_top_m))
@@ -140,6 +142,7 @@ class _Generation:
             self.rec.recoveries += 1
             return [], None
         self.held = (self.seq + proposal.draft)[:proposal.held_len]
+        self.held_agrees = min(len(self.seq), proposal.held_len)
         return proposal.draft, proposal.probs
 
     async def verify(self, draft: list[int], probs: list[Sparse] | None) -> StepOutcome:

@@ -56,9 +56,10 @@ def check_token_ids(tokens: list[int], vocab_size: int) -> None:
         raise InvalidRequest(f"token id {bad[0]} is out of range for vocab_size {vocab_size}")
 
 
-def common_prefix_len(a: list[int], b: list[int]) -> int:
+def common_prefix_len(a: list[int], b: list[int], known: int = 0) -> int:
+    """Length of the common prefix; `known` leading tokens are already known to agree."""
     n = min(len(a), len(b))
-    i = 0
+    i = min(known, n)
     while i < n and a[i] == b[i]:
         i += 1
     return i

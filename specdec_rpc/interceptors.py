@@ -55,6 +55,11 @@ def _code(context: grpc.aio.ServicerContext, default: str) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else default
 
 
+def _outcome(exc: BaseException) -> str:
+    """What an RPC that raised ended as, when no abort set a status."""
+    return "CANCELLED" if isinstance(exc, asyncio.CancelledError) else "UNKNOWN"
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: ServiceMetrics) -> None:
         self.metrics = metrics
@@ -76,11 +81,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 start, outcome = time.perf_counter(), "OK"
                 try:
                     return await behavior(request, context)
-                except asyncio.CancelledError:
-                    outcome = "CANCELLED"
-                    raise
-                except Exception:
-                    outcome = "UNKNOWN"
+                except BaseException as exc:
+                    outcome = _outcome(exc)
                     raise
                 finally:
                     record(context, start, outcome)
@@ -93,11 +95,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     async for reply in behavior(requests, context):
                         yield reply
-                except asyncio.CancelledError:
-                    outcome = "CANCELLED"
-                    raise
-                except Exception:
-                    outcome = "UNKNOWN"
+                except BaseException as exc:
+                    outcome = _outcome(exc)
                     raise
                 finally:
                     m.sessions_open.dec()

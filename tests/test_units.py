@@ -55,6 +55,8 @@ def test_common_prefix_len():
     assert common_prefix_len([1, 2, 3], [1, 2, 4, 5]) == 2
     assert common_prefix_len([], [1]) == 0
     assert common_prefix_len([1, 2], [1, 2]) == 2
+    assert common_prefix_len([1, 2, 3, 4], [1, 2, 3, 9], known=2) == 3  # scan starts after known
+    assert common_prefix_len([1], [1, 2], known=5) == 1
 
 
 def test_slot_pool():
