@@ -15,6 +15,7 @@ from client.api import SpecDecClient
 from client.launcher import start_service
 from client.links import ServiceError
 from specdec.config import DTYPES
+from specdec.cpu_cores import available_cores, split_cores
 from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.metrics import batch_metrics, format_metrics, generation_metrics
@@ -59,7 +60,11 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
     q.add_argument("--draft-num-cores", type=int, default=5, help="qaic: AI cores of the draft QPC (5)")
     q.add_argument("--mxfp6", action="store_true", help="qaic: compile matmuls as MXFP6")
     q.add_argument("--mxint8-kv-cache", action="store_true", help="qaic: KV cache in MXINT8")
-    q.add_argument("--compile-dir", default=None, help="qaic: QPC compile/cache directory")
+    q.add_argument("--compile", default=None, choices=["on", "off"],
+                   help="torch: compile each step shape at start-up; off = eager (default: the "
+                        "services' own, on unless SPECDEC_COMPILE says otherwise)")
+    q.add_argument("--compile-dir", default=None,
+                   help="where compiled steps are cached (qaic: QPCs; torch: inductor kernels)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write prompts, generated ids, text and metrics as JSON")
     p.add_argument("--quiet-services", action="store_true",
@@ -87,18 +92,36 @@ def concurrency(args: argparse.Namespace) -> int:
     return max(1, args.full_batch_size or args.prefill_bsz)
 
 
-def engine_args(args: argparse.Namespace, model: str, device_group: str, max_k: int,
+def engine_args(args: argparse.Namespace, model: str, device_group: str | None, max_k: int,
                 draft: bool = False) -> list[str]:
-    """Pass the client's engine flags on to a service it starts."""
-    out = ["--model", model, "--device-group", device_group, "--dtype", args.dtype,
+    """Pass the client's engine flags on to a service it starts (device_group None: the
+    service's default)."""
+    out = ["--model", model, "--dtype", args.dtype,
            "--prefill-seq-len", str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len),
            "--full-batch-size", str(concurrency(args)), "--max-k", str(max_k),
            "--executor", args.executor]
+    out += ["--compile", args.compile] if args.compile else []
+    out += ["--device-group", device_group] if device_group else []
+    out += ["--compile-dir", args.compile_dir] if args.compile_dir else []
     if args.executor == "qaic":
         out += ["--num-cores", str(args.draft_num_cores if draft else args.num_cores)]
         out += ["--mxfp6"] * args.mxfp6 + ["--mxint8-kv-cache"] * args.mxint8_kv_cache
-        out += ["--compile-dir", args.compile_dir] if args.compile_dir else []
     return out
+
+
+def service_device_groups(args: argparse.Namespace, target: str | None,
+                          draft: str | None) -> tuple[str | None, str | None]:
+    """Device groups for a verifier and a proposer started side by side. Given ones are kept;
+    on a CPU-only torch host the others get disjoint cores (a core each on two cores), so the
+    two services never compete for one, as on separate cards."""
+    if args.executor != "torch" or (target and draft):
+        return target, draft
+    import torch
+
+    if torch.cuda.is_available():
+        return target, draft
+    verifier_cores, proposer_cores = split_cores(available_cores())
+    return target or verifier_cores, draft or proposer_cores
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:

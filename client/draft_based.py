@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import argparse
 
-from client.cli_common import ServiceSpec, add_common_args, engine_args, run_cli, sampling_params
+from client.cli_common import (
+    ServiceSpec,
+    add_common_args,
+    engine_args,
+    run_cli,
+    sampling_params,
+    service_device_groups,
+)
 from specdec.generation import GenerationConfig
 
 
@@ -18,8 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target-model-name", default="models/target",
                    help="target checkpoint directory (its tokenizer encodes the prompts)")
     p.add_argument("--num-speculative-tokens", type=int, default=4, help="k, drafts per step (4)")
-    p.add_argument("--target-device-group", default="0", help="devices of the verifier (0)")
-    p.add_argument("--draft-device-group", default="0", help="devices of the proposer (0)")
+    p.add_argument("--target-device-group", default=None,
+                   help="devices of the verifier (default: cuda 0, or on a CPU the first half "
+                        "of the cores)")
+    p.add_argument("--draft-device-group", default=None,
+                   help="devices of the proposer (default: cuda 0, or on a CPU the other half)")
     p.add_argument("--draft-top-m", type=int, default=16,
                    help="when sampling, the draft samples from its top m tokens and sends their "
                         "probabilities; 0 = greedy drafts (16)")
@@ -33,15 +43,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     k = args.num_speculative_tokens
+    target_group, draft_group = service_device_groups(args, args.target_device_group,
+                                                      args.draft_device_group)
+    # A draft model proposes k tokens each round: windows of k (and 0, target-only steps).
     services = {
         "verifier": ServiceSpec("verifier", "verifier_service",
-                                engine_args(args, args.target_model_name, args.target_device_group, k)),
+                                [*engine_args(args, args.target_model_name, target_group, k),
+                                 "--window-sizes", f"0,{k}"]),
     }
     if k:
         services["proposer"] = ServiceSpec(
             "proposer", "proposer_service",
             ["--method", "draft",
-             *engine_args(args, args.draft_model_name, args.draft_device_group, k, draft=True)])
+             *engine_args(args, args.draft_model_name, draft_group, k, draft=True)])
     config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
                               args.draft_top_m)
     return run_cli(args, args.target_model_name, services,

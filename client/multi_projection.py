@@ -22,7 +22,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrained-model-name-or-path", default="models/target",
                    help="base checkpoint directory with speculator_config.json and "
                         "speculator.safetensors beside it")
-    p.add_argument("--device-group", default="0", help="devices of the verifier (0)")
+    p.add_argument("--device-group", default=None,
+                   help="devices of the verifier (default: cuda 0, or every CPU core)")
     add_common_args(p, prefill_seq_len=32, ctx_len=128)
     return p.parse_args(argv)
 

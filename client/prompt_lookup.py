@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-speculative-tokens", type=parse_sizes, default=(3,), metavar="K[,K...]",
                    help="verify window sizes, e.g. 0,3; the largest is k (3)")
     p.add_argument("--max-ngram-size", type=int, default=3, help="longest n-gram matched (3)")
-    p.add_argument("--device-group", default="0", help="devices of the verifier (0)")
+    p.add_argument("--device-group", default=None,
+                   help="devices of the verifier (default: cuda 0, or every CPU core)")
     p.add_argument("--local-proposer", action="store_true",
                    help="run the n-gram search inside the client, without a proposer service")
     add_common_args(p, prefill_seq_len=256, ctx_len=1024)

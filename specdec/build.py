@@ -24,7 +24,10 @@ def build_engine(config: EngineConfig, executor: str = "torch", tlm: bool = Fals
     if executor == "torch":
         from specdec.engine.torch_engine import TorchEngine
 
-        return TorchEngine(config)
+        # Compiled decode shapes: k + 1 positions per verify window; a draft steps one token,
+        # and two when a sync after a full acceptance carries [dk, bonus].
+        windows = {k + 1 for k in decode_ks} | ({1} if tlm else {1, 2})
+        return TorchEngine(config, tuple(sorted(windows)), keep_window_logits=tlm)
     if executor == "qaic":
         from specdec.engine.qaic_engine import QaicEngine, QaicOptions
 

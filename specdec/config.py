@@ -7,6 +7,7 @@ Defaults follow QEfficient's draft_based.py example: prefill chunks of 32 tokens
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -22,6 +23,11 @@ class EngineConfig:
     ctx_len: int = 128            # KV positions per slot
     full_batch_size: int = 4      # KV slots = concurrent sessions
     turbo: bool = False           # also evaluate the Turbo heads beside the checkpoint
+    # torch: compile one graph per step specialization at load (the services default to on;
+    # off = eager). compile_dir: where compiled artifacts are cached (None: the tool's default).
+    compile: bool = False
+    compile_dir: Path | None = None
+    cpu_cores: tuple[int, ...] = ()  # device "cpu": pin the process's threads here (() = all)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -33,10 +39,17 @@ class EngineConfig:
             )
 
 
-def device_for_group(device_group: str, cuda_available: bool) -> str:
-    """Torch device for a QEfficient-style device group ("0" or "0,1"): the first id on CUDA
-    where CUDA exists, else the CPU. (The Cloud AI 100 executor maps the whole group onto cards.)"""
+def parse_device_group(device_group: str) -> tuple[int, ...]:
+    """"0,1" -> (0, 1)."""
     ids = [s.strip() for s in device_group.split(",") if s.strip()]
     if not ids or not all(s.isdigit() for s in ids):
         raise ValueError(f"a device group is a comma list of device ids, got {device_group!r}")
+    return tuple(int(s) for s in ids)
+
+
+def device_for_group(device_group: str, cuda_available: bool) -> str:
+    """Torch device for a QEfficient-style device group ("0" or "0,1"): the first id on CUDA
+    where CUDA exists, else the CPU, whose cores the group then names (specdec.cpu_cores).
+    (The Cloud AI 100 executor maps the whole group onto cards.)"""
+    ids = parse_device_group(device_group)
     return f"cuda:{ids[0]}" if cuda_available else "cpu"

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from specdec.config import DTYPES, EngineConfig, device_for_group
+from specdec.config import DTYPES, EngineConfig, device_for_group, parse_device_group
 from specdec.slots import Admission
 from specdec_rpc.security import ServerSecurity
 from specdec_rpc.server import ServerConfig
@@ -27,9 +27,13 @@ def add_service_args(parser: argparse.ArgumentParser, default_max_k: int,
                    help="torch (CPU/CUDA) or qaic (Cloud AI 100 through QEfficient) (torch)")
     e.add_argument("--device", default=None,
                    help="torch device (cpu, cuda:N); default: from --device-group")
-    e.add_argument("--device-group", default="0",
-                   help="comma list of device ids; torch uses cuda:<first> where CUDA exists, "
-                        "else the CPU (default: 0)")
+    e.add_argument("--device-group", default=None,
+                   help="comma list of device ids: torch uses cuda:<first> where CUDA exists, "
+                        "else the CPU with its threads pinned to these cores (default: cuda:0, "
+                        "or every core); qaic: the card group (default: 0)")
+    e.add_argument("--compile", default="on", choices=["on", "off"],
+                   help="torch: compile each step shape (batch bucket x window) at start-up, "
+                        "cached in --compile-dir; off = eager (on)")
     e.add_argument("--dtype", default="float32", choices=DTYPES)
     e.add_argument("--prefill-seq-len", type=int, default=32, help="prefill chunk length (32)")
     e.add_argument("--ctx-len", type=int, default=128, help="KV positions per session (128)")
@@ -42,8 +46,9 @@ def add_service_args(parser: argparse.ArgumentParser, default_max_k: int,
                    help=f"AI cores the QPC is compiled for ({default_num_cores})")
     q.add_argument("--mxfp6", action="store_true", help="compile matmuls as MXFP6")
     q.add_argument("--mxint8-kv-cache", action="store_true", help="keep the KV cache in MXINT8")
-    q.add_argument("--compile-dir", type=Path, default=None,
-                   help="where QPCs are compiled and cached; an unchanged one is reused")
+    parser.add_argument("--compile-dir", type=Path, default=None,
+                        help="where compiled steps are cached (qaic: QPCs; torch: inductor "
+                             "kernels; default: the tool's own cache); an unchanged one is reused")
     b = parser.add_argument_group("sessions and batching")
     b.add_argument("--batching", default="on", choices=["on", "off"],
                    help="coalesce ready steps of all sessions into one engine call (on); off = "
@@ -103,12 +108,17 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     if device is None and args.executor == "torch":
         import torch
 
-        device = device_for_group(args.device_group, torch.cuda.is_available())
+        device = device_for_group(args.device_group or "0", torch.cuda.is_available())
     if args.max_k < 0:
         raise SystemExit("--max-k must be >= 0")
+    try:
+        cores = parse_device_group(args.device_group) if args.device_group and device == "cpu" else ()
+    except ValueError as exc:
+        raise SystemExit(f"--device-group: {exc}") from None
     return EngineConfig(model=args.model or "", device=device or "cpu", dtype=args.dtype,
                         prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
-                        full_batch_size=args.full_batch_size)
+                        full_batch_size=args.full_batch_size, compile=args.compile == "on",
+                        compile_dir=args.compile_dir, cpu_cores=cores)
 
 
 def qaic_options(args: argparse.Namespace):
@@ -117,7 +127,7 @@ def qaic_options(args: argparse.Namespace):
         return None
     from specdec.engine.qaic_engine import QaicOptions
 
-    ids = tuple(int(i) for i in args.device_group.split(",") if i.strip())
+    ids = parse_device_group(args.device_group or "0")
     return QaicOptions(device_ids=ids, num_cores=args.num_cores, mxfp6_matmul=args.mxfp6,
                        mxint8_kv_cache=args.mxint8_kv_cache, compile_dir=args.compile_dir)
 

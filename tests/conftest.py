@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -21,6 +22,10 @@ from specdec_rpc.sessions import SessionPolicy, SessionRunner
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.tiny_models import hf_model, save_tiny, save_truncated, save_word_tokenizer
 from verifier_service.servicer import VerifierServicer
+
+# Services the tests start run eager: compiling every step shape would cost minutes per start.
+# The compiled path has its own tests (test_compiled.py), which turn it on explicitly.
+os.environ.setdefault("SPECDEC_COMPILE", "off")
 
 CTX_LEN = 96
 PREFILL = 8

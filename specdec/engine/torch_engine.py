@@ -8,8 +8,11 @@ import numpy as np
 import torch
 
 from specdec.config import EngineConfig
+from specdec.cpu_cores import pin_threads
 from specdec.engine.checkpoint import LlamaFamilyConfig, load_state_dict, read_config, resolve_model_path
-from specdec.engine.llama import LlamaFamilyModel, rope_inv_freq
+from specdec.engine.compiled import CompiledSteps, compile_steps
+from specdec.engine.llama import LlamaFamilyModel, fuse_state_dict, rope_inv_freq
+from specdec.engine.specializations import gather_index, pad_call, plan
 from specdec.engine.turbo import load_turbo_heads
 
 log = logging.getLogger(__name__)
@@ -28,20 +31,25 @@ def build_model(cfg: LlamaFamilyConfig, state: dict[str, torch.Tensor], dtype: t
         if not cfg.tie_word_embeddings:
             raise ValueError("checkpoint has no lm_head.weight and tie_word_embeddings is false")
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    state = fuse_state_dict(state, cfg.num_layers)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"checkpoint does not fit the {cfg.model_type} layout: missing "
                          f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    model = model.to(device=device, dtype=dtype)
-    if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    return model.eval()
+    # A tied lm_head becomes its own [D, V] copy of the embedding table (see fuse_state_dict).
+    return model.to(device=device, dtype=dtype).eval()
 
 
 class TorchEngine:
     """Engine contract on torch. Not thread-safe: callers serialise `run` (the services do)."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, windows: tuple[int, ...] = (1,),
+                 keep_window_logits: bool = False) -> None:
+        """windows: positions per decode step to compile for (a verifier: k + 1 for each verify
+        window; a draft: 1, and 2 for the bonus sync); keep_window_logits: a target keeps the
+        logits of every window position. Used only with config.compile."""
+        if config.cpu_cores and config.device == "cpu":
+            pin_threads(config.cpu_cores)
         path = resolve_model_path(config.model)
         self.model_config = read_config(path)
         mc = self.model_config
@@ -68,15 +76,20 @@ class TorchEngine:
         emb = torch.cat((freqs, freqs), dim=-1)   # [ctx_len, hd], float32 as in transformers
         self.cos = emb.cos().to(config.device)
         self.sin = emb.sin().to(config.device)
-        shape = (self.slots, mc.num_kv_heads, config.ctx_len, mc.head_dim)
+        shape = (self.slots, mc.num_kv_heads, config.ctx_len + 1, mc.head_dim)  # +1: scratch
         self.caches = [
             (torch.zeros(shape, dtype=self.dtype, device=config.device),
              torch.zeros(shape, dtype=self.dtype, device=config.device))
             for _ in range(mc.num_layers)
         ]
-        log.info("loaded %s (%s, %d layers, vocab %d) on %s as %s; KV %d slots x %d positions",
-                 path, mc.model_type, mc.num_layers, mc.vocab_size, config.device, config.dtype,
-                 self.slots, config.ctx_len)
+        log.info("loaded %s (%s, %d layers, vocab %d) on %s%s as %s; KV %d slots x %d positions",
+                 path, mc.model_type, mc.num_layers, mc.vocab_size, config.device,
+                 f" (cores {','.join(map(str, config.cpu_cores))}, {torch.get_num_threads()} threads)"
+                 if config.device == "cpu" else "", config.dtype, self.slots, config.ctx_len)
+        self.compiled: CompiledSteps | None = None
+        if config.compile:
+            self.compiled = compile_steps(self, plan(self.slots, windows, keep_window_logits),
+                                          config.compile_dir)
 
     def _check(self, input_ids: np.ndarray, position_ids: np.ndarray, batch_index: np.ndarray,
                num_logits: int) -> None:
@@ -98,30 +111,36 @@ class TorchEngine:
         if real.size and (real.min() < 0 or real.max() >= self.vocab_size):
             raise ValueError(f"token ids must be in 0..{self.vocab_size - 1}")
 
-    @torch.inference_mode()
-    def hidden(self, input_ids: np.ndarray, position_ids: np.ndarray, batch_index: np.ndarray,
-               num_logits: int) -> torch.Tensor:
-        """Pre-norm hidden states of the last num_logits real positions: [B, num_logits, D]."""
-        self._check(input_ids, position_ids, batch_index, num_logits)
-        dev = self.device
-        pos = torch.as_tensor(position_ids, dtype=torch.int64, device=dev)
-        ids = torch.as_tensor(input_ids, dtype=torch.int64, device=dev).masked_fill(pos < 0, 0)
-        slots = torch.as_tensor(batch_index, dtype=torch.int64, device=dev)
-        h = self.model.hidden_states(ids, pos, slots, self.cos, self.sin, self.caches)
-        # As QEfficient's filter_hidden_states: the window of num_logits positions that ends at
-        # the row's largest position (its last real token); padding sits after it.
-        last = pos.argmax(dim=1)                                       # [B]
-        lower = (last - num_logits + 1).clamp(min=0)
-        idx = lower[:, None] + torch.arange(num_logits, device=dev)    # [B, N]
-        return h.gather(1, idx[:, :, None].expand(-1, -1, h.shape[-1]))
+    def step(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor,
+             gather: torch.Tensor, kv_len: int) -> torch.Tensor:
+        """ids/pos [B, S], slots [B], gather [B, N] window positions to keep -> float32 logits
+        [B, N, V] (Turbo: [B, N, H+1, V]). No host syncs: torch.compile captures it whole."""
+        h = self.model.hidden_states(ids, pos, slots, self.cos, self.sin, self.caches, kv_len)
+        h = h.gather(1, gather[:, :, None].expand(-1, -1, h.shape[-1]))    # [B, N, D]
+        if self.turbo_heads is None:
+            return self.model.logits(h)
+        normed = self.model.model.norm(h)                                   # [B, N, D]
+        stacked = torch.stack([normed, *(head(normed) for head in self.turbo_heads)], dim=2)
+        return self.model.lm_head(stacked).float()                          # [B, N, H+1, V]
 
     def run(self, input_ids: np.ndarray, position_ids: np.ndarray, batch_index: np.ndarray,
             num_logits: int) -> np.ndarray:
         """[B, num_logits, V] float32; with Turbo heads [B, num_logits, H+1, V], index 0 = base."""
+        self._check(input_ids, position_ids, batch_index, num_logits)
+        b, s = input_ids.shape
+        spec = self.compiled.fit(b, s, num_logits) if self.compiled else None
+        if spec is None:   # uncompiled: exactly this shape, attending only as far as needed
+            ids = np.where(position_ids >= 0, input_ids, 0)
+            pos, slots, step, kv_len = position_ids, batch_index, self.step, int(position_ids.max()) + 1
+            gather = gather_index(position_ids, num_logits, num_logits)
+        else:              # a compiled specialization: padded to its fixed shape, full KV length
+            ids, pos, slots = pad_call(spec, input_ids, position_ids, batch_index)
+            step, kv_len = self.compiled.steps[spec], self.ctx_len
+            gather = gather_index(pos, num_logits, spec.logits)
+        dev = self.device
         with torch.inference_mode():
-            h = self.hidden(input_ids, position_ids, batch_index, num_logits)
-            if self.turbo_heads is None:
-                return self.model.logits(h).cpu().numpy()
-            normed = self.model.model.norm(h)                                    # [B, N, D]
-            stacked = torch.stack([normed, *(head(normed) for head in self.turbo_heads)], dim=2)
-            return self.model.lm_head(stacked).float().cpu().numpy()            # [B, N, H+1, V]
+            out = step(torch.from_numpy(ids.astype(np.int64)).to(dev),
+                       torch.from_numpy(pos.astype(np.int64)).to(dev),
+                       torch.from_numpy(slots.astype(np.int64)).to(dev),
+                       torch.from_numpy(gather).to(dev), kv_len)
+            return out[:b, :num_logits].cpu().numpy()

@@ -1,0 +1,83 @@
+"""The torch executor's compiled steps: one `torch.compile` graph per specialization, built at
+warm-up like the specializations of a QPC, and cached on disk by inductor.
+
+Why: a small-batch step of a small model is bound by per-op dispatch in eager mode (one layer
+issues ~30 ops at ~10-20 µs each), far above the time to read the weights. A captured graph fuses
+the pointwise work and leaves the matmuls. On CPU inductor emits C++ (it needs a C++ compiler); on
+CUDA the graphs are replayed as CUDA graphs, with the KV cache at static addresses. Where the
+compiler is missing or fails, the engine warns once and runs eager: slower, same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from specdec.engine.specializations import Specialization, fit, gather_index, pad_call
+
+if TYPE_CHECKING:
+    from specdec.engine.torch_engine import TorchEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompiledSteps:
+    steps: dict[Specialization, Callable[..., torch.Tensor]]
+
+    def fit(self, batch: int, window: int, logits: int) -> Specialization | None:
+        return fit(tuple(self.steps), batch, window, logits)
+
+
+def compile_steps(engine: TorchEngine, specs: tuple[Specialization, ...],
+                  cache_dir: Path | None) -> CompiledSteps | None:
+    """Compile engine.step for every specialization (progress in the log); None where
+    torch.compile is unavailable, after a warning: the engine then runs eager."""
+    if cache_dir is not None:
+        # Inductor reads its cache location from the environment; a restart with the same
+        # directory (and torch, model shapes) loads the kernels instead of recompiling them.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).expanduser() / "torch-inductor")
+    cuda = str(engine.device).startswith("cuda")
+    if cuda:  # CUDA graphs replay fixed addresses: the cache and tables must not move
+        for t in [engine.cos, engine.sin, *(x for kv in engine.caches for x in kv)]:
+            torch._dynamo.mark_static_address(t)
+    fn = torch.compile(engine.step, dynamic=False, fullgraph=True,
+                       mode="reduce-overhead" if cuda else None)
+    started = time.monotonic()
+    try:
+        # Every specialization is one entry in the step's compile cache; allow them all.
+        limit = len(specs) + 8
+        with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=limit * 4):
+            for i, spec in enumerate(specs, 1):
+                t0 = time.monotonic()
+                warm_up(engine, fn, spec)
+                log.info("compiled step %d/%d: batch %d x window %d (%d logits) in %.1f s",
+                         i, len(specs), spec.batch, spec.window, spec.logits, time.monotonic() - t0)
+    except Exception as exc:  # no C++ compiler, an unsupported op, ...: eager still works
+        log.warning("torch.compile is unavailable here (%s: %s); running the eager step "
+                    "(slower, same results). Pass --compile off to skip trying.",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return None
+    log.info("compiled %d step specializations in %.1f s", len(specs), time.monotonic() - started)
+    return CompiledSteps({spec: fn for spec in specs})
+
+
+def warm_up(engine: TorchEngine, fn: Callable[..., torch.Tensor], spec: Specialization) -> None:
+    """Run one all-padding call of this shape: compiles it, and writes only scratch positions."""
+    ids = np.zeros((1, 1), dtype=np.int64)
+    pos = np.full((1, 1), -1, dtype=np.int64)
+    ids, pos, slots = pad_call(spec, ids, pos, np.zeros(1, dtype=np.int64))
+    dev = engine.device
+    with torch.inference_mode():
+        for _ in range(3 if str(dev).startswith("cuda") else 1):  # CUDA graphs record on a re-run
+            fn(torch.from_numpy(ids).to(dev), torch.from_numpy(pos).to(dev),
+               torch.from_numpy(slots).to(dev),
+               torch.from_numpy(gather_index(pos, spec.logits, spec.logits)).to(dev), engine.ctx_len)
