@@ -51,16 +51,18 @@ def compile_steps(engine: TorchEngine, specs: tuple[Specialization, ...],
             torch._dynamo.mark_static_address(t)
     fn = torch.compile(engine.step, dynamic=False, fullgraph=True,
                        mode="reduce-overhead" if cuda else None)
+    # Each specialization of each engine in this process is one entry in the compile cache of
+    # the same step function; dynamo would fall back to eager past its default limit (8).
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit += len(specs)
+    dynamo.accumulated_recompile_limit += len(specs)
     started = time.monotonic()
     try:
-        # Every specialization is one entry in the step's compile cache; allow them all.
-        limit = len(specs) + 8
-        with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=limit * 4):
-            for i, spec in enumerate(specs, 1):
-                t0 = time.monotonic()
-                warm_up(engine, fn, spec)
-                log.info("compiled step %d/%d: batch %d x window %d (%d logits) in %.1f s",
-                         i, len(specs), spec.batch, spec.window, spec.logits, time.monotonic() - t0)
+        for i, spec in enumerate(specs, 1):
+            t0 = time.monotonic()
+            warm_up(engine, fn, spec)
+            log.info("compiled step %d/%d: batch %d x window %d (%d logits) in %.1f s",
+                     i, len(specs), spec.batch, spec.window, spec.logits, time.monotonic() - t0)
     except Exception as exc:  # no C++ compiler, an unsupported op, ...: eager still works
         log.warning("torch.compile is unavailable here (%s: %s); running the eager step "
                     "(slower, same results). Pass --compile off to skip trying.",

@@ -1,0 +1,157 @@
+"""The compiled step path: shape planning (pure), logits parity with transformers through the
+compiled specializations, greedy speculation identical to transformers' greedy output, and the
+eager fallback where the compiler is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from specdec.build import build_draft_proposer, build_verifier
+from specdec.config import EngineConfig
+from specdec.engine.specializations import (
+    Specialization,
+    batch_buckets,
+    fit,
+    gather_index,
+    pad_call,
+    plan,
+)
+from specdec.engine.torch_engine import TorchEngine
+from specdec.generation import GenerationConfig, generate
+from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
+from tests.test_torch_engine import ATOL, reference_logits
+from tests.tiny_models import VOCAB, greedy_reference, hf_model, save_tiny
+
+
+def test_batch_buckets_and_plan():
+    assert batch_buckets(1) == (1,)
+    assert batch_buckets(4) == (1, 2, 4)
+    assert batch_buckets(6) == (1, 2, 4, 6)
+    target = plan(2, (1, 4), keep_window_logits=True)
+    assert set(target) == {Specialization(b, s, s) for b in (1, 2) for s in (1, 4)}
+    draft = plan(2, (1, 2), keep_window_logits=False)
+    assert set(draft) == {Specialization(b, s, 1) for b in (1, 2) for s in (1, 2)}
+
+
+def test_fit_picks_the_smallest_of_the_same_kind():
+    specs = plan(4, (1, 3, 5), keep_window_logits=True)
+    assert fit(specs, 1, 2, 2) == Specialization(1, 3, 3)      # a 2-token window in the 3 one
+    assert fit(specs, 3, 5, 5) == Specialization(4, 5, 5)      # 3 rows in the 4-row bucket
+    assert fit(specs, 1, 1, 1) == Specialization(1, 1, 1)
+    assert fit(specs, 1, 3, 1) is None     # one logit of a 3-token chunk: no such kind compiled
+    assert fit(specs, 1, 6, 6) is None     # wider than every window
+    assert fit(specs, 5, 1, 1) is None     # more rows than slots
+
+
+def test_gather_index_and_padding():
+    pos = np.array([[7, 8, 9, -1], [0, 1, -1, -1]])
+    np.testing.assert_array_equal(gather_index(pos, 2, 4), [[1, 2, 2, 2], [0, 1, 1, 1]])
+    np.testing.assert_array_equal(gather_index(pos, 3, 3), [[0, 1, 2], [0, 1, 2]])
+    ids = np.array([[5, 6, 7, -1], [3, 4, -1, -1]])
+    pids, ppos, slots = pad_call(Specialization(4, 5, 5), ids, pos, np.array([2, 0]))
+    assert pids.shape == ppos.shape == (4, 5)
+    np.testing.assert_array_equal(ppos[:2, :4], pos)
+    assert (ppos[2:] == -1).all() and (ppos[:, 4] == -1).all() and (pids >= 0).all()
+    np.testing.assert_array_equal(slots, [2, 0, 2, 2])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = save_tiny(tmp_path_factory.mktemp("compiled"), "llama", num_hidden_layers=2)
+    return path, hf_model(path)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One compile cache for the module: same-shaped graphs compile once (weights are inputs)."""
+    return tmp_path_factory.mktemp("compile-cache")
+
+
+def compiled_engine(path, cache, windows=(1, 3), keep=True, slots=2) -> TorchEngine:
+    engine = TorchEngine(EngineConfig(model=str(path), ctx_len=48, prefill_seq_len=8,
+                                      full_batch_size=slots, compile=True, compile_dir=cache),
+                         windows, keep_window_logits=keep)
+    assert engine.compiled is not None, "torch.compile failed on this machine"
+    return engine
+
+
+def count_compiled_calls(engine: TorchEngine) -> dict:
+    """Wrap the compiled steps so the test can see which shapes ran compiled."""
+    used: dict = {}
+    for spec, fn in list(engine.compiled.steps.items()):
+        def counted(*a, _fn=fn, _spec=spec):
+            used[_spec] = used.get(_spec, 0) + 1
+            return _fn(*a)
+        engine.compiled.steps[spec] = counted
+    return used
+
+
+def test_compiled_steps_match_transformers(tiny, cache):
+    path, model = tiny
+    engine = compiled_engine(path, cache)
+    used = count_compiled_calls(engine)
+    rng = np.random.default_rng(3)
+    a = rng.integers(2, VOCAB, size=12).tolist()
+    b = rng.integers(2, VOCAB, size=9).tolist()
+    # Prefill chunks run eager (no compiled kind holds them) ...
+    engine.run(np.array([a[:8]]), np.arange(8)[None], np.array([1]), 1)
+    engine.run(np.array([b[:6]]), np.arange(6)[None], np.array([0]), 1)
+    # ... then one batched verify window of 3 (row b padded to it) and single-token steps.
+    ids = np.array([a[8:11], b[6:8] + [-1]])
+    pos = np.array([[8, 9, 10], [6, 7, -1]])
+    out = engine.run(ids, pos, np.array([1, 0]), 3)
+    np.testing.assert_allclose(out[0], reference_logits(model, a[:11])[8:11], atol=ATOL)
+    # Row b is shorter than the window: its logits start at column 0 (row_logit_slice).
+    np.testing.assert_allclose(out[1, :2], reference_logits(model, b[:8])[6:8], atol=ATOL)
+    # A 2-token window runs in the compiled 3 one; its rejected position is rolled back.
+    out = engine.run(np.array([[a[11], 4]]), np.array([[11, 12]]), np.array([1]), 2)
+    np.testing.assert_allclose(out[0], reference_logits(model, a + [4])[11:13], atol=ATOL)
+    out = engine.run(np.array([[b[8]]]), np.array([[8]]), np.array([0]), 1)
+    np.testing.assert_allclose(out[0], reference_logits(model, b)[8:9], atol=ATOL)
+    assert used == {Specialization(2, 3, 3): 1, Specialization(1, 3, 3): 1,
+                    Specialization(1, 1, 1): 1}
+
+
+def test_compiled_speculation_equals_greedy(tiny, cache, tmp_path_factory):
+    """Target and draft both compiled; the draft is another random model of the same shape, so
+    most drafts are rejected and the rollback path runs compiled too."""
+    path, model = tiny
+    cfg = EngineConfig(model=str(path), ctx_len=48, prefill_seq_len=8, full_batch_size=2,
+                       compile=True, compile_dir=cache)
+    draft_path = save_tiny(tmp_path_factory.mktemp("draft"), "llama", seed=5, num_hidden_layers=2)
+    verifier = build_verifier(cfg, (0, 2))
+    proposer = build_draft_proposer(replace(cfg, model=str(draft_path)), 2)
+    assert verifier.engine.compiled is not None and proposer.engine.compiled is not None
+    prompt = np.random.default_rng(9).integers(2, VOCAB, size=10).tolist()
+
+    async def go():
+        v, d = InProcessVerifierLink(verifier), InProcessProposerLink(proposer)
+        try:
+            return await generate(prompt, v, d, GenerationConfig(2, 20, ignore_eos=True), 48)
+        finally:
+            await v.close()
+            await d.close()
+
+    rec = asyncio.run(go())
+    assert rec.tokens == greedy_reference(model, prompt, 20)
+
+
+def test_missing_compiler_warns_and_runs_eager(tiny, tmp_path, monkeypatch, caplog):
+    import torch._inductor.config as inductor
+
+    path, model = tiny
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
+    torch._dynamo.reset()
+    with caplog.at_level(logging.WARNING):
+        engine = TorchEngine(EngineConfig(model=str(path), ctx_len=48, full_batch_size=1,
+                                          compile=True, compile_dir=tmp_path))
+    assert engine.compiled is None
+    assert "torch.compile is unavailable" in caplog.text
+    out = engine.run(np.array([[5, 6, 7]]), np.arange(3)[None], np.array([0]), 3)
+    np.testing.assert_allclose(out[0], reference_logits(model, [5, 6, 7]), atol=ATOL)
