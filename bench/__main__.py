@@ -1,12 +1,16 @@
-"""Benchmark: the same models and prompts, decoded three ways, measured in one run.
+"""Benchmark: the same models and prompts, decoded several ways, measured in one run.
 
   (a) target-only: k = 0 steps through the verifier service over gRPC
-  (b) speculative over gRPC: the services as separate processes (for --method turbo the
-      verifier alone, drafting with its heads)
+  (b) speculative over gRPC: the services as separate processes, each pinned to its own CPU
+      cores on a CPU host (for --method turbo the verifier alone, drafting with its heads)
   (c) speculative in-process: the same library and generation loop, no gRPC, one process
+  (d) transformers' plain greedy generate() on the same target (what a Python user has)
+  (e) transformers' own speculation on the same models: assisted generation with the draft
+      (--method draft) or prompt lookup (--method ngram)
 
-Prints tokens/s of each, the ratios b/a (what speculation buys) and b/c (what the split
-costs), and mean accepted tokens per target step. All three must produce identical tokens.
+Prints tokens/s of each, the ratios b/a (what speculation buys), b/c (what the split costs),
+a/d and b/e (against transformers), and mean accepted tokens per target step. Every row must
+produce identical tokens.
 
     python -m bench --method draft --k 4
     python -m bench --method ngram --k 3
@@ -19,14 +23,19 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from client.api import SpecDecClient
 from client.cli_common import DEFAULT_PROMPTS, load_tokenizer
+from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
 from client.launcher import start_service
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
+from specdec.cpu_cores import available_cores, split_cores
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
@@ -65,9 +74,22 @@ def measured(label: str, run) -> tuple[list[GenerationRecord], BatchMetrics]:
     run(warmup=True)
     records = run(warmup=False)
     m = batch_metrics(records)
-    print(f"{label:<28} {m.e2e_throughput:8.2f} tok/s  decode {m.decode_throughput:8.2f} tok/s  "
+    print(f"{label:<32} {m.e2e_throughput:8.2f} tok/s  decode {m.decode_throughput:8.2f} tok/s  "
           f"accepted/step {m.mean_accepted_tokens:5.2f}", file=sys.stderr, flush=True)
     return records, m
+
+
+def measured_peer(label: str, run, prompts: list[list[int]]) -> tuple[list[list[int]], float, float]:
+    """A transformers peer: (outputs, tokens/s, tokens per target step), timed after a warm-up."""
+    run(prompts[0])
+    t0 = time.perf_counter()
+    outs = [run(p) for p in prompts]
+    wall = time.perf_counter() - t0
+    tokens = sum(len(ids) for ids, _ in outs)
+    per_step = sum(len(ids) - 1 for ids, _ in outs) / max(1, sum(n - 1 for _, n in outs))
+    print(f"{label:<32} {tokens / wall:8.2f} tok/s  ({torch.get_num_threads()} threads)"
+          f"{'':>19}accepted/step {per_step:5.2f}", file=sys.stderr, flush=True)
+    return [ids for ids, _ in outs], tokens / wall, per_step
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -83,6 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefill-seq-len", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", default="on", choices=["on", "off"],
+                   help="compile the torch steps (services and in-process) (on)")
     p.add_argument("--prompts", action="append", default=None)
     p.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
     return p.parse_args(argv)
@@ -99,14 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     warm = [prompts[0]]
     engine = EngineConfig(model=args.target_model, device=args.device, dtype=args.dtype,
                           prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
-                          full_batch_size=1)
+                          full_batch_size=1, compile=args.compile == "on")
     flags = ["--device", args.device, "--dtype", args.dtype, "--prefill-seq-len",
              str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len), "--full-batch-size", "1",
-             "--max-k", str(args.k)]
+             "--max-k", str(args.k), "--compile", args.compile]
+    # As the client's launcher does: on a CPU the two services get disjoint cores.
+    v_cores, p_cores = split_cores(available_cores()) if args.device == "cpu" else (None, None)
+    v_flags = [*flags, "--window-sizes", f"0,{args.k}"] + (["--device-group", v_cores] if v_cores else [])
+    p_flags = flags + (["--device-group", p_cores] if p_cores else [])
     print(f"bench: {args.method}, {len(prompts)} prompts x {args.max_new_tokens} tokens, "
           f"k = {args.k}, {args.device}/{args.dtype}", file=sys.stderr)
 
-    services = [start_service("verifier", "verifier_service", ["--model", args.target_model, *flags])]
+    services = [start_service("verifier", "verifier_service", ["--model", args.target_model, *v_flags])]
     if args.method == "turbo":  # a second verifier with its heads on
         services.append(start_service("verifier", "verifier_service",
                                       ["--model", args.target_model, *flags,
@@ -114,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.method == "ngram":
         services.append(start_service("proposer", "proposer_service",
                                       ["--method", "ngram", "--max-ngram-size",
-                                       str(args.max_ngram_size), *flags]))
+                                       str(args.max_ngram_size), *p_flags]))
     else:
         services.append(start_service("proposer", "proposer_service",
-                                      ["--method", "draft", "--model", args.draft_model, *flags]))
+                                      ["--method", "draft", "--model", args.draft_model, *p_flags]))
     try:
         plain = services[0].address
         spec_v, spec_p = (services[1].address, None) if args.method == "turbo" \
@@ -132,31 +160,53 @@ def main(argv: list[str] | None = None) -> int:
     if args.method == "turbo":
         verifier, proposer = build_verifier(replace(engine, turbo=True), (0,)), None
     else:
-        verifier = build_verifier(engine, tuple(range(args.k + 1)))
+        verifier = build_verifier(engine, (0, args.k) if args.method == "draft" else tuple(range(args.k + 1)))
         proposer = (PromptLookupProposer(args.k, args.max_ngram_size, args.ctx_len, 1)
                     if args.method == "ngram"
                     else build_draft_proposer(replace(engine, model=args.draft_model), args.k))
     rec_c, c = measured("(c) speculative, in-process", lambda warmup: asyncio.run(
         run_inprocess(verifier, proposer, warm if warmup else prompts, config)))
 
-    same = [r.tokens for r in rec_a] == [r.tokens for r in rec_b] == [r.tokens for r in rec_c]
+    hf = load_hf(args.target_model)
+    new = args.max_new_tokens
+    out_d, d, _ = measured_peer("(d) transformers generate()", lambda p: hf_generate(hf, p, new), prompts)
+    peer = None
+    if args.method == "draft":
+        hf_draft = load_hf(args.draft_model)
+        peer = measured_peer("(e) transformers assisted", lambda p: hf_assisted(hf, hf_draft, p, new, args.k),
+                             prompts)
+    elif args.method == "ngram":
+        peer = measured_peer("(e) transformers prompt lookup",
+                             lambda p: hf_prompt_lookup(hf, p, new, args.k, args.max_ngram_size), prompts)
+
+    same = [r.tokens for r in rec_a] == [r.tokens for r in rec_b] == [r.tokens for r in rec_c] \
+        == out_d == (peer[0] if peer else out_d)
     figures = {
         "tokens_per_s": {"target_only_grpc": a.e2e_throughput, "speculative_grpc": b.e2e_throughput,
-                         "speculative_inprocess": c.e2e_throughput},
+                         "speculative_inprocess": c.e2e_throughput, "transformers_generate": d,
+                         "transformers_speculative": peer[1] if peer else None},
         "speedup_b_over_a": b.e2e_throughput / a.e2e_throughput,
         "split_ratio_b_over_c": b.e2e_throughput / c.e2e_throughput,
+        "target_only_vs_transformers_a_over_d": a.e2e_throughput / d,
+        "speculative_vs_transformers_b_over_e": b.e2e_throughput / peer[1] if peer else None,
+        "transformers_speculative_accepted_per_step": peer[2] if peer else None,
         "mean_accepted_tokens": b.mean_accepted_tokens,
         "acceptance_rate": b.acceptance_rate,
         "identical_outputs": same,
         "setup": {"method": args.method, "k": args.k, "prompts": len(prompts),
                   "max_new_tokens": args.max_new_tokens, "device": args.device,
-                  "dtype": args.dtype, "target": args.target_model, "draft": args.draft_model},
+                  "dtype": args.dtype, "compile": args.compile, "target": args.target_model,
+                  "draft": args.draft_model},
     }
     print(f"\nspeedup b/a (speculative vs target-only, both gRPC): {figures['speedup_b_over_a']:.2f}x")
     print(f"split  b/c (gRPC services vs in-process):          {figures['split_ratio_b_over_c']:.2f}x")
     print(f"mean accepted tokens per target step: {b.mean_accepted_tokens:.2f} "
           f"(acceptance rate {b.acceptance_rate:.1%})")
-    print(f"identical outputs across (a), (b), (c): {same}")
+    print(f"target-only a/d (gRPC vs transformers generate()): {figures['target_only_vs_transformers_a_over_d']:.2f}x")
+    if peer:
+        print(f"speculative b/e (gRPC vs transformers' own, same k): "
+              f"{figures['speculative_vs_transformers_b_over_e']:.2f}x")
+    print(f"identical outputs across every row: {same}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0 if same else 1

@@ -15,9 +15,8 @@ import asyncio
 import json
 from pathlib import Path
 
-import torch
-
 from bench.__main__ import BENCH_PROMPTS
+from bench.peers import hf_generate, hf_prompt_lookup, load_hf
 from client.cli_common import load_tokenizer
 from client.prompt_lookup import REPEATED_PATTERN_PROMPTS
 from specdec.build import build_verifier
@@ -27,30 +26,7 @@ from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.proposers.prompt_lookup import PromptLookupProposer
 
 
-def hf_prompt_lookup(model, ids: list[int], k: int, ngram: int, new: int) -> tuple[list[int], int]:
-    calls = [0]
-    hook = model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    try:
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                                 prompt_lookup_num_tokens=k, max_matching_ngram_size=ngram,
-                                 pad_token_id=0)
-    finally:
-        hook.remove()
-    return out[0, len(ids):].tolist(), calls[0]
-
-
-def hf_greedy(model, ids: list[int], new: int) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
-    return out[0, len(ids):].tolist()
-
-
 def main(argv: list[str] | None = None) -> int:
-    import transformers
-
     p = argparse.ArgumentParser(prog="bench.pld_compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target-model", default="models/target")
@@ -63,15 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     tok = load_tokenizer(args.target_model)
     texts = REPEATED_PATTERN_PROMPTS + BENCH_PROMPTS
     prompts = [tok(t)["input_ids"] for t in texts]
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.target_model, dtype=torch.float32).eval()
+    model = load_hf(args.target_model)
     ctx = max(map(len, prompts)) + args.max_new_tokens + 1
     verifier = build_verifier(EngineConfig(model=args.target_model, ctx_len=ctx, prefill_seq_len=32,
                                            full_batch_size=1), tuple(range(args.k + 1)))
     ours_tokens = ours_steps = hf_tokens = hf_steps = 0
     rows = []
     for text, ids in zip(texts, prompts):
-        ref = hf_greedy(model, ids, args.max_new_tokens)
-        hf_out, hf_calls = hf_prompt_lookup(model, ids, args.k, args.max_ngram_size, args.max_new_tokens)
+        ref, _ = hf_generate(model, ids, args.max_new_tokens)
+        hf_out, hf_calls = hf_prompt_lookup(model, ids, args.max_new_tokens, args.k, args.max_ngram_size)
 
         async def ours():
             v = InProcessVerifierLink(verifier)

@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# On CPU the step is a chain of GEMVs (a few rows times each weight matrix): inductor's own C++
+# GEMM, tuned per shape on weights frozen and prepacked at compile time, streams them faster
+# than the MKL call (measured on the shipped target, one core: 4.5 -> 3.0 ms per step), and the
+# C++ wrapper drops the Python launch code between kernels. The KV cache is not a parameter, so
+# it stays a mutable input.
+CPU_INDUCTOR = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+                "cpp_wrapper": True}
+
 
 @dataclass
 class CompiledSteps:
@@ -58,11 +66,13 @@ def compile_steps(engine: TorchEngine, specs: tuple[Specialization, ...],
     dynamo.accumulated_recompile_limit += len(specs)
     started = time.monotonic()
     try:
-        for i, spec in enumerate(specs, 1):
-            t0 = time.monotonic()
-            warm_up(engine, fn, spec)
-            log.info("compiled step %d/%d: batch %d x window %d (%d logits) in %.1f s",
-                     i, len(specs), spec.batch, spec.window, spec.logits, time.monotonic() - t0)
+        with torch._inductor.config.patch(CPU_INDUCTOR if not cuda else {}):
+            for i, spec in enumerate(specs, 1):
+                t0 = time.monotonic()
+                warm_up(engine, fn, spec)
+                log.info("compiled step %d/%d: batch %d x window %d (%d logits) in %.1f s",
+                         i, len(specs), spec.batch, spec.window, spec.logits,
+                         time.monotonic() - t0)
     except Exception as exc:  # no C++ compiler, an unsupported op, ...: eager still works
         log.warning("torch.compile is unavailable here (%s: %s); running the eager step "
                     "(slower, same results). Pass --compile off to skip trying.",

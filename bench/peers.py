@@ -1,0 +1,44 @@
+"""What a Python user already has, on the same models and prompts: transformers' own `generate()`
+(plain greedy), assisted generation with the draft model, and prompt lookup. The benchmark times
+them beside this project's services in the same run.
+
+Each function returns (generated ids, target forwards). Forwards are counted with a hook on the
+target model: tokens per step = (generated - 1) / (forwards - 1), the first token coming from the
+prefill in both.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def load_hf(path: str):
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def hf_generate(model, ids: list[int], new: int, **kw) -> tuple[list[int], int]:
+    """Greedy generate() of exactly `new` tokens; kw adds assistant_model, prompt lookup, ..."""
+    calls = [0]
+    hook = model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                 pad_token_id=0, **kw)
+    finally:
+        hook.remove()
+    return out[0, len(ids):].tolist(), calls[0]
+
+
+def hf_assisted(model, draft, ids: list[int], new: int, k: int) -> tuple[list[int], int]:
+    """transformers' assisted generation with a constant k (its heuristic schedule changes k)."""
+    draft.generation_config.num_assistant_tokens = k
+    draft.generation_config.num_assistant_tokens_schedule = "constant"
+    draft.generation_config.assistant_confidence_threshold = 0.0
+    return hf_generate(model, ids, new, assistant_model=draft)
+
+
+def hf_prompt_lookup(model, ids: list[int], new: int, k: int, ngram: int) -> tuple[list[int], int]:
+    return hf_generate(model, ids, new, prompt_lookup_num_tokens=k, max_matching_ngram_size=ngram)
