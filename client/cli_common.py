@@ -14,7 +14,7 @@ from pathlib import Path
 from client.api import SpecDecClient
 from client.launcher import start_service
 from client.links import ServiceError
-from specdec.config import DTYPES
+from specdec.config import DTYPES, QAIC_SESSIONS
 from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.metrics import batch_metrics, format_metrics, generation_metrics
@@ -60,6 +60,8 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
     q.add_argument("--mxfp6", action="store_true", help="qaic: compile matmuls as MXFP6")
     q.add_argument("--mxint8-kv-cache", action="store_true", help="qaic: KV cache in MXINT8")
     q.add_argument("--compile-dir", default=None, help="qaic: QPC compile/cache directory")
+    q.add_argument("--qaic-session", default="device", choices=QAIC_SESSIONS,
+                   help="qaic: run the QPC on the card (device) or QEfficient's ONNX on the CPU")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write prompts, generated ids, text and metrics as JSON")
     p.add_argument("--quiet-services", action="store_true",
@@ -98,6 +100,7 @@ def engine_args(args: argparse.Namespace, model: str, device_group: str, max_k: 
         out += ["--num-cores", str(args.draft_num_cores if draft else args.num_cores)]
         out += ["--mxfp6"] * args.mxfp6 + ["--mxint8-kv-cache"] * args.mxint8_kv_cache
         out += ["--compile-dir", args.compile_dir] if args.compile_dir else []
+        out += ["--qaic-session", args.qaic_session]
     return out
 
 

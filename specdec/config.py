@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DTYPES = ("float32", "bfloat16", "float16")
+# --executor qaic: where a compiled QPC runs. "device": QAICInferenceSession on Cloud AI 100;
+# "onnxruntime": QEfficient's exported ONNX graph on the CPU behind the same session surface.
+QAIC_SESSIONS = ("device", "onnxruntime")
 
 
 @dataclass(frozen=True)

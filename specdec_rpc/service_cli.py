@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from specdec.config import DTYPES, EngineConfig, device_for_group
+from specdec.config import DTYPES, QAIC_SESSIONS, EngineConfig, device_for_group
 from specdec.slots import Admission
 from specdec_rpc.security import ServerSecurity
 from specdec_rpc.server import ServerConfig
@@ -44,6 +44,9 @@ def add_service_args(parser: argparse.ArgumentParser, default_max_k: int,
     q.add_argument("--mxint8-kv-cache", action="store_true", help="keep the KV cache in MXINT8")
     q.add_argument("--compile-dir", type=Path, default=None,
                    help="where QPCs are compiled and cached; an unchanged one is reused")
+    q.add_argument("--qaic-session", default="device", choices=QAIC_SESSIONS,
+                   help="where the QPC's graph runs: device (QAICInferenceSession on the card "
+                        "group) or onnxruntime (QEfficient's exported ONNX on the CPU) (device)")
     b = parser.add_argument_group("sessions and batching")
     b.add_argument("--batching", default="on", choices=["on", "off"],
                    help="coalesce ready steps of all sessions into one engine call (on); off = "
@@ -119,7 +122,8 @@ def qaic_options(args: argparse.Namespace):
 
     ids = tuple(int(i) for i in args.device_group.split(",") if i.strip())
     return QaicOptions(device_ids=ids, num_cores=args.num_cores, mxfp6_matmul=args.mxfp6,
-                       mxint8_kv_cache=args.mxint8_kv_cache, compile_dir=args.compile_dir)
+                       mxint8_kv_cache=args.mxint8_kv_cache, compile_dir=args.compile_dir,
+                       session=args.qaic_session)
 
 
 def admission(args: argparse.Namespace) -> Admission:

@@ -21,8 +21,7 @@ from specdec.generation import GenerationConfig
 from specdec.proposers.prompt_lookup import PromptLookupProposer
 from tests.conftest import CTX_LEN, start_proposer, start_verifier
 from tests.qpc_double import QpcDoubleBackend
-from tests.test_turbo import save_turbo
-from tests.tiny_models import VOCAB, greedy_reference
+from tests.tiny_models import VOCAB, greedy_reference, save_turbo
 
 ROOT = Path(__file__).resolve().parent.parent
 
