@@ -66,8 +66,10 @@ def device_index_semantics(model: Any) -> Any:
 
     QEfficient's graph marks "no such position" with index INT32_MAX: a -1 (padding) position
     is scattered to INT32_MAX so its K/V are not written, and cache positions above a row's
-    last position are gathered from INT32_MAX (then masked and zeroed). The card drops such
-    writes and tolerates such reads; onnxruntime rejects both ("invalid index found").
+    last position are gathered from INT32_MAX (then masked and zeroed). On the card such writes
+    are dropped and such reads tolerated (QEfficient's cache code calls the index
+    "invalid_scatter_index"; inferred from its code, a card would confirm it); onnxruntime
+    rejects both ("invalid index found").
     QEfficient's own ORT runner replaces the INT32_MAX constants with 0, which sends padding
     writes to position 0 and would corrupt that slot's first token with continuous batching.
     Here instead, inside the com.qualcomm.cloud functions only:
@@ -192,8 +194,7 @@ class OnnxRuntimeBackend:
                                f"'specdec-serving[onnx]' ({exc})") from exc
 
     def compile(self, model_path: Path, layout: QpcLayout, options: Any) -> OnnxQpc:
-        if layout.tlm and layout.prefill_seq_len < max(layout.decode_ks) + 1:
-            raise ValueError("prefill_seq_len must be >= K+1")  # QEfficient's compile() check
+        """No qaic-compile here: the layout's specializations are what the session enforces."""
         graph = graph_path(model_path, layout.role)
         return OnnxQpc(graph if graph.exists() else export_graph(model_path, layout), layout)
 
