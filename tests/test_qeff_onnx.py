@@ -210,3 +210,17 @@ def test_cli_executor_qaic_on_onnxruntime_qeff_onnx(tmp_path, reference):
     item = json.loads(out.read_text())["prompts"][0]
     assert item["prompt_ids"] == prompts()[1]
     assert item["generated_ids"] == reference(prompts()[1])
+
+
+def test_fixtures_are_what_provenance_says_qeff_onnx():
+    """The committed graphs and checkpoints are the files scripts/export_qeff_graphs.py wrote
+    (rerun it to change them), exported by a named QEfficient commit."""
+    import hashlib
+
+    provenance = json.loads((FIXTURES / "PROVENANCE.json").read_text())
+    assert len(provenance["qefficient"]["commit"]) == 40
+    files = {str(f.relative_to(FIXTURES)) for f in FIXTURES.rglob("*")
+             if f.is_file() and f.name != "PROVENANCE.json"}
+    assert files == set(provenance["sha256"])
+    for name, digest in provenance["sha256"].items():
+        assert hashlib.sha256((FIXTURES / name).read_bytes()).hexdigest() == digest, name
