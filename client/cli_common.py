@@ -14,7 +14,7 @@ from pathlib import Path
 from client.api import SpecDecClient
 from client.launcher import start_service
 from client.links import ServiceError
-from specdec.config import DTYPES
+from specdec.config import DTYPES, QAIC_SESSIONS
 from specdec.cpu_cores import available_cores, split_cores
 from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig, GenerationRecord
@@ -65,6 +65,8 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
                         "services' own, on unless SPECDEC_COMPILE says otherwise)")
     q.add_argument("--compile-dir", default=None,
                    help="where compiled steps are cached (qaic: QPCs; torch: inductor kernels)")
+    q.add_argument("--qaic-session", default="device", choices=QAIC_SESSIONS,
+                   help="qaic: run the QPC on the card (device) or QEfficient's ONNX on the CPU")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write prompts, generated ids, text and metrics as JSON")
     p.add_argument("--quiet-services", action="store_true",
@@ -106,6 +108,7 @@ def engine_args(args: argparse.Namespace, model: str, device_group: str | None, 
     if args.executor == "qaic":
         out += ["--num-cores", str(args.draft_num_cores if draft else args.num_cores)]
         out += ["--mxfp6"] * args.mxfp6 + ["--mxint8-kv-cache"] * args.mxint8_kv_cache
+        out += ["--qaic-session", args.qaic_session]
     return out
 
 

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
+# --executor qaic: where a compiled QPC runs. "device": QAICInferenceSession on Cloud AI 100;
+# "onnxruntime": QEfficient's exported ONNX graph on the CPU behind the same session surface.
+QAIC_SESSIONS = ("device", "onnxruntime")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from specdec.config import DTYPES, EngineConfig, device_for_group, parse_device_group
+from specdec.config import DTYPES, QAIC_SESSIONS, EngineConfig, device_for_group, parse_device_group
 from specdec.slots import Admission
 from specdec_rpc.security import ServerSecurity
 from specdec_rpc.server import ServerConfig
@@ -46,6 +46,9 @@ def add_service_args(parser: argparse.ArgumentParser, default_max_k: int,
                    help=f"AI cores the QPC is compiled for ({default_num_cores})")
     q.add_argument("--mxfp6", action="store_true", help="compile matmuls as MXFP6")
     q.add_argument("--mxint8-kv-cache", action="store_true", help="keep the KV cache in MXINT8")
+    q.add_argument("--qaic-session", default="device", choices=QAIC_SESSIONS,
+                   help="where the QPC's graph runs: device (QAICInferenceSession on the card "
+                        "group) or onnxruntime (QEfficient's exported ONNX on the CPU) (device)")
     parser.add_argument("--compile-dir", type=Path, default=None,
                         help="where compiled steps are cached (qaic: QPCs; torch: inductor "
                              "kernels; default: the tool's own cache); an unchanged one is reused")
@@ -129,7 +132,8 @@ def qaic_options(args: argparse.Namespace):
 
     ids = parse_device_group(args.device_group or "0")
     return QaicOptions(device_ids=ids, num_cores=args.num_cores, mxfp6_matmul=args.mxfp6,
-                       mxint8_kv_cache=args.mxint8_kv_cache, compile_dir=args.compile_dir)
+                       mxint8_kv_cache=args.mxint8_kv_cache, compile_dir=args.compile_dir,
+                       session=args.qaic_session)
 
 
 def admission(args: argparse.Namespace) -> Admission:

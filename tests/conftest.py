@@ -94,10 +94,10 @@ def runner(idle_timeout_s: float = 60.0) -> SessionRunner:
 def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | None = None,
                    batching: bool = True, admission: Admission = Admission(),
                    idle_timeout_s: float = 60.0, executor: str = "torch", qaic_backend=None,
-                   turbo: bool = False) -> tuple[ServerThread, object]:
+                   turbo: bool = False, qaic=None) -> tuple[ServerThread, object]:
     cfg = replace(engine_config(path, slots), turbo=turbo)
     verifier = build_verifier(cfg, window_sizes or tuple(range(MAX_K + 1)), executor, batching,
-                              admission, qaic_backend=qaic_backend)
+                              admission, qaic=qaic, qaic_backend=qaic_backend)
     info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k,
                       "turbo" if turbo else "target", executor)
     servicer = VerifierServicer(runner(idle_timeout_s))
@@ -107,9 +107,9 @@ def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | N
 
 def start_proposer(path: Path, slots: int = 4, batching: bool = True,
                    admission: Admission = Admission(), executor: str = "torch",
-                   qaic_backend=None) -> tuple[ServerThread, object]:
+                   qaic_backend=None, qaic=None) -> tuple[ServerThread, object]:
     cfg = engine_config(path, slots)
-    proposer = build_draft_proposer(cfg, MAX_K, executor, batching, admission,
+    proposer = build_draft_proposer(cfg, MAX_K, executor, batching, admission, qaic=qaic,
                                     qaic_backend=qaic_backend)
     info = model_info(proposer.engine, cfg, proposer.fingerprint, MAX_K, "draft", executor)
     servicer = ProposerServicer(runner())

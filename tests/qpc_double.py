@@ -1,20 +1,20 @@
 """TEST DOUBLE of QEfficient's compile() and QAICInferenceSession, for machines without a
-Cloud AI 100 card (this one has none). It stands in for the hardware only: it enforces the
-rules a compiled QPC imposes and computes with the project's torch executor.
+Cloud AI 100 card (this one has none). It stands in for the hardware only: it holds each call
+to the rules a compiled QPC imposes (specdec/engine/qpc_rules.py, shared with the onnxruntime
+session) and computes with the project's torch executor.
 
-Rules enforced, as the real session does (shared/reference/qefficient.md §2.2-2.4):
-- inputs are accepted only in the shapes of the compiled specializations (prefill: batch 1 x
-  prefill_seq_len; decode: full_batch_size x (K+1) per compiled K, or x 1 for a plain draft),
-  with num_logits_to_keep [N, 1] on a target QPC matching the specialization;
-- input and output names are the QPC's: input_ids, position_ids, batch_index,
-  (num_logits_to_keep), past_key.{i}/past_value.{i}; logits, past_*_RetainedState;
-- the logits buffer must have been set (set_buffers) to exactly the call's output shape;
-- retained KV state is never passed in, and its buffers must have been skipped.
+What it still adds beside the onnxruntime session on QEfficient's real graphs
+(tests/test_qeff_onnx.py): it needs no exported graph, so it runs the qaic executor's mapping
+on any checkpoint the torch executor loads (every family, the tests' 4-layer pair, any Turbo
+head count) and counts the QPC calls. Its binding names and dtypes are the ones QEfficient's
+exported graphs were found to have (input_ids, position_ids, past_key.{i}/past_value.{i},
+batch_index, num_logits_to_keep; all int64), pinned against the real graphs by
+test_double_binds_like_qefficient_graphs_qeff_onnx.
 """
 
 from __future__ import annotations
 
-import warnings
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from specdec.config import EngineConfig
 from specdec.engine.qaic_specs import QpcLayout
+from specdec.engine.qpc_rules import QpcRules
 from specdec.engine.torch_engine import TorchEngine
 
 
@@ -41,8 +42,6 @@ class QpcDoubleBackend:
     def compile(self, model_path: Path, layout: QpcLayout, options) -> CompiledQpcDouble:
         if layout.tlm and layout.prefill_seq_len < max(layout.decode_ks) + 1:
             raise ValueError("prefill_seq_len must be >= K+1")  # QEfficient's own check
-        import json
-
         layers = json.loads((model_path / "config.json").read_text())["num_hidden_layers"]
         qpc = CompiledQpcDouble(model_path, layout, options, layers)
         self.compiled.append(qpc)
@@ -55,70 +54,30 @@ class QpcDoubleBackend:
         return s
 
 
-class QAICInferenceSessionDouble:
+def double_bindings(layout: QpcLayout, num_layers: int) -> tuple[dict[str, np.dtype], list[str]]:
+    """The bindings of QEfficient's continuous-batching export, in its order."""
+    kv = [f"past_{kind}.{i}" for i in range(num_layers) for kind in ("key", "value")]
+    inputs = {"input_ids": np.dtype(np.int64), "position_ids": np.dtype(np.int64),
+              **{n: np.dtype(np.float32) for n in kv}, "batch_index": np.dtype(np.int64),
+              **({"num_logits_to_keep": np.dtype(np.int64)} if layout.tlm else {})}
+    return inputs, ["logits", *(f"{n}_RetainedState" for n in kv)]
+
+
+class QAICInferenceSessionDouble(QpcRules):
     def __init__(self, qpc: CompiledQpcDouble) -> None:
         lay = qpc.layout
-        self.layout = lay
-        kv = [f"past_{kind}.{i}" for i in range(qpc.num_layers) for kind in ("key", "value")]
-        self.input_names = ["input_ids", "position_ids", "batch_index",
-                            *(["num_logits_to_keep"] if lay.tlm else []), *kv]
-        self.output_names = ["logits", *(f"{n}_RetainedState" for n in kv)]
-        self.skipped: set[str] = set()
-        self.buffers: dict[str, np.ndarray] = {}
-        self.calls: list[tuple[str, int, int]] = []   # (phase, batch, seq_len) per run
+        super().__init__(lay, *double_bindings(lay, qpc.num_layers))
         # The device's computation, KV included (retained on the "device").
         self.engine = TorchEngine(EngineConfig(
             model=str(qpc.model_path), ctx_len=lay.ctx_len, prefill_seq_len=lay.prefill_seq_len,
             full_batch_size=lay.full_batch_size, turbo=lay.num_heads > 0))
 
-    @property
-    def allowed_shapes(self):
-        return [(s.batch, s.seq_len) for s in self.layout.specializations()]
-
-    def skip_buffers(self, names) -> None:
-        self.set_buffers({n: np.array([]) for n in names})
-
-    def set_buffers(self, buffers: dict[str, np.ndarray]) -> None:
-        for name, arr in buffers.items():
-            if name not in self.input_names and name not in self.output_names:
-                warnings.warn(f"buffer {name} is not in the QPC; skipped")  # as the real one
-                continue
-            if arr.size == 0:
-                self.skipped.add(name)
-            else:
-                self.buffers[name] = arr
-
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        lay = self.layout
-        if any(n.startswith("past_") for n in inputs):
-            raise ValueError("retained KV state must not be passed in")
-        kv = {n for n in self.input_names + self.output_names if n.startswith("past_")}
-        if not kv <= self.skipped:
-            raise ValueError(f"KV buffers not skipped: {sorted(kv - self.skipped)[:2]}")
-        required = [n for n in self.input_names if not n.startswith("past_")]
-        if sorted(inputs) != sorted(required):
-            raise ValueError(f"inputs {sorted(inputs)} != QPC inputs {required}")
-        if any(a.dtype != np.int64 for a in inputs.values()):
-            raise ValueError("all inputs are int64")
-        ids, pos, bidx = inputs["input_ids"], inputs["position_ids"], inputs["batch_index"]
-        b, s = ids.shape
-        if pos.shape != (b, s) or bidx.shape != (b, 1):
-            raise ValueError(f"shapes {ids.shape}, {pos.shape}, {bidx.shape} do not agree")
-        n = inputs["num_logits_to_keep"].shape[0] if lay.tlm else 1
-        if lay.tlm and inputs["num_logits_to_keep"].shape != (n, 1):
-            raise ValueError("num_logits_to_keep must be [N, 1]")
-        spec = next((sp for sp in lay.specializations()
-                     if (sp.batch, sp.seq_len, sp.num_logits) == (b, s, n)), None)
-        if spec is None:
-            raise ValueError(f"shape (batch {b}, seq_len {s}, logits {n}) matches no "
-                             f"specialization; allowed: {self.allowed_shapes}")
-        out = self.buffers.get("logits")
-        if out is None or out.shape != lay.logits_shape(spec):
-            raise ValueError(f"logits buffer {None if out is None else out.shape} must be set to "
-                             f"{lay.logits_shape(spec)} before run")
-        self.calls.append((spec.phase, b, s))
-        out[...] = self.engine.run(ids, pos, bidx[:, 0], n)
-        return {"logits": out}
+        spec = self.check(inputs)
+        n = spec.num_logits
+        logits = self.engine.run(inputs["input_ids"], inputs["position_ids"],
+                                 inputs["batch_index"][:, 0], n)
+        return {"logits": logits.astype(np.float32)}
 
 
 def double_options(**kw):

@@ -20,9 +20,9 @@ from specdec.engine.qaic_engine import QaicEngine, QaicOptions
 from specdec.generation import GenerationConfig
 from specdec.proposers.prompt_lookup import PromptLookupProposer
 from tests.conftest import CTX_LEN, start_proposer, start_verifier
+from tests.qefficient_env import qefficient_installed
 from tests.qpc_double import QpcDoubleBackend
-from tests.test_turbo import save_turbo
-from tests.tiny_models import VOCAB, greedy_reference
+from tests.tiny_models import VOCAB, greedy_reference, save_turbo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,23 +142,45 @@ def test_executor_qaic_without_qefficient_fails_clearly(tiny_pair):
     assert "QEfficient" in proc.stderr and "Cloud AI 100" in proc.stderr and "--executor torch" in proc.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("QEfficient") is None,
-                    reason="QEfficient is not installed (it installs on Cloud AI 100 hosts only)")
-def test_qefficient_transformed_target_matches_torch_executor(tiny_pair):
-    """Where QEfficient is importable: its CPU PyTorch TLM-transformed model (as its own tests
-    run it) gives the logits of our torch executor for a K+1 window. Not run on machines
-    without QEfficient; never run in this project's CI so far."""
+@pytest.mark.skipif(not qefficient_installed(),
+                    reason="QEfficient is not installed (README: Cloud AI 100 hosts, or its own venv)")
+@pytest.mark.parametrize("role", ["target", "draft"])
+def test_qefficient_transformed_model_matches_torch_executor(tiny_pair, role):
+    """Where QEfficient is importable: its transformed PyTorch model, called as QEfficient's own
+    runner calls it (continuous batching: batch_index, its QEffDynamicCache carried from call to
+    call, num_logits_to_keep on a TLM), gives our torch executor's logits for a prefill, a K+1
+    window and a two-slot decode. No -1 positions: in eager PyTorch QEfficient scatters them to
+    index INT32_MAX, which only the card (and the onnxruntime session) drop."""
     import torch
-    from QEfficient import QEFFAutoModelForCausalLM
 
     from specdec.engine.torch_engine import TorchEngine
+    from tests.qefficient_env import import_qefficient
 
-    qeff = QEFFAutoModelForCausalLM.from_pretrained(str(tiny_pair[0]), continuous_batching=False,
-                                                    qaic_config={"speculative_model_type": "target"})
-    ids = torch.tensor([[5, 6, 7, 8]])
-    pos = torch.arange(4)[None]
-    out = qeff.model(input_ids=ids, position_ids=pos,
-                     num_logits_to_keep=torch.zeros((4, 1), dtype=torch.int64)).logits
-    ours = TorchEngine(EngineConfig(model=str(tiny_pair[0]), ctx_len=32, full_batch_size=1))
-    np.testing.assert_allclose(out.detach().numpy(), ours.run(ids.numpy(), pos.numpy(),
-                                                                np.array([0]), 4), atol=1e-4)
+    qeff_pkg = import_qefficient()
+    from QEfficient.transformers.cache_utils import QEffDynamicCache
+
+    path = tiny_pair[0] if role == "target" else tiny_pair[1]
+    qeff = qeff_pkg.QEFFAutoModelForCausalLM.from_pretrained(
+        str(path), continuous_batching=True,
+        qaic_config={"speculative_model_type": "target"} if role == "target" else None)
+    cfg = qeff.model.config
+    slots, ctx = 2, 32
+    shape = (slots, cfg.num_key_value_heads, ctx, cfg.hidden_size // cfg.num_attention_heads)
+    cache = QEffDynamicCache.from_legacy_cache(
+        tuple((torch.zeros(shape), torch.zeros(shape)) for _ in range(cfg.num_hidden_layers)))
+    ours = TorchEngine(EngineConfig(model=str(path), ctx_len=ctx, prefill_seq_len=8,
+                                    full_batch_size=slots))
+    calls = [([[5, 6, 7, 8, 9, 10]], [list(range(6))], [1], 1),      # prefill into slot 1
+             ([[11, 12, 13, 14]], [[6, 7, 8, 9]], [1], 4),           # a K=3 window
+             ([[3], [4]], [[0], [10]], [0, 1], 1)]                   # both slots, one token each
+    for ids, pos, batch_index, n in calls:
+        n = n if role == "target" else 1  # a plain model keeps its last position's logits
+        inputs = dict(input_ids=torch.tensor(ids), position_ids=torch.tensor(pos),
+                      batch_index=torch.tensor(batch_index).view(-1, 1), past_key_values=cache)
+        if role == "target":
+            inputs["num_logits_to_keep"] = torch.zeros((n, 1), dtype=torch.int64)
+        with torch.no_grad():
+            out = qeff.model(**inputs)
+        cache = out.past_key_values
+        want = ours.run(np.array(ids), np.array(pos), np.array(batch_index), n)
+        np.testing.assert_allclose(out.logits.numpy(), want, atol=1e-4)

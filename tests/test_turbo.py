@@ -20,28 +20,9 @@ from specdec.engine.torch_engine import TorchEngine
 from specdec.engine.turbo import NotATurboModel
 from specdec.generation import GenerationConfig
 from tests.conftest import ServerThread, attached, engine_config
-from tests.tiny_models import VOCAB, greedy_reference, hf_model, save_tiny
+from tests.tiny_models import VOCAB, greedy_reference, hf_model, save_tiny, save_turbo
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def save_turbo(path: Path, heads: int, layers: int, seed: int = 0, zero_heads: tuple = ()) -> dict:
-    """speculator_config.json + speculator.safetensors with random ResBlocks (heads listed in
-    zero_heads get QEfficient's zero init: they repeat the base head's guess)."""
-    from safetensors.torch import save_file
-
-    g = torch.Generator().manual_seed(seed)
-    hidden = json.loads((path / "config.json").read_text())["hidden_size"]
-    state = {}
-    for j in range(heads):
-        for layer in range(layers):
-            scale = 0.0 if j in zero_heads else 0.3
-            state[f"projections.{j}.{layer}.linear.weight"] = torch.randn(hidden, hidden, generator=g) * scale
-            state[f"projections.{j}.{layer}.linear.bias"] = torch.randn(hidden, generator=g) * scale
-    save_file(state, str(path / "speculator.safetensors"))
-    (path / "speculator_config.json").write_text(json.dumps(
-        {"model_type": "turbo", "turbo_num_heads": heads, "turbo_num_layers": layers}))
-    return state
 
 
 def reference_heads(model, state: dict, ids: list[int], heads: int, layers: int) -> np.ndarray:

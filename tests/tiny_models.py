@@ -90,3 +90,24 @@ def greedy_reference(model, prompt: list[int], max_new_tokens: int) -> list[int]
                              max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
                              pad_token_id=0)
     return out[0, len(prompt):].tolist()
+
+
+def save_turbo(path: Path, heads: int, layers: int, seed: int = 0, zero_heads: tuple = ()) -> dict:
+    """speculator_config.json + speculator.safetensors with random ResBlocks (heads listed in
+    zero_heads get QEfficient's zero init: they repeat the base head's guess)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    hidden = json.loads((path / "config.json").read_text())["hidden_size"]
+    state = {}
+    for j in range(heads):
+        for layer in range(layers):
+            scale = 0.0 if j in zero_heads else 0.3
+            state[f"projections.{j}.{layer}.linear.weight"] = torch.randn(hidden, hidden, generator=g) * scale
+            state[f"projections.{j}.{layer}.linear.bias"] = torch.randn(hidden, generator=g) * scale
+    save_file(state, str(path / "speculator.safetensors"))
+    (path / "speculator_config.json").write_text(json.dumps(
+        {"model_type": "turbo", "turbo_num_heads": heads, "turbo_num_layers": layers}))
+    return state

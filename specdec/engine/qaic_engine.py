@@ -7,8 +7,10 @@ copied to the host). Each call is mapped onto a compiled specialization (qaic_sp
 with -1 positions, and the logits buffer is sized for that shape before `run`.
 
 QEfficient and the Cloud AI SDK are imported only here and only when this executor is chosen.
-The compile-and-session backend is injectable: tests use a double of QAICInferenceSession
-(tests/qpc_double.py) because this machine has no Cloud AI 100 card.
+The compile-and-session backend is chosen by QaicOptions.session: "device" compiles with
+QEfficient and runs QAICInferenceSession on the card; "onnxruntime" (qaic_onnx.py) runs
+QEfficient's exported graph on the CPU behind the same session surface, which is how CI runs
+this executor (no card there). Tests may also inject a backend (tests/qpc_double.py).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from specdec.batching import row_logit_slice
-from specdec.config import EngineConfig
+from specdec.config import QAIC_SESSIONS, EngineConfig
 from specdec.engine.checkpoint import read_config, resolve_model_path
 from specdec.engine.qaic_specs import QpcLayout, Specialization
+from specdec.engine.qpc_rules import is_retained
 from specdec.engine.turbo import read_turbo_config
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,8 @@ INSTALL_HELP = (
     "100 host: install the SDKs (they provide /opt/qti-aic, qaicrt and the qaic-compile compiler), "
     "then QEfficient from its repository: pip install "
     "'git+https://github.com/quic/efficient-transformers' (it is not on PyPI). Without a card, "
-    "use --executor torch.")
+    "use --executor torch, or --qaic-session onnxruntime to run QEfficient's exported graph on "
+    "the CPU.")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class QaicOptions:
     mxint8_kv_cache: bool = False
     aic_enable_depth_first: bool = True
     compile_dir: Path | None = None      # QPCs are cached here and reused when unchanged
+    session: str = "device"              # one of QAIC_SESSIONS: where the compiled graph runs
 
 
 class QpcBackend(Protocol):
@@ -71,8 +76,7 @@ class QEfficientBackend:
         self._auto, self._session = QEFFAutoModelForCausalLM, QAICInferenceSession
 
     def compile(self, model_path: Path, layout: QpcLayout, options: QaicOptions) -> Any:
-        kind = "turbo" if layout.num_heads else "target"
-        qaic_config = {"speculative_model_type": kind} if layout.tlm else None
+        qaic_config = {"speculative_model_type": layout.role} if layout.tlm else None
         model = self._auto.from_pretrained(str(model_path), continuous_batching=True,
                                            qaic_config=qaic_config)
         kwargs = dict(prefill_seq_len=layout.prefill_seq_len, ctx_len=layout.ctx_len,
@@ -88,6 +92,16 @@ class QEfficientBackend:
 
     def session(self, qpc: Any, device_ids: tuple[int, ...]) -> Any:
         return self._session(qpc, device_ids=list(device_ids))
+
+
+def qpc_backend(options: QaicOptions) -> QpcBackend:
+    if options.session == "onnxruntime":
+        from specdec.engine.qaic_onnx import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend()
+    if options.session == "device":
+        return QEfficientBackend()
+    raise ValueError(f"qaic session {options.session!r} is not one of {QAIC_SESSIONS}")
 
 
 @contextmanager
@@ -129,14 +143,14 @@ class QaicEngine:
         self.vocab_size, self.ctx_len = mc.vocab_size, config.ctx_len
         self.slots, self.prefill_seq_len = config.full_batch_size, config.prefill_seq_len
         self.eos_token_ids, self.num_heads = mc.eos_token_ids, heads
-        self.backend = backend or QEfficientBackend()
+        self.backend = backend or qpc_backend(options)
         with progress(f"compiling {'target' if tlm else 'draft'} QPC for {path.name} "
                       f"(ctx {config.ctx_len}, fbs {config.full_batch_size}, k {self.layout.decode_ks})"):
             qpc = self.backend.compile(path, self.layout, options)
         self.session = self.backend.session(qpc, options.device_ids)
         # Retained KV state stays on the device: never bound on the host.
         self.session.skip_buffers([n for n in (*self.session.input_names, *self.session.output_names)
-                                   if n.startswith("past_")])
+                                   if is_retained(n)])
         self.has_num_logits = "num_logits_to_keep" in self.session.input_names
 
     def _call(self, spec: Specialization, ids: np.ndarray, pos: np.ndarray,

@@ -34,6 +34,12 @@ class QpcLayout:
     decode_ks: tuple[int, ...]     # TLM: compiled K values; draft: (0,)
     vocab_size: int
 
+    @property
+    def role(self) -> str:
+        """QEfficient's speculative_model_type for a TLM ("target", "turbo"); "draft" for a
+        plain model. It also names the exported graph (<checkpoint>/onnx/<role>.onnx)."""
+        return "turbo" if self.num_heads else "target" if self.tlm else "draft"
+
     def specializations(self) -> list[Specialization]:
         specs = [Specialization("prefill", 1, self.prefill_seq_len, 1)]
         for k in self.decode_ks:
