@@ -14,6 +14,7 @@ const PROTOS = fileURLToPath(new URL('../../protos/', import.meta.url));
 const UNFINISHED = 'FINISH_REASON_UNSPECIFIED';
 // The service went away or did not answer in time: a new session may work (specdec/recovery.py).
 const LOST = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.CANCELLED]);
+const RECOVERY = { backoffS: 0.2, backoffMaxS: 3, proposerRetryMs: 2000 }; // RecoveryPolicy's
 
 function loadApi() {
   const definition = protoLoader.loadSync('specdec_rpc/v1/specdec.proto', {
@@ -86,13 +87,14 @@ async function generate(prompt, links, cfg, ctxLen, fingerprint, onTokens) {
   let guesses = []; // Turbo: the verifier's own heads' next draft
   let verifier = null;
   let proposer = cfg.k > 0 && links.openProposer ? links.openProposer() : null;
+  let proposerDownAt = null;
   const remaining = () => (cfg.maxNewTokens ? cfg.maxNewTokens - rec.tokens.length : 0);
 
   // Prefill the verifier with the whole sequence (start = 0), retrying a lost verifier with
   // backoff until the deadline: a new session emits the token the lost step would have.
   async function prefill() {
     const deadline = Date.now() + cfg.recoveryDeadlineS * 1000;
-    for (let delay = 0; ; delay = Math.min(Math.max(2 * delay, 0.1), 2)) {
+    for (let delay = 0; ; delay = Math.min(delay ? 2 * delay : RECOVERY.backoffS, RECOVERY.backoffMaxS)) {
       await sleep(delay * 1000);
       try {
         verifier ??= links.openVerifier();
@@ -108,6 +110,9 @@ async function generate(prompt, links, cfg, ctxLen, fingerprint, onTokens) {
   }
 
   async function propose(k) {
+    if (proposerDownAt && Date.now() - proposerDownAt >= RECOVERY.proposerRetryMs) {
+      [proposer, held, heldAgrees, proposerDownAt] = [links.openProposer(), [], 0, null];
+    }
     if (!proposer) return guesses.slice(0, k); // Turbo guesses; empty = a target-only step
     const start = commonPrefixLen(held, seq, heldAgrees); // the sync rule
     try {
@@ -117,8 +122,8 @@ async function generate(prompt, links, cfg, ctxLen, fingerprint, onTokens) {
       return reply.draft_tokens;
     } catch (err) {
       if (!LOST.has(err.code)) throw err;
-      proposer.close(); // lossless either way: go on target-only
-      proposer = null;
+      proposer.close(); // lossless either way: go on target-only, try a new session later
+      [proposer, proposerDownAt] = [null, Date.now()];
       return [];
     }
   }
