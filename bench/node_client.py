@@ -5,7 +5,9 @@ prompts, measured in one run: tokens/s of each, their ratio, and that the tokens
 
 Each client's time runs from its first request of a generation (the prefill) to its last reply,
 as GenerationRecord's e2e time: Info, tokenization and Node's process start are left out.
-Runs alternate between the two clients so drift on a noisy machine hits both alike.
+Runs alternate between the two clients so drift on a noisy machine hits both alike. Each
+client's CPU time over the same span (its own process, all threads) is reported per token too:
+on a loaded machine wall-clock tokens/s swings with the other load, the client's own cost does not.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import time
 from pathlib import Path
 
 from bench.__main__ import BENCH_PROMPTS
@@ -42,7 +45,7 @@ async def node_run(node: str, verifier: str, proposer: str | None, text: str, k:
 async def compare(node: str, verifier: str, proposer: str | None, texts: list[str],
                   prompts: list[list[int]], k: int, new: int, repeats: int) -> dict:
     config = GenerationConfig(k, new, ignore_eos=True)
-    totals = {"python": [0, 0.0], "node": [0, 0.0]}   # [tokens, seconds]
+    totals = {"python": [0, 0.0, 0.0], "node": [0, 0.0, 0.0]}   # [tokens, seconds, cpu seconds]
     same = True
     async with SpecDecClient(verifier, proposer) as client:
         await client.generate(prompts[0], config)                   # warm-up, both sides
@@ -52,18 +55,22 @@ async def compare(node: str, verifier: str, proposer: str | None, texts: list[st
                 got = {}
                 for who in (("python", "node") if r % 2 == 0 else ("node", "python")):
                     if who == "python":
+                        cpu0 = time.process_time()
                         rec = await client.generate(ids, config)
+                        cpu = time.process_time() - cpu0
                         got[who], seconds = rec.tokens, rec.t_end - rec.t_start
                     else:
                         out = await node_run(node, verifier, proposer, text, k, new)
-                        got[who], seconds = out["ids"], out["e2e_time_s"]
+                        got[who], seconds, cpu = out["ids"], out["e2e_time_s"], out["client_cpu_s"]
                         same &= out["prompt_ids"] == ids
                     totals[who][0] += len(got[who])
                     totals[who][1] += seconds
+                    totals[who][2] += cpu
                 same &= got["python"] == got["node"]
-    tps = {who: n / s for who, (n, s) in totals.items()}
+    tps = {who: n / s for who, (n, s, _) in totals.items()}
+    cpu_ms = {who: 1000 * c / n for who, (n, _, c) in totals.items()}
     return {"tokens_per_s": tps, "node_over_python": tps["node"] / tps["python"],
-            "identical_outputs": same}
+            "client_cpu_ms_per_token": cpu_ms, "identical_outputs": same}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for svc in services:
             svc.stop()
-    tps = figures["tokens_per_s"]
+    tps, cpu = figures["tokens_per_s"], figures["client_cpu_ms_per_token"]
     print(f"{args.method}, k = {args.k}, {len(prompts)} prompts x {args.max_new_tokens} tokens x "
           f"{args.repeats}: python {tps['python']:.1f} tok/s, node {tps['node']:.1f} tok/s, "
-          f"node/python {figures['node_over_python']:.2f}; identical outputs: "
+          f"node/python {figures['node_over_python']:.2f}; client CPU per token: python "
+          f"{cpu['python']:.2f} ms, node {cpu['node']:.2f} ms; identical outputs: "
           f"{figures['identical_outputs']}")
     return 0 if figures["identical_outputs"] else 1
 

@@ -80,7 +80,7 @@ function commonPrefixLen(a, b, known = 0) {
 // The round loop. prompt: token ids; links: { openVerifier, openProposer (or null) }.
 async function generate(prompt, links, cfg, ctxLen, fingerprint, onTokens) {
   const rec = { tokens: [], finish: UNFINISHED, verifySteps: 0, stepTokens: 0, drafted: 0, accepted: 0 };
-  const t0 = performance.now();
+  const [t0, cpu0] = [performance.now(), process.cpuUsage()];
   const seq = [...prompt]; // prompt + everything emitted: the source of truth
   let held = []; // what the proposer session holds
   let heldAgrees = 0; // held[:heldAgrees] equals seq[:heldAgrees], known
@@ -167,6 +167,8 @@ async function generate(prompt, links, cfg, ctxLen, fingerprint, onTokens) {
     proposer?.close();
   }
   rec.seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  rec.cpuSeconds = (cpu.user + cpu.system) / 1e6; // this client's own cost, whatever the load
   return rec;
 }
 
@@ -239,7 +241,7 @@ async function main() {
     finish_reason: rec.finish.replace('FINISH_REASON_', ''), generated_tokens: rec.tokens.length,
     mean_accepted_tokens: rec.verifySteps ? rec.stepTokens / rec.verifySteps : 0,
     drafted: rec.drafted, accepted: rec.accepted, e2e_time_s: rec.seconds,
-    e2e_throughput: rec.tokens.length / rec.seconds };
+    e2e_throughput: rec.tokens.length / rec.seconds, client_cpu_s: rec.cpuSeconds };
   if (printer) {
     await printer.finish(text);
     console.error(`\n--- ${out.generated_tokens} tokens, finish: ${out.finish_reason}, ` +
