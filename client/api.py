@@ -80,6 +80,22 @@ class SpecDecClient:
                                    f"proposer {p.model_id} and verifier {v.model_id} use different "
                                    f"tokenizers ({p.tokenizer_fingerprint} != {v.tokenizer_fingerprint})")
 
+    async def tokenize(self, text: str) -> list[int]:
+        """The target's tokenizer on the verifier, for a client that has none of its own."""
+        return list((await self._unary(self.verifier.Tokenize, pb.TokenizeRequest(text=text))).ids)
+
+    async def detokenize(self, ids: list[int], prefix_ids: list[int] = ()) -> tuple[str, int]:
+        """(text that ids add after prefix_ids, how many of ids it covers); see the proto."""
+        reply = await self._unary(self.verifier.Detokenize, pb.DetokenizeRequest(
+            ids=ids, prefix_ids=prefix_ids, skip_special_tokens=True))
+        return reply.text, reply.num_ids
+
+    async def _unary(self, method, request):
+        try:
+            return await method(request, timeout=self.timeout_s, metadata=self.security.metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise service_error("verifier", exc.code(), exc.details() or "") from exc
+
     async def close(self) -> None:
         for ch in self._channels:
             await ch.close()

@@ -1,5 +1,6 @@
-"""Server interceptors: the shared-token check and per-RPC metrics (count by status code,
-latency). Both wrap unary and bidirectional-streaming handlers, the two kinds we serve."""
+"""Server interceptors: the shared-token check, per-RPC metrics (count by status code, latency)
+and undecodable requests. All wrap unary and bidirectional-streaming handlers, the two kinds we
+serve."""
 
 from __future__ import annotations
 
@@ -7,19 +8,22 @@ import asyncio
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from specdec.errors import InvalidRequest
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.security import OPEN_SERVICES, token_matches
+from specdec_rpc.status import abort_with
 
 
-def _wrap(handler: grpc.RpcMethodHandler, unary, stream) -> grpc.RpcMethodHandler:
+def _wrap(handler: grpc.RpcMethodHandler, unary, stream,
+          deserializer=None) -> grpc.RpcMethodHandler:
+    deserializer = deserializer or handler.request_deserializer
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary),
-                                                   handler.request_deserializer,
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), deserializer,
                                                    handler.response_serializer)
     if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream),
-                                                     handler.request_deserializer,
+        return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), deserializer,
                                                      handler.response_serializer)
     return handler  # unary-stream / stream-unary: not served here (reflection is stream-stream)
 
@@ -104,3 +108,58 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             return run
 
         return _wrap(handler, unary, stream)
+
+
+class _Undecodable:
+    """Stands in for request bytes that do not parse as the method's message."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+    def check(self) -> None:
+        raise InvalidRequest(f"request does not parse ({self.error}): e.g. invalid UTF-8 in a "
+                             "string field, or a message of another type")
+
+
+def _checked(request):
+    if isinstance(request, _Undecodable):
+        request.check()
+    return request
+
+
+class DecodeInterceptor(grpc.aio.ServerInterceptor):
+    """Bytes that are not a valid message (invalid UTF-8 in a string field, a truncated
+    message) are the caller's error, INVALID_ARGUMENT; grpc itself would answer UNKNOWN."""
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def lenient(raw: bytes):
+            try:
+                return parse(raw)
+            except DecodeError as exc:
+                return _Undecodable(exc)
+
+        def unary(behavior):
+            async def run(request, context):
+                try:
+                    _checked(request)
+                except InvalidRequest as exc:
+                    await abort_with(context, exc)
+                return await behavior(request, context)
+            return run
+
+        def stream(behavior):
+            async def run(requests, context):
+                # The session runner maps what the stream raises (InvalidRequest) to a status.
+                async def checked():
+                    async for request in requests:
+                        yield _checked(request)
+                async for reply in behavior(checked(), context):
+                    yield reply
+            return run
+
+        return _wrap(handler, unary, stream, lenient)

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from specdec_rpc.interceptors import AuthInterceptor, MetricsInterceptor
+from specdec_rpc.interceptors import AuthInterceptor, DecodeInterceptor, MetricsInterceptor
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.security import ServerSecurity
 
@@ -79,7 +79,7 @@ async def serve(cfg: ServerConfig, name: str, service_full_name: str, lifecycle:
                 metrics: ServiceMetrics, register: Callable[[grpc.aio.Server], None],
                 load: Callable[[], None], close: Callable[[], None]) -> None:
     """load(): blocking model load + warm-up (run in a thread); close(): free the engine."""
-    interceptors = [MetricsInterceptor(metrics)]
+    interceptors = [MetricsInterceptor(metrics), DecodeInterceptor()]
     if cfg.security.auth_token:
         interceptors.insert(0, AuthInterceptor(cfg.security.auth_token))
     server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)

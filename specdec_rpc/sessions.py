@@ -123,11 +123,16 @@ class AttachedBackend:
         self.backend, self.info = backend, info
 
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, lambda: self.info)
+
+    async def _unary(self, context: grpc.aio.ServicerContext, call: Callable[[], Any]) -> Any:
+        """A unary RPC's domain call: UNAVAILABLE until loaded, run off the event loop (it may
+        take a while, sessions keep stepping), its errors mapped to status codes."""
         try:
             self.runner.check_ready()
+            return await asyncio.to_thread(call)
         except Exception as exc:
             await abort_with(context, exc)
-        return self.info
 
     async def Session(self, requests: AsyncIterator[Any],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import grpc
+
 from specdec.errors import InvalidRequest
 from specdec.stopping import StopParams
+from specdec.text_codec import TextCodec
 from specdec.verifier import VerifierSession
 from specdec_rpc.convert import outcome_to_pb, sampling_from_pb, sparse_from_pb
 from specdec_rpc.sessions import AttachedBackend
@@ -13,6 +18,14 @@ from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
 class VerifierServicer(AttachedBackend, pb_grpc.VerifierServicer):
     """Info and Session come from AttachedBackend; the backend is a TargetVerifier."""
+
+    text: TextCodec | None = None
+
+    def attach(self, backend: Any, info: Any) -> None:
+        # The target's own tokenizer: its ids are the ones the sessions verify.
+        self.text = TextCodec.load(backend.engine.path, backend.engine.vocab_size,
+                                   backend.engine.ctx_len)
+        super().attach(backend, info)
 
     def _step(self, session: VerifierSession, req: pb.VerifierRequest) -> pb.VerifierReply:
         kind = req.WhichOneof("kind")
@@ -26,3 +39,15 @@ class VerifierServicer(AttachedBackend, pb_grpc.VerifierServicer):
             return outcome_to_pb(self.backend.verify(session, list(v.draft_tokens),
                                                      sparse_from_pb(v.draft_probs)))
         raise InvalidRequest("empty VerifierRequest: set prefill or verify")
+
+    async def Tokenize(self, request: pb.TokenizeRequest,
+                       context: grpc.aio.ServicerContext) -> pb.TokenizeReply:
+        add = request.add_special_tokens if request.HasField("add_special_tokens") else True
+        ids, added = await self._unary(context, lambda: self.text.tokenize(request.text, add))
+        return pb.TokenizeReply(ids=ids, added_special_tokens=added)
+
+    async def Detokenize(self, request: pb.DetokenizeRequest,
+                         context: grpc.aio.ServicerContext) -> pb.DetokenizeReply:
+        text, n = await self._unary(context, lambda: self.text.detokenize(
+            list(request.ids), list(request.prefix_ids), request.skip_special_tokens))
+        return pb.DetokenizeReply(text=text, num_ids=n)

@@ -47,6 +47,16 @@ class VerifierStub:
                 request_serializer=specdec__rpc_dot_v1_dot_specdec__pb2.VerifierRequest.SerializeToString,
                 response_deserializer=specdec__rpc_dot_v1_dot_specdec__pb2.VerifierReply.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/specdec.v1.Verifier/Tokenize',
+                request_serializer=specdec__rpc_dot_v1_dot_specdec__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=specdec__rpc_dot_v1_dot_specdec__pb2.TokenizeReply.FromString,
+                _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/specdec.v1.Verifier/Detokenize',
+                request_serializer=specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeReply.FromString,
+                _registered_method=True)
 
 
 class VerifierServicer:
@@ -68,6 +78,20 @@ class VerifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """The target's tokenizer, so that a client needs nothing but these protos (the wire carries
+        token ids only). Unary; no session, no slot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +104,16 @@ def add_VerifierServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=specdec__rpc_dot_v1_dot_specdec__pb2.VerifierRequest.FromString,
                     response_serializer=specdec__rpc_dot_v1_dot_specdec__pb2.VerifierReply.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=specdec__rpc_dot_v1_dot_specdec__pb2.TokenizeRequest.FromString,
+                    response_serializer=specdec__rpc_dot_v1_dot_specdec__pb2.TokenizeReply.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeRequest.FromString,
+                    response_serializer=specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +173,60 @@ class Verifier:
             '/specdec.v1.Verifier/Session',
             specdec__rpc_dot_v1_dot_specdec__pb2.VerifierRequest.SerializeToString,
             specdec__rpc_dot_v1_dot_specdec__pb2.VerifierReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specdec.v1.Verifier/Tokenize',
+            specdec__rpc_dot_v1_dot_specdec__pb2.TokenizeRequest.SerializeToString,
+            specdec__rpc_dot_v1_dot_specdec__pb2.TokenizeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specdec.v1.Verifier/Detokenize',
+            specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeRequest.SerializeToString,
+            specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeReply.FromString,
             options,
             channel_credentials,
             insecure,
