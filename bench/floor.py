@@ -30,9 +30,9 @@ from specdec.engine.torch_engine import TorchEngine
 STREAM_BYTES = 512 * 2**20   # far above any L3 cache
 
 
-def memory_bandwidth(repeats: int = 7) -> float:
+def memory_bandwidth(device: str, repeats: int = 7) -> float:
     """Bytes/s reading memory: the best of several sums over a cache-busting tensor."""
-    x = torch.ones(STREAM_BYTES // 4, dtype=torch.float32)
+    x = torch.ones(STREAM_BYTES // 4, dtype=torch.float32, device=device)
     x.sum()
     best = min(_timed(x.sum) for _ in range(repeats))
     return STREAM_BYTES / best
@@ -40,7 +40,9 @@ def memory_bandwidth(repeats: int = 7) -> float:
 
 def _timed(fn) -> float:
     t0 = time.perf_counter()
-    fn()
+    out = fn()
+    if isinstance(out, torch.Tensor) and out.is_cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -72,7 +74,7 @@ def probe(model: str, dtype: str, args: argparse.Namespace, bandwidth: float) ->
     batches = sorted({1, args.full_batch_size})
     rows = []
     for compiled in ([False, True] if args.compile == "both" else [args.compile == "on"]):
-        engine = TorchEngine(EngineConfig(model=model, dtype=dtype, ctx_len=args.ctx_len,
+        engine = TorchEngine(EngineConfig(model=model, device=args.device, dtype=dtype, ctx_len=args.ctx_len,
                                           full_batch_size=args.full_batch_size, compile=compiled),
                              windows, keep_window_logits=True)
         mode = "compiled" if engine.compiled else "eager"
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target-model", default="models/target")
     p.add_argument("--draft-model", default="models/draft")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N (cpu)")
     p.add_argument("--full-batch-size", type=int, default=4)
     p.add_argument("--k", type=int, default=4, help="verify windows of k + 1 (4)")
     p.add_argument("--ctx-len", type=int, default=256)
@@ -107,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    bandwidth = memory_bandwidth()
-    print(f"memory bandwidth: {bandwidth / 1e9:.1f} GB/s ({args.threads} thread(s))", flush=True)
+    bandwidth = memory_bandwidth(args.device)
+    print(f"memory bandwidth: {bandwidth / 1e9:.1f} GB/s on {args.device} "
+          f"({args.threads} CPU thread(s))", flush=True)
     rows = [row for model in (args.target_model, args.draft_model)
             for dtype in args.dtypes.split(",") for row in probe(model, dtype, args, bandwidth)]
     if args.json:

@@ -26,7 +26,7 @@ from specdec.engine.torch_engine import TorchEngine
 from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from tests.test_torch_engine import ATOL, reference_logits
-from tests.tiny_models import VOCAB, greedy_reference, hf_model, save_tiny
+from tests.tiny_models import TEST_DEVICE, VOCAB, greedy_reference, hf_model, save_tiny
 
 
 def test_batch_buckets_and_plan():
@@ -74,7 +74,7 @@ def cache(tmp_path_factory):
 
 
 def compiled_engine(path, cache, windows=(1, 3), keep=True, slots=2) -> TorchEngine:
-    engine = TorchEngine(EngineConfig(model=str(path), ctx_len=48, prefill_seq_len=8,
+    engine = TorchEngine(EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48, prefill_seq_len=8,
                                       full_batch_size=slots, compile=True, compile_dir=cache),
                          windows, keep_window_logits=keep)
     assert engine.compiled is not None, "torch.compile failed on this machine"
@@ -118,11 +118,15 @@ def test_compiled_steps_match_transformers(tiny, cache):
                     Specialization(1, 1, 1): 1}
 
 
-def test_compiled_speculation_equals_greedy(tiny, cache, tmp_path_factory):
+def test_compiled_speculation_equals_greedy(tiny, cache, tmp_path_factory, monkeypatch):
     """Target and draft both compiled; the draft is another random model of the same shape, so
-    most drafts are rejected and the rollback path runs compiled too."""
+    most drafts are rejected and the rollback path runs compiled too. Plain inductor settings
+    here: the tuned CPU build costs minutes per engine and has its parity test above."""
+    import specdec.engine.compiled as compiled
+
+    monkeypatch.setattr(compiled, "CPU_INDUCTOR", {})
     path, model = tiny
-    cfg = EngineConfig(model=str(path), ctx_len=48, prefill_seq_len=8, full_batch_size=2,
+    cfg = EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48, prefill_seq_len=8, full_batch_size=2,
                        compile=True, compile_dir=cache)
     draft_path = save_tiny(tmp_path_factory.mktemp("draft"), "llama", seed=5, num_hidden_layers=2)
     verifier = build_verifier(cfg, (0, 2))
@@ -149,7 +153,7 @@ def test_missing_compiler_warns_and_runs_eager(tiny, tmp_path, monkeypatch, capl
     monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
     torch._dynamo.reset()
     with caplog.at_level(logging.WARNING):
-        engine = TorchEngine(EngineConfig(model=str(path), ctx_len=48, full_batch_size=1,
+        engine = TorchEngine(EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48, full_batch_size=1,
                                           compile=True, compile_dir=tmp_path))
     assert engine.compiled is None
     assert "torch.compile is unavailable" in caplog.text

@@ -9,7 +9,7 @@ import torch
 
 from specdec.config import EngineConfig
 from specdec.engine.torch_engine import TorchEngine
-from tests.tiny_models import VOCAB, hf_model, save_tiny
+from tests.tiny_models import TEST_DEVICE, VOCAB, hf_model, save_tiny
 
 ATOL = 1e-4
 
@@ -36,6 +36,7 @@ def checkpoint(request, tmp_path_factory):
 
 def make_engine(path, **kw) -> TorchEngine:
     return TorchEngine(EngineConfig(model=str(path), **{"ctx_len": 64, "full_batch_size": 3,
+                                                        "device": TEST_DEVICE,
                                                         "prefill_seq_len": 8, **kw}))
 
 

@@ -6,12 +6,16 @@ checkpoint; tests that need a model that predicts real text use the trained ones
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import torch
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 VOCAB = 96
+# Where engine tests run: cpu here; scripts/gpu_check.sh sets cuda:0 on a GPU machine.
+TEST_DEVICE = os.environ.get("SPECDEC_TEST_DEVICE", "cpu")
 
 
 def tiny_config(family: str, **overrides):
