@@ -3,6 +3,8 @@
   (a) target-only: k = 0 steps through the verifier service over gRPC
   (b) speculative over gRPC: the services as separate processes, each pinned to its own CPU
       cores on a CPU host (for --method turbo the verifier alone, drafting with its heads)
+  (b+) as (b), with a proposer that pre-drafts the next round while the verifier verifies
+      (--method draft, --pre-draft-branches F)
   (c) speculative in-process: the same library and generation loop, no gRPC, one process
   (d) transformers' plain greedy generate() on the same target (what a Python user has)
   (e) transformers' own speculation on the same models: assisted generation with the draft
@@ -29,10 +31,11 @@ from pathlib import Path
 
 import torch
 
+from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
 from client.api import SpecDecClient
 from client.cli_common import DEFAULT_PROMPTS, load_tokenizer
-from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
 from client.launcher import start_service
+from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
 from specdec.cpu_cores import available_cores, split_cores
@@ -105,6 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefill-seq-len", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--pre-draft-branches", type=int, default=DEFAULT_PRE_DRAFT_BRANCHES,
+                   help="draft: also run a proposer that pre-drafts this many outcomes (b+); 0 = "
+                        f"skip ({DEFAULT_PRE_DRAFT_BRANCHES})")
     p.add_argument("--compile", default="on", choices=["on", "off"],
                    help="compile the torch steps (services and in-process) (on)")
     p.add_argument("--prompts", action="append", default=None)
@@ -143,9 +149,16 @@ def main(argv: list[str] | None = None) -> int:
         services.append(start_service("proposer", "proposer_service",
                                       ["--method", "ngram", "--max-ngram-size",
                                        str(args.max_ngram_size), *p_flags]))
-    else:
+    else:  # sequential drafting, and (b+) a second proposer that pre-drafts
         services.append(start_service("proposer", "proposer_service",
-                                      ["--method", "draft", "--model", args.draft_model, *p_flags]))
+                                      ["--method", "draft", "--model", args.draft_model, *p_flags,
+                                       "--pre-draft-branches", "0"]))
+        if args.pre_draft_branches:
+            services.append(start_service(
+                "proposer", "proposer_service",
+                ["--method", "draft", "--model", args.draft_model, *p_flags,
+                 "--pre-draft-branches", str(args.pre_draft_branches)]))
+    pre = None
     try:
         plain = services[0].address
         spec_v, spec_p = (services[1].address, None) if args.method == "turbo" \
@@ -154,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             run_grpc(plain, None, warm if warmup else prompts, target_only)))
         rec_b, b = measured("(b) speculative, gRPC", lambda warmup: asyncio.run(
             run_grpc(spec_v, spec_p, warm if warmup else prompts, config)))
+        if len(services) > 2:
+            pre = measured(f"(b+) pre-drafting {args.pre_draft_branches}, gRPC", lambda warmup: asyncio.run(
+                run_grpc(plain, services[2].address, warm if warmup else prompts, config)))
     finally:
         for svc in services:
             svc.stop()
@@ -180,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                              lambda p: hf_prompt_lookup(hf, p, new, args.k, args.max_ngram_size), prompts)
 
     same = [r.tokens for r in rec_a] == [r.tokens for r in rec_b] == [r.tokens for r in rec_c] \
-        == out_d == (peer[0] if peer else out_d)
+        == out_d == (peer[0] if peer else out_d) == ([r.tokens for r in pre[0]] if pre else out_d)
     figures = {
         "tokens_per_s": {"target_only_grpc": a.e2e_throughput, "speculative_grpc": b.e2e_throughput,
                          "speculative_inprocess": c.e2e_throughput, "transformers_generate": d,
@@ -188,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_b_over_a": b.e2e_throughput / a.e2e_throughput,
         "split_ratio_b_over_c": b.e2e_throughput / c.e2e_throughput,
         "target_only_vs_transformers_a_over_d": a.e2e_throughput / d,
+        "pre_draft_tokens_per_s": pre[1].e2e_throughput if pre else None,
+        "pre_draft_vs_sequential_bplus_over_b": pre[1].e2e_throughput / b.e2e_throughput if pre else None,
+        "pre_draft_split_vs_inprocess_bplus_over_c": pre[1].e2e_throughput / c.e2e_throughput if pre else None,
+        "pre_draft_hit_rate": pre[1].pre_draft_hit_rate if pre else None,
+        "pre_draft_vs_transformers_bplus_over_e": pre[1].e2e_throughput / peer[1] if pre and peer else None,
         "speculative_vs_transformers_b_over_e": b.e2e_throughput / peer[1] if peer else None,
         "transformers_speculative_accepted_per_step": peer[2] if peer else None,
         "mean_accepted_tokens": b.mean_accepted_tokens,
@@ -206,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     if peer:
         print(f"speculative b/e (gRPC vs transformers' own, same k): "
               f"{figures['speculative_vs_transformers_b_over_e']:.2f}x")
+    if pre:
+        print(f"pre-drafting b+/b (vs sequential, both gRPC):      {figures['pre_draft_vs_sequential_bplus_over_b']:.2f}x"
+              f"  (hit rate {pre[1].pre_draft_hit_rate:.0%})")
+        print(f"pre-drafting b+/c (split vs sequential in-process): {figures['pre_draft_split_vs_inprocess_bplus_over_c']:.2f}x")
     print(f"identical outputs across every row: {same}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

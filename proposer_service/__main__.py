@@ -30,7 +30,7 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
                                       full_batch_size=e.full_batch_size, method="ngram",
                                       executor="none", device="cpu")
     proposer = build_draft_proposer(e, cfg.max_k, cfg.executor, cfg.batching, cfg.admission,
-                                    cfg.qaic)
+                                    cfg.qaic, pre_draft_branches=cfg.pre_draft_branches)
     # Warm-up: a sync and a short draft, so the first client does not pay lazy init.
     session = proposer.open_session()
     try:

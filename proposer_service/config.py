@@ -32,6 +32,9 @@ generate with `python -m client.multi_projection --verifier HOST:PORT`, or let
 """
 
 
+DEFAULT_PRE_DRAFT_BRANCHES = 3
+
+
 @dataclass(frozen=True)
 class ProposerServiceConfig:
     method: str                     # "draft" or "ngram"
@@ -43,6 +46,7 @@ class ProposerServiceConfig:
     batching: bool
     max_k: int
     max_ngram_size: int
+    pre_draft_branches: int         # draft: outcomes pre-drafted while the verifier works
     qaic: object                    # QaicOptions for --executor qaic, else None
     log_level: str
 
@@ -55,6 +59,10 @@ def parser() -> argparse.ArgumentParser:
                    help="draft = a small draft model (default); ngram = prompt lookup; "
                         "turbo runs in the verifier, not here")
     p.add_argument("--max-ngram-size", type=int, default=3, help="ngram: longest n-gram matched (3)")
+    p.add_argument("--pre-draft-branches", type=int, default=DEFAULT_PRE_DRAFT_BRANCHES,
+                   help="draft: after answering, draft the next round for this many likely "
+                        "verification outcomes while the verifier works; a matching next "
+                        f"request is answered at once. 0 = off ({DEFAULT_PRE_DRAFT_BRANCHES})")
     add_service_args(p, default_max_k=8, default_num_cores=5)
     return p
 
@@ -68,8 +76,10 @@ def from_args(argv: list[str] | None = None) -> ProposerServiceConfig:
         p.error("--method draft needs --model (or SPECDEC_MODEL)")
     if args.max_ngram_size < 1:
         p.error("--max-ngram-size must be >= 1")
+    if args.pre_draft_branches < 0:
+        p.error("--pre-draft-branches must be >= 0")
     return ProposerServiceConfig(
         method=args.method, engine=engine_config(args), server=server_config(args),
         admission=admission(args), sessions=session_policy(args), executor=args.executor,
         batching=args.batching == "on", max_k=args.max_k, max_ngram_size=args.max_ngram_size,
-        qaic=qaic_options(args), log_level=args.log_level)
+        pre_draft_branches=args.pre_draft_branches, qaic=qaic_options(args), log_level=args.log_level)

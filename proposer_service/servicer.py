@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from specdec_rpc.convert import proposal_to_pb, sampling_from_pb
 from specdec_rpc.sessions import AttachedBackend
@@ -16,3 +16,6 @@ class ProposerServicer(AttachedBackend, pb_grpc.ProposerServicer):
     def _step(self, session: Any, req: pb.ProposeRequest) -> pb.ProposeReply:
         return proposal_to_pb(self.backend.propose(session, req.start, list(req.tokens), req.k,
                                                    sampling_from_pb(req.sampling), req.top_m))
+
+    def _after_reply(self) -> Callable[[Any], None] | None:
+        return self.backend.after_reply

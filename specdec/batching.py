@@ -95,6 +95,24 @@ class Batcher:
         timings.forward_ns += forward_ns
         return logits
 
+    def run_rows(self, rows: list[tuple[list[int], list[int], int]], phase: str,
+                 timings: StepTimings) -> list[np.ndarray]:
+        """Several one-logit rows (ids, positions, slot) submitted together, so they run in one
+        engine call (with whatever else is pending); blocks until all have run: [V] each."""
+        batch = [Row(ids, positions, slot, 1, phase) for ids, positions, slot in rows]
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("batcher closed")
+            self._pending.extend(batch)
+            self._cv.notify()
+        out = []
+        for row in batch:
+            logits, queue_ns, forward_ns = row.future.result()
+            timings.queue_ns += queue_ns
+            timings.forward_ns = max(timings.forward_ns, forward_ns)
+            out.append(logits[-1])
+        return out
+
     def close(self) -> None:
         with self._cv:
             self._closed = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from specdec.batching import Batcher
@@ -50,7 +51,14 @@ def build_verifier(config: EngineConfig, window_sizes: tuple[int, ...], executor
 
 def build_draft_proposer(config: EngineConfig, max_k: int, executor: str = "torch",
                          batching: bool = True, admission: Admission = Admission(), qaic: Any = None,
-                         qaic_backend: Any = None) -> DraftModelProposer:
-    engine = build_engine(config, executor, False, (0,), qaic, qaic_backend)
-    return DraftModelProposer(Batcher(engine, batching), max_k,
-                              tokenizer_fingerprint(engine.path, engine.vocab_size), admission)
+                         qaic_backend: Any = None, pre_draft_branches: int = 0) -> DraftModelProposer:
+    """config.full_batch_size sessions; pre_draft_branches scratch slots per session for the
+    branches drafted while the verifier works (0 = sequential drafting)."""
+    # Only the torch executor copies slots; a QPC pre-drafts in the session's own slot only.
+    slots = config.full_batch_size * (1 + (pre_draft_branches if executor == "torch" else 0))
+    engine = build_engine(replace(config, full_batch_size=slots), executor, False, (0,), qaic,
+                          qaic_backend)
+    proposer = DraftModelProposer(Batcher(engine, batching), max_k,
+                                  tokenizer_fingerprint(engine.path, engine.vocab_size), admission,
+                                  pre_draft_branches)
+    return proposer

@@ -63,6 +63,8 @@ class GenerationRecord:
     verifier_ns: int = 0               # client-side wall time of verifier calls
     server_ns: int = 0                 # time the services reported for those calls
     recoveries: int = 0                # lost service sessions replaced mid-generation
+    proposals: int = 0                 # proposer calls that returned a draft
+    pre_draft_hits: int = 0            # ... answered from a branch pre-drafted during the verify
 
 
 def _count(at: list[int], n: int) -> None:
@@ -142,6 +144,8 @@ class _Generation:
             self.rec.recoveries += 1
             return [], None
         self.held = (self.seq + proposal.draft)[:proposal.held_len]
+        self.rec.proposals += bool(proposal.draft)
+        self.rec.pre_draft_hits += proposal.pre_drafted
         self.held_agrees = min(len(self.seq), proposal.held_len)
         return proposal.draft, proposal.probs
 

@@ -35,8 +35,11 @@ class InProcessProposerLink:
 
     async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
                       top_m: int) -> Proposal:
-        return await asyncio.to_thread(self.proposer.propose, self.session, start, tokens, k,
-                                       sampling, top_m)
+        proposal = await asyncio.to_thread(self.proposer.propose, self.session, start, tokens, k,
+                                           sampling, top_m)
+        # As the proposer service does after replying: not awaited, it overlaps the verify.
+        asyncio.get_running_loop().run_in_executor(None, self.proposer.after_reply, self.session)
+        return proposal
 
     async def close(self) -> None:
         self.proposer.close_session(self.session)

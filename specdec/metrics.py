@@ -33,6 +33,8 @@ class GenerationMetrics:
     proposer_ms: float
     verifier_ms: float
     network_ms: float                # client-side call time minus time spent in the services
+    pre_draft_hits: int              # drafts answered from a branch pre-drafted during a verify
+    pre_draft_hit_rate: float        # pre_draft_hits / proposals
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +64,8 @@ def generation_metrics(rec: GenerationRecord) -> GenerationMetrics:
         proposer_ms=rec.proposer_ns / 1e6,
         verifier_ms=rec.verifier_ns / 1e6,
         network_ms=(rec.proposer_ns + rec.verifier_ns - rec.server_ns) / 1e6,
+        pre_draft_hits=rec.pre_draft_hits,
+        pre_draft_hit_rate=_ratio(rec.pre_draft_hits, rec.proposals),
     )
 
 
@@ -90,6 +94,8 @@ class BatchMetrics:
     drafted: int
     accepted: int
     acceptance_rate: float
+    pre_draft_hits: int
+    pre_draft_hit_rate: float        # drafts answered from pre-drafted branches / proposals
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +117,9 @@ def batch_metrics(records: list[GenerationRecord]) -> BatchMetrics:
         drafted=drafted,
         accepted=accepted,
         acceptance_rate=_ratio(accepted, drafted),
+        pre_draft_hits=sum(r.pre_draft_hits for r in records),
+        pre_draft_hit_rate=_ratio(sum(r.pre_draft_hits for r in records),
+                                  sum(r.proposals for r in records)),
     )
 
 
@@ -124,4 +133,5 @@ def format_metrics(m: BatchMetrics) -> str:
         f"Total generated tokens = {m.generated_tokens}",
         f"Drafted / accepted draft tokens = {m.drafted} / {m.accepted} "
         f"(acceptance rate {m.acceptance_rate:.1%})",
+        f"Pre-drafted drafts used = {m.pre_draft_hits} (hit rate {m.pre_draft_hit_rate:.1%})",
     ])

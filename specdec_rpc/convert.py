@@ -36,12 +36,12 @@ def outcome_from_pb(r: pb.VerifierReply) -> StepOutcome:
 
 def proposal_to_pb(p: Proposal) -> pb.ProposeReply:
     return pb.ProposeReply(draft_tokens=p.draft, held_len=p.held_len, timings=timings_to_pb(p.timings),
-                           draft_probs=sparse_to_pb(p.probs))
+                           draft_probs=sparse_to_pb(p.probs), pre_drafted=p.pre_drafted)
 
 
 def proposal_from_pb(r: pb.ProposeReply) -> Proposal:
     return Proposal(list(r.draft_tokens), r.held_len, timings_from_pb(r.timings),
-                    sparse_from_pb(r.draft_probs))
+                    sparse_from_pb(r.draft_probs), r.pre_drafted)
 
 
 def sampling_to_pb(s: SamplingParams) -> pb.SamplingParams:

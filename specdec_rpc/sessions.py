@@ -70,7 +70,10 @@ class SessionRunner:
 
     async def run(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
                   open_session: Callable[[], Any], close_session: Callable[[Any], None],
-                  step: Callable[[Any, Any], Any]) -> AsyncIterator[Any]:
+                  step: Callable[[Any, Any], Any],
+                  after_reply: Callable[[Any], None] | None = None) -> AsyncIterator[Any]:
+        """after_reply(session) runs once each reply is handed to grpc, not awaited: the
+        proposer pre-drafts there while the client has the verifier check the draft."""
         loop = asyncio.get_running_loop()
         try:
             self.check_ready()
@@ -93,6 +96,8 @@ class SessionRunner:
                 if self.on_step:
                     self.on_step(request, reply)
                 yield reply
+                if after_reply is not None:
+                    loop.run_in_executor(self.executor, after_reply, session)
         except Exception as exc:
             await abort_with(context, exc)
         finally:
@@ -138,8 +143,12 @@ class AttachedBackend:
                       context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         # An async generator itself, so grpc.aio serves it as a streaming handler.
         async for reply in self.runner.run(requests, context, lambda: self.backend.open_session(),
-                                           lambda s: self.backend.close_session(s), self._step):
+                                           lambda s: self.backend.close_session(s), self._step,
+                                           self._after_reply()):
             yield reply
+
+    def _after_reply(self) -> Callable[[Any], None] | None:
+        return None
 
     def _step(self, session: Any, request: Any) -> Any:
         raise NotImplementedError

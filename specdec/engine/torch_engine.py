@@ -123,6 +123,14 @@ class TorchEngine:
         stacked = torch.stack([normed, *(head(normed) for head in self.turbo_heads)], dim=2)
         return self.model.lm_head(stacked).float()                          # [B, N, H+1, V]
 
+    def copy_slot(self, src: int, dst: int) -> None:
+        """KV of slot src -> slot dst, every position (a pre-drafted branch starts from a copy
+        of its session's slot). Safe beside a running step that touches neither slot."""
+        with torch.inference_mode():
+            for k, v in self.caches:
+                k[dst].copy_(k[src])
+                v[dst].copy_(v[src])
+
     def run(self, input_ids: np.ndarray, position_ids: np.ndarray, batch_index: np.ndarray,
             num_logits: int) -> np.ndarray:
         """[B, num_logits, V] float32; with Turbo heads [B, num_logits, H+1, V], index 0 = base."""

@@ -15,6 +15,7 @@ class Proposal:
     held_len: int      # tokens the session holds now: synced + drafts it fed to itself
     timings: StepTimings = field(default_factory=StepTimings)
     probs: list[Sparse] | None = None  # per draft, the q it was sampled from; None = deterministic
+    pre_drafted: bool = False          # answered from a branch drafted while the last was verified
 
 
 class Proposer(Protocol):
@@ -30,4 +31,9 @@ class Proposer(Protocol):
                 sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
         """Sync (drop positions >= start, append tokens), then propose up to k tokens; a
         proposer that samples (sampling non-greedy, top_m > 0) returns the q of each draft."""
+        ...
+
+    def after_reply(self, session: Any) -> None:
+        """Work to do after the proposal was answered, while the verifier checks it (the draft
+        model pre-drafts there); returns when done. May do nothing."""
         ...

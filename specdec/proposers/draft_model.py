@@ -4,18 +4,28 @@ Sync follows the protocol (drop positions >= start, append tokens). After propos
 session holds the synced sequence plus d1..d(k-1), the drafts it fed to itself; dk is never
 fed. When the verifier accepts all k drafts, the client's next sync therefore carries two
 tokens, [dk, bonus] (QEfficient's bonus-token case), and the proposer runs both in one call.
+
+With pre-drafting (pre_draft_branches F > 0), `pre_draft` runs after each greedy proposal has
+been answered, while the verifier checks it: the next draft for the F likeliest verification
+outcomes (see pre_draft.py), batched across branches, one engine call per depth. The best
+all-accepted branch extends the session's own slot (stale positions are masked and overwritten,
+so a miss costs nothing there); the others start from a copy of it in scratch slots, where the
+engine can copy a slot. The next `propose` answers a branch whose (start, tokens) its sync
+matches, and drops the rest.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from specdec.batching import Batcher
+from specdec.batching import DECODE, Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.base import Proposal
+from specdec.proposers.pre_draft import AcceptanceStats, observed_outcome, outcome_key, rank_outcomes
 from specdec.sampling import (
     DRAFT_STREAM,
     SamplingParams,
@@ -31,27 +41,108 @@ from specdec.timing import StepTimings
 
 
 @dataclass
+class Branch:
+    """A pre-drafted next proposal for one verification outcome."""
+
+    slot: int            # where its KV is: the session's own slot or a scratch slot
+    tokens: list[int]    # what that slot then holds: prefix + outcome + e1..e(k-1)
+    draft: list[int]     # e1..ek
+    logits_at: list[np.ndarray] = field(default_factory=list)  # [V] per depth, as LastDraft
+
+
+@dataclass
+class LastDraft:
+    """The greedy proposal now being verified, kept to pre-draft its outcomes."""
+
+    prefix_len: int                 # synced tokens it was drafted after
+    draft: list[int]                # d1..dk
+    logits_at: list[np.ndarray]     # [V] the draft's logits at each draft position 0..k-1
+
+
+@dataclass
 class DraftSession:
     seq: SlotSequence
     rng: np.random.Generator | None = None  # created by the first sampled proposal
+    last: LastDraft | None = None
+    branches: dict[tuple[int, tuple[int, ...]], Branch] = field(default_factory=dict)
+    scratch: list[int] = field(default_factory=list)   # scratch slots this session's branches hold
+    idle: threading.Event = field(default_factory=threading.Event)  # no pre-draft in flight
+    stats: AcceptanceStats = field(default_factory=AcceptanceStats)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+@dataclass
+class PreDraftCounters:
+    """Service-wide pre-draft figures (Prometheus reads them)."""
+
+    lookups: int = 0        # greedy proposals that could have been answered from a branch
+    hits: int = 0           # ... and were
+    drafted_tokens: int = 0  # tokens pre-drafted
+    wasted_tokens: int = 0   # ... in branches that missed
 
 
 class DraftModelProposer:
     method = "draft"
 
     def __init__(self, batcher: Batcher, max_k: int, tokenizer_fingerprint: str,
-                 admission: Admission = Admission()) -> None:
+                 admission: Admission = Admission(), pre_draft_branches: int = 0) -> None:
+        """The engine has sessions * (1 + pre_draft_branches) slots: the first `sessions` are
+        the sessions' own, the rest scratch for pre-drafted branches."""
         self.batcher = batcher
         self.engine = batcher.engine
         self.max_k = max_k
         self.fingerprint = tokenizer_fingerprint
-        self.pool = SlotPool(self.engine.slots, admission)
+        self.pre_draft_branches = pre_draft_branches
+        # An executor that cannot copy a slot (a QPC's retained KV) pre-drafts only the branch
+        # that extends the session's own slot, and has no scratch slots.
+        self.can_copy = hasattr(self.engine, "copy_slot")
+        sessions = self.engine.slots // (1 + pre_draft_branches) if self.can_copy else self.engine.slots
+        self.pool = SlotPool(sessions, admission)
+        self._scratch = list(range(sessions, self.engine.slots)) if self.can_copy else []
+        self._scratch_lock = threading.Lock()
+        self.counters = PreDraftCounters()
 
     def open_session(self) -> DraftSession:
         return DraftSession(SlotSequence(self.pool.acquire()))
 
     def close_session(self, session: DraftSession) -> None:
+        session.idle.wait()  # a pre-draft still running owns slots of this session
+        self._drop_branches(session)
         self.pool.release(session.seq.slot)
+
+    def _drop_branches(self, session: DraftSession) -> None:
+        self.counters.wasted_tokens += sum(len(b.draft) for b in session.branches.values())
+        session.branches.clear()
+        with self._scratch_lock:
+            self._scratch += session.scratch
+        session.scratch = []
+
+    def _take_branch(self, session: DraftSession, start: int, tokens: list[int], k: int,
+                     sampled: bool, timings: StepTimings) -> Proposal | None:
+        """Answer from a pre-drafted branch when the sync names one (greedy, same k)."""
+        last, session.last = session.last, None
+        if last is None:
+            return None
+        accepted = observed_outcome(last.prefix_len, last.draft, start, tokens)
+        if accepted is not None:
+            session.stats.observe(accepted, len(last.draft))
+        if not self.pre_draft_branches or sampled:
+            return None
+        self.counters.lookups += 1
+        branch = session.branches.pop((start, tuple(tokens)), None)
+        if branch is None or len(branch.draft) != k:
+            self._drop_branches(session)
+            return None
+        self.counters.hits += 1
+        seq = session.seq
+        if branch.slot != seq.slot:
+            self.engine.copy_slot(branch.slot, seq.slot)
+        seq.tokens, seq.cached = list(branch.tokens), len(branch.tokens)
+        self._drop_branches(session)
+        session.last = LastDraft(len(seq.tokens) - k + 1, list(branch.draft), branch.logits_at)
+        return Proposal(list(branch.draft), len(seq.tokens), timings, None, pre_drafted=True)
 
     def propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
                 sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
@@ -65,12 +156,18 @@ class DraftModelProposer:
             sampling.validate()
             if session.rng is None:
                 session.rng = seeded_rng(sampling.seed, DRAFT_STREAM)
+        session.idle.wait()  # the pre-draft of the last proposal finishes first (k engine calls)
         seq = session.seq
+        timings = StepTimings()
+        if hit := self._take_branch(session, start, tokens, k, sampled, timings):
+            hit.timings.total_ns = time.perf_counter_ns() - t0
+            return hit
+        self._drop_branches(session)
         seq.sync(start, tokens, self.engine.ctx_len, self.engine.vocab_size)
         # Fed drafts d1..d(k-1) take positions len..len+k-2, which must exist.
         k = min(k, self.engine.ctx_len - len(seq.tokens) + 1)
-        timings = StepTimings()
         draft: list[int] = []
+        logits_at: list[np.ndarray] = []
         probs: list[Sparse] = []
         if k > 0 and not seq.tokens:
             raise PreconditionFailed("nothing to draft from: sync the prompt first")
@@ -88,9 +185,66 @@ class DraftModelProposer:
                     draft.append(sample_sparse(q, session.rng))
                 else:
                     draft.append(int(np.argmax(logits)))
+                    logits_at.append(logits)
                 if len(draft) == k:
                     break
                 seq.tokens.append(draft[-1])
                 logits = seq.feed(self.batcher, timings)
+        if draft and not sampled:
+            session.last = LastDraft(len(seq.tokens) - len(draft) + 1, draft, logits_at)
         timings.total_ns = time.perf_counter_ns() - t0
         return Proposal(draft, len(seq.tokens), timings, probs if sampled else None)
+
+    def after_reply(self, session: DraftSession) -> None:
+        """Pre-draft the next round for the likeliest outcomes of the draft just answered;
+        runs while the verifier verifies it (the service calls it after sending the reply)."""
+        last = session.last
+        if not self.pre_draft_branches or last is None:
+            return
+        session.idle.clear()
+        try:
+            self._pre_draft(session, last)
+        finally:
+            session.idle.set()
+
+    def _pre_draft(self, session: DraftSession, last: LastDraft) -> None:
+        seq, k, timings = session.seq, len(last.draft), StepTimings()
+        if len(seq.tokens) + 2 + k > self.engine.ctx_len:
+            return  # no room to draft a whole next round
+        # d_k into the session's own slot: its logits rank the bonus guesses, and every
+        # branch then starts from slot contents 0..L+k-1 = prefix + d1..dk.
+        end = len(seq.tokens)                               # = L + k - 1
+        after_dk = self.batcher.run_row([last.draft[-1]], [end], seq.slot, 1, DECODE, timings)[-1]
+        outcomes = rank_outcomes(last.logits_at + [after_dk], last.draft, session.stats,
+                                 self.pre_draft_branches)
+        base = seq.tokens + [last.draft[-1]]               # prefix + d1..dk
+        branches: list[tuple[tuple[int, tuple[int, ...]], Branch]] = []
+        own_taken = False
+        for accepted, token, _ in outcomes:
+            if accepted == k and not own_taken:
+                slot, own_taken = seq.slot, True           # extends the session's own slot
+            else:
+                slot = self._scratch_slot(session)
+                if slot is None:
+                    continue
+                self.engine.copy_slot(seq.slot, slot)
+            tokens = base[:last.prefix_len + accepted] + [token]
+            branches.append((outcome_key(last.prefix_len, last.draft, accepted, token),
+                             Branch(slot, tokens, [])))
+        for depth in range(k):   # one engine call per depth, every branch a row
+            rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
+            for (_, b), logits in zip(branches, self.batcher.run_rows(rows, DECODE, timings)):
+                b.draft.append(int(np.argmax(logits)))
+                b.logits_at.append(logits)
+                if depth < k - 1:
+                    b.tokens.append(b.draft[-1])
+        session.branches = dict(branches)
+        self.counters.drafted_tokens += k * len(branches)
+
+    def _scratch_slot(self, session: DraftSession) -> int | None:
+        with self._scratch_lock:
+            if not self._scratch:
+                return None
+            slot = self._scratch.pop()
+        session.scratch.append(slot)
+        return slot

@@ -57,6 +57,9 @@ class PromptLookupProposer:
     def close_session(self, history: TokenHistory) -> None:
         self.pool.release(history.slot)
 
+    def after_reply(self, history: TokenHistory) -> None:
+        """Nothing to pre-draft: a lookup costs microseconds."""
+
     def propose(self, history: TokenHistory, start: int, tokens: list[int], k: int,
                 sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
         """Deterministic drafts whatever the sampling: the point-mass case of the rejection rule."""

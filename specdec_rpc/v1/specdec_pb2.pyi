@@ -177,13 +177,15 @@ class ProposeRequest(_message.Message):
     def __init__(self, start: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., top_m: _Optional[int] = ...) -> None: ...
 
 class ProposeReply(_message.Message):
-    __slots__ = ("draft_tokens", "timings", "held_len", "draft_probs")
+    __slots__ = ("draft_tokens", "timings", "held_len", "draft_probs", "pre_drafted")
     DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     HELD_LEN_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
+    PRE_DRAFTED_FIELD_NUMBER: _ClassVar[int]
     draft_tokens: _containers.RepeatedScalarFieldContainer[int]
     timings: StepTimings
     held_len: int
     draft_probs: _containers.RepeatedCompositeFieldContainer[TokenDistribution]
-    def __init__(self, draft_tokens: _Optional[_Iterable[int]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., held_len: _Optional[int] = ..., draft_probs: _Optional[_Iterable[_Union[TokenDistribution, _Mapping]]] = ...) -> None: ...
+    pre_drafted: bool
+    def __init__(self, draft_tokens: _Optional[_Iterable[int]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., held_len: _Optional[int] = ..., draft_probs: _Optional[_Iterable[_Union[TokenDistribution, _Mapping]]] = ..., pre_drafted: _Optional[bool] = ...) -> None: ...
