@@ -107,10 +107,11 @@ def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | N
 
 def start_proposer(path: Path, slots: int = 4, batching: bool = True,
                    admission: Admission = Admission(), executor: str = "torch",
-                   qaic_backend=None, qaic=None) -> tuple[ServerThread, object]:
+                   qaic_backend=None, qaic=None,
+                   pre_draft_branches: int = 0) -> tuple[ServerThread, object]:
     cfg = engine_config(path, slots)
     proposer = build_draft_proposer(cfg, MAX_K, executor, batching, admission, qaic=qaic,
-                                    qaic_backend=qaic_backend)
+                                    qaic_backend=qaic_backend, pre_draft_branches=pre_draft_branches)
     info = model_info(proposer.engine, cfg, proposer.fingerprint, MAX_K, "draft", executor)
     servicer = ProposerServicer(runner())
     servicer.attach(proposer, info)

@@ -1,0 +1,111 @@
+"""Pre-drafting: outcomes keyed by the next sync (pure), their ranking, and generation through
+a pre-drafting proposer over gRPC identical to transformers' greedy output, with hits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from client.api import SpecDecClient
+from specdec.generation import GenerationConfig
+from specdec.proposers.pre_draft import (
+    AcceptanceStats,
+    observed_outcome,
+    outcome_key,
+    rank_outcomes,
+)
+from specdec.sampling import SamplingParams
+from tests.conftest import start_proposer, start_verifier
+from tests.tiny_models import VOCAB, greedy_reference
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_every_outcome_has_its_own_sync(k):
+    """The proposer holds prefix (L = 10) + d1..d(k-1); each outcome's sync names it back."""
+    draft = [50 + i for i in range(k)]
+    keys = set()
+    for accepted in range(k + 1):
+        start, tokens = outcome_key(10, draft, accepted, 7)
+        assert observed_outcome(10, draft, start, list(tokens)) == accepted
+        keys.add((start, tokens))
+    assert len(keys) == k + 1
+    # A sync that is no outcome (a recovery from 0, a bigger jump) is not read as one.
+    assert observed_outcome(10, draft, 0, list(range(12))) is None
+    assert observed_outcome(10, draft, 10, [draft[0]]) is None   # "rejected" with the draft itself
+
+
+def test_acceptance_stats():
+    s = AcceptanceStats()
+    prior = s.rate(0)
+    for _ in range(20):
+        s.observe(2, 4)          # drafts 0, 1 accepted; 2 rejected; 3 never verified
+    assert s.rate(0) > prior and s.rate(1) > prior and s.rate(2) < prior
+    assert s.rate(3) == prior
+
+
+def test_ranking_follows_acceptance_and_excludes_the_rejected_draft():
+    v, k = 8, 3
+    draft = [1, 2, 3]
+    logits = [np.full(v, -5.0) for _ in range(k + 1)]
+    for i, d in enumerate(draft):
+        logits[i][d] = 5.0          # the draft was sure of its drafts ...
+        logits[i][6] = 4.0          # ... and 6 its second choice everywhere
+    logits[k][4] = 5.0              # after d_k it would say 4
+    sure = AcceptanceStats()
+    for _ in range(50):
+        sure.observe(k, k)
+    best = rank_outcomes(logits, draft, sure, 3)
+    assert best[0][:2] == (k, 4)                    # all accepted, bonus 4
+    assert all(y != draft[a] for a, y, _ in best if a < k)
+    unsure = AcceptanceStats()
+    for _ in range(50):
+        unsure.observe(0, k)
+    best = rank_outcomes(logits, draft, unsure, 3)
+    assert best[0][:2] == (0, 6)                    # rejected at once, corrected to 6
+    assert [p for *_, p in best] == sorted((p for *_, p in best), reverse=True)
+
+
+@pytest.fixture(scope="module")
+def pre_drafting(tiny_pair):
+    v_server, _ = start_verifier(tiny_pair[0])
+    p_server, proposer = start_proposer(tiny_pair[1], pre_draft_branches=3)
+    seq_server, _ = start_proposer(tiny_pair[1])
+    yield v_server.address, p_server.address, seq_server.address, proposer
+    for s in (v_server, p_server, seq_server):
+        s.stop()
+
+
+def generate(verifier, proposer, prompt, config):
+    async def go():
+        async with SpecDecClient(verifier, proposer) as c:
+            return await c.generate(prompt, config)
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_pre_drafting_equals_greedy_and_hits(pre_drafting, target_hf, k):
+    verifier, proposer, _, backend = pre_drafting
+    rng = np.random.default_rng(11)
+    hits = proposals = 0
+    for n in (6, 13):
+        prompt = rng.integers(2, VOCAB, size=n).tolist()
+        rec = generate(verifier, proposer, prompt, GenerationConfig(k, 30, ignore_eos=True))
+        assert rec.tokens == greedy_reference(target_hf, prompt, 30)
+        hits += rec.pre_draft_hits
+        proposals += rec.proposals
+    assert 0 < hits < proposals          # branches were used, and misses happened too
+    assert backend.counters.hits >= hits
+    assert backend._scratch and len(backend._scratch) == 4 * 3   # every scratch slot back
+
+
+def test_sampling_is_untouched_by_pre_drafting(pre_drafting):
+    """Sampled drafts are drafted on request only: a seeded generation through a pre-drafting
+    proposer equals the same through a sequential one, token for token."""
+    verifier, pre, seq, _ = pre_drafting
+    config = GenerationConfig(3, 24, True, SamplingParams(1.0, top_k=20, seed=3))
+    prompt = [5, 9, 14, 3, 22]
+    a = generate(verifier, pre, prompt, config)
+    b = generate(verifier, seq, prompt, config)
+    assert a.tokens == b.tokens and a.pre_draft_hits == 0
