@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -111,8 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pre-draft-branches", type=int, default=DEFAULT_PRE_DRAFT_BRANCHES,
                    help="draft: also run a proposer that pre-drafts this many outcomes (b+); 0 = "
                         f"skip ({DEFAULT_PRE_DRAFT_BRANCHES})")
-    p.add_argument("--compile", default="on", choices=["on", "off"],
-                   help="compile the torch steps (services and in-process) (on)")
+    p.add_argument("--compile", default=os.environ.get("SPECDEC_COMPILE", "on"), choices=["on", "off"],
+                   help="compile the torch steps, services and in-process (on; as the services, "
+                        "SPECDEC_COMPILE sets the default)")
     p.add_argument("--prompts", action="append", default=None)
     p.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
     return p.parse_args(argv)

@@ -174,14 +174,18 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
     texts = args.prompts or default_prompts
     prompts = [tok(t)["input_ids"] for t in texts]
     with ExitStack() as stack:
-        for key, spec in services.items():
+        started = {}
+        for key, spec in services.items():   # all at once: they load and compile side by side
             if addresses.get(key) is None:
-                print(f"starting {spec.name} ...", file=sys.stderr, flush=True)
-                svc = start_service(spec.name, spec.module, spec.args,
-                                    echo_stderr=not args.quiet_services)
-                stack.callback(svc.stop)
-                addresses[key] = svc.address
-                print(f"{spec.name} ready on {svc.address}", file=sys.stderr, flush=True)
+                print(f"starting {spec.name} (a first start compiles its steps: a minute or "
+                      "more; --compile off skips it) ...", file=sys.stderr, flush=True)
+                started[key] = start_service(spec.name, spec.module, spec.args,
+                                             echo_stderr=not args.quiet_services, wait=False)
+                stack.callback(started[key].stop)
+        for key, svc in started.items():
+            svc.wait_ready()
+            addresses[key] = svc.address
+            print(f"{svc.name} ready on {svc.address}", file=sys.stderr, flush=True)
         try:
             records = asyncio.run(_run_prompts(addresses, prompts, config, concurrency(args),
                                                local_proposer, client_options(args)))

@@ -24,6 +24,20 @@ class ServiceProcess:
     address: str = ""
     metrics_address: str = ""       # host:port of /metrics, when the service serves it
     stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
+    ready: threading.Event = field(default_factory=threading.Event)
+    cmd: list[str] = field(default_factory=list)
+    deadline: float = 0.0
+
+    def wait_ready(self) -> None:
+        """Block until the service printed its ready line; raise with its log tail if it
+        exits or the start-up deadline passes first."""
+        while not self.ready.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > self.deadline:
+                self.stop()
+                time.sleep(0.2)  # let the stderr reader catch the last lines
+                why = "exited" if self.proc.returncode is not None else "timed out"
+                tail = "\n".join(self.stderr_tail) or "(no output)"
+                raise RuntimeError(f"{self.name} {why} before it was ready: {' '.join(self.cmd)}\n{tail}")
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         if self.proc.poll() is None:
@@ -38,8 +52,10 @@ class ServiceProcess:
 
 def start_service(name: str, module: str, args: list[str], timeout_s: float = 300.0,
                   echo_stderr: bool = False, port: int = 0, wait_for: str = READY_PREFIX,
-                  env: dict[str, str] | None = None) -> ServiceProcess:
-    """wait_for: READY_PREFIX (model loaded, SERVING) or LISTENING_PREFIX (bound, loading)."""
+                  env: dict[str, str] | None = None, wait: bool = True) -> ServiceProcess:
+    """wait_for: READY_PREFIX (model loaded, SERVING) or LISTENING_PREFIX (bound, loading).
+    wait=False returns at once; call `svc.wait_ready()` later (services then load and compile
+    side by side, each on its own cores)."""
     cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
@@ -65,12 +81,7 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = 30
                     ready.set()
 
     threading.Thread(target=read_stdout, daemon=True).start()
-    deadline = time.monotonic() + timeout_s
-    while not ready.wait(0.1):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            svc.stop()
-            time.sleep(0.2)  # let the stderr reader catch the last lines
-            why = "exited" if proc.returncode is not None else "timed out"
-            tail = "\n".join(svc.stderr_tail) or "(no output)"
-            raise RuntimeError(f"{name} {why} before it was ready: {' '.join(cmd)}\n{tail}")
+    svc.ready, svc.cmd, svc.deadline = ready, cmd, time.monotonic() + timeout_s
+    if wait:
+        svc.wait_ready()
     return svc

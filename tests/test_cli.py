@@ -49,7 +49,8 @@ def test_service_reports_a_bad_model_path(tmp_path):
 
 
 def test_bench_modes_agree(tiny_pair, tmp_path):
-    """The benchmark's three modes (target-only, gRPC, in-process) produce identical tokens."""
+    """The benchmark's modes (target-only, gRPC, pre-drafting, in-process, transformers' own)
+    produce identical tokens."""
     target, draft = tiny_pair
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "bench", "--target-model", str(target), "--draft-model", str(draft),
@@ -59,3 +60,4 @@ def test_bench_modes_agree(tiny_pair, tmp_path):
     figures = json.loads(out.read_text())
     assert figures["identical_outputs"] is True
     assert figures["tokens_per_s"]["speculative_grpc"] > 0
+    assert figures["pre_draft_tokens_per_s"] > 0 and figures["tokens_per_s"]["transformers_speculative"] > 0
