@@ -89,7 +89,15 @@ def test_metrics_count_spec_decoding(tiny_pair, target_hf):
 
         rec = asyncio.run(go())
         assert rec.tokens == greedy_reference(target_hf, prompt, 20)
-        after, proposer = scrape(v.metrics_address), scrape(p.metrics_address)
+        # The client is done when it has read the last reply; the server records the stream's
+        # end a moment later. Wait for it (bounded) instead of assuming the order.
+        session_ok = 'specdec_rpc_total{code="OK",method="Session"}'
+        deadline = time.monotonic() + 30
+        while True:
+            after, proposer = scrape(v.metrics_address), scrape(p.metrics_address)
+            if after.get(session_ok, 0) > before.get(session_ok, 0) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         delta = lambda k: after.get(k, 0) - before.get(k, 0)
         assert delta("specdec_verify_steps_total") == rec.verify_steps
         assert delta("specdec_drafted_tokens_total") == rec.drafted
