@@ -115,21 +115,21 @@ def assert_documented(code: grpc.StatusCode) -> None:
     assert code == grpc.StatusCode.OK or code in DOCUMENTED, code
 
 
-@HOSTILE
+@settings(HOSTILE, max_examples=200)
 @given(requests=st.lists(verifier_request, min_size=1, max_size=3))
 def test_generated_verifier_requests(hostile_target, requests):
     stub = pb_grpc.VerifierStub(hostile_target["channels"]["verifier"])
     assert_documented(outcome(stub.Session(iter(requests), timeout=30)))
 
 
-@HOSTILE
+@settings(HOSTILE, max_examples=150)
 @given(requests=st.lists(propose_request, min_size=1, max_size=3))
 def test_generated_proposer_requests(hostile_target, requests):
     stub = pb_grpc.ProposerStub(hostile_target["channels"]["proposer"])
     assert_documented(outcome(stub.Session(iter(requests), timeout=30)))
 
 
-@settings(HOSTILE, max_examples=60)
+@settings(HOSTILE, max_examples=100)
 @given(service=st.sampled_from(["verifier", "proposer"]), unary=st.booleans(),
        messages=st.lists(st.binary(max_size=48), min_size=1, max_size=3))
 def test_raw_bytes(hostile_target, service, unary, messages):
