@@ -22,6 +22,7 @@ LOST_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.CANCELLED)
 # The service is full: final for the verifier, a reason to go on without the proposer for now.
 BUSY_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED,)
+CLOSE_WAIT_S = 1.0  # after a half-close, how long the service may take to end the stream
 
 
 class ServiceError(RuntimeError):
@@ -103,11 +104,16 @@ class _StreamLink:
         return code, details
 
     async def close(self) -> None:
-        """End the session: half-close, then cancel, so the service frees the slot at once."""
+        """End the session: half-close and give the service a moment to end the stream itself
+        (OK; it frees the slot then), and cancel after that bound or at once when the stream
+        already ended. Cancelling right after the half-close raced it: the service then saw a
+        cancelled stream, not a completed one."""
         try:
             await self.call.done_writing()
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
-            pass  # the stream already ended (error, cancel); nothing left to close
+            await asyncio.wait_for(self.call.code(), CLOSE_WAIT_S)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError,
+                asyncio.TimeoutError):
+            pass  # the stream already ended (error, cancel), or the service is slow to end it
         self.call.cancel()
 
 

@@ -6,7 +6,7 @@ import logging
 
 import grpc
 
-from specdec.errors import bounded, InvalidRequest, NotReady, OutOfSlots, PreconditionFailed, SessionIdle
+from specdec.errors import InvalidRequest, NotReady, OutOfSlots, PreconditionFailed, SessionIdle, bounded
 
 log = logging.getLogger(__name__)
 # Status details travel in a header: a longer message would be replaced by a metadata error.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from client.api import SpecDecClient
-from client.links import GrpcVerifierLink, ServiceError, ServiceLost
+from client.links import ServiceError, ServiceLost
 from specdec.build import build_verifier
 from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig
@@ -34,11 +34,11 @@ from specdec_rpc.security import token_matches
 from specdec_rpc.status import MAX_DETAILS
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
-from tests.conftest import MAX_K, ServerThread, engine_config, start_proposer, start_verifier
+from tests.conftest import MAX_K, ServerThread, attached, engine_config, start_proposer, start_verifier
 from tests.test_bad_input import PROMPT, prefill, wait_free
 from tests.tiny_models import greedy_reference
 from verifier_service.__main__ import warm_up
-
+from verifier_service.servicer import VerifierServicer
 
 # 1. Start-up crash --------------------------------------------------------------------------
 
@@ -154,8 +154,6 @@ def test_rate_limited_log_keeps_one_line_per_interval(caplog):
 def test_garbage_bytes_are_invalid_argument_and_one_log_line(services, caplog, target_hf):
     backend = services["verifier_obj"]
     info = pb.ModelInfo(model_id="tiny", vocab_size=backend.engine.vocab_size)
-    from verifier_service.servicer import VerifierServicer
-    from tests.conftest import attached
 
     servicer = attached(VerifierServicer, backend, info)
     server = ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s),
@@ -245,8 +243,6 @@ def test_a_refusal_racing_the_first_write_is_still_a_refusal(services):
     grpc then reports its own INTERNAL "Internal error from Core" for the write, and the
     refusal is lost. Blocking the client's loop for a moment makes that race certain."""
     backend = services["verifier_obj"]
-    from verifier_service.servicer import VerifierServicer
-    from tests.conftest import attached
 
     servicer = attached(VerifierServicer, backend, pb.ModelInfo(model_id="tiny"))
     server = ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s),
