@@ -364,3 +364,22 @@ def test_in_process_link_waits_for_a_slot_without_blocking_the_loop(tiny_pair):
     assert len(asyncio.run(go()).tokens) == 1
     assert verifier.pool.in_use == 0
     verifier.batcher.close()
+
+
+# 12b. OpenMP's wait policy is set by the entry points, before torch loads ---------------------
+
+def test_entry_points_set_the_omp_wait_policy_before_torch_and_the_library_does_not():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    probe = ("import os, sys; import {module}; "
+             "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+
+    def run(module: str) -> str:
+        return subprocess.run([sys.executable, "-c", probe.format(module=module)], env=env,
+                              capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    assert run("specdec") == "None False"            # importing the library sets nothing
+    for entry in ("verifier_service", "proposer_service", "bench"):
+        assert run(entry) == "PASSIVE False"         # set, and torch not loaded yet

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -213,9 +214,10 @@ def test_tls_service_plaintext_client_and_mtls_probe(tiny_pair, certs):
         tls = ["--tls-ca", str(certs / "ca.pem")]
         mtls = [*tls, "--tls-cert", str(certs / "client.pem"), "--tls-key", str(certs / "client.key")]
         probe = lambda *extra: subprocess.run(
-            ["python", "-m", "specdec_rpc.healthcheck", host_port, *extra], cwd=ROOT,
+            [sys.executable, "-m", "specdec_rpc.healthcheck", host_port, *extra], cwd=ROOT,
             capture_output=True, text=True, timeout=60)
-        assert probe(*tls).returncode == 1                     # no client certificate: refused
+        refused = probe(*tls)                                  # no client certificate
+        assert refused.returncode == 1 and refused.stdout.strip() == "UNAVAILABLE"
         ok = probe(*mtls)
         assert ok.returncode == 0 and ok.stdout.strip() == "SERVING"
     finally:
