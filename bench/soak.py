@@ -8,7 +8,8 @@ a fixed set of prompts; every output it gets is compared with transformers' own 
 decoding of the target. A hostile worker loops over what a hostile client found (issue 15):
 streams that send nothing, garbage bytes, invalid requests (bad ids, duplicate draft ids),
 sessions cancelled mid-generation, oversized fields. Reported: the outcome
-of every attempt by status code (good and hostile apart), whether every admitted good session
+of every attempt by status code (good and hostile apart, and as each service counted its
+RPCs), whether every admitted good session
 was identical to greedy, the slots in use at the end, and each service's RSS over time.
 """
 
@@ -58,6 +59,18 @@ def scrape(address: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return float("nan")
+
+
+def rpc_codes(address: str) -> dict[str, float]:
+    """The service's own count of ended RPCs by method and status code."""
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("specdec_rpc_total{"):
+            labels, value = line[len("specdec_rpc_total{"):].rsplit("} ", 1)
+            parts = dict(kv.split("=", 1) for kv in labels.split(","))
+            out[f"{parts['method'].strip(chr(34))}:{parts['code'].strip(chr(34))}"] = float(value)
+    return out
 
 
 def greedy_references(model: str, prompts: list[list[int]], new: int) -> list[list[int]]:
@@ -234,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         slots = {name: scrape(svc.metrics_address, "specdec_slots_in_use")
                  for name, svc in (("verifier", verifier), ("proposer", proposer))}
         health = {name: check(svc.address) for name, svc in (("verifier", verifier), ("proposer", proposer))}
+        served = {name: rpc_codes(svc.metrics_address)
+                  for name, svc in (("verifier", verifier), ("proposer", proposer))}
     finally:
         codes = {"verifier": verifier.stop(), "proposer": proposer.stop()}
     warm = [r for r in rss if r["t_s"] >= min(60.0, args.minutes * 60 / 4)] or rss
@@ -241,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "sessions": args.sessions, "hostile_fraction": args.hostile_fraction,
         "minutes": round(elapsed / 60, 2),
         "good_outcomes": dict(tally.good), "hostile_outcomes": dict(sorted(tally.hostile.items())),
+        "service_rpc_codes": served,
         "admitted_identical_to_greedy": tally.identical, "admitted_different": tally.different,
         "all_identical": tally.different == 0 and tally.identical > 0,
         "unexpected": tally.unexpected,
