@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-every", type=float, default=15.0, help="seconds between RSS samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--service-logs", action="store_true",
+                   help="copy both services' logs to stderr, prefixed [verifier] / [proposer]")
     args = p.parse_args(argv)
     if not 0.0 <= args.hostile_fraction <= 1.0:
         p.error("--hostile-fraction must be in [0, 1]")
@@ -234,9 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     flags = ["--ctx-len", str(args.ctx_len), "--full-batch-size", str(args.full_batch_size),
              "--max-k", str(args.k), "--metrics-port", "0", "--max-queue", str(args.sessions),
              "--queue-timeout", "60"]
-    verifier = start_service("verifier", "verifier_service", ["--model", args.target_model, *flags])
+    verifier = start_service("verifier", "verifier_service", ["--model", args.target_model, *flags],
+                             echo_stderr=args.service_logs)
     proposer = start_service("proposer", "proposer_service",
-                             ["--method", "draft", "--model", args.draft_model, *flags])
+                             ["--method", "draft", "--model", args.draft_model, *flags],
+                             echo_stderr=args.service_logs)
     try:
         print(f"soak: {args.sessions} sessions ({args.hostile_fraction:.0%} hostile) for "
               f"{args.minutes:g} min", file=sys.stderr)
