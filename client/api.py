@@ -20,7 +20,7 @@ from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink
 from specdec.proposers.base import Proposer
 from specdec.recovery import RecoveryPolicy
-from specdec_rpc.security import ClientSecurity
+from specdec_rpc.security import ClientSecurity, speaks_tls
 from specdec_rpc.server import ServerConfig, server_options
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
@@ -43,6 +43,7 @@ class SpecDecClient:
         e.g. prompt lookup; used instead of a proposer address. timeout_s bounds Info calls,
         step_timeout_s every session step."""
         self.security = security
+        self._addresses = {"verifier": verifier, "proposer": proposer}
         self._channels = [security.channel(verifier, CHANNEL_OPTIONS)]
         self.verifier = pb_grpc.VerifierStub(self._channels[0])
         self.proposer = None
@@ -62,6 +63,13 @@ class SpecDecClient:
         await self.close()
 
     async def _info(self, stub, service: str) -> pb.ModelInfo:
+        address = self._addresses[service]
+        if self.security.tls_ca is None and await asyncio.to_thread(speaks_tls, address):
+            # grpc would say "Socket closed", or wait for readiness until the timeout.
+            raise ServiceError(service, grpc.StatusCode.FAILED_PRECONDITION,
+                               f"{address} serves TLS but this client connects without it: pass "
+                               "--tls-ca (and --tls-cert/--tls-key where the service requires "
+                               "client certificates)")
         try:
             return await stub.Info(pb.InfoRequest(), timeout=self.timeout_s, wait_for_ready=True,
                                    metadata=self.security.metadata())
@@ -113,11 +121,23 @@ class SpecDecClient:
 
     def _open_verifier(self) -> GrpcVerifierLink:
         call = self.verifier.Session(metadata=self.security.metadata())
-        return GrpcVerifierLink(call, self.step_timeout_s)
+        return GrpcVerifierLink(call, self.step_timeout_s, self._probe(self.verifier))
 
     def _open_proposer(self) -> GrpcProposerLink:
         call = self.proposer.Session(metadata=self.security.metadata())
-        return GrpcProposerLink(call, self.step_timeout_s)
+        return GrpcProposerLink(call, self.step_timeout_s, self._probe(self.proposer))
+
+    def _probe(self, stub):
+        """The service's answer to an Info call, as (code, details): what a session stream
+        whose own status was lost would have been told (see links._StreamLink)."""
+        async def probe() -> tuple[grpc.StatusCode, str]:
+            try:
+                await stub.Info(pb.InfoRequest(), timeout=self.timeout_s,
+                                metadata=self.security.metadata())
+            except grpc.aio.AioRpcError as exc:
+                return exc.code(), exc.details() or ""
+            return grpc.StatusCode.OK, ""
+        return probe
 
     async def generate(self, prompt: list[int], config: GenerationConfig,
                        on_tokens=None) -> GenerationRecord:
@@ -126,31 +146,35 @@ class SpecDecClient:
         if config.num_speculative_tokens > self.max_k():
             raise ValueError(f"num_speculative_tokens {config.num_speculative_tokens} exceeds what "
                              f"the services accept ({self.max_k()})")
-        links: list = [self._open_verifier()]
+        # One open link per service: a reopen closes the lost link it replaces.
+        links: dict[str, object] = {"verifier": self._open_verifier()}
         plink, fingerprint, reopen_proposer = None, "", None
         if config.num_speculative_tokens and self.local_proposer is not None:
             plink, fingerprint = InProcessProposerLink(self.local_proposer), self.local_proposer.fingerprint
         elif (config.num_speculative_tokens and self.proposer is not None
               and self.verifier_info.method != "turbo"):
             plink, fingerprint = self._open_proposer(), self.proposer_info.tokenizer_fingerprint
-            reopen_proposer = self._track(links, self._open_proposer)
+            reopen_proposer = self._track(links, "proposer", self._open_proposer)
         if plink is not None:
-            links.append(plink)
+            links["proposer"] = plink
         try:
-            return await generate(prompt, links[0], plink, config, self.verifier_info.ctx_len,
-                                  fingerprint, on_tokens,
-                                  reopen_verifier=self._track(links, self._open_verifier),
+            return await generate(prompt, links["verifier"], plink, config,
+                                  self.verifier_info.ctx_len, fingerprint, on_tokens,
+                                  reopen_verifier=self._track(links, "verifier", self._open_verifier),
                                   reopen_proposer=reopen_proposer, policy=self.recovery)
         finally:
-            for link in links:
+            for link in links.values():
                 await link.close()
 
     @staticmethod
-    def _track(links: list, opener):
-        """A reopen function whose new sessions get closed with the generation."""
+    def _track(links: dict, service: str, opener):
+        """A reopen function: it closes the service's previous (lost) link and opens a new
+        session, so a service that stays down costs one link, not one per retry."""
         async def reopen():
-            link = opener()
-            links.append(link)
+            old = links.pop(service, None)
+            if old is not None:
+                await old.close()
+            links[service] = link = opener()
             return link
         return reopen
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Awaitable, Callable
 
 import grpc
 
 from specdec.proposers.base import Proposal
-from specdec.recovery import LinkLost
+from specdec.recovery import Busy, LinkLost
 from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import StopParams
 from specdec.verifier import StepOutcome
@@ -15,12 +16,13 @@ from specdec_rpc.convert import outcome_from_pb, proposal_from_pb, sampling_to_p
 from specdec_rpc.v1 import specdec_pb2 as pb
 
 # The service went away or could not answer in time; a new session may work (see recovery.py).
+# Decided by status code only: every other code is the service's answer (a refusal such as
+# RESOURCE_EXHAUSTED, UNAUTHENTICATED or INVALID_ARGUMENT, or a bug) and is final.
 LOST_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.CANCELLED)
-
-
-# What grpc reports locally for a write onto a stream the server has just closed.
-LOCAL_WRITE_FAILURE = "Internal error from Core"
+# The service is full: final for the verifier, a reason to go on without the proposer for now.
+BUSY_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED,)
+CLOSE_WAIT_S = 1.0  # after a half-close, how long the service may take to end the stream
 
 
 class ServiceError(RuntimeError):
@@ -35,19 +37,38 @@ class ServiceLost(ServiceError, LinkLost):
     """The session's service is gone for now (see LOST_CODES)."""
 
 
+class ServiceBusy(ServiceError, Busy):
+    """The service refused the session for lack of slots (see BUSY_CODES)."""
+
+
 def service_error(service: str, code: grpc.StatusCode, details: str) -> ServiceError:
-    return (ServiceLost if code in LOST_CODES else ServiceError)(service, code, details)
+    cls = ServiceLost if code in LOST_CODES else ServiceBusy if code in BUSY_CODES else ServiceError
+    return cls(service, code, details)
+
+
+# A probe of the service's answer to this client, for when a stream's own status is lost:
+# () -> (code, details) of a unary call such as Info; OK when the service would accept us.
+StatusProbe = Callable[[], Awaitable[tuple[grpc.StatusCode, str]]]
+
+
+class _WriteFailed:
+    """Marks a request that could not be sent: the stream had already ended."""
 
 
 class _StreamLink:
     service = ""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall, step_timeout_s: float = 60.0) -> None:
+    def __init__(self, call: grpc.aio.StreamStreamCall, step_timeout_s: float = 60.0,
+                 probe: StatusProbe | None = None) -> None:
         self.call = call
         self.step_timeout_s = step_timeout_s  # deadline of every step
+        self.probe = probe
 
     async def _exchange(self, request):
-        await self.call.write(request)
+        try:
+            await self.call.write(request)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return _WriteFailed
         return await self.call.read()
 
     async def _step(self, request):
@@ -57,26 +78,42 @@ class _StreamLink:
             self.call.cancel()
             raise ServiceLost(self.service, grpc.StatusCode.DEADLINE_EXCEEDED,
                               f"no reply within {self.step_timeout_s:g}s") from None
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            # A write to a stream the server already ended (e.g. RESOURCE_EXHAUSTED at open)
-            # fails with a generic error; the call's own status says what happened.
-            reply = grpc.aio.EOF
+        except grpc.aio.AioRpcError as exc:  # the read: the service's own status
+            raise service_error(self.service, exc.code(), exc.details() or "") from None
+        if reply is _WriteFailed:
+            code, details = await self._status_after_failed_write()
+            raise service_error(self.service, code, details)
         if reply is grpc.aio.EOF:
             code, details = await self.call.code(), await self.call.details()
-            if code == grpc.StatusCode.INTERNAL and details == LOCAL_WRITE_FAILURE:
-                # Our write raced the service closing the stream (draining, restarting): the
-                # service's own status is lost, but the session is over. A new one may work.
-                raise ServiceLost(self.service, grpc.StatusCode.UNAVAILABLE,
-                                  "the service ended the session while a step was being sent")
             raise service_error(self.service, code, details or "stream closed")
         return reply
 
+    async def _status_after_failed_write(self) -> tuple[grpc.StatusCode, str]:
+        """Why the stream ended before our request could be sent. When the service's status
+        reached grpc before the write did, grpc reports it; when it arrived while the write was
+        under way, grpc replaces it with a local INTERNAL for the write, and it is lost. Then a
+        probe (Info on the same channel, same credentials) gets the service's answer by code:
+        a refusal (UNAUTHENTICATED, ...) is final, UNAVAILABLE is lost, and OK means only the
+        session ended (drain, restart, idle close), so a new session may work."""
+        code, details = await self.call.code(), await self.call.details()
+        if code != grpc.StatusCode.INTERNAL or self.probe is None:
+            return code, details or "stream closed"
+        code, details = await self.probe()
+        if code == grpc.StatusCode.OK:
+            return grpc.StatusCode.UNAVAILABLE, "the service ended the session before the step was sent"
+        return code, details
+
     async def close(self) -> None:
-        """End the session: half-close, then cancel, so the service frees the slot at once."""
+        """End the session: half-close and give the service a moment to end the stream itself
+        (OK; it frees the slot then), and cancel after that bound or at once when the stream
+        already ended. Cancelling right after the half-close raced it: the service then saw a
+        cancelled stream, not a completed one."""
         try:
             await self.call.done_writing()
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
-            pass  # the stream already ended (error, cancel); nothing left to close
+            await asyncio.wait_for(self.call.code(), CLOSE_WAIT_S)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError,
+                asyncio.TimeoutError):
+            pass  # the stream already ended (error, cancel), or the service is slow to end it
         self.call.cancel()
 
 

@@ -41,8 +41,8 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
                                 cfg.executor)
 
 
-async def run(cfg: ProposerServiceConfig) -> None:
-    await host_backend(cfg.server, "proposer", SERVICE, ProposerServicer,
+async def run(cfg: ProposerServiceConfig) -> bool:
+    return await host_backend(cfg.server, "proposer", SERVICE, ProposerServicer,
                        pb_grpc.add_ProposerServicer_to_server, lambda m: m.observe_proposer_step,
                        lambda: build(cfg), cfg.engine.full_batch_size, cfg.admission, cfg.sessions)
 

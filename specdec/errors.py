@@ -3,6 +3,15 @@
 
 from __future__ import annotations
 
+ECHO_LIMIT = 64  # characters of a client-sent value that an error message may repeat
+
+
+def bounded(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A client-sent value as it may appear in an error message: status details travel in
+    headers with a size limit, and an echoed 20 KB field would replace the real status."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 class SpecDecError(Exception):
     """Base of the errors a request can cause without anything being broken."""

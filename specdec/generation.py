@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from specdec.proposers.base import Proposal
-from specdec.recovery import LinkLost, RecoveryPolicy, backoff_delays
+from specdec.recovery import Busy, LinkLost, RecoveryPolicy, backoff_delays
 from specdec.sampling import SamplingParams, Sparse
 from specdec.sequence import common_prefix_len
 from specdec.stopping import FinishReason, StopParams
@@ -138,8 +138,9 @@ class _Generation:
         try:
             proposal = await _timed(self.rec, "proposer_ns", self.proposer.propose(
                 start, self.seq[start:], k, self.config.sampling, self.config.draft_top_m))
-        except LinkLost:
-            # Lossless either way: go on target-only and try a new session later.
+        except (LinkLost, Busy):
+            # Lossless either way: go on target-only and try a new session later (a full
+            # proposer may have a free slot by then).
             self.proposer, self.proposer_down_at = None, time.monotonic()
             self.rec.recoveries += 1
             return [], None

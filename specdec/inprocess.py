@@ -12,29 +12,44 @@ from specdec.verifier import StepOutcome, TargetVerifier
 
 
 class InProcessVerifierLink:
+    """The session (a slot) is opened at the first step, in a thread: acquiring a slot may
+    wait in the admission queue, which must not block the event loop."""
+
     def __init__(self, verifier: TargetVerifier) -> None:
         self.verifier = verifier
-        self.session = verifier.open_session()
+        self.session = None
+
+    async def _session(self):
+        if self.session is None:
+            self.session = await asyncio.to_thread(self.verifier.open_session)
+        return self.session
 
     async def prefill(self, start: int, tokens: list[int], params: StopParams,
                       draft_fingerprint: str, sampling: SamplingParams) -> StepOutcome:
-        return await asyncio.to_thread(self.verifier.prefill, self.session, start, tokens, params,
+        session = await self._session()
+        return await asyncio.to_thread(self.verifier.prefill, session, start, tokens, params,
                                        draft_fingerprint, sampling)
 
     async def verify(self, draft: list[int], draft_probs: list[Sparse] | None) -> StepOutcome:
-        return await asyncio.to_thread(self.verifier.verify, self.session, draft, draft_probs)
+        session = await self._session()
+        return await asyncio.to_thread(self.verifier.verify, session, draft, draft_probs)
 
     async def close(self) -> None:
-        self.verifier.close_session(self.session)
+        if self.session is not None:
+            self.verifier.close_session(self.session)
 
 
 class InProcessProposerLink:
+    """Like InProcessVerifierLink: the session is opened at the first step, in a thread."""
+
     def __init__(self, proposer: Proposer) -> None:
         self.proposer = proposer
-        self.session = proposer.open_session()
+        self.session = None
 
     async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
                       top_m: int) -> Proposal:
+        if self.session is None:
+            self.session = await asyncio.to_thread(self.proposer.open_session)
         proposal = await asyncio.to_thread(self.proposer.propose, self.session, start, tokens, k,
                                            sampling, top_m)
         # As the proposer service does after replying: not awaited, it overlaps the verify.
@@ -42,4 +57,5 @@ class InProcessProposerLink:
         return proposal
 
     async def close(self) -> None:
-        self.proposer.close_session(self.session)
+        if self.session is not None:
+            self.proposer.close_session(self.session)

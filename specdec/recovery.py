@@ -1,6 +1,6 @@
 """What the client does when a service goes away mid-generation, so that no work is lost.
 
-- The proposer is optional: while it is unreachable the generation goes on with target-only
+- The proposer is optional: while it is unreachable or full the generation goes on with target-only
   steps (same tokens, fewer per step), and every `proposer_retry_s` the client opens a new
   proposer session, which resyncs from start = 0 by the ordinary sync rule.
 - The verifier holds the committed sequence, but the client holds it too: a lost verifier is
@@ -18,6 +18,12 @@ from dataclasses import dataclass
 class LinkLost(Exception):
     """A link's service is gone for now (process died, restarting, draining, session closed
     as idle, step deadline missed); opening a new session may succeed later."""
+
+
+class Busy(Exception):
+    """A service refused a session for lack of capacity (all its slots taken). Final for the
+    verifier; the proposer is optional, so the generation goes on target-only and retries it
+    every `proposer_retry_s`, as when it is lost."""
 
 
 @dataclass(frozen=True)

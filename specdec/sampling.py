@@ -108,8 +108,12 @@ def dense(q: Sparse | None, token: int, vocab: int) -> np.ndarray:
 
 
 def acceptance_probability(p_d: float, q_d: float) -> float:
-    """min(1, p(d)/q(d)); q(d) > 0 because d was drawn from q."""
-    return min(1.0, p_d / q_d)
+    """min(1, p(d)/q(d)). q(d) > 0 when d was really drawn from q; should a q(d) of 0 or a
+    non-finite value get here anyway, p/q would be NaN or inf and min(1, NaN) is 1 (always
+    accept, even a token p gives probability 0), so anything but a finite ratio rejects."""
+    if not (q_d > 0.0 and math.isfinite(q_d) and math.isfinite(p_d)):
+        return 0.0
+    return min(1.0, max(0.0, p_d / q_d))
 
 
 def residual(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -150,6 +154,9 @@ def check_proposals(draft: list[int], proposals: list[Sparse], vocab: int) -> No
             raise InvalidRequest("a draft distribution needs one probability per token id")
         if ids.min() < 0 or ids.max() >= vocab:
             raise InvalidRequest(f"draft distribution token id out of range for vocab_size {vocab}")
+        if np.unique(ids).size != ids.size:
+            # A dense q keeps one value per id: a repeated id would silently lose probability.
+            raise InvalidRequest("a draft distribution lists a token id twice; each id once")
         if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.sum() > 1.0 + 1e-3:
             raise InvalidRequest("draft probabilities must be finite, >= 0 and sum to at most 1")
         if probs[ids == d].sum() <= 0:

@@ -10,7 +10,7 @@ import numpy as np
 
 from specdec.acceptance import greedy_accept
 from specdec.batching import DECODE, Batcher
-from specdec.errors import InvalidRequest, PreconditionFailed
+from specdec.errors import InvalidRequest, PreconditionFailed, bounded
 from specdec.sampling import (
     TARGET_STREAM,
     SamplingParams,
@@ -75,7 +75,7 @@ class TargetVerifier:
         sampling.validate()
         if draft_fingerprint and draft_fingerprint != self.fingerprint:
             raise PreconditionFailed(
-                f"the proposer's tokenizer (fingerprint {draft_fingerprint}) differs from the "
+                f"the proposer's tokenizer (fingerprint {bounded(draft_fingerprint)}) differs from the "
                 f"target's ({self.fingerprint}): its token ids would mean other text")
         total = start + len(tokens)
         if total == 0:

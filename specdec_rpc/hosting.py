@@ -19,8 +19,9 @@ async def host_backend(server: ServerConfig, name: str, service_name: str,
                        add_servicer: Callable[[Any, grpc.aio.Server], None],
                        observe: Callable[[ServiceMetrics], Callable[[Any, Any], None]],
                        build: Callable[[], tuple[Any, Any]], slots: int, admission: Admission,
-                       sessions: SessionPolicy) -> None:
-    """build() -> (backend, ModelInfo), blocking; observe picks the metrics' per-step hook."""
+                       sessions: SessionPolicy) -> bool:
+    """build() -> (backend, ModelInfo), blocking; observe picks the metrics' per-step hook.
+    Returns serve()'s answer: False when stopped before the model loaded."""
     lifecycle, metrics = Lifecycle(service_name), ServiceMetrics()
     servicer = servicer_cls(session_runner(slots, admission, sessions, lifecycle, observe(metrics)))
 
@@ -34,5 +35,5 @@ async def host_backend(server: ServerConfig, name: str, service_name: str,
         if batcher is not None:
             batcher.close()
 
-    await serve(server, name, service_name, lifecycle, metrics,
+    return await serve(server, name, service_name, lifecycle, metrics,
                 lambda s: add_servicer(servicer, s), load, close)

@@ -1,24 +1,25 @@
-"""Server interceptors: the shared-token check, per-RPC metrics (count by status code, latency)
-and undecodable requests. All wrap unary and bidirectional-streaming handlers, the two kinds we
-serve."""
+"""Server interceptors: the shared-token check, per-RPC metrics (count by status code,
+latency) and requests that do not parse. All wrap unary and bidirectional-streaming handlers,
+the two kinds we serve."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from typing import Any, AsyncIterator
 
 import grpc
-from google.protobuf.message import DecodeError
 
-from specdec.errors import InvalidRequest
 from specdec_rpc.metrics import ServiceMetrics
+from specdec_rpc.parsing import RateLimitedLog, Unparseable, lenient
 from specdec_rpc.security import OPEN_SERVICES, token_matches
 from specdec_rpc.status import abort_with
 
 
 def _wrap(handler: grpc.RpcMethodHandler, unary, stream,
-          deserializer=None) -> grpc.RpcMethodHandler:
-    deserializer = deserializer or handler.request_deserializer
+          request_deserializer=None) -> grpc.RpcMethodHandler:
+    deserializer = request_deserializer or handler.request_deserializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), deserializer,
                                                    handler.response_serializer)
@@ -72,8 +73,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        method = details.method.rsplit("/", 1)[-1] if not details.method.startswith(OPEN_SERVICES) \
-            else details.method
+        session = not details.method.startswith(OPEN_SERVICES)  # reflection streams are no session
+        method = details.method.rsplit("/", 1)[-1] if session else details.method
         m = self.metrics
 
         def record(context, start: float, default: str) -> None:
@@ -95,7 +96,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         def stream(behavior):
             async def run(requests, context):
                 start, outcome = time.perf_counter(), "OK"
-                m.sessions_open.inc()
+                if session:
+                    m.sessions_open.inc()
                 try:
                     async for reply in behavior(requests, context):
                         yield reply
@@ -103,63 +105,56 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     outcome = _outcome(exc)
                     raise
                 finally:
-                    m.sessions_open.dec()
+                    if session:
+                        m.sessions_open.dec()
                     record(context, start, outcome)
             return run
 
         return _wrap(handler, unary, stream)
 
 
-class _Undecodable:
-    """Stands in for request bytes that do not parse as the method's message."""
+class _CheckedRequests:
+    """A request stream that raises InvalidRequest at a request that did not parse. A plain
+    class, not an async generator: a read cancelled by the session runner's timeout must not
+    close it."""
 
-    def __init__(self, error: DecodeError) -> None:
-        self.error = error
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self.requests = requests
 
-    def check(self) -> None:
-        raise InvalidRequest(f"request does not parse ({self.error}): e.g. invalid UTF-8 in a "
-                             "string field, or a message of another type")
+    def __aiter__(self) -> "_CheckedRequests":
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await self.requests.__anext__()
+        if isinstance(request, Unparseable):
+            raise request.invalid()
+        return request
 
 
-def _checked(request):
-    if isinstance(request, _Undecodable):
-        request.check()
-    return request
+class ParseInterceptor(grpc.aio.ServerInterceptor):
+    """Garbage request bytes -> INVALID_ARGUMENT and one rate-limited log line (not grpc's
+    INTERNAL and a traceback per stream). Innermost, so the others see its deserializer."""
 
-
-class DecodeInterceptor(grpc.aio.ServerInterceptor):
-    """Bytes that are not a valid message (invalid UTF-8 in a string field, a truncated
-    message) are the caller's error, INVALID_ARGUMENT; grpc itself would answer UNKNOWN."""
+    def __init__(self, log_interval_s: float = 10.0) -> None:
+        self.log = RateLimitedLog(logging.getLogger(__name__), log_interval_s)
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
+        if handler is None or details.method.startswith(OPEN_SERVICES):
             return handler
-        parse = handler.request_deserializer
-
-        def lenient(raw: bytes):
-            try:
-                return parse(raw)
-            except DecodeError as exc:
-                return _Undecodable(exc)
 
         def unary(behavior):
             async def run(request, context):
-                try:
-                    _checked(request)
-                except InvalidRequest as exc:
-                    await abort_with(context, exc)
+                if isinstance(request, Unparseable):
+                    await abort_with(context, request.invalid())
                 return await behavior(request, context)
             return run
 
         def stream(behavior):
             async def run(requests, context):
-                # The session runner maps what the stream raises (InvalidRequest) to a status.
-                async def checked():
-                    async for request in requests:
-                        yield _checked(request)
-                async for reply in behavior(checked(), context):
+                async for reply in behavior(_CheckedRequests(requests), context):
                     yield reply
             return run
 
-        return _wrap(handler, unary, stream, lenient)
+        return _wrap(handler, unary, stream,
+                     lenient(handler.request_deserializer, details.method, self.log))

@@ -9,6 +9,7 @@ Insecure loopback is the default. With --tls-cert/--tls-key a service serves TLS
 from __future__ import annotations
 
 import hmac
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,36 @@ class ClientSecurity:
 
 
 def token_matches(metadata, token: str) -> bool:
+    """`authorization: Bearer <token>`; the scheme name is case-insensitive (RFC 7235)."""
     for key, value in metadata or ():
         if key == AUTH_HEADER:
-            return hmac.compare_digest(value, f"Bearer {token}")  # constant time
+            scheme, _, given = str(value).partition(" ")
+            ok_scheme = scheme.lower() == "bearer"
+            # Compare the token in constant time whatever the scheme, then require both.
+            return hmac.compare_digest(given.encode(), token.encode()) and ok_scheme
     return False
+
+
+# The client preface of HTTP/2 in cleartext (what an insecure gRPC channel sends first) and an
+# empty SETTINGS frame; a cleartext gRPC server answers with its own SETTINGS frame.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_TLS_ALERT = 0x15  # TLS record type of an alert, what a TLS server answers to cleartext
+
+
+def speaks_tls(address: str, timeout_s: float = 2.0) -> bool:
+    """Whether the service at host:port answers a cleartext HTTP/2 preface as TLS does (an
+    alert, or closing without a frame). False when it answers HTTP/2 or can't be reached (a
+    service still starting is not a TLS one). Lets a plaintext client fail at once with a
+    message naming TLS, instead of grpc's "Socket closed" or a wait until its deadline."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout_s) as sock:
+            sock.sendall(_H2_PREFACE)
+            first = sock.recv(16)
+    except (OSError, ValueError):
+        return False
+    # An HTTP/2 frame starts with a 3-byte length and type 4 (SETTINGS); a TLS alert record with
+    # 0x15 0x03; a TLS server may also just close (b"").
+    if len(first) >= 4 and first[3] == 0x04:
+        return False
+    return not first or first[0] == _TLS_ALERT

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -24,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from specdec_rpc.interceptors import AuthInterceptor, DecodeInterceptor, MetricsInterceptor
+from specdec_rpc.interceptors import AuthInterceptor, MetricsInterceptor, ParseInterceptor
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.security import ServerSecurity
 
@@ -77,9 +79,10 @@ class Lifecycle:
 
 async def serve(cfg: ServerConfig, name: str, service_full_name: str, lifecycle: Lifecycle,
                 metrics: ServiceMetrics, register: Callable[[grpc.aio.Server], None],
-                load: Callable[[], None], close: Callable[[], None]) -> None:
-    """load(): blocking model load + warm-up (run in a thread); close(): free the engine."""
-    interceptors = [MetricsInterceptor(metrics), DecodeInterceptor()]
+                load: Callable[[], None], close: Callable[[], None]) -> bool:
+    """load(): blocking model load + warm-up (run in a thread); close(): free the engine.
+    Returns False when stopped before the load finished (see run_service)."""
+    interceptors = [MetricsInterceptor(metrics), ParseInterceptor()]
     if cfg.security.auth_token:
         interceptors.insert(0, AuthInterceptor(cfg.security.auth_token))
     server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
@@ -106,7 +109,7 @@ async def serve(cfg: ServerConfig, name: str, service_full_name: str, lifecycle:
         mport = metrics.serve(cfg.metrics_port, cfg.host)
         log.info("%s metrics on http://%s:%d/metrics", name, cfg.host, mport)
         print(f"{METRICS_PREFIX} {cfg.host}:{mport}", flush=True)
-    loading = asyncio.ensure_future(asyncio.to_thread(load))
+    loading = _load_in_thread(load)
     await asyncio.wait({loading, asyncio.ensure_future(stop.wait())},
                        return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
@@ -122,16 +125,52 @@ async def serve(cfg: ServerConfig, name: str, service_full_name: str, lifecycle:
     await server.stop(cfg.grace_s)
     if loading.done():
         close()
-    log.info("%s stopped", name)
+        log.info("%s stopped", name)
+        return True
+    log.info("%s stopped while loading its model; exiting without waiting for the load", name)
+    return False
 
 
-def run_service(main: Callable[[], Awaitable[None]]) -> None:
+def _load_in_thread(load: Callable[[], None]) -> asyncio.Future:
+    """Run the blocking load on a daemon thread of its own. Not the loop's default executor:
+    at exit asyncio.run waits for that executor's threads without bound, so a SIGTERM during a
+    long load or QPC compile would not stop the service until the load ended."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(None)
+
+    def run() -> None:
+        error = None
+        try:
+            load()
+        except BaseException as exc:  # handed to the loop, which re-raises it in serve()
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, error)
+        except RuntimeError:
+            pass  # the loop is closed: the service stopped during the load
+
+    threading.Thread(target=run, name="model-load", daemon=True).start()
+    return future
+
+
+def run_service(main: Callable[[], Awaitable[bool]]) -> None:
+    """main() -> False when the service stopped before its model loaded: the load thread may
+    still be running (reading weights, compiling), and the process exits now without it."""
     try:
-        asyncio.run(main())
+        loaded = asyncio.run(main())
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # Bad configuration or model: say it in one line, exit non-zero.
         log.error("%s", exc)
         sys.exit(1)
+    if loaded is False:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # a graceful stop: the interpreter's shutdown would wait on the load
 
 
 def setup_logging(level: str) -> None:

@@ -62,6 +62,9 @@ def add_service_args(parser: argparse.ArgumentParser, default_max_k: int,
                    help="seconds a session waits for a slot before RESOURCE_EXHAUSTED (30)")
     b.add_argument("--idle-timeout", type=float, default=120.0,
                    help="seconds a session may send nothing before it is closed (120)")
+    b.add_argument("--first-message-timeout", type=float, default=5.0,
+                   help="seconds a new stream may take to send its first message; it holds no "
+                        "slot until then and is closed after (5)")
     s = parser.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
     s.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (0)")
@@ -141,7 +144,8 @@ def admission(args: argparse.Namespace) -> Admission:
 
 
 def session_policy(args: argparse.Namespace) -> SessionPolicy:
-    return SessionPolicy(idle_timeout_s=args.idle_timeout)
+    return SessionPolicy(idle_timeout_s=args.idle_timeout,
+                         first_message_timeout_s=args.first_message_timeout)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:

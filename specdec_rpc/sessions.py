@@ -1,10 +1,13 @@
 """The life of one session stream, shared by both servicers.
 
-A session lives exactly as long as its stream: the slot is taken when the stream opens (waiting
-in the bounded admission queue if all are taken) and freed when it ends, whether it completes,
-errs, is cancelled, breaks, goes idle past the timeout, or the service drains. A slot whose step
-is still running on the engine is freed when that step finishes, never before, so a new session
-can't share a batch row with the old one's last step.
+A session lives exactly as long as its stream, but holds a slot only from its first message on:
+a stream that opens and sends nothing holds no slot and no place in the admission queue, and
+is closed after `first_message_timeout_s`, so silent streams can't squat the slots. At the
+first message the slot is taken (waiting in the bounded admission queue if all are taken) and
+it is freed when the stream ends, whether it completes, errs, is cancelled, breaks, goes idle
+past the timeout, or the service drains. A slot whose step is still running on the engine is
+freed when that step finishes, never before, so a new session can't share a batch row with the
+old one's last step.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from specdec_rpc.status import abort_with
 @dataclass(frozen=True)
 class SessionPolicy:
     idle_timeout_s: float = 120.0  # a stream silent this long is closed and its slot freed
+    # A new stream must send its first message within this; it holds no slot meanwhile.
+    first_message_timeout_s: float = 5.0
 
 
 def _close_when_done(future: asyncio.Future, close: Callable[[Any], None]) -> None:
@@ -49,12 +54,13 @@ class SessionRunner:
         if not self.lifecycle.ready:
             raise NotReady("service is loading its model; retry shortly (health: NOT_SERVING)")
 
-    async def _next(self, requests: AsyncIterator[Any]) -> Any:
+    async def _next(self, requests: AsyncIterator[Any], first: bool = False) -> Any:
         """The next request, None at half-close; raises when idle too long or draining."""
+        timeout = self.policy.first_message_timeout_s if first else self.policy.idle_timeout_s
         read = asyncio.ensure_future(anext(requests, None))
         drain = asyncio.ensure_future(self.lifecycle.draining.wait())
         try:
-            done, _ = await asyncio.wait({read, drain}, timeout=self.policy.idle_timeout_s,
+            done, _ = await asyncio.wait({read, drain}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:  # also when the stream is cancelled while waiting: leave no task behind
             drain.cancel()
@@ -65,19 +71,29 @@ class SessionRunner:
         if drain in done:
             raise NotReady("service is draining: the session ended after its last step; "
                            "reconnect and resend the sequence (start = 0)")
-        raise SessionIdle(f"session idle for more than {self.policy.idle_timeout_s:g}s: closed and "
+        if first:
+            raise SessionIdle(f"no first message within {timeout:g}s of opening the stream: "
+                              "closed; send the Prefill as soon as the stream is open")
+        raise SessionIdle(f"session idle for more than {timeout:g}s: closed and "
                           "its slot freed; open a new session and resend the sequence (start = 0)")
 
     async def run(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
                   open_session: Callable[[], Any], close_session: Callable[[Any], None],
                   step: Callable[[Any, Any], Any],
+                  check_first: Callable[[Any], None] = lambda request: None,
                   after_reply: Callable[[Any], None] | None = None) -> AsyncIterator[Any]:
-        """after_reply(session) runs once each reply is handed to grpc, not awaited: the
-        proposer pre-drafts there while the client has the verifier check the draft."""
+        """check_first(request) raises when the first request can't start a session, before
+        a slot is taken for it. after_reply(session) runs once each reply is handed to grpc,
+        not awaited: the proposer pre-drafts there while the client has the verifier check
+        the draft."""
         loop = asyncio.get_running_loop()
         try:
             self.check_ready()
-        except NotReady as exc:
+            request = await self._next(requests, first=True)  # no slot held while waiting
+            if request is None:
+                return  # opened and half-closed without a message: nothing to do
+            check_first(request)
+        except Exception as exc:
             await abort_with(context, exc)
         opening = loop.run_in_executor(self.executor, open_session)
         try:
@@ -89,7 +105,7 @@ class SessionRunner:
             await abort_with(context, exc)
         running: asyncio.Future | None = None
         try:
-            while (request := await self._next(requests)) is not None:
+            while request is not None:
                 running = loop.run_in_executor(self.executor, step, session, request)
                 reply = await asyncio.shield(running)
                 running = None
@@ -98,6 +114,7 @@ class SessionRunner:
                 yield reply
                 if after_reply is not None:
                     loop.run_in_executor(self.executor, after_reply, session)
+                request = await self._next(requests)
         except Exception as exc:
             await abort_with(context, exc)
         finally:
@@ -109,8 +126,9 @@ class SessionRunner:
 
 def session_runner(slots: int, admission: Admission, policy: SessionPolicy, lifecycle: Lifecycle,
                    on_step: Callable[[Any, Any], None] | None) -> SessionRunner:
-    # Every open or queued session may block one thread (admission wait, engine row).
-    workers = slots + admission.max_waiting + 4
+    # Every open or queued session may block one thread (admission wait, engine row), and a
+    # proposer session a second one while it pre-drafts (after_reply).
+    workers = 2 * slots + admission.max_waiting + 4
     return SessionRunner(ThreadPoolExecutor(workers, thread_name_prefix="session"), policy,
                          lifecycle, on_step)
 
@@ -144,8 +162,11 @@ class AttachedBackend:
         # An async generator itself, so grpc.aio serves it as a streaming handler.
         async for reply in self.runner.run(requests, context, lambda: self.backend.open_session(),
                                            lambda s: self.backend.close_session(s), self._step,
-                                           self._after_reply()):
+                                           self._check_first, self._after_reply()):
             yield reply
+
+    def _check_first(self, request: Any) -> None:
+        """Raise when `request` can't open a session (checked before a slot is taken)."""
 
     def _after_reply(self) -> Callable[[Any], None] | None:
         return None

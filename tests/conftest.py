@@ -49,12 +49,12 @@ def target_hf(tiny_pair):
 class ServerThread:
     """A grpc.aio server on 127.0.0.1:<free port>, running its own event loop in a thread."""
 
-    def __init__(self, add_servicer) -> None:
+    def __init__(self, add_servicer, interceptors=()) -> None:
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
 
         async def start() -> None:
-            self.server = grpc.aio.server()
+            self.server = grpc.aio.server(interceptors=list(interceptors))
             add_servicer(self.server)
             self.port = self.server.add_insecure_port("127.0.0.1:0")
             await self.server.start()
@@ -84,36 +84,38 @@ def engine_config(path: Path, slots: int = 4) -> EngineConfig:
                         full_batch_size=slots)
 
 
-def runner(idle_timeout_s: float = 60.0) -> SessionRunner:
+def runner(idle_timeout_s: float = 60.0, first_message_timeout_s: float = 5.0) -> SessionRunner:
     """A session runner whose service counts as loaded (the in-process servers attach first)."""
     lifecycle = Lifecycle("test")
     lifecycle.ready = True
-    return SessionRunner(ThreadPoolExecutor(32), SessionPolicy(idle_timeout_s), lifecycle)
+    return SessionRunner(ThreadPoolExecutor(32),
+                         SessionPolicy(idle_timeout_s, first_message_timeout_s), lifecycle)
 
 
 def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | None = None,
                    batching: bool = True, admission: Admission = Admission(),
                    idle_timeout_s: float = 60.0, executor: str = "torch", qaic_backend=None,
-                   turbo: bool = False, qaic=None) -> tuple[ServerThread, object]:
+                   turbo: bool = False, qaic=None, first_message_timeout_s: float = 5.0
+                   ) -> tuple[ServerThread, object]:
     cfg = replace(engine_config(path, slots), turbo=turbo)
     verifier = build_verifier(cfg, window_sizes or tuple(range(MAX_K + 1)), executor, batching,
                               admission, qaic=qaic, qaic_backend=qaic_backend)
     info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k,
                       "turbo" if turbo else "target", executor)
-    servicer = VerifierServicer(runner(idle_timeout_s))
+    servicer = VerifierServicer(runner(idle_timeout_s, first_message_timeout_s))
     servicer.attach(verifier, info)
     return ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s)), verifier
 
 
 def start_proposer(path: Path, slots: int = 4, batching: bool = True,
                    admission: Admission = Admission(), executor: str = "torch",
-                   qaic_backend=None, qaic=None,
-                   pre_draft_branches: int = 0) -> tuple[ServerThread, object]:
+                   qaic_backend=None, qaic=None, pre_draft_branches: int = 0,
+                   first_message_timeout_s: float = 5.0) -> tuple[ServerThread, object]:
     cfg = engine_config(path, slots)
     proposer = build_draft_proposer(cfg, MAX_K, executor, batching, admission, qaic=qaic,
                                     qaic_backend=qaic_backend, pre_draft_branches=pre_draft_branches)
     info = model_info(proposer.engine, cfg, proposer.fingerprint, MAX_K, "draft", executor)
-    servicer = ProposerServicer(runner())
+    servicer = ProposerServicer(runner(first_message_timeout_s=first_message_timeout_s))
     servicer.attach(proposer, info)
     return ServerThread(lambda s: pb_grpc.add_ProposerServicer_to_server(servicer, s)), proposer
 

@@ -86,9 +86,15 @@ def assert_still_serves(services, target_hf):
       pb.VerifierRequest(verify=pb.Verify(draft_tokens=[3], draft_probs=[
           pb.TokenDistribution(token_ids=[4], probs=[1.0])]))],
      grpc.StatusCode.INVALID_ARGUMENT, "probability 0"),
+    # Issue 15: [d, d] with q = [0.5, 0.0] densified to q(d) = 0, and p/q = NaN was accepted.
+    ([prefill(PROMPT, sampling=pb.SamplingParams(temperature=1, top_k=1)),
+      pb.VerifierRequest(verify=pb.Verify(draft_tokens=[3], draft_probs=[
+          pb.TokenDistribution(token_ids=[3, 3], probs=[0.5, 0.0])]))],
+     grpc.StatusCode.INVALID_ARGUMENT, "twice"),
 ], ids=["token-over-vocab", "prompt-over-ctx", "empty-prompt", "step-before-prefill",
         "k-over-max", "draft-over-vocab", "tokenizer-mismatch", "empty-request",
-        "negative-temperature", "nan-temperature", "top-p-over-1", "probs-count", "probs-miss-draft"])
+        "negative-temperature", "nan-temperature", "top-p-over-1", "probs-count", "probs-miss-draft",
+        "probs-duplicate-ids"])
 def test_verifier_rejects(services, target_hf, requests_, code, match):
     expect_status(services["verifier"], pb_grpc.VerifierStub, requests_, code, match)
     assert_still_serves(services, target_hf)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -89,7 +90,15 @@ def test_metrics_count_spec_decoding(tiny_pair, target_hf):
 
         rec = asyncio.run(go())
         assert rec.tokens == greedy_reference(target_hf, prompt, 20)
-        after, proposer = scrape(v.metrics_address), scrape(p.metrics_address)
+        # The client is done when it has read the last reply; the server records the stream's
+        # end a moment later. Wait for it (bounded) instead of assuming the order.
+        session_ok = 'specdec_rpc_total{code="OK",method="Session"}'
+        deadline = time.monotonic() + 30
+        while True:
+            after, proposer = scrape(v.metrics_address), scrape(p.metrics_address)
+            if after.get(session_ok, 0) > before.get(session_ok, 0) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         delta = lambda k: after.get(k, 0) - before.get(k, 0)
         assert delta("specdec_verify_steps_total") == rec.verify_steps
         assert delta("specdec_drafted_tokens_total") == rec.drafted
@@ -179,6 +188,60 @@ def test_mutual_tls_and_token(tiny_pair, target_hf, certs):
         assert rec.tokens == greedy_reference(target_hf, prompt, 6)
     finally:
         assert svc.stop() == 0
+
+
+def test_tls_service_plaintext_client_and_mtls_probe(tiny_pair, certs):
+    """A plaintext client against a TLS service fails at once naming TLS (it got "Socket
+    closed" or waited ~30 s for DEADLINE_EXCEEDED), and the health probe can present a client
+    certificate, so it reports a healthy mutual-TLS service as SERVING."""
+    svc = start_service("verifier", "verifier_service",
+                        ["--model", str(tiny_pair[0]), *SMALL, "--tls-cert", str(certs / "server.pem"),
+                         "--tls-key", str(certs / "server.key"),
+                         "--tls-client-ca", str(certs / "ca.pem")])
+    try:
+        async def plaintext():
+            client = SpecDecClient(svc.address, timeout_s=120)  # the refusal must not wait for it
+            try:
+                await client.connect()
+            finally:
+                await client.close()
+        from client.links import ServiceError
+
+        with pytest.raises(ServiceError) as err:
+            asyncio.run(plaintext())
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "TLS" in err.value.details
+        host_port = svc.address
+        tls = ["--tls-ca", str(certs / "ca.pem")]
+        mtls = [*tls, "--tls-cert", str(certs / "client.pem"), "--tls-key", str(certs / "client.key")]
+        probe = lambda *extra: subprocess.run(
+            [sys.executable, "-m", "specdec_rpc.healthcheck", host_port, *extra], cwd=ROOT,
+            capture_output=True, text=True, timeout=60)
+        refused = probe(*tls)                                  # no client certificate
+        assert refused.returncode == 1 and refused.stdout.strip() == "UNAVAILABLE"
+        ok = probe(*mtls)
+        assert ok.returncode == 0 and ok.stdout.strip() == "SERVING"
+    finally:
+        assert svc.stop() == 0
+
+
+def test_sigterm_while_the_model_loads_exits_promptly(tiny_pair, tmp_path):
+    """A load that does not end (config.json is a FIFO nobody writes: the read blocks, as a
+    long load or QPC compile would): SIGTERM must still stop the service."""
+    import os
+
+    model = shutil.copytree(tiny_pair[0], tmp_path / "model")
+    (model / "config.json").unlink()
+    os.mkfifo(model / "config.json")
+    svc = start_service("verifier", "verifier_service", ["--model", str(model), *SMALL],
+                        wait_for=LISTENING_PREFIX)
+    try:
+        assert check(svc.address, timeout_s=5) == "NOT_SERVING"   # loading
+        svc.proc.send_signal(signal.SIGTERM)
+        assert svc.proc.wait(30) == 0   # without the fix, it waits for the load forever
+    finally:
+        if svc.proc.poll() is None:
+            svc.proc.kill()
+            svc.proc.wait()
 
 
 def test_every_flag_is_an_environment_variable(tiny_pair):

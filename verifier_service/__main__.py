@@ -21,10 +21,13 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 
 
 def warm_up(verifier: TargetVerifier) -> None:
-    """One prefill and one verify window, so the first client does not pay lazy init."""
+    """One prefill and one verify window, so the first client does not pay lazy init.
+
+    Whatever the model answers must not matter: a model may well emit EOS after token 0, which
+    would end the session before the verify, so EOS is ignored and the budget is unbounded."""
     session = verifier.open_session()
     try:
-        verifier.prefill(session, 0, [0], StopParams(), "")
+        verifier.prefill(session, 0, [0], StopParams(max_new_tokens=0, ignore_eos=True), "")
         verifier.verify(session, [0] * min(verifier.max_k, verifier.engine.ctx_len - 2))
     finally:
         verifier.close_session(session)
@@ -38,8 +41,8 @@ def build(cfg: VerifierServiceConfig) -> tuple[TargetVerifier, pb.ModelInfo]:
                                 cfg.speculative_model_type, cfg.executor)
 
 
-async def run(cfg: VerifierServiceConfig) -> None:
-    await host_backend(cfg.server, "verifier", SERVICE, VerifierServicer,
+async def run(cfg: VerifierServiceConfig) -> bool:
+    return await host_backend(cfg.server, "verifier", SERVICE, VerifierServicer,
                        pb_grpc.add_VerifierServicer_to_server, lambda m: m.observe_verifier_step,
                        lambda: build(cfg), cfg.engine.full_batch_size, cfg.admission, cfg.sessions)
 

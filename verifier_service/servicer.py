@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from specdec.errors import InvalidRequest
+from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.stopping import StopParams
 from specdec.text_codec import TextCodec
 from specdec.verifier import VerifierSession
@@ -27,18 +27,21 @@ class VerifierServicer(AttachedBackend, pb_grpc.VerifierServicer):
                                    backend.engine.ctx_len)
         super().attach(backend, info)
 
+    def _check_first(self, req: pb.VerifierRequest) -> None:
+        if _kind(req) != "prefill":  # refused before it takes a slot
+            raise PreconditionFailed("verify before prefill: the first request of a session "
+                                     "must be a Prefill")
+
     def _step(self, session: VerifierSession, req: pb.VerifierRequest) -> pb.VerifierReply:
-        kind = req.WhichOneof("kind")
+        kind = _kind(req)
         if kind == "prefill":
             p = req.prefill
             return outcome_to_pb(self.backend.prefill(
                 session, p.start, list(p.tokens), StopParams(p.max_new_tokens, p.ignore_eos),
                 p.draft_tokenizer_fingerprint, sampling_from_pb(p.sampling)))
-        if kind == "verify":
-            v = req.verify
-            return outcome_to_pb(self.backend.verify(session, list(v.draft_tokens),
-                                                     sparse_from_pb(v.draft_probs)))
-        raise InvalidRequest("empty VerifierRequest: set prefill or verify")
+        v = req.verify
+        return outcome_to_pb(self.backend.verify(session, list(v.draft_tokens),
+                                                 sparse_from_pb(v.draft_probs)))
 
     async def Tokenize(self, request: pb.TokenizeRequest,
                        context: grpc.aio.ServicerContext) -> pb.TokenizeReply:
@@ -51,3 +54,10 @@ class VerifierServicer(AttachedBackend, pb_grpc.VerifierServicer):
         text, n = await self._unary(context, lambda: self.text.detokenize(
             list(request.ids), list(request.prefix_ids), request.skip_special_tokens))
         return pb.DetokenizeReply(text=text, num_ids=n)
+
+
+def _kind(req: pb.VerifierRequest) -> str:
+    kind = req.WhichOneof("kind")
+    if kind is None:
+        raise InvalidRequest("empty VerifierRequest: set prefill or verify")
+    return kind
