@@ -16,6 +16,7 @@ from typing import AsyncIterator
 import grpc
 
 from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError, service_error
+from client.replicas import LeasedProposerLink, LeasedVerifierLink, ReplicaSet
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink
 from specdec.proposers.base import Proposer
@@ -39,16 +40,17 @@ class SpecDecClient:
                  local_proposer: Proposer | None = None,
                  security: ClientSecurity = ClientSecurity(), step_timeout_s: float = 60.0,
                  recovery: RecoveryPolicy = RecoveryPolicy()) -> None:
-        """local_proposer: a proposer object run inside the client (no proposer round trip),
-        e.g. prompt lookup; used instead of a proposer address. timeout_s bounds Info calls,
-        step_timeout_s every session step."""
+        """verifier, proposer: an address, a comma list of replicas, or dns:///name:port
+        (client.replicas: each session goes to one replica). local_proposer: a proposer object
+        run inside the client (no proposer round trip), e.g. prompt lookup; used instead of a
+        proposer address. timeout_s bounds Info calls, step_timeout_s every session step."""
         self.security = security
-        self._channels = [security.channel(verifier, CHANNEL_OPTIONS)]
-        self.verifier = pb_grpc.VerifierStub(self._channels[0])
+        self.verifier = ReplicaSet(verifier, pb_grpc.VerifierStub, security.channel,
+                                   CHANNEL_OPTIONS, "verifier")
         self.proposer = None
         if proposer:
-            self._channels.append(security.channel(proposer, CHANNEL_OPTIONS))
-            self.proposer = pb_grpc.ProposerStub(self._channels[1])
+            self.proposer = ReplicaSet(proposer, pb_grpc.ProposerStub, security.channel,
+                                       CHANNEL_OPTIONS, "proposer")
         self.local_proposer = local_proposer
         self.timeout_s, self.step_timeout_s, self.recovery = timeout_s, step_timeout_s, recovery
         self.verifier_info: pb.ModelInfo | None = None
@@ -61,10 +63,11 @@ class SpecDecClient:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def _info(self, stub, service: str) -> pb.ModelInfo:
+    async def _info(self, replicas: ReplicaSet, service: str) -> pb.ModelInfo:
         try:
-            return await stub.Info(pb.InfoRequest(), timeout=self.timeout_s, wait_for_ready=True,
-                                   metadata=self.security.metadata())
+            return await replicas.first_answer(lambda stub: stub.Info(
+                pb.InfoRequest(), timeout=self.timeout_s, wait_for_ready=True,
+                metadata=self.security.metadata()))
         except grpc.aio.AioRpcError as exc:
             raise service_error(service, exc.code(), exc.details() or "") from exc
 
@@ -81,8 +84,9 @@ class SpecDecClient:
                                    f"tokenizers ({p.tokenizer_fingerprint} != {v.tokenizer_fingerprint})")
 
     async def close(self) -> None:
-        for ch in self._channels:
-            await ch.close()
+        for replicas in (self.verifier, self.proposer):
+            if replicas is not None:
+                await replicas.close()
 
     def max_k(self) -> int:
         """Largest k both services accept."""
@@ -95,13 +99,15 @@ class SpecDecClient:
             return 0
         return min(self.verifier_info.max_k, self.proposer_info.max_k)
 
-    def _open_verifier(self) -> GrpcVerifierLink:
-        call = self.verifier.Session(metadata=self.security.metadata())
-        return GrpcVerifierLink(call, self.step_timeout_s)
+    async def _open_verifier(self) -> LeasedVerifierLink:
+        lease = await self.verifier.lease()
+        call = lease.stub.Session(metadata=self.security.metadata())
+        return LeasedVerifierLink(GrpcVerifierLink(call, self.step_timeout_s), lease)
 
-    def _open_proposer(self) -> GrpcProposerLink:
-        call = self.proposer.Session(metadata=self.security.metadata())
-        return GrpcProposerLink(call, self.step_timeout_s)
+    async def _open_proposer(self) -> LeasedProposerLink:
+        lease = await self.proposer.lease()
+        call = lease.stub.Session(metadata=self.security.metadata())
+        return LeasedProposerLink(GrpcProposerLink(call, self.step_timeout_s), lease)
 
     async def generate(self, prompt: list[int], config: GenerationConfig,
                        on_tokens=None) -> GenerationRecord:
@@ -110,13 +116,13 @@ class SpecDecClient:
         if config.num_speculative_tokens > self.max_k():
             raise ValueError(f"num_speculative_tokens {config.num_speculative_tokens} exceeds what "
                              f"the services accept ({self.max_k()})")
-        links: list = [self._open_verifier()]
+        links: list = [await self._open_verifier()]
         plink, fingerprint, reopen_proposer = None, "", None
         if config.num_speculative_tokens and self.local_proposer is not None:
             plink, fingerprint = InProcessProposerLink(self.local_proposer), self.local_proposer.fingerprint
         elif (config.num_speculative_tokens and self.proposer is not None
               and self.verifier_info.method != "turbo"):
-            plink, fingerprint = self._open_proposer(), self.proposer_info.tokenizer_fingerprint
+            plink, fingerprint = await self._open_proposer(), self.proposer_info.tokenizer_fingerprint
             reopen_proposer = self._track(links, self._open_proposer)
         if plink is not None:
             links.append(plink)
@@ -133,7 +139,7 @@ class SpecDecClient:
     def _track(links: list, opener):
         """A reopen function whose new sessions get closed with the generation."""
         async def reopen():
-            link = opener()
+            link = await opener()
             links.append(link)
             return link
         return reopen
