@@ -159,13 +159,13 @@ def test_sessions_spread_over_replicas_and_survive_a_killed_verifier(tiny_pair, 
         procs = [f.result() for f in starting]
     va, vb, pa, pb_ = procs
     prompts = [[3 + i, 14, 15 + 2 * i, 9, 26 - i][: 3 + i % 3] for i in range(8)]
-    new = 40
+    new = 32
     emitted, kill_now = [0], threading.Event()
     victim: dict[str, float] = {}
 
     def on_tokens(tokens):
         emitted[0] += len(tokens)
-        if emitted[0] >= 80:   # about a quarter of the run: every session is under way
+        if emitted[0] >= 64:   # about a quarter of the run: every session is under way
             kill_now.set()
 
     async def kill_mid_run():
