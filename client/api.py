@@ -16,6 +16,7 @@ from typing import AsyncIterator
 import grpc
 
 from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError, service_error
+from client.replicas import LeasedProposerLink, LeasedVerifierLink, ReplicaSet
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink
 from specdec.proposers.base import Proposer
@@ -39,17 +40,17 @@ class SpecDecClient:
                  local_proposer: Proposer | None = None,
                  security: ClientSecurity = ClientSecurity(), step_timeout_s: float = 60.0,
                  recovery: RecoveryPolicy = RecoveryPolicy()) -> None:
-        """local_proposer: a proposer object run inside the client (no proposer round trip),
-        e.g. prompt lookup; used instead of a proposer address. timeout_s bounds Info calls,
-        step_timeout_s every session step."""
+        """verifier, proposer: an address, a comma list of replicas, or dns:///name:port
+        (client.replicas: each session goes to one replica). local_proposer: a proposer object
+        run inside the client (no proposer round trip), e.g. prompt lookup; used instead of a
+        proposer address. timeout_s bounds Info calls, step_timeout_s every session step."""
         self.security = security
-        self._addresses = {"verifier": verifier, "proposer": proposer}
-        self._channels = [security.channel(verifier, CHANNEL_OPTIONS)]
-        self.verifier = pb_grpc.VerifierStub(self._channels[0])
+        self.verifier = ReplicaSet(verifier, pb_grpc.VerifierStub, security.channel,
+                                   CHANNEL_OPTIONS, "verifier")
         self.proposer = None
         if proposer:
-            self._channels.append(security.channel(proposer, CHANNEL_OPTIONS))
-            self.proposer = pb_grpc.ProposerStub(self._channels[1])
+            self.proposer = ReplicaSet(proposer, pb_grpc.ProposerStub, security.channel,
+                                       CHANNEL_OPTIONS, "proposer")
         self.local_proposer = local_proposer
         self.timeout_s, self.step_timeout_s, self.recovery = timeout_s, step_timeout_s, recovery
         self.verifier_info: pb.ModelInfo | None = None
@@ -62,17 +63,19 @@ class SpecDecClient:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def _info(self, stub, service: str) -> pb.ModelInfo:
-        address = self._addresses[service]
-        if self.security.tls_ca is None and await asyncio.to_thread(speaks_tls, address):
-            # grpc would say "Socket closed", or wait for readiness until the timeout.
-            raise ServiceError(service, grpc.StatusCode.FAILED_PRECONDITION,
-                               f"{address} serves TLS but this client connects without it: pass "
-                               "--tls-ca (and --tls-cert/--tls-key where the service requires "
-                               "client certificates)")
+    async def _info(self, replicas: ReplicaSet, service: str) -> pb.ModelInfo:
+        if self.security.tls_ca is None:
+            for address in list(replicas.replicas)[:1]:
+                if await asyncio.to_thread(speaks_tls, address):
+                    # grpc would say "Socket closed", or wait for readiness until the timeout.
+                    raise ServiceError(service, grpc.StatusCode.FAILED_PRECONDITION,
+                                       f"{address} serves TLS but this client connects without "
+                                       "it: pass --tls-ca (and --tls-cert/--tls-key where the "
+                                       "service requires client certificates)")
         try:
-            return await stub.Info(pb.InfoRequest(), timeout=self.timeout_s, wait_for_ready=True,
-                                   metadata=self.security.metadata())
+            return await replicas.first_answer(lambda stub: stub.Info(
+                pb.InfoRequest(), timeout=self.timeout_s, wait_for_ready=True,
+                metadata=self.security.metadata()))
         except grpc.aio.AioRpcError as exc:
             raise service_error(service, exc.code(), exc.details() or "") from exc
 
@@ -90,23 +93,28 @@ class SpecDecClient:
 
     async def tokenize(self, text: str) -> list[int]:
         """The target's tokenizer on the verifier, for a client that has none of its own."""
-        return list((await self._unary(self.verifier.Tokenize, pb.TokenizeRequest(text=text))).ids)
+        return list((await self._unary(lambda stub: stub.Tokenize(
+            pb.TokenizeRequest(text=text), timeout=self.timeout_s,
+            metadata=self.security.metadata()))).ids)
 
     async def detokenize(self, ids: list[int], prefix_ids: list[int] = ()) -> tuple[str, int]:
         """(text that ids add after prefix_ids, how many of ids it covers); see the proto."""
-        reply = await self._unary(self.verifier.Detokenize, pb.DetokenizeRequest(
-            ids=ids, prefix_ids=prefix_ids, skip_special_tokens=True))
+        reply = await self._unary(lambda stub: stub.Detokenize(
+            pb.DetokenizeRequest(ids=ids, prefix_ids=prefix_ids, skip_special_tokens=True),
+            timeout=self.timeout_s, metadata=self.security.metadata()))
         return reply.text, reply.num_ids
 
-    async def _unary(self, method, request):
+    async def _unary(self, call):
+        """call(stub) on the verifier replicas; the first answer wins (they share a model)."""
         try:
-            return await method(request, timeout=self.timeout_s, metadata=self.security.metadata())
+            return await self.verifier.first_answer(call)
         except grpc.aio.AioRpcError as exc:
             raise service_error("verifier", exc.code(), exc.details() or "") from exc
 
     async def close(self) -> None:
-        for ch in self._channels:
-            await ch.close()
+        for replicas in (self.verifier, self.proposer):
+            if replicas is not None:
+                await replicas.close()
 
     def max_k(self) -> int:
         """Largest k both services accept."""
@@ -119,13 +127,17 @@ class SpecDecClient:
             return 0
         return min(self.verifier_info.max_k, self.proposer_info.max_k)
 
-    def _open_verifier(self) -> GrpcVerifierLink:
-        call = self.verifier.Session(metadata=self.security.metadata())
-        return GrpcVerifierLink(call, self.step_timeout_s, self._probe(self.verifier))
+    async def _open_verifier(self) -> LeasedVerifierLink:
+        lease = await self.verifier.lease()
+        call = lease.stub.Session(metadata=self.security.metadata())
+        return LeasedVerifierLink(GrpcVerifierLink(call, self.step_timeout_s, self._probe(lease.stub)),
+                                  lease)
 
-    def _open_proposer(self) -> GrpcProposerLink:
-        call = self.proposer.Session(metadata=self.security.metadata())
-        return GrpcProposerLink(call, self.step_timeout_s, self._probe(self.proposer))
+    async def _open_proposer(self) -> LeasedProposerLink:
+        lease = await self.proposer.lease()
+        call = lease.stub.Session(metadata=self.security.metadata())
+        return LeasedProposerLink(GrpcProposerLink(call, self.step_timeout_s, self._probe(lease.stub)),
+                                  lease)
 
     def _probe(self, stub):
         """The service's answer to an Info call, as (code, details): what a session stream
@@ -147,13 +159,13 @@ class SpecDecClient:
             raise ValueError(f"num_speculative_tokens {config.num_speculative_tokens} exceeds what "
                              f"the services accept ({self.max_k()})")
         # One open link per service: a reopen closes the lost link it replaces.
-        links: dict[str, object] = {"verifier": self._open_verifier()}
+        links: dict[str, object] = {"verifier": await self._open_verifier()}
         plink, fingerprint, reopen_proposer = None, "", None
         if config.num_speculative_tokens and self.local_proposer is not None:
             plink, fingerprint = InProcessProposerLink(self.local_proposer), self.local_proposer.fingerprint
         elif (config.num_speculative_tokens and self.proposer is not None
               and self.verifier_info.method != "turbo"):
-            plink, fingerprint = self._open_proposer(), self.proposer_info.tokenizer_fingerprint
+            plink, fingerprint = await self._open_proposer(), self.proposer_info.tokenizer_fingerprint
             reopen_proposer = self._track(links, "proposer", self._open_proposer)
         if plink is not None:
             links["proposer"] = plink
@@ -169,12 +181,13 @@ class SpecDecClient:
     @staticmethod
     def _track(links: dict, service: str, opener):
         """A reopen function: it closes the service's previous (lost) link and opens a new
-        session, so a service that stays down costs one link, not one per retry."""
+        session (on a replica the replica set picks), so a service that stays down costs one
+        link, not one per retry."""
         async def reopen():
             old = links.pop(service, None)
             if old is not None:
                 await old.close()
-            links[service] = link = opener()
+            links[service] = link = await opener()
             return link
         return reopen
 

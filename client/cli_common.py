@@ -48,9 +48,11 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
     p.add_argument("--seed", type=int, default=None,
                    help="sampling seed; prompt i uses seed + i (default: fresh entropy)")
     p.add_argument("--verifier", default=None, metavar="ADDR",
-                   help="verifier host:port; default: start one as a subprocess")
+                   help="verifier host:port, a comma list of replicas, or dns:///name:port "
+                        "(one replica per address); default: start one as a subprocess")
     p.add_argument("--proposer", default=None, metavar="ADDR",
-                   help="proposer host:port; default: start one as a subprocess")
+                   help="proposer host:port, a comma list of replicas, or dns:///name:port; "
+                        "default: start one as a subprocess")
     p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="dtype of the services the client starts")
     q = p.add_argument_group("executor of the services the client starts")
