@@ -196,8 +196,8 @@ class CountingClient(SpecDecClient):
         super().__init__(*args, **kw)
         self.opened = self.open_now = self.most_open = 0
 
-    def _open_proposer(self):
-        link = super()._open_proposer()
+    async def _open_proposer(self):
+        link = await super()._open_proposer()
         self.opened += 1
         self.open_now += 1
         self.most_open = max(self.most_open, self.open_now)
@@ -251,7 +251,7 @@ def test_a_refusal_racing_the_first_write_is_still_a_refusal(services):
         async def go():
             client = SpecDecClient(server.address, timeout_s=10)
             try:
-                link = client._open_verifier()           # no token: refused at open
+                link = await client._open_verifier()     # no token: refused at open
                 await asyncio.sleep(0)
                 time.sleep(0.2)                           # the refusal arrives meanwhile
                 with pytest.raises(ServiceError) as err:
@@ -278,9 +278,9 @@ def test_a_refused_session_is_not_retried(tiny_pair):
                 opened = []
 
                 class Counting(SpecDecClient):
-                    def _open_verifier(self):
+                    async def _open_verifier(self):
                         opened.append(1)
-                        return super()._open_verifier()
+                        return await super()._open_verifier()
 
                 client = Counting(v_server.address)
                 try:
