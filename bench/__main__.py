@@ -113,8 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pre-draft-branches", type=int, default=DEFAULT_PRE_DRAFT_BRANCHES,
                    help="draft: also run a proposer that pre-drafts this many outcomes (b+); 0 = "
                         f"skip ({DEFAULT_PRE_DRAFT_BRANCHES})")
-    p.add_argument("--auto-max-k", type=int, default=8,
-                   help="draft, ngram: also run k auto (b~), k in 0..this; 0 = skip (8)")
+    p.add_argument("--auto-max-k", type=int, default=None,
+                   help="draft, ngram: also run k auto (b~), k in 0..this; 0 = skip (--k)")
     p.add_argument("--compile", default="on", choices=["on", "off"],
                    help="compile the torch steps (services and in-process) (on)")
     p.add_argument("--prompts", action="append", default=None)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = load_tokenizer(args.target_model)
     prompts = [tok(t)["input_ids"] for t in (args.prompts or BENCH_PROMPTS)]
     config = GenerationConfig(args.k, args.max_new_tokens, ignore_eos=True)
-    auto_k = args.auto_max_k if args.method != "turbo" else 0
+    auto_k = 0 if args.method == "turbo" else args.k if args.auto_max_k is None else args.auto_max_k
     auto = GenerationConfig(auto_k, args.max_new_tokens, ignore_eos=True, adaptive_k=True)
     max_k = max(args.k, auto_k)
     target_only = GenerationConfig(0, args.max_new_tokens, ignore_eos=True)
@@ -142,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
              "--max-k", str(max_k), "--compile", args.compile]
     # As the client's launcher does: on a CPU the two services get disjoint cores.
     v_cores, p_cores = split_cores(available_cores()) if args.device == "cpu" else (None, None)
-    # With k auto any window size (the verifier's default, 0..max k) else 0 and k.
-    windows = [] if auto_k else ["--window-sizes", f"0,{args.k}"]
-    v_flags = [*flags, *windows] + (["--device-group", v_cores] if v_cores else [])
+    # 0 and k, and with k auto every size up to its max (each size is compiled at start-up).
+    windows = ",".join(map(str, sorted({0, args.k, *range(auto_k + 1)})))
+    v_flags = [*flags, "--window-sizes", windows] + (["--device-group", v_cores] if v_cores else [])
     p_flags = flags + (["--device-group", p_cores] if p_cores else [])
     print(f"bench: {args.method}, {len(prompts)} prompts x {args.max_new_tokens} tokens, "
           f"k = {args.k}, {args.device}/{args.dtype}", file=sys.stderr)

@@ -162,13 +162,14 @@ class AdaptiveK:
     def observe(self, k: int, accepted: int, propose_s: float | None, propose_forward_s: float,
                 verify_s: float, verify_forward_s: float, occupancy: int) -> None:
         """One round: k drafts asked for (a shorter draft counts its missing positions as
-        rejected: they yielded nothing), `accepted` kept; the proposer call (None at k = 0) and
-        the verifier call, client-side, with the engine time each service reported."""
+        rejected: they yielded nothing), `accepted` kept; the proposer call (None: no call was
+        made) and the verifier call, client-side, with the engine time each service reported."""
         self.occupancy = max(occupancy, 1)
         if k > 0:
             self.acceptance.observe(accepted, k)
-        if propose_s is not None and k > 0:
-            self.draft_step.observe(propose_forward_s / k)
-            self.propose_fixed.observe(max(propose_s - propose_forward_s, 0.0))
+        if k > 0:  # no proposer call at k > 0: Turbo's drafts come with the verify, free
+            self.draft_step.observe(propose_forward_s / k if propose_s is not None else 0.0)
+            self.propose_fixed.observe(max(propose_s - propose_forward_s, 0.0)
+                                       if propose_s is not None else 0.0)
         self.verify_fixed.observe(max(verify_s - verify_forward_s, 0.0))
         self.verify_forward.observe(self.occupancy * (k + 1), verify_forward_s)

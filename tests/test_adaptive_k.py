@@ -229,3 +229,17 @@ def test_proposer_stays_synced_through_k_zero_rounds(tiny_pair, target_hf, monke
     assert rec.k_histogram[0] > 0 and len(proposals) >= 4
     for context, draft in proposals:
         assert draft == greedy_reference(draft_hf, context, len(draft)), len(context)
+
+
+def test_cli_flags_take_auto():
+    from client import draft_based, prompt_lookup
+    from client.cli_common import AUTO
+
+    assert draft_based.parse_args(["--num-speculative-tokens", "auto"]).num_speculative_tokens == AUTO
+    assert draft_based.parse_args(["--num-speculative-tokens", "5"]).num_speculative_tokens == 5
+    assert prompt_lookup.parse_args(["--num-speculative-tokens", "AUTO"]).num_speculative_tokens == AUTO
+    assert prompt_lookup.parse_args(["--num-speculative-tokens", "0,3"]).num_speculative_tokens == (0, 3)
+    with pytest.raises(SystemExit):
+        draft_based.parse_args(["--num-speculative-tokens", "often"])
+    with pytest.raises(SystemExit):
+        draft_based.parse_args(["--num-speculative-tokens", "-1"])
