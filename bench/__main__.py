@@ -5,6 +5,8 @@
       cores on a CPU host (for --method turbo the verifier alone, drafting with its heads)
   (b+) as (b), with a proposer that pre-drafts the next round while the verifier verifies
       (--method draft, --pre-draft-branches F)
+  (b~) as (b), with k chosen each round (--num-speculative-tokens auto, up to --auto-max-k)
+      (--method draft and ngram)
   (c) speculative in-process: the same library and generation loop, no gRPC, one process
   (d) transformers' plain greedy generate() on the same target (what a Python user has)
   (e) transformers' own speculation on the same models: assisted generation with the draft
@@ -112,6 +114,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pre-draft-branches", type=int, default=DEFAULT_PRE_DRAFT_BRANCHES,
                    help="draft: also run a proposer that pre-drafts this many outcomes (b+); 0 = "
                         f"skip ({DEFAULT_PRE_DRAFT_BRANCHES})")
+    p.add_argument("--auto-max-k", type=int, default=None,
+                   help="draft, ngram: also run k auto (b~), k in 0..this; 0 = skip (--k)")
     p.add_argument("--compile", default=os.environ.get("SPECDEC_COMPILE", "on"), choices=["on", "off"],
                    help="compile the torch steps, services and in-process (on; as the services, "
                         "SPECDEC_COMPILE sets the default)")
@@ -127,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     tok = load_tokenizer(args.target_model)
     prompts = [tok(t)["input_ids"] for t in (args.prompts or BENCH_PROMPTS)]
     config = GenerationConfig(args.k, args.max_new_tokens, ignore_eos=True)
+    auto_k = 0 if args.method == "turbo" else args.k if args.auto_max_k is None else args.auto_max_k
+    auto = GenerationConfig(auto_k, args.max_new_tokens, ignore_eos=True, adaptive_k=True)
+    max_k = max(args.k, auto_k)
     target_only = GenerationConfig(0, args.max_new_tokens, ignore_eos=True)
     warm = [prompts[0]]
     engine = EngineConfig(model=args.target_model, device=args.device, dtype=args.dtype,
@@ -134,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                           full_batch_size=1, compile=args.compile == "on")
     flags = ["--device", args.device, "--dtype", args.dtype, "--prefill-seq-len",
              str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len), "--full-batch-size", "1",
-             "--max-k", str(args.k), "--compile", args.compile]
+             "--max-k", str(max_k), "--compile", args.compile]
     # As the client's launcher does: on a CPU the two services get disjoint cores.
     v_cores, p_cores = split_cores(available_cores()) if args.device == "cpu" else (None, None)
-    v_flags = [*flags, "--window-sizes", f"0,{args.k}"] + (["--device-group", v_cores] if v_cores else [])
+    # 0 and k, and with k auto every size up to its max (each size is compiled at start-up).
+    windows = ",".join(map(str, sorted({0, args.k, *range(auto_k + 1)})))
+    v_flags = [*flags, "--window-sizes", windows] + (["--device-group", v_cores] if v_cores else [])
     p_flags = flags + (["--device-group", p_cores] if p_cores else [])
     print(f"bench: {args.method}, {len(prompts)} prompts x {args.max_new_tokens} tokens, "
           f"k = {args.k}, {args.device}/{args.dtype}", file=sys.stderr)
@@ -160,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 "proposer", "proposer_service",
                 ["--method", "draft", "--model", args.draft_model, *p_flags,
                  "--pre-draft-branches", str(args.pre_draft_branches)]))
-    pre = None
+    pre = rec_auto = None
     try:
         plain = services[0].address
         spec_v, spec_p = (services[1].address, None) if args.method == "turbo" \
@@ -169,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             run_grpc(plain, None, warm if warmup else prompts, target_only)))
         rec_b, b = measured("(b) speculative, gRPC", lambda warmup: asyncio.run(
             run_grpc(spec_v, spec_p, warm if warmup else prompts, config)))
+        if auto_k:
+            rec_auto, m_auto = measured(f"(b~) k auto up to {auto_k}, gRPC", lambda warmup: asyncio.run(
+                run_grpc(spec_v, spec_p, warm if warmup else prompts, auto)))
         if len(services) > 2:
             pre = measured(f"(b+) pre-drafting {args.pre_draft_branches}, gRPC", lambda warmup: asyncio.run(
                 run_grpc(plain, services[2].address, warm if warmup else prompts, config)))
@@ -198,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                              lambda p: hf_prompt_lookup(hf, p, new, args.k, args.max_ngram_size), prompts)
 
     same = [r.tokens for r in rec_a] == [r.tokens for r in rec_b] == [r.tokens for r in rec_c] \
-        == out_d == (peer[0] if peer else out_d) == ([r.tokens for r in pre[0]] if pre else out_d)
+        == out_d == (peer[0] if peer else out_d) == ([r.tokens for r in pre[0]] if pre else out_d) \
+        == ([r.tokens for r in rec_auto] if rec_auto else out_d)
     figures = {
         "tokens_per_s": {"target_only_grpc": a.e2e_throughput, "speculative_grpc": b.e2e_throughput,
                          "speculative_inprocess": c.e2e_throughput, "transformers_generate": d,
@@ -211,12 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         "pre_draft_split_vs_inprocess_bplus_over_c": pre[1].e2e_throughput / c.e2e_throughput if pre else None,
         "pre_draft_hit_rate": pre[1].pre_draft_hit_rate if pre else None,
         "pre_draft_vs_transformers_bplus_over_e": pre[1].e2e_throughput / peer[1] if pre and peer else None,
+        "auto_tokens_per_s": m_auto.e2e_throughput if rec_auto else None,
+        "auto_vs_fixed_bauto_over_b": m_auto.e2e_throughput / b.e2e_throughput if rec_auto else None,
+        "auto_k_histogram": m_auto.k_histogram if rec_auto else None,
         "speculative_vs_transformers_b_over_e": b.e2e_throughput / peer[1] if peer else None,
         "transformers_speculative_accepted_per_step": peer[2] if peer else None,
         "mean_accepted_tokens": b.mean_accepted_tokens,
         "acceptance_rate": b.acceptance_rate,
         "identical_outputs": same,
-        "setup": {"method": args.method, "k": args.k, "prompts": len(prompts),
+        "setup": {"method": args.method, "k": args.k, "auto_max_k": auto_k, "prompts": len(prompts),
                   "max_new_tokens": args.max_new_tokens, "device": args.device,
                   "dtype": args.dtype, "compile": args.compile, "target": args.target_model,
                   "draft": args.draft_model},
@@ -233,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pre-drafting b+/b (vs sequential, both gRPC):      {figures['pre_draft_vs_sequential_bplus_over_b']:.2f}x"
               f"  (hit rate {pre[1].pre_draft_hit_rate:.0%})")
         print(f"pre-drafting b+/c (split vs sequential in-process): {figures['pre_draft_split_vs_inprocess_bplus_over_c']:.2f}x")
+    if rec_auto:
+        print(f"k auto b~/b (auto up to {auto_k} vs k = {args.k}, both gRPC): "
+              f"{figures['auto_vs_fixed_bauto_over_b']:.2f}x  (rounds by k: "
+              + " ".join(f"{k}:{n}" for k, n in enumerate(m_auto.k_histogram) if n) + ")")
     print(f"identical outputs across every row: {same}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

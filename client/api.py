@@ -11,6 +11,7 @@ target-only or reopens a verifier session with the whole sequence, with backoff 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import AsyncIterator
 
 import grpc
@@ -155,6 +156,9 @@ class SpecDecClient:
                        on_tokens=None) -> GenerationRecord:
         if self.verifier_info is None:
             await self.connect()
+        if config.adaptive_k:  # auto: up to the largest k both services accept
+            config = replace(config, num_speculative_tokens=min(config.num_speculative_tokens,
+                                                                self.max_k()))
         if config.num_speculative_tokens > self.max_k():
             raise ValueError(f"num_speculative_tokens {config.num_speculative_tokens} exceeds what "
                              f"the services accept ({self.max_k()})")

@@ -23,6 +23,9 @@ from specdec.recovery import RecoveryPolicy
 from specdec.sampling import SamplingParams
 from specdec_rpc.security import ClientSecurity
 
+AUTO = "auto"     # --num-speculative-tokens auto: k adapts each round (specdec.adaptive_k)
+AUTO_MAX_K = 8    # ... up to this k in services the client starts (the services' --max-k default)
+
 DEFAULT_PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_files(path):\n"]
 
 
@@ -90,6 +93,14 @@ class ServiceSpec:
     name: str
     module: str
     args: list[str]
+
+
+def k_or_auto(parse):
+    """An argparse type: `auto`, or what `parse` makes of the text."""
+    def convert(text: str):
+        return AUTO if text.strip().lower() == AUTO else parse(text)
+    convert.__name__ = parse.__name__  # argparse names the type in its error message
+    return convert
 
 
 def concurrency(args: argparse.Namespace) -> int:

@@ -9,8 +9,11 @@ import argparse
 
 from client.cli_common import (
     ServiceSpec,
+    AUTO,
+    AUTO_MAX_K,
     add_common_args,
     engine_args,
+    k_or_auto,
     run_cli,
     sampling_params,
     service_device_groups,
@@ -24,7 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--draft-model-name", default="models/draft", help="draft checkpoint directory")
     p.add_argument("--target-model-name", default="models/target",
                    help="target checkpoint directory (its tokenizer encodes the prompts)")
-    p.add_argument("--num-speculative-tokens", type=int, default=4, help="k, drafts per step (4)")
+    p.add_argument("--num-speculative-tokens", type=k_or_auto(int), default=4, metavar="K|auto",
+                   help="k, drafts per step; auto = each step picks the k in 0..max k with the most "
+                        f"expected tokens per second (max k: the services', {AUTO_MAX_K} if started here) (4)")
     p.add_argument("--target-device-group", default=None,
                    help="devices of the verifier (default: cuda 0, or on a CPU the first half "
                         "of the cores)")
@@ -35,21 +40,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "probabilities; 0 = greedy drafts (16)")
     add_common_args(p)
     args = p.parse_args(argv)
-    if args.num_speculative_tokens < 0:
+    if args.num_speculative_tokens != AUTO and args.num_speculative_tokens < 0:
         p.error("--num-speculative-tokens must be >= 0")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    k = args.num_speculative_tokens
+    auto = args.num_speculative_tokens == AUTO
+    k = AUTO_MAX_K if auto else args.num_speculative_tokens
     target_group, draft_group = service_device_groups(args, args.target_device_group,
                                                       args.draft_device_group)
-    # A draft model proposes k tokens each round: windows of k (and 0, target-only steps).
+    # A draft model proposes k tokens each round: windows of k (and 0, target-only steps); with
+    # auto, any k (the verifier's default windows).
     services = {
         "verifier": ServiceSpec("verifier", "verifier_service",
                                 [*engine_args(args, args.target_model_name, target_group, k),
-                                 "--window-sizes", f"0,{k}"]),
+                                 *([] if auto else ["--window-sizes", f"0,{k}"])]),
     }
     if k:
         services["proposer"] = ServiceSpec(
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             ["--method", "draft",
              *engine_args(args, args.draft_model_name, draft_group, k, draft=True)])
     config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
-                              args.draft_top_m)
+                              args.draft_top_m, adaptive_k=auto)
     return run_cli(args, args.target_model_name, services,
                    {"verifier": args.verifier, "proposer": args.proposer}, config)
 

@@ -6,13 +6,24 @@ The n-gram search runs in a proposer service (`--method ngram`), or inside the c
 --local-proposer (no proposer round trip). --num-speculative-tokens takes a comma list, as
 QEfficient's multi-K does: the verify window sizes (compiled specializations on Cloud AI 100,
 any size on torch); each step uses the smallest that holds its draft, and the largest is k.
+`--num-speculative-tokens auto` picks k each step (the verifier's default window sizes).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from client.cli_common import ServiceSpec, add_common_args, concurrency, engine_args, run_cli, sampling_params
+from client.cli_common import (
+    AUTO,
+    AUTO_MAX_K,
+    ServiceSpec,
+    add_common_args,
+    concurrency,
+    engine_args,
+    k_or_auto,
+    run_cli,
+    sampling_params,
+)
 from specdec.generation import GenerationConfig
 from specdec.proposers.prompt_lookup import PromptLookupProposer
 from specdec.windows import parse_sizes
@@ -28,8 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target-model-name", default="models/target",
                    help="target checkpoint directory (its tokenizer encodes the prompts)")
-    p.add_argument("--num-speculative-tokens", type=parse_sizes, default=(3,), metavar="K[,K...]",
-                   help="verify window sizes, e.g. 0,3; the largest is k (3)")
+    p.add_argument("--num-speculative-tokens", type=k_or_auto(parse_sizes), default=(3,),
+                   metavar="K[,K...]|auto",
+                   help="verify window sizes, e.g. 0,3; the largest is k; auto = each step picks "
+                        f"the k in 0..max k with the most expected tokens per second (max k "
+                        f"{AUTO_MAX_K} in services started here) (3)")
     p.add_argument("--max-ngram-size", type=int, default=3, help="longest n-gram matched (3)")
     p.add_argument("--device-group", default=None,
                    help="devices of the verifier (default: cuda 0, or every CPU core)")
@@ -44,12 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sizes = args.num_speculative_tokens
-    k = sizes[-1]
-    window = ",".join(map(str, sizes))
+    auto = args.num_speculative_tokens == AUTO
+    sizes = () if auto else args.num_speculative_tokens
+    k = AUTO_MAX_K if auto else sizes[-1]
+    window = ["--window-sizes", ",".join(map(str, sizes))] if sizes else []
     services = {"verifier": ServiceSpec(
         "verifier", "verifier_service",
-        [*engine_args(args, args.target_model_name, args.device_group, k), "--window-sizes", window])}
+        [*engine_args(args, args.target_model_name, args.device_group, k), *window])}
     local = None
     if k and args.local_proposer:
         local = PromptLookupProposer(k, args.max_ngram_size, args.ctx_len, concurrency(args))
@@ -58,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             "proposer", "proposer_service",
             ["--method", "ngram", "--max-ngram-size", str(args.max_ngram_size), "--max-k", str(k),
              "--ctx-len", str(args.ctx_len), "--full-batch-size", str(concurrency(args))])
-    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args))
+    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
+                              adaptive_k=auto)
     return run_cli(args, args.target_model_name, services,
                    {"verifier": args.verifier, "proposer": args.proposer}, config,
                    REPEATED_PATTERN_PROMPTS, local)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
+from specdec.adaptive_k import AdaptiveK
 from specdec.proposers.base import Proposal
 from specdec.recovery import Busy, LinkLost, RecoveryPolicy, backoff_delays
 from specdec.sampling import SamplingParams, Sparse
@@ -41,6 +42,9 @@ class GenerationConfig:
     # When sampling, a draft model samples its drafts from its top draft_top_m tokens and sends
     # those probabilities (the exact q); 0 = greedy drafts (deterministic, nothing sent).
     draft_top_m: int = 16
+    # --num-speculative-tokens auto: each round picks its k in 0..num_speculative_tokens, the
+    # one with the most expected tokens per second (specdec.adaptive_k).
+    adaptive_k: bool = False
 
 
 @dataclass
@@ -65,6 +69,12 @@ class GenerationRecord:
     recoveries: int = 0                # lost service sessions replaced mid-generation
     proposals: int = 0                 # proposer calls that returned a draft
     pre_draft_hits: int = 0            # ... answered from a branch pre-drafted during the verify
+    k_histogram: list[int] = field(default_factory=list)  # [k] rounds that asked for k drafts
+
+
+def _bump(histogram: list[int], k: int) -> None:
+    histogram.extend([0] * (k + 1 - len(histogram)))
+    histogram[k] += 1
 
 
 def _count(at: list[int], n: int) -> None:
@@ -100,6 +110,7 @@ class _Generation:
         self.config, self.ctx_len, self.fingerprint = config, ctx_len, draft_fingerprint
         self.reopen_verifier, self.reopen_proposer, self.policy = reopen_verifier, reopen_proposer, policy
         self.proposer_down_at: float | None = None
+        self.propose_forward_ns = 0       # engine time the last proposal reported
 
     def _remaining(self) -> int:
         """StopParams.max_new_tokens for a (re-)prefill: what this generation may still emit."""
@@ -145,6 +156,7 @@ class _Generation:
             self.rec.recoveries += 1
             return [], None
         self.held = (self.seq + proposal.draft)[:proposal.held_len]
+        self.propose_forward_ns = proposal.timings.forward_ns
         self.rec.proposals += bool(proposal.draft)
         self.rec.pre_draft_hits += proposal.pre_drafted
         self.held_agrees = min(len(self.seq), proposal.held_len)
@@ -185,6 +197,7 @@ async def generate(
     g = _Generation(prompt, verifier, proposer, config, ctx_len, draft_fingerprint,
                     reopen_verifier, reopen_proposer, policy)
     rec, k_max = g.rec, config.num_speculative_tokens
+    auto = AdaptiveK(k_max) if config.adaptive_k else None
     # Prefill the target and the draft concurrently: each owns its own device.
     calls = [g.prefill()]
     if k_max and proposer is not None:
@@ -193,11 +206,21 @@ async def generate(
     rec.t_first = time.perf_counter()
     g.commit(first, on_tokens)
     while not rec.finish:
-        k = min(k_max, ctx_len - len(g.seq))
+        k = min(auto.next_k() if auto else k_max, ctx_len - len(g.seq))
         if config.max_new_tokens:
             k = min(k, config.max_new_tokens - len(rec.tokens) - 1)
+        k = max(k, 0)
+        _bump(rec.k_histogram, k)
+        proposer_ns, verifier_ns = rec.proposer_ns, rec.verifier_ns
+        # A k = 0 round skips the proposer; the next sync (start = the common prefix of what
+        # it holds and the sequence) then carries every token since, so it never falls behind.
         draft, probs = await g.propose(k) if k > 0 else ([], None)
         step = await g.verify(draft, probs)
+        if auto:
+            proposed = rec.proposer_ns - proposer_ns   # 0: no call (k = 0, Turbo, link lost)
+            auto.observe(k, step.accepted, proposed / 1e9 if proposed else None,
+                         g.propose_forward_ns / 1e9, (rec.verifier_ns - verifier_ns) / 1e9,
+                         step.timings.forward_ns / 1e9, step.sessions_active)
         rec.verify_steps += 1
         rec.step_tokens += len(step.tokens)
         rec.drafted += step.drafted

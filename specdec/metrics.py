@@ -35,6 +35,7 @@ class GenerationMetrics:
     network_ms: float                # client-side call time minus time spent in the services
     pre_draft_hits: int              # drafts answered from a branch pre-drafted during a verify
     pre_draft_hit_rate: float        # pre_draft_hits / proposals
+    k_histogram: list[int]           # [k] rounds that asked for k drafts (varies with k auto)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +67,7 @@ def generation_metrics(rec: GenerationRecord) -> GenerationMetrics:
         network_ms=(rec.proposer_ns + rec.verifier_ns - rec.server_ns) / 1e6,
         pre_draft_hits=rec.pre_draft_hits,
         pre_draft_hit_rate=_ratio(rec.pre_draft_hits, rec.proposals),
+        k_histogram=list(rec.k_histogram),
     )
 
 
@@ -96,6 +98,7 @@ class BatchMetrics:
     acceptance_rate: float
     pre_draft_hits: int
     pre_draft_hit_rate: float        # drafts answered from pre-drafted branches / proposals
+    k_histogram: list[int]           # [k] rounds of all prompts that asked for k drafts
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -120,7 +123,16 @@ def batch_metrics(records: list[GenerationRecord]) -> BatchMetrics:
         pre_draft_hits=sum(r.pre_draft_hits for r in records),
         pre_draft_hit_rate=_ratio(sum(r.pre_draft_hits for r in records),
                                   sum(r.proposals for r in records)),
+        k_histogram=add_histograms([r.k_histogram for r in records]),
     )
+
+
+def add_histograms(histograms: list[list[int]]) -> list[int]:
+    total = [0] * max((len(h) for h in histograms), default=0)
+    for h in histograms:
+        for k, n in enumerate(h):
+            total[k] += n
+    return total
 
 
 def format_metrics(m: BatchMetrics) -> str:
@@ -134,4 +146,5 @@ def format_metrics(m: BatchMetrics) -> str:
         f"Drafted / accepted draft tokens = {m.drafted} / {m.accepted} "
         f"(acceptance rate {m.acceptance_rate:.1%})",
         f"Pre-drafted drafts used = {m.pre_draft_hits} (hit rate {m.pre_draft_hit_rate:.1%})",
+        "Rounds by k = " + " ".join(f"{k}:{n}" for k, n in enumerate(m.k_histogram) if n),
     ])

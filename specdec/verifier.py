@@ -37,6 +37,7 @@ class StepOutcome:
     sequence_len: int
     timings: StepTimings = field(default_factory=StepTimings)
     next_draft: list[int] = field(default_factory=list)  # Turbo: the heads' guesses for next round
+    sessions_active: int = 0  # verify: sessions holding a slot when it ran (batch occupancy); 0 = unknown
 
 
 @dataclass
@@ -147,6 +148,7 @@ class TargetVerifier:
         out = self._commit(session, candidates, accepted, len(draft), timings)
         # Turbo: the heads at the last accepted position guess the tokens after the one emitted.
         out.next_draft = guesses[accepted]
+        out.sessions_active = self.pool.in_use
         out.timings.total_ns = time.perf_counter_ns() - t0
         return out
 

@@ -25,13 +25,14 @@ def timings_from_pb(t: pb.StepTimings) -> StepTimings:
 def outcome_to_pb(o: StepOutcome) -> pb.VerifierReply:
     return pb.VerifierReply(tokens=o.tokens, num_accepted_drafts=o.accepted, num_drafted=o.drafted,
                             finish_reason=int(o.finish), timings=timings_to_pb(o.timings),
-                            sequence_len=o.sequence_len, next_draft=o.next_draft)
+                            sequence_len=o.sequence_len, next_draft=o.next_draft,
+                            sessions_active=o.sessions_active)
 
 
 def outcome_from_pb(r: pb.VerifierReply) -> StepOutcome:
     return StepOutcome(list(r.tokens), r.num_accepted_drafts, r.num_drafted,
                        FinishReason(r.finish_reason), r.sequence_len, timings_from_pb(r.timings),
-                       list(r.next_draft))
+                       list(r.next_draft), r.sessions_active)
 
 
 def proposal_to_pb(p: Proposal) -> pb.ProposeReply:

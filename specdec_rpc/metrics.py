@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from specdec_rpc.v1 import specdec_pb2 as pb
 
+K_BUCKETS = tuple(range(17))  # draft lengths asked for: one bucket per k up to 16
 LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -51,6 +52,9 @@ class ServiceMetrics:
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.proposals = Counter("specdec_proposals", "proposer steps", registry=r)
         self.proposed = Counter("specdec_proposed_tokens", "tokens proposed", registry=r)
+        self.requested_k = Histogram("specdec_requested_k", "k asked for per proposer step (the "
+                                     "client's choice; adaptive with --num-speculative-tokens auto)",
+                                     buckets=K_BUCKETS, registry=r)
 
     def track_pool(self, in_use: Callable[[], int], waiting: Callable[[], int]) -> None:
         self.slots_in_use.set_function(in_use)
@@ -78,6 +82,7 @@ class ServiceMetrics:
         self.forward_seconds.labels("draft").observe(reply.timings.forward_ns / 1e9)
         self.proposals.inc()
         self.proposed.inc(len(reply.draft_tokens))
+        self.requested_k.observe(request.k)
 
     def serve(self, port: int, host: str) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port (0 picks a free one)."""

@@ -7,17 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from client.launcher import start_service
 from tests.tiny_models import greedy_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_draft_based_cli_starts_services_and_is_lossless(tiny_pair, target_hf, tmp_path):
+@pytest.mark.parametrize("k", ["3", "auto"])
+def test_draft_based_cli_starts_services_and_is_lossless(tiny_pair, target_hf, tmp_path, k):
     target, draft = tiny_pair
     out = tmp_path / "run.json"
     cmd = [sys.executable, "-m", "client.draft_based", "--target-model-name", str(target),
-           "--draft-model-name", str(draft), "--num-speculative-tokens", "3",
+           "--draft-model-name", str(draft), "--num-speculative-tokens", k,
            "--prefill-seq-len", "8", "--ctx-len", "64", "--max-new-tokens", "20",
            "--ignore-eos-token", "--full-batch-size", "2", "--json", str(out),
            "--prompts", "t5 t6 t7 t8 t9", "--prompts", "t40 t41 t42 t43 t44 t45 t46 t47 t48 t49 t50"]
@@ -31,7 +34,11 @@ def test_draft_based_cli_starts_services_and_is_lossless(tiny_pair, target_hf, t
     for item in report["prompts"]:
         assert item["generated_ids"] == greedy_reference(target_hf, item["prompt_ids"], 20)
         assert item["metrics"]["generated_tokens"] == 20
+        rounds = item["metrics"]["k_histogram"]
+        assert sum(rounds) > 0 and (k == "auto" or len(rounds) == 4 and rounds[3] == max(rounds))
     assert report["totals"]["generated_tokens"] == 40
+    # auto: k in 0..8, the largest both services the client started accept
+    assert len(report["totals"]["k_histogram"]) <= (9 if k == "auto" else 4)
 
 
 def test_service_exits_cleanly_on_sigterm(tiny_pair):
@@ -54,10 +61,12 @@ def test_bench_modes_agree(tiny_pair, tmp_path):
     target, draft = tiny_pair
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "bench", "--target-model", str(target), "--draft-model", str(draft),
-           "--prompts", "t5 t6 t7", "--max-new-tokens", "12", "--ctx-len", "64", "--json", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+           "--prompts", "t5 t6 t7", "--max-new-tokens", "12", "--ctx-len", "64", "--json", str(out),
+           "--auto-max-k", "1"]  # (b~) with k in 0..1: one more verify window to compile
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["identical_outputs"] is True
     assert figures["tokens_per_s"]["speculative_grpc"] > 0
     assert figures["pre_draft_tokens_per_s"] > 0 and figures["tokens_per_s"]["transformers_speculative"] > 0
+    assert figures["auto_vs_fixed_bauto_over_b"] > 0 and sum(figures["auto_k_histogram"]) > 0

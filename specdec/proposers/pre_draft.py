@@ -30,6 +30,7 @@ class AcceptanceStats:
 
     accepted: list[float] = field(default_factory=list)
     seen: list[float] = field(default_factory=list)
+    decay: float = 1.0   # < 1: a running estimate, the past of a position fading per observation
 
     def rate(self, i: int) -> float:
         acc = self.accepted[i] if i < len(self.accepted) else 0.0
@@ -42,7 +43,8 @@ class AcceptanceStats:
         for lst in (self.accepted, self.seen):
             lst.extend([0.0] * (need - len(lst)))
         for i in range(need):
-            self.seen[i] += 1
+            self.seen[i] = self.seen[i] * self.decay + 1
+            self.accepted[i] *= self.decay
             self.accepted[i] += i < accepted
 
 

@@ -145,7 +145,7 @@ class Verify(_message.Message):
     def __init__(self, draft_tokens: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[_Union[TokenDistribution, _Mapping]]] = ...) -> None: ...
 
 class VerifierReply(_message.Message):
-    __slots__ = ("tokens", "num_accepted_drafts", "num_drafted", "finish_reason", "timings", "sequence_len", "next_draft")
+    __slots__ = ("tokens", "num_accepted_drafts", "num_drafted", "finish_reason", "timings", "sequence_len", "next_draft", "sessions_active")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_ACCEPTED_DRAFTS_FIELD_NUMBER: _ClassVar[int]
     NUM_DRAFTED_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class VerifierReply(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_LEN_FIELD_NUMBER: _ClassVar[int]
     NEXT_DRAFT_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
     num_accepted_drafts: int
     num_drafted: int
@@ -160,7 +161,8 @@ class VerifierReply(_message.Message):
     timings: StepTimings
     sequence_len: int
     next_draft: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., num_accepted_drafts: _Optional[int] = ..., num_drafted: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., sequence_len: _Optional[int] = ..., next_draft: _Optional[_Iterable[int]] = ...) -> None: ...
+    sessions_active: int
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., num_accepted_drafts: _Optional[int] = ..., num_drafted: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., sequence_len: _Optional[int] = ..., next_draft: _Optional[_Iterable[int]] = ..., sessions_active: _Optional[int] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
     __slots__ = ("start", "tokens", "k", "sampling", "top_m")
