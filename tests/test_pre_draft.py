@@ -109,3 +109,34 @@ def test_sampling_is_untouched_by_pre_drafting(pre_drafting):
     a = generate(verifier, pre, prompt, config)
     b = generate(verifier, seq, prompt, config)
     assert a.tokens == b.tokens and a.pre_draft_hits == 0
+
+
+def test_pre_drafting_under_adaptive_k_equals_greedy(pre_drafting, target_hf):
+    """k changes between rounds: a branch drafted for a larger k serves a smaller one (its first
+    drafts), and the output stays the target's greedy output."""
+    verifier, proposer, _, _ = pre_drafting
+    prompt = np.random.default_rng(12).integers(2, VOCAB, size=9).tolist()
+    rec = generate(verifier, proposer, prompt, GenerationConfig(5, 40, ignore_eos=True, adaptive_k=True))
+    assert rec.tokens == greedy_reference(target_hf, prompt, 40)
+
+
+def test_a_branch_serves_a_smaller_k(tiny_pair):
+    """Deterministic, in-process: a branch pre-drafted after a k = 3 proposal answers a k = 2
+    request with its first two drafts, and the session then holds exactly what it reports."""
+    from specdec.build import build_draft_proposer
+    from tests.conftest import engine_config
+
+    proposer = build_draft_proposer(engine_config(tiny_pair[1], 1), 4, pre_draft_branches=2)
+    session = proposer.open_session()
+    try:
+        first = proposer.propose(session, 0, [5, 9, 14, 3, 22], 3)
+        proposer.after_reply(session)
+        start, tokens = next(key for key in session.branches if len(key[1]) == 2)  # all accepted
+        full = session.branches[(start, tokens)].draft
+        hit = proposer.propose(session, start, list(tokens), 2)
+        assert hit.pre_drafted and hit.draft == full[:2]
+        assert tokens[0] == first.draft[-1]
+        assert hit.held_len == len(session.seq.tokens) == start + len(tokens) + 1
+        assert session.seq.cached == hit.held_len
+    finally:
+        proposer.close_session(session)

@@ -132,17 +132,20 @@ class DraftModelProposer:
             return None
         self.counters.lookups += 1
         branch = session.branches.pop((start, tuple(tokens)), None)
-        if branch is None or len(branch.draft) != k:
+        if branch is None or not 1 <= k <= len(branch.draft):
             self._drop_branches(session)
             return None
         self.counters.hits += 1
         seq = session.seq
         if branch.slot != seq.slot:
             self.engine.copy_slot(branch.slot, seq.slot)
-        seq.tokens, seq.cached = list(branch.tokens), len(branch.tokens)
+        # A smaller k (adaptive k) takes the branch's first k drafts; the session then holds
+        # prefix + e1..e(k-1), and the KV of the rest is stale, masked and overwritten later.
+        held = len(branch.tokens) - (len(branch.draft) - k)
+        seq.tokens, seq.cached = branch.tokens[:held], held
         self._drop_branches(session)
-        session.last = LastDraft(len(seq.tokens) - k + 1, list(branch.draft), branch.logits_at)
-        return Proposal(list(branch.draft), len(seq.tokens), timings, None, pre_drafted=True)
+        session.last = LastDraft(held - k + 1, branch.draft[:k], branch.logits_at[:k])
+        return Proposal(branch.draft[:k], held, timings, None, pre_drafted=True)
 
     def propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
                 sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
