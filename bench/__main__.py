@@ -246,9 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speculative b/e (gRPC vs transformers' own, same k): "
               f"{figures['speculative_vs_transformers_b_over_e']:.2f}x")
     if pre:
-        print(f"pre-drafting b+/b (vs sequential, both gRPC):      {figures['pre_draft_vs_sequential_bplus_over_b']:.2f}x"
+        print("pre-drafting b+/b (vs sequential, both gRPC):      "
+              f"{figures['pre_draft_vs_sequential_bplus_over_b']:.2f}x"
               f"  (hit rate {pre[1].pre_draft_hit_rate:.0%})")
-        print(f"pre-drafting b+/c (split vs sequential in-process): {figures['pre_draft_split_vs_inprocess_bplus_over_c']:.2f}x")
+        print("pre-drafting b+/c (split vs sequential in-process): "
+              f"{figures['pre_draft_split_vs_inprocess_bplus_over_c']:.2f}x")
     if rec_auto:
         print(f"k auto b~/b (auto up to {auto_k} vs k = {args.k}, both gRPC): "
               f"{figures['auto_vs_fixed_bauto_over_b']:.2f}x  (rounds by k: "

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 
 from client.cli_common import (
-    ServiceSpec,
     AUTO,
     AUTO_MAX_K,
+    ServiceSpec,
     add_common_args,
     engine_args,
     k_or_auto,

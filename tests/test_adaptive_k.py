@@ -24,7 +24,6 @@ from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.metrics import batch_metrics, generation_metrics
 from specdec.proposers.pre_draft import AcceptanceStats
 from specdec.stopping import StopParams
-from specdec.verifier import StepOutcome
 from specdec_rpc.convert import outcome_from_pb, outcome_to_pb
 from tests.conftest import CTX_LEN, engine_config
 from tests.test_prompt_lookup import generate_all, ngram_service, pattern_prompts  # noqa: F401

@@ -7,7 +7,6 @@ checkpoint; tests that need a model that predicts real text use the trained ones
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 
 import torch

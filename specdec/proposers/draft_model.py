@@ -16,8 +16,8 @@ matches, and drops the rest.
 
 from __future__ import annotations
 
-import time
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
