@@ -38,7 +38,6 @@ from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
 from client.api import SpecDecClient
 from client.cli_common import DEFAULT_PROMPTS, load_tokenizer
 from client.launcher import start_service
-from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
 from specdec.cpu_cores import available_cores, split_cores
@@ -111,9 +110,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefill-seq-len", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--pre-draft-branches", type=int, default=DEFAULT_PRE_DRAFT_BRANCHES,
+    p.add_argument("--pre-draft-branches", type=int, default=3,
                    help="draft: also run a proposer that pre-drafts this many outcomes (b+); 0 = "
-                        f"skip ({DEFAULT_PRE_DRAFT_BRANCHES})")
+                        "skip (3)")
     p.add_argument("--auto-max-k", type=int, default=None,
                    help="draft, ngram: also run k auto (b~), k in 0..this; 0 = skip (--k)")
     p.add_argument("--compile", default=os.environ.get("SPECDEC_COMPILE", "on"), choices=["on", "off"],
