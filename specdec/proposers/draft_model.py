@@ -57,6 +57,7 @@ class LastDraft:
     prefix_len: int                 # synced tokens it was drafted after
     draft: list[int]                # d1..dk
     logits_at: list[np.ndarray]     # [V] the draft's logits at each draft position 0..k-1
+    pre_drafted: bool = False       # its outcomes are drafted already
 
 
 @dataclass
@@ -66,11 +67,10 @@ class DraftSession:
     last: LastDraft | None = None
     branches: dict[tuple[int, tuple[int, ...]], Branch] = field(default_factory=dict)
     scratch: list[int] = field(default_factory=list)   # scratch slots this session's branches hold
-    idle: threading.Event = field(default_factory=threading.Event)  # no pre-draft in flight
+    # Held by propose, by the pre-draft after it, and by close: one of them at a time, in any
+    # order the threads happen to start in.
+    busy: threading.Lock = field(default_factory=threading.Lock)
     stats: AcceptanceStats = field(default_factory=AcceptanceStats)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
 
 
 @dataclass
@@ -108,9 +108,10 @@ class DraftModelProposer:
         return DraftSession(SlotSequence(self.pool.acquire()))
 
     def close_session(self, session: DraftSession) -> None:
-        session.idle.wait()  # a pre-draft still running owns slots of this session
-        self._drop_branches(session)
-        self.pool.release(session.seq.slot)
+        with session.busy:   # a pre-draft still running owns slots of this session
+            session.last = None  # and one not started yet must not start on a freed slot
+            self._drop_branches(session)
+            self.pool.release(session.seq.slot)
 
     def _drop_branches(self, session: DraftSession) -> None:
         self.counters.wasted_tokens += sum(len(b.draft) for b in session.branches.values())
@@ -152,6 +153,11 @@ class DraftModelProposer:
         """Greedy drafts, or with sampling.temperature > 0 and top_m > 0 drafts sampled from the
         top m tokens of the warped draft distribution (returned as the exact proposal q)."""
         t0 = time.perf_counter_ns()
+        with session.busy:   # after the last proposal's pre-draft, if it started first
+            return self._propose(session, start, tokens, k, sampling, top_m, t0)
+
+    def _propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
+                 sampling: SamplingParams, top_m: int, t0: int) -> Proposal:
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
         sampled = not sampling.greedy and top_m > 0
@@ -159,7 +165,6 @@ class DraftModelProposer:
             sampling.validate()
             if session.rng is None:
                 session.rng = seeded_rng(sampling.seed, DRAFT_STREAM)
-        session.idle.wait()  # the pre-draft of the last proposal finishes first (k engine calls)
         seq = session.seq
         timings = StepTimings()
         if hit := self._take_branch(session, start, tokens, k, sampled, timings):
@@ -201,14 +206,15 @@ class DraftModelProposer:
     def after_reply(self, session: DraftSession) -> None:
         """Pre-draft the next round for the likeliest outcomes of the draft just answered;
         runs while the verifier verifies it (the service calls it after sending the reply)."""
-        last = session.last
-        if not self.pre_draft_branches or last is None:
+        if not self.pre_draft_branches:
             return
-        session.idle.clear()
-        try:
+        with session.busy:
+            last = session.last
+            if last is None or last.pre_drafted:  # closed, sampled, or done by an earlier call
+                return
+            last.pre_drafted = True
+            self._drop_branches(session)
             self._pre_draft(session, last)
-        finally:
-            session.idle.set()
 
     def _pre_draft(self, session: DraftSession, last: LastDraft) -> None:
         seq, k, timings = session.seq, len(last.draft), StepTimings()
