@@ -1,6 +1,6 @@
 """Generation metrics with the names QEfficient's examples print, computed as pure functions.
 
-Where our formulas differ from QEfficient's (its §6 in shared/reference/qefficient.md):
+Where our formulas differ from QEfficient's `SpDPerfMetrics` (its speculative-decoding examples):
 - generated tokens are counted once: QEfficient adds 1 per prompt to the decode count and
   another B to the E2E count;
 - decode time is the union of the prompts' decode intervals, so prompts decoded one after the
