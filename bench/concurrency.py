@@ -25,7 +25,7 @@ from specdec.generation import GenerationConfig
 from specdec.windows import parse_sizes
 
 
-async def run_sessions(verifier: str, proposer: str, prompts: list[list[int]],
+async def run_sessions(verifier: str, proposer: str | None, prompts: list[list[int]],
                        config: GenerationConfig) -> tuple[int, float]:
     async with SpecDecClient(verifier, proposer) as client:
         t0 = time.perf_counter()

@@ -2,14 +2,14 @@
 
     python -m bench.replicas --replicas 1,2 --sessions 16 --slots 8
 
-For each N, starts N verifier processes, pins each (every thread of it) to a core of its own
-with one torch thread and --slots KV slots, and runs the sessions concurrently through one
+For each N, starts N verifier processes, each on a core of its own (--device-group: every thread
+of it, one torch thread) with --slots KV slots, and runs the sessions concurrently through one
 client given the N addresses as a comma list (client.replicas spreads the sessions); sessions
 beyond what the replicas' slots hold wait in their admission queues, as when load outgrows one
 verifier. Decoding is target-only
 (k = 0) unless --k is given with --proposer, so what is measured is the verifiers' capacity.
 Reports aggregate tokens/s = all generated tokens / wall time, and the ratio to one replica.
-Linux only (sched_setaffinity); the client itself is not pinned and shares the cores.
+Linux only (/proc CPU times); the client itself is not pinned and shares the cores.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from bench.__main__ import BENCH_PROMPTS
-from client.api import SpecDecClient
+from bench.concurrency import run_sessions
 from client.cli_common import load_tokenizer
-from client.launcher import ServiceProcess, start_service
+from client.launcher import start_service
 from specdec.generation import GenerationConfig
 from specdec.windows import parse_sizes
 
@@ -34,20 +34,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pin(svc: ServiceProcess, core: int) -> None:
-    """Every thread of the process onto one core (threads it starts later inherit it)."""
-    for tid in os.listdir(f"/proc/{svc.proc.pid}/task"):
-        os.sched_setaffinity(int(tid), {core})
-
-
-async def run_sessions(verifier: str, proposer: str | None, prompts: list[list[int]],
-                       config: GenerationConfig) -> tuple[int, float]:
-    async with SpecDecClient(verifier, proposer) as client:
-        t0 = time.perf_counter()
-        records = await asyncio.gather(*(client.generate(p, config) for p in prompts))
-        return sum(len(r.tokens) for r in records), time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,11 +63,10 @@ def main(argv: list[str] | None = None) -> int:
              "--full-batch-size", str(args.slots), "--max-k", str(max(args.k, 1))]
     table: dict[int, float] = {}
     for n in args.replicas:
-        services = [start_service(f"verifier-{i}", "verifier_service", flags,
-                                  env={"OMP_NUM_THREADS": "1"}) for i in range(n)]
+        services = [start_service(f"verifier-{i}", "verifier_service",
+                                  [*flags, "--device-group", str(core)])
+                    for i, core in zip(range(n), cores)]
         try:
-            for svc, core in zip(services, cores):
-                pin(svc, core)
             target = ",".join(s.address for s in services)
             asyncio.run(run_sessions(target, args.proposer, prompts[:n], config))  # warm-up
             best = 0.0

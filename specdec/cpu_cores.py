@@ -25,7 +25,9 @@ def split_cores(cores: tuple[int, ...]) -> tuple[str, str]:
 
 
 def pin_threads(cores: tuple[int, ...]) -> None:
-    """Run this process's threads on these cores only, with one torch thread per core."""
+    """Run this process's threads on these cores only, with one torch thread per core. Every
+    thread already running is moved too (affinity is per thread on Linux: the engine loads on
+    its own thread while gRPC's and the event loop's already run); later ones inherit it."""
     import torch
 
     allowed = available_cores()
@@ -33,5 +35,10 @@ def pin_threads(cores: tuple[int, ...]) -> None:
         raise ValueError(f"device group {','.join(map(str, cores))} names CPU cores this process "
                          f"cannot use (available: {','.join(map(str, allowed))})")
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
+        tasks = f"/proc/{os.getpid()}/task"
+        for tid in (os.listdir(tasks) if os.path.isdir(tasks) else ["0"]):
+            try:
+                os.sched_setaffinity(int(tid), cores)
+            except ProcessLookupError:  # a thread that ended meanwhile
+                pass
     torch.set_num_threads(len(cores))

@@ -52,6 +52,8 @@ class ServiceMetrics:
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.proposals = Counter("specdec_proposals", "proposer steps", registry=r)
         self.proposed = Counter("specdec_proposed_tokens", "tokens proposed", registry=r)
+        self.pre_drafted = Counter("specdec_pre_drafted", "proposer steps answered from a branch "
+                                   "pre-drafted while the last draft was verified", registry=r)
         self.requested_k = Histogram("specdec_requested_k", "k asked for per proposer step (the "
                                      "client's choice; adaptive with --num-speculative-tokens auto)",
                                      buckets=K_BUCKETS, registry=r)
@@ -82,6 +84,7 @@ class ServiceMetrics:
         self.forward_seconds.labels("draft").observe(reply.timings.forward_ns / 1e9)
         self.proposals.inc()
         self.proposed.inc(len(reply.draft_tokens))
+        self.pre_drafted.inc(reply.pre_drafted)
         self.requested_k.observe(request.k)
 
     def serve(self, port: int, host: str) -> int:

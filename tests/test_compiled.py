@@ -17,6 +17,7 @@ from specdec.config import EngineConfig
 from specdec.engine.specializations import (
     Specialization,
     batch_buckets,
+    by_size,
     fit,
     gather_index,
     pad_call,
@@ -40,7 +41,7 @@ def test_batch_buckets_and_plan():
 
 
 def test_fit_picks_the_smallest_of_the_same_kind():
-    specs = plan(4, (1, 3, 5), keep_window_logits=True)
+    specs = by_size(plan(4, (1, 3, 5), keep_window_logits=True))
     assert fit(specs, 1, 2, 2) == Specialization(1, 3, 3)      # a 2-token window in the 3 one
     assert fit(specs, 3, 5, 5) == Specialization(4, 5, 5)      # 3 rows in the 4-row bucket
     assert fit(specs, 1, 1, 1) == Specialization(1, 1, 1)
@@ -82,13 +83,16 @@ def compiled_engine(path, cache, windows=(1, 3), keep=True, slots=2) -> TorchEng
 
 
 def count_compiled_calls(engine: TorchEngine) -> dict:
-    """Wrap the compiled steps so the test can see which shapes ran compiled."""
+    """Wrap the compiled step so the test can see which shapes ran compiled: (rows, window)
+    of its ids and the kept logits of its gather index name the specialization."""
     used: dict = {}
-    for spec, fn in list(engine.compiled.steps.items()):
-        def counted(*a, _fn=fn, _spec=spec):
-            used[_spec] = used.get(_spec, 0) + 1
-            return _fn(*a)
-        engine.compiled.steps[spec] = counted
+    step = engine.compiled.step
+
+    def counted(ids, pos, slots, gather, kv_len):
+        spec = Specialization(*ids.shape, gather.shape[1])
+        used[spec] = used.get(spec, 0) + 1
+        return step(ids, pos, slots, gather, kv_len)
+    engine.compiled.step = counted
     return used
 
 

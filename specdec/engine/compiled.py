@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from specdec.engine.specializations import Specialization, fit, gather_index, pad_call
+from specdec.engine.specializations import Specialization, by_size, fit, gather_index, pad_call
 
 if TYPE_CHECKING:
     from specdec.engine.torch_engine import TorchEngine
@@ -39,10 +39,11 @@ CPU_INDUCTOR = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backe
 
 @dataclass
 class CompiledSteps:
-    steps: dict[Specialization, Callable[..., torch.Tensor]]
+    specs: tuple[Specialization, ...]         # smallest first (specializations.by_size)
+    step: Callable[..., torch.Tensor]         # the compiled engine.step: one graph per spec
 
     def fit(self, batch: int, window: int, logits: int) -> Specialization | None:
-        return fit(tuple(self.steps), batch, window, logits)
+        return fit(self.specs, batch, window, logits)
 
 
 def compile_steps(engine: TorchEngine, specs: tuple[Specialization, ...],
@@ -79,7 +80,7 @@ def compile_steps(engine: TorchEngine, specs: tuple[Specialization, ...],
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return None
     log.info("compiled %d step specializations in %.1f s", len(specs), time.monotonic() - started)
-    return CompiledSteps({spec: fn for spec in specs})
+    return CompiledSteps(by_size(specs), fn)
 
 
 def warm_up(engine: TorchEngine, fn: Callable[..., torch.Tensor], spec: Specialization) -> None:

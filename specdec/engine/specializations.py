@@ -40,10 +40,16 @@ def plan(slots: int, windows: tuple[int, ...], keep_window_logits: bool) -> tupl
     return tuple(sorted(out))
 
 
+def by_size(specs: tuple[Specialization, ...]) -> tuple[Specialization, ...]:
+    """Smallest (fewest positions) first: the order `fit` searches in."""
+    return tuple(sorted(specs, key=lambda s: (s.batch * s.window, s.window)))
+
+
 def fit(specs: tuple[Specialization, ...], batch: int, window: int,
         logits: int) -> Specialization | None:
-    """The smallest specialization that holds a call, or None (run it uncompiled)."""
-    for spec in sorted(specs, key=lambda s: (s.batch * s.window, s.window)):
+    """The smallest specialization that holds a call, or None (run it uncompiled); specs in
+    `by_size` order (sorted once, not per step)."""
+    for spec in specs:
         if spec.batch >= batch and spec.window >= window and spec.logits >= logits \
                 and (spec.logits == 1) == (logits == 1):
             return spec

@@ -143,7 +143,7 @@ class TorchEngine:
             gather = gather_index(position_ids, num_logits, num_logits)
         else:              # a compiled specialization: padded to its fixed shape, full KV length
             ids, pos, slots = pad_call(spec, input_ids, position_ids, batch_index)
-            step, kv_len = self.compiled.steps[spec], self.ctx_len
+            step, kv_len = self.compiled.step, self.ctx_len
             gather = gather_index(pos, num_logits, spec.logits)
         dev = self.device
         with torch.inference_mode():

@@ -75,7 +75,8 @@ class DraftSession:
 
 @dataclass
 class PreDraftCounters:
-    """Service-wide pre-draft figures (Prometheus reads them)."""
+    """Pre-draft figures of the whole proposer, for tests and debugging (Prometheus counts hits
+    from the replies: specdec_pre_drafted over specdec_proposals)."""
 
     lookups: int = 0        # greedy proposals that could have been answered from a branch
     hits: int = 0           # ... and were
