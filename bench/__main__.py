@@ -38,14 +38,13 @@ from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
 from client.api import SpecDecClient
 from client.cli_common import DEFAULT_PROMPTS, load_tokenizer
 from client.launcher import start_service
-from specdec.build import build_draft_proposer, build_verifier
+from specdec.build import build_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
 from specdec.cpu_cores import available_cores, split_cores
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.metrics import BatchMetrics, batch_metrics
-from specdec.proposers.prompt_lookup import PromptLookupProposer
 
 BENCH_PROMPTS = DEFAULT_PROMPTS + [
     "class Stack:\n    def __init__(self):\n",
@@ -190,9 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         verifier, proposer = build_verifier(replace(engine, turbo=True), (0,)), None
     else:
         verifier = build_verifier(engine, (0, args.k) if args.method == "draft" else tuple(range(args.k + 1)))
-        proposer = (PromptLookupProposer(args.k, args.max_ngram_size, args.ctx_len, 1)
-                    if args.method == "ngram"
-                    else build_draft_proposer(replace(engine, model=args.draft_model), args.k))
+        proposer = build_proposer(args.method, replace(engine, model=args.draft_model), args.k,
+                                  args.max_ngram_size)
     rec_c, c = measured("(c) speculative, in-process", lambda warmup: asyncio.run(
         run_inprocess(verifier, proposer, warm if warmup else prompts, config)))
 

@@ -19,11 +19,10 @@ from bench.__main__ import BENCH_PROMPTS
 from bench.peers import hf_generate, hf_prompt_lookup, load_hf
 from client.cli_common import load_tokenizer
 from client.prompt_lookup import REPEATED_PATTERN_PROMPTS
-from specdec.build import build_verifier
+from specdec.build import build_proposer, build_verifier
 from specdec.config import EngineConfig
 from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
-from specdec.proposers.prompt_lookup import PromptLookupProposer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [tok(t)["input_ids"] for t in texts]
     model = load_hf(args.target_model)
     ctx = max(map(len, prompts)) + args.max_new_tokens + 1
-    verifier = build_verifier(EngineConfig(model=args.target_model, ctx_len=ctx, prefill_seq_len=32,
-                                           full_batch_size=1), tuple(range(args.k + 1)))
+    config = EngineConfig(model=args.target_model, ctx_len=ctx, prefill_seq_len=32, full_batch_size=1)
+    verifier = build_verifier(config, tuple(range(args.k + 1)))
     ours_tokens = ours_steps = hf_tokens = hf_steps = 0
     rows = []
     for text, ids in zip(texts, prompts):
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
         async def ours():
             v = InProcessVerifierLink(verifier)
-            d = InProcessProposerLink(PromptLookupProposer(args.k, args.max_ngram_size, ctx, 1))
+            d = InProcessProposerLink(build_proposer("ngram", config, args.k, args.max_ngram_size))
             rec = await generate(ids, v, d, GenerationConfig(args.k, args.max_new_tokens, True), ctx)
             await v.close()
             return rec

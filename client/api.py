@@ -23,13 +23,13 @@ from specdec.inprocess import InProcessProposerLink
 from specdec.proposers.base import Proposer
 from specdec.recovery import RecoveryPolicy
 from specdec_rpc.security import ClientSecurity, speaks_tls
-from specdec_rpc.server import ServerConfig, server_options
+from specdec_rpc.server import message_limits
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
 # Same message limits as the servers; reconnect quickly to a restarted service (gRPC's default
 # backoff grows to 120 s, far past any useful recovery deadline).
-CHANNEL_OPTIONS = server_options(ServerConfig())[:2] + [
+CHANNEL_OPTIONS = message_limits() + [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),

@@ -7,11 +7,10 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from specdec.proposers.base import Proposal
 from specdec.recovery import Busy, LinkLost
 from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import StopParams
-from specdec.verifier import StepOutcome
+from specdec.types import Proposal, StepOutcome
 from specdec_rpc.convert import outcome_from_pb, proposal_from_pb, sampling_to_pb, sparse_to_pb
 from specdec_rpc.v1 import specdec_pb2 as pb
 

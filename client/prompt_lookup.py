@@ -24,8 +24,9 @@ from client.cli_common import (
     run_cli,
     sampling_params,
 )
+from specdec.build import build_proposer
+from specdec.config import EngineConfig
 from specdec.generation import GenerationConfig
-from specdec.proposers.prompt_lookup import PromptLookupProposer
 from specdec.windows import parse_sizes
 
 REPEATED_PATTERN_PROMPTS = [
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         [*engine_args(args, args.target_model_name, args.device_group, k), *window])}
     local = None
     if k and args.local_proposer:
-        local = PromptLookupProposer(k, args.max_ngram_size, args.ctx_len, concurrency(args))
+        sessions = EngineConfig(args.target_model_name, ctx_len=args.ctx_len,
+                                full_batch_size=concurrency(args))
+        local = build_proposer("ngram", sessions, k, args.max_ngram_size)
     elif k:
         services["proposer"] = ServiceSpec(
             "proposer", "proposer_service",

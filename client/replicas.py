@@ -28,8 +28,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import grpc
 
 from client.links import ServiceError, ServiceLost
-from specdec.proposers.base import Proposal
-from specdec.verifier import StepOutcome
+from specdec.types import Proposal, StepOutcome
 
 DNS_SCHEME = "dns:"
 

@@ -7,9 +7,9 @@ import logging
 
 from proposer_service.config import ProposerServiceConfig, from_args
 from proposer_service.servicer import ProposerServicer
-from specdec.build import build_draft_proposer
+from specdec.build import build_proposer
 from specdec.proposers.base import Proposer
-from specdec.proposers.prompt_lookup import PromptLookupProposer
+from specdec.warm_up import warm_up_proposer
 from specdec_rpc.convert import model_info
 from specdec_rpc.hosting import host_backend
 from specdec_rpc.server import run_service, setup_logging
@@ -23,22 +23,13 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Proposer"].full_name
 
 def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
     e = cfg.engine
-    if cfg.method == "ngram":
-        proposer = PromptLookupProposer(cfg.max_k, cfg.max_ngram_size, e.ctx_len,
-                                        e.full_batch_size, cfg.admission)
-        return proposer, pb.ModelInfo(model_id="ngram", ctx_len=e.ctx_len, max_k=cfg.max_k,
-                                      full_batch_size=e.full_batch_size, method="ngram",
-                                      executor="none", device="cpu")
-    proposer = build_draft_proposer(e, cfg.max_k, cfg.executor, cfg.batching, cfg.admission,
-                                    cfg.qaic, pre_draft_branches=cfg.pre_draft_branches)
-    # Warm-up: a sync and a short draft, so the first client does not pay lazy init.
-    session = proposer.open_session()
-    try:
-        proposer.propose(session, 0, [0], min(cfg.max_k, 2))
-    finally:
-        proposer.close_session(session)
-    return proposer, model_info(proposer.engine, e, proposer.fingerprint, cfg.max_k, "draft",
-                                cfg.executor)
+    proposer = build_proposer(cfg.method, e, cfg.max_k, cfg.max_ngram_size, cfg.executor,
+                              cfg.batching, cfg.admission, cfg.qaic,
+                              pre_draft_branches=cfg.pre_draft_branches)
+    warm_up_proposer(proposer)
+    executor = cfg.executor if proposer.engine else "none"
+    return proposer, model_info(proposer.engine, e, proposer.fingerprint, cfg.max_k, cfg.method,
+                                executor)
 
 
 async def run(cfg: ProposerServiceConfig) -> bool:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from specdec.engine import Engine
-from specdec.timing import StepTimings
+from specdec.types import StepTimings
 
 PREFILL, DECODE = "prefill", "decode"
 

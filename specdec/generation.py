@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from specdec.adaptive_k import AdaptiveK
-from specdec.proposers.base import Proposal
 from specdec.recovery import Busy, LinkLost, RecoveryPolicy, backoff_delays
 from specdec.sampling import SamplingParams, Sparse
 from specdec.sequence import common_prefix_len
 from specdec.stopping import FinishReason, StopParams
-from specdec.verifier import StepOutcome
+from specdec.types import Proposal, StepOutcome
 
 
 class VerifierLink(Protocol):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from specdec.proposers.base import Proposal, Proposer
+from specdec.proposers.base import Proposer
 from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import StopParams
-from specdec.verifier import StepOutcome, TargetVerifier
+from specdec.types import Proposal, StepOutcome
+from specdec.verifier import TargetVerifier
 
 
 class InProcessVerifierLink:

@@ -6,7 +6,8 @@ Glossary (after vLLM's RejectionSampler and Leviathan et al. 2023 / Chen et al. 
 - *accepted*: draft d_i is kept with probability min(1, p_i(d_i) / q_i(d_i)), where p_i is the
   target's warped distribution at that position; drafts are tested in order and the first
   rejection stops the step;
-- *recovered*: after rejecting d_i, a token is drawn from norm(max(0, p_i - q_i));
+- *correction*: after rejecting d_i, a token is drawn from norm(max(0, p_i - q_i)) (vLLM calls
+  it the recovered token);
 - *bonus*: after accepting all k, a token is drawn from p_(k+1).
 Each emitted token is then distributed exactly as the target's own sampling would have drawn it.
 
@@ -132,8 +133,8 @@ def rejection_sample(draft: list[int], proposals: list[Sparse] | None, target: n
     draft:     [k] d1..dk
     proposals: per draft, the sparse q it was drawn from; None = deterministic drafts
     target:    [k+1, V] warped target probabilities; row i is p at the position of d(i+1)
-    Returns (accepted, next token): emit draft[:accepted] + [next token], which is recovered
-    (after a rejection) or the bonus (after k acceptances).
+    Returns (accepted, next token): emit draft[:accepted] + [next token], which is the
+    correction (after a rejection) or the bonus (after k acceptances).
     """
     vocab = target.shape[1]
     for i, d in enumerate(draft):

@@ -13,7 +13,7 @@ import numpy as np
 
 from specdec.batching import DECODE, PREFILL, Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
-from specdec.timing import StepTimings
+from specdec.types import StepTimings
 
 
 @dataclass

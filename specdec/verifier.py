@@ -1,10 +1,11 @@
 """The verifier: hosts the target engine, keeps each session's committed sequence, and decides
-which drafted tokens to keep (greedy acceptance)."""
+which drafted tokens to keep: greedy acceptance (specdec.acceptance) or, with sampling,
+speculative rejection sampling (specdec.sampling), and the one token the target adds."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,20 +25,8 @@ from specdec.sampling import (
 from specdec.sequence import SlotSequence, check_token_ids
 from specdec.slots import Admission, SlotPool
 from specdec.stopping import FinishReason, StopParams, cut_at_stop
-from specdec.timing import StepTimings
+from specdec.types import StepOutcome, StepTimings
 from specdec.windows import select_window
-
-
-@dataclass
-class StepOutcome:
-    tokens: list[int]       # appended to the sequence: accepted drafts + one target token
-    accepted: int           # drafts kept (before a stop cut)
-    drafted: int            # drafts verified (after fitting to ctx_len / budget)
-    finish: FinishReason
-    sequence_len: int
-    timings: StepTimings = field(default_factory=StepTimings)
-    next_draft: list[int] = field(default_factory=list)  # Turbo: the heads' guesses for next round
-    sessions_active: int = 0  # verify: sessions holding a slot when it ran (batch occupancy); 0 = unknown
 
 
 @dataclass

@@ -6,11 +6,9 @@ import numpy as np
 
 from specdec.config import EngineConfig
 from specdec.engine import Engine
-from specdec.proposers.base import Proposal
 from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import FinishReason
-from specdec.timing import StepTimings
-from specdec.verifier import StepOutcome
+from specdec.types import Proposal, StepOutcome, StepTimings
 from specdec_rpc.v1 import specdec_pb2 as pb
 
 
@@ -65,8 +63,13 @@ def sparse_from_pb(dists) -> list[Sparse] | None:
             for d in dists] or None
 
 
-def model_info(engine: Engine, config: EngineConfig, fingerprint: str, max_k: int, method: str,
-               executor: str) -> pb.ModelInfo:
+def model_info(engine: Engine | None, config: EngineConfig, fingerprint: str, max_k: int,
+               method: str, executor: str) -> pb.ModelInfo:
+    """engine None: a proposer without a model (n-gram), sized by config alone."""
+    if engine is None:
+        return pb.ModelInfo(model_id=method, ctx_len=config.ctx_len, max_k=max_k,
+                            full_batch_size=config.full_batch_size, method=method,
+                            executor=executor, device="cpu")
     return pb.ModelInfo(model_id=config.model, vocab_size=engine.vocab_size,
                         tokenizer_fingerprint=fingerprint, ctx_len=engine.ctx_len, max_k=max_k,
                         eos_token_ids=engine.eos_token_ids,

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 LISTENING_PREFIX = "specdec-listening"  # "specdec-listening <host:port>": bound, model loading
 READY_PREFIX = "specdec-ready"    # the line a launcher waits for: "specdec-ready <host:port>"
 METRICS_PREFIX = "specdec-metrics"  # "specdec-metrics <host:port>" when metrics are served
+MAX_MESSAGE_MB = 16  # both ends of a link: a window of k tokens is bytes; 16 MiB bounds abuse
 
 
 @dataclass(frozen=True)
@@ -42,16 +43,20 @@ class ServerConfig:
     host: str = "127.0.0.1"         # loopback by default: nothing is exposed unless asked
     port: int = 0                   # 0 = any free port (reported on the ready line)
     grace_s: float = 5.0            # in-flight steps may finish within this on shutdown
-    max_message_mb: int = 16        # a window of k tokens is bytes; 16 MiB bounds abuse
+    max_message_mb: int = MAX_MESSAGE_MB
     metrics_port: int | None = None  # Prometheus /metrics on this port; None = off, 0 = any
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
 
+def message_limits(mb: int = MAX_MESSAGE_MB) -> list[tuple[str, int]]:
+    """The channel options that bound a message's size, for servers and clients alike."""
+    limit = mb * 1024 * 1024
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
 def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
-    limit = cfg.max_message_mb * 1024 * 1024
     return [
-        ("grpc.max_send_message_length", limit),
-        ("grpc.max_receive_message_length", limit),
+        *message_limits(cfg.max_message_mb),
         # Generation streams can idle between rounds; keepalive finds dead peers so their slots free.
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),

@@ -19,7 +19,7 @@ from specdec.config import EngineConfig
 from specdec.engine.torch_engine import TorchEngine
 from specdec.generation import GenerationConfig
 from specdec.slots import Admission
-from specdec.timing import StepTimings
+from specdec.types import StepTimings
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.conftest import start_proposer, start_verifier

@@ -13,7 +13,7 @@ from proposer_service.servicer import ProposerServicer
 from specdec.build import build_verifier
 from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
-from specdec.proposers.prompt_lookup import PromptLookupProposer
+from specdec.proposers.ngram import NgramProposer
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.conftest import CTX_LEN, ServerThread, attached, engine_config, start_verifier
@@ -33,7 +33,7 @@ def pattern_prompts() -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def ngram_service():
-    proposer = PromptLookupProposer(max_k=8, max_ngram_size=3, ctx_len=CTX_LEN, sessions=8)
+    proposer = NgramProposer(max_k=8, max_ngram_size=3, ctx_len=CTX_LEN, sessions=8)
     info = pb.ModelInfo(model_id="ngram", ctx_len=CTX_LEN, max_k=8, method="ngram")
     server = ServerThread(lambda s: pb_grpc.add_ProposerServicer_to_server(
         attached(ProposerServicer, proposer, info), s))
@@ -50,7 +50,7 @@ async def generate_all(verifier_addr, prompts, config, proposer_addr=None, local
 @pytest.mark.parametrize("mode", ["grpc", "local"])
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_prompt_lookup_is_lossless(services, ngram_service, target_hf, mode, k):
-    local = PromptLookupProposer(k, 3, CTX_LEN, 8) if mode == "local" else None
+    local = NgramProposer(k, 3, CTX_LEN, 8) if mode == "local" else None
     records = asyncio.run(generate_all(services["verifier"], pattern_prompts(),
                                        GenerationConfig(k, NEW, ignore_eos=True),
                                        ngram_service if mode == "grpc" else None, local))
@@ -115,7 +115,7 @@ def test_partial_then_full_proposal_writes_at_right_positions(tiny_pair, target_
     for prompt in pattern_prompts():
         writes.clear()
         vlink = InProcessVerifierLink(verifier)
-        plink = RecordingProposer(InProcessProposerLink(PromptLookupProposer(5, 3, CTX_LEN, 1)))
+        plink = RecordingProposer(InProcessProposerLink(NgramProposer(5, 3, CTX_LEN, 1)))
         rec = asyncio.run(generate(prompt, vlink, plink, GenerationConfig(5, NEW, True), CTX_LEN))
         asyncio.run(vlink.close())
         assert rec.tokens == greedy_reference(target_hf, prompt, NEW)

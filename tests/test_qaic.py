@@ -18,7 +18,7 @@ from client.api import SpecDecClient
 from specdec.config import EngineConfig
 from specdec.engine.qaic_engine import QaicEngine, QaicOptions
 from specdec.generation import GenerationConfig
-from specdec.proposers.prompt_lookup import PromptLookupProposer
+from specdec.proposers.ngram import NgramProposer
 from tests.conftest import CTX_LEN, start_proposer, start_verifier
 from tests.qefficient_env import qefficient_installed
 from tests.qpc_double import QpcDoubleBackend
@@ -69,7 +69,7 @@ def test_prompt_lookup_sessions_on_qaic(tiny_pair, target_hf):
     v, verifier = start_verifier(tiny_pair[0], window_sizes=(0, 3), executor="qaic",
                                  qaic_backend=backend)
     try:
-        local = PromptLookupProposer(3, 3, CTX_LEN, 8)
+        local = NgramProposer(3, 3, CTX_LEN, 8)
         records = asyncio.run(run_all(v.address, local=local))
     finally:
         v.stop()

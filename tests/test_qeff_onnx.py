@@ -26,7 +26,7 @@ from specdec.engine.qaic_onnx import OnnxQpc, OnnxQpcSession, OnnxRuntimeBackend
 from specdec.engine.qaic_specs import QpcLayout
 from specdec.engine.torch_engine import TorchEngine
 from specdec.generation import GenerationConfig
-from specdec.proposers.prompt_lookup import PromptLookupProposer
+from specdec.proposers.ngram import NgramProposer
 from tests.conftest import CTX_LEN, PREFILL, start_proposer, start_verifier
 from tests.qefficient_env import qefficient_installed
 from tests.qpc_double import double_bindings
@@ -91,7 +91,7 @@ def test_prompt_lookup_multi_window_sessions_qeff_onnx(reference):
     """Compiled for K in {0, 1, 3}: a draft of d tokens runs in the smallest K >= d, -1 padded."""
     v, verifier = start_verifier(TARGET, window_sizes=(0, 1, 3), executor="qaic", qaic=ORT)
     try:
-        records = asyncio.run(generate(v.address, local=PromptLookupProposer(3, 3, CTX_LEN, 8)))
+        records = asyncio.run(generate(v.address, local=NgramProposer(3, 3, CTX_LEN, 8)))
     finally:
         v.stop()
     assert_lossless(records, reference)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from specdec.build import build_verifier
-from specdec.stopping import StopParams
 from specdec.verifier import TargetVerifier
+from specdec.warm_up import warm_up_verifier
 from specdec_rpc.convert import model_info
 from specdec_rpc.hosting import host_backend
 from specdec_rpc.server import run_service, setup_logging
@@ -20,23 +20,10 @@ log = logging.getLogger("verifier_service")
 SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 
 
-def warm_up(verifier: TargetVerifier) -> None:
-    """One prefill and one verify window, so the first client does not pay lazy init.
-
-    Whatever the model answers must not matter: a model may well emit EOS after token 0, which
-    would end the session before the verify, so EOS is ignored and the budget is unbounded."""
-    session = verifier.open_session()
-    try:
-        verifier.prefill(session, 0, [0], StopParams(max_new_tokens=0, ignore_eos=True), "")
-        verifier.verify(session, [0] * min(verifier.max_k, verifier.engine.ctx_len - 2))
-    finally:
-        verifier.close_session(session)
-
-
 def build(cfg: VerifierServiceConfig) -> tuple[TargetVerifier, pb.ModelInfo]:
     verifier = build_verifier(cfg.engine, cfg.window_sizes, cfg.executor, cfg.batching,
                               cfg.admission, cfg.qaic)
-    warm_up(verifier)
+    warm_up_verifier(verifier)
     return verifier, model_info(verifier.engine, cfg.engine, verifier.fingerprint, verifier.max_k,
                                 cfg.speculative_model_type, cfg.executor)
 

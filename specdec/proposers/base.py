@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from specdec.sampling import SamplingParams, Sparse
-from specdec.timing import StepTimings
-
-
-@dataclass
-class Proposal:
-    draft: list[int]   # d1..dk (may be shorter than asked, or empty: no guess)
-    held_len: int      # tokens the session holds now: synced + drafts it fed to itself
-    timings: StepTimings = field(default_factory=StepTimings)
-    probs: list[Sparse] | None = None  # per draft, the q it was sampled from; None = deterministic
-    pre_drafted: bool = False          # answered from a branch drafted while the last was verified
+from specdec.engine import Engine
+from specdec.sampling import SamplingParams
+from specdec.types import Proposal
 
 
 class Proposer(Protocol):
     method: str        # "draft", "ngram"
     fingerprint: str   # tokenizer fingerprint; "" = works with any tokenizer
     max_k: int
+    engine: Engine | None  # None: a proposer without a model (n-gram)
 
     def open_session(self) -> Any: ...
 

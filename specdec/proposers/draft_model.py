@@ -1,11 +1,12 @@
-"""Draft-model proposer: k greedy steps of a small model on its own engine.
+"""Draft-model proposer: k steps of a small model on its own engine, each the draft's argmax
+or, when the session samples, a token drawn from the draft's warped q (returned with it).
 
 Sync follows the protocol (drop positions >= start, append tokens). After proposing d1..dk the
 session holds the synced sequence plus d1..d(k-1), the drafts it fed to itself; dk is never
 fed. When the verifier accepts all k drafts, the client's next sync therefore carries two
 tokens, [dk, bonus] (QEfficient's bonus-token case), and the proposer runs both in one call.
 
-With pre-drafting (pre_draft_branches F > 0), `pre_draft` runs after each greedy proposal has
+With pre-drafting (pre_draft_branches F > 0), `pre_draft` runs after each proposal has
 been answered, while the verifier checks it: the next draft for the F likeliest verification
 outcomes (see pre_draft.py), batched across branches, one engine call per depth. The best
 all-accepted branch extends the session's own slot (stale positions are masked and overwritten,
@@ -24,7 +25,6 @@ import numpy as np
 
 from specdec.batching import DECODE, Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
-from specdec.proposers.base import Proposal
 from specdec.proposers.pre_draft import AcceptanceStats, observed_outcome, outcome_key, rank_outcomes
 from specdec.sampling import (
     DRAFT_STREAM,
@@ -37,7 +37,7 @@ from specdec.sampling import (
 )
 from specdec.sequence import SlotSequence
 from specdec.slots import Admission, SlotPool
-from specdec.timing import StepTimings
+from specdec.types import Proposal, StepTimings
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""Prompt lookup (n-gram) proposer: propose the tokens that followed an earlier occurrence of
-the sequence's last n tokens. No model, no device.
+"""The n-gram proposer (QEfficient's "prompt lookup"): propose the tokens that followed an
+earlier occurrence of the sequence's last n tokens. No model, no device. Each session holds its
+token history in a preallocated buffer, synced by start + tokens; the proposer feeds nothing to
+itself, so after a reply a session holds exactly the synced sequence.
 
 Which match wins, and why: for n from max_ngram_size down to 1 (longer n-grams are more
 specific, so they are tried first), look for earlier occurrences of the last n tokens. The
@@ -15,7 +17,14 @@ match; `test_most_recent_full_match_wins` in tests/test_ngram.py shows where the
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+
+from specdec.errors import InvalidRequest, PreconditionFailed
+from specdec.sampling import SamplingParams
+from specdec.slots import Admission, SlotPool
+from specdec.types import Proposal, StepTimings
 
 
 def propose_ngram(history: np.ndarray, max_ngram_size: int, k: int,
@@ -41,3 +50,60 @@ def propose_ngram(history: np.ndarray, max_ngram_size: int, k: int,
         begin = int(full[-1]) if full.size else int(follow[0])
         return history[begin:begin + k]
     return history[:0]
+
+
+class TokenHistory:
+    """Tokens of one session in a preallocated buffer: [ctx_len] int64."""
+
+    def __init__(self, ctx_len: int, slot: int) -> None:
+        self.slot = slot  # the session's place in the pool, as a KV slot is for a model
+        self.buf = np.zeros(ctx_len, dtype=np.int64)
+        self.length = 0
+
+    def sync(self, start: int, tokens: list[int]) -> None:
+        if start > self.length:
+            raise PreconditionFailed(f"sync start {start} is beyond the {self.length} tokens this "
+                                     "session holds; resend from a lower start (0 is always valid)")
+        if start + len(tokens) > self.buf.shape[0]:
+            raise InvalidRequest(f"sequence of {start + len(tokens)} tokens exceeds ctx_len "
+                                 f"{self.buf.shape[0]}")
+        self.buf[start:start + len(tokens)] = tokens
+        self.length = start + len(tokens)
+
+    def view(self) -> np.ndarray:
+        return self.buf[:self.length]
+
+
+class NgramProposer:
+    method = "ngram"
+    fingerprint = ""  # proposals are ids taken from the sequence itself: any tokenizer fits
+    engine = None     # no model
+
+    def __init__(self, max_k: int, max_ngram_size: int, ctx_len: int, sessions: int,
+                 admission: Admission = Admission()) -> None:
+        if max_ngram_size < 1:
+            raise ValueError("max_ngram_size must be >= 1")
+        self.max_k = max_k
+        self.max_ngram_size = max_ngram_size
+        self.ctx_len = ctx_len
+        self.pool = SlotPool(sessions, admission)  # bounds memory: one history per open session
+
+    def open_session(self) -> TokenHistory:
+        return TokenHistory(self.ctx_len, self.pool.acquire())
+
+    def close_session(self, history: TokenHistory) -> None:
+        self.pool.release(history.slot)
+
+    def after_reply(self, history: TokenHistory) -> None:
+        """Nothing to pre-draft: a lookup costs microseconds."""
+
+    def propose(self, history: TokenHistory, start: int, tokens: list[int], k: int,
+                sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
+        """Deterministic drafts whatever the sampling: the point-mass case of the rejection rule."""
+        t0 = time.perf_counter_ns()
+        if not 0 <= k <= self.max_k:
+            raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
+        history.sync(start, tokens)
+        draft = propose_ngram(history.view(), self.max_ngram_size, k).tolist()
+        elapsed = time.perf_counter_ns() - t0
+        return Proposal(draft, history.length, StepTimings(forward_ns=elapsed, total_ns=elapsed))

@@ -1,0 +1,39 @@
+"""What crosses between the services and the client: a proposal, the outcome of a verify step,
+and the timings every reply carries. Plain data: the proposers and the verifier produce them,
+specdec_rpc.convert puts them on the wire, and the client's generation loop reads them, so
+neither side imports the other's modules to share them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from specdec.sampling import Sparse
+from specdec.stopping import FinishReason
+
+
+@dataclass
+class StepTimings:
+    queue_ns: int = 0    # rows waiting for the engine (another batch was running)
+    forward_ns: int = 0  # engine calls that carried this step's rows
+    total_ns: int = 0    # whole step, set by the code that sees the request arrive
+
+
+@dataclass
+class Proposal:
+    draft: list[int]   # d1..dk (may be shorter than asked, or empty: no guess)
+    held_len: int      # tokens the session holds now: synced + drafts it fed to itself
+    timings: StepTimings = field(default_factory=StepTimings)
+    probs: list[Sparse] | None = None  # per draft, the q it was sampled from; None = deterministic
+    pre_drafted: bool = False          # answered from a branch drafted while the last was verified
+
+
+@dataclass
+class StepOutcome:
+    tokens: list[int]       # appended to the sequence: accepted drafts + one target token
+    accepted: int           # drafts kept (before a stop cut)
+    drafted: int            # drafts verified (after fitting to ctx_len / budget)
+    finish: FinishReason
+    sequence_len: int
+    timings: StepTimings = field(default_factory=StepTimings)
+    next_draft: list[int] = field(default_factory=list)  # Turbo: the heads' guesses for next round
+    sessions_active: int = 0  # verify: sessions holding a slot when it ran (batch occupancy); 0 = unknown
