@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import AsyncIterator
+from typing import AsyncIterator, Protocol, Sequence
 
 import grpc
 
 from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError, service_error
 from client.replicas import LeasedProposerLink, LeasedVerifierLink, ReplicaSet
-from specdec.generation import GenerationConfig, GenerationRecord, generate
+from specdec.generation import GenerationConfig, GenerationRecord, ProposerLink, generate
 from specdec.inprocess import InProcessProposerLink
 from specdec.proposers.base import Proposer
 from specdec.recovery import RecoveryPolicy
@@ -36,6 +36,12 @@ CHANNEL_OPTIONS = message_limits() + [
 ]
 
 
+class Link(Protocol):
+    """A session link this client opened, and closes when the generation ends."""
+
+    async def close(self) -> None: ...
+
+
 class SpecDecClient:
     def __init__(self, verifier: str, proposer: str | None = None, timeout_s: float = 30.0,
                  local_proposer: Proposer | None = None,
@@ -48,7 +54,7 @@ class SpecDecClient:
         self.security = security
         self.verifier = ReplicaSet(verifier, pb_grpc.VerifierStub, security.channel,
                                    CHANNEL_OPTIONS, "verifier")
-        self.proposer = None
+        self.proposer: ReplicaSet | None = None
         if proposer:
             self.proposer = ReplicaSet(proposer, pb_grpc.ProposerStub, security.channel,
                                        CHANNEL_OPTIONS, "proposer")
@@ -98,7 +104,7 @@ class SpecDecClient:
             pb.TokenizeRequest(text=text), timeout=self.timeout_s,
             metadata=self.security.metadata()))).ids)
 
-    async def detokenize(self, ids: list[int], prefix_ids: list[int] = ()) -> tuple[str, int]:
+    async def detokenize(self, ids: list[int], prefix_ids: Sequence[int] = ()) -> tuple[str, int]:
         """(text that ids add after prefix_ids, how many of ids it covers); see the proto."""
         reply = await self._unary(lambda stub: stub.Detokenize(
             pb.DetokenizeRequest(ids=ids, prefix_ids=prefix_ids, skip_special_tokens=True),
@@ -135,6 +141,7 @@ class SpecDecClient:
                                   lease)
 
     async def _open_proposer(self) -> LeasedProposerLink:
+        assert self.proposer is not None, "a proposer address was given"
         lease = await self.proposer.lease()
         call = lease.stub.Session(metadata=self.security.metadata())
         return LeasedProposerLink(GrpcProposerLink(call, self.step_timeout_s, self._probe(lease.stub)),
@@ -156,6 +163,8 @@ class SpecDecClient:
                        on_tokens=None) -> GenerationRecord:
         if self.verifier_info is None:
             await self.connect()
+        info = self.verifier_info
+        assert info is not None
         if config.adaptive_k:  # auto: up to the largest k both services accept
             config = replace(config, num_speculative_tokens=min(config.num_speculative_tokens,
                                                                 self.max_k()))
@@ -163,19 +172,21 @@ class SpecDecClient:
             raise ValueError(f"num_speculative_tokens {config.num_speculative_tokens} exceeds what "
                              f"the services accept ({self.max_k()})")
         # One open link per service: a reopen closes the lost link it replaces.
-        links: dict[str, object] = {"verifier": await self._open_verifier()}
-        plink, fingerprint, reopen_proposer = None, "", None
+        verifier = await self._open_verifier()
+        links: dict[str, Link] = {"verifier": verifier}
+        plink: ProposerLink | None = None
+        fingerprint, reopen_proposer = "", None
         if config.num_speculative_tokens and self.local_proposer is not None:
-            plink, fingerprint = InProcessProposerLink(self.local_proposer), self.local_proposer.fingerprint
+            plink = links["proposer"] = InProcessProposerLink(self.local_proposer)
+            fingerprint = self.local_proposer.fingerprint
         elif (config.num_speculative_tokens and self.proposer is not None
-              and self.verifier_info.method != "turbo"):
-            plink, fingerprint = await self._open_proposer(), self.proposer_info.tokenizer_fingerprint
+              and self.proposer_info is not None and info.method != "turbo"):
+            plink = links["proposer"] = await self._open_proposer()
+            fingerprint = self.proposer_info.tokenizer_fingerprint
             reopen_proposer = self._track(links, "proposer", self._open_proposer)
-        if plink is not None:
-            links["proposer"] = plink
         try:
-            return await generate(prompt, links["verifier"], plink, config,
-                                  self.verifier_info.ctx_len, fingerprint, on_tokens,
+            return await generate(prompt, verifier, plink, config, info.ctx_len, fingerprint,
+                                  on_tokens,
                                   reopen_verifier=self._track(links, "verifier", self._open_verifier),
                                   reopen_proposer=reopen_proposer, policy=self.recovery)
         finally:
@@ -183,7 +194,7 @@ class SpecDecClient:
                 await link.close()
 
     @staticmethod
-    def _track(links: dict, service: str, opener):
+    def _track(links: dict[str, Link], service: str, opener):
         """A reopen function: it closes the service's previous (lost) link and opens a new
         session (on a replica the replica set picks), so a service that stays down costs one
         link, not one per retry."""

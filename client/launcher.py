@@ -62,6 +62,7 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = 30
     svc = ServiceProcess(name, proc)
 
     def drain_stderr() -> None:
+        assert proc.stderr is not None  # stderr=PIPE
         for line in proc.stderr:
             svc.stderr_tail.append(line.rstrip())
             if echo_stderr:
@@ -71,6 +72,7 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = 30
     ready = threading.Event()
 
     def read_stdout() -> None:
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
             prefix, _, rest = line.strip().partition(" ")
             if prefix == METRICS_PREFIX:

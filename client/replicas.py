@@ -73,7 +73,8 @@ async def resolve(endpoint: Endpoint) -> list[str]:
     """host:port of every address the endpoint's name has now (sorted, no duplicates)."""
     infos = await asyncio.get_running_loop().getaddrinfo(endpoint.host, endpoint.port,
                                                          type=socket.SOCK_STREAM)
-    return sorted({format_address(info[4][0], endpoint.port) for info in infos})
+    assert endpoint.port is not None, "only a dns endpoint is resolved here"
+    return sorted({format_address(str(info[4][0]), endpoint.port) for info in infos})
 
 
 @dataclass

@@ -105,7 +105,8 @@ class _Generation:
         self.held: list[int] = []         # what the proposer session holds
         self.held_agrees = 0              # held[:held_agrees] == seq[:held_agrees], known
         self.guesses: list[int] = []      # Turbo: the verifier's own heads' next draft
-        self.verifier, self.proposer = verifier, proposer
+        self.verifier: VerifierLink | None = verifier  # None: lost, reopened at the next step
+        self.proposer: ProposerLink | None = proposer
         self.config, self.ctx_len, self.fingerprint = config, ctx_len, draft_fingerprint
         self.reopen_verifier, self.reopen_proposer, self.policy = reopen_verifier, reopen_proposer, policy
         self.proposer_down_at: float | None = None
@@ -124,6 +125,7 @@ class _Generation:
             await asyncio.sleep(delay)
             try:
                 if self.verifier is None:
+                    assert self.reopen_verifier is not None  # only set to None when it exists
                     self.verifier = await self.reopen_verifier()
                 return await _timed(self.rec, "verifier_ns", self.verifier.prefill(
                     0, self.seq, params, self.fingerprint, self.config.sampling))
@@ -132,6 +134,7 @@ class _Generation:
                     raise
                 self.verifier = None
                 self.rec.recoveries += 1
+        raise AssertionError("backoff_delays is endless: the deadline ends the retries")
 
     async def propose(self, k: int) -> tuple[list[int], list[Sparse] | None]:
         if self.proposer is None and self.reopen_proposer is not None and self.proposer_down_at \
@@ -162,6 +165,7 @@ class _Generation:
         return proposal.draft, proposal.probs
 
     async def verify(self, draft: list[int], probs: list[Sparse] | None) -> StepOutcome:
+        assert self.verifier is not None  # prefill() reopens a lost one before it returns
         try:
             return await _timed(self.rec, "verifier_ns", self.verifier.verify(draft, probs))
         except LinkLost:
@@ -198,7 +202,7 @@ async def generate(
     rec, k_max = g.rec, config.num_speculative_tokens
     auto = AdaptiveK(k_max) if config.adaptive_k else None
     # Prefill the target and the draft concurrently: each owns its own device.
-    calls = [g.prefill()]
+    calls: list[Awaitable] = [g.prefill()]
     if k_max and proposer is not None:
         calls.append(g.propose(0))
     first, *_ = await asyncio.gather(*calls)

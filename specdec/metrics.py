@@ -73,16 +73,17 @@ def generation_metrics(rec: GenerationRecord) -> GenerationMetrics:
 
 def union_length(intervals: list[tuple[float, float]]) -> float:
     """Total length covered by a set of [start, end] intervals."""
-    total, cur_s, cur_e = 0.0, None, None
+    total = 0.0
+    merged: list[float] = []  # [start, end] of the run being merged, empty before the first
     for s, e in sorted(intervals):
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        total += cur_e - cur_s
+        if merged and s <= merged[1]:
+            merged[1] = max(merged[1], e)
+            continue
+        if merged:
+            total += merged[1] - merged[0]
+        merged = [s, e]
+    if merged:
+        total += merged[1] - merged[0]
     return total
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 
 class LinkLost(Exception):
@@ -34,7 +35,7 @@ class RecoveryPolicy:
     proposer_retry_s: float = 2.0  # while the proposer is down, try a new session this often
 
 
-def backoff_delays(policy: RecoveryPolicy):
+def backoff_delays(policy: RecoveryPolicy) -> Iterator[float]:
     """0, b, 2b, 4b, ... capped at backoff_max_s."""
     yield 0.0
     delay = policy.backoff_s

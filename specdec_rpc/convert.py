@@ -22,7 +22,7 @@ def timings_from_pb(t: pb.StepTimings) -> StepTimings:
 
 def outcome_to_pb(o: StepOutcome) -> pb.VerifierReply:
     return pb.VerifierReply(tokens=o.tokens, num_accepted_drafts=o.accepted, num_drafted=o.drafted,
-                            finish_reason=int(o.finish), timings=timings_to_pb(o.timings),
+                            finish_reason=pb.FinishReason.ValueType(int(o.finish)), timings=timings_to_pb(o.timings),
                             sequence_len=o.sequence_len, next_draft=o.next_draft,
                             sessions_active=o.sessions_active)
 

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -162,7 +162,7 @@ def _load_in_thread(load: Callable[[], None]) -> asyncio.Future:
     return future
 
 
-def run_service(main: Callable[[], Awaitable[bool]]) -> None:
+def run_service(main: Callable[[], Coroutine[Any, Any, bool]]) -> None:
     """main() -> False when the service stopped before its model loaded: the load thread may
     still be running (reading weights, compiling), and the process exits now without it."""
     try:

@@ -27,6 +27,11 @@ class VerifierServicer(AttachedBackend, pb_grpc.VerifierServicer):
                                    backend.engine.ctx_len)
         super().attach(backend, info)
 
+    def _codec(self) -> TextCodec:
+        # _unary runs this only once the service is ready, which it is after attach().
+        assert self.text is not None, "Tokenize/Detokenize before the model was attached"
+        return self.text
+
     def _check_first(self, req: pb.VerifierRequest) -> None:
         if _kind(req) != "prefill":  # refused before it takes a slot
             raise PreconditionFailed("verify before prefill: the first request of a session "
@@ -46,12 +51,12 @@ class VerifierServicer(AttachedBackend, pb_grpc.VerifierServicer):
     async def Tokenize(self, request: pb.TokenizeRequest,
                        context: grpc.aio.ServicerContext) -> pb.TokenizeReply:
         add = request.add_special_tokens if request.HasField("add_special_tokens") else True
-        ids, added = await self._unary(context, lambda: self.text.tokenize(request.text, add))
+        ids, added = await self._unary(context, lambda: self._codec().tokenize(request.text, add))
         return pb.TokenizeReply(ids=ids, added_special_tokens=added)
 
     async def Detokenize(self, request: pb.DetokenizeRequest,
                          context: grpc.aio.ServicerContext) -> pb.DetokenizeReply:
-        text, n = await self._unary(context, lambda: self.text.detokenize(
+        text, n = await self._unary(context, lambda: self._codec().detokenize(
             list(request.ids), list(request.prefix_ids), request.skip_special_tokens))
         return pb.DetokenizeReply(text=text, num_ids=n)
 

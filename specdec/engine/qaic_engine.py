@@ -79,7 +79,7 @@ class QEfficientBackend:
         qaic_config = {"speculative_model_type": layout.role} if layout.tlm else None
         model = self._auto.from_pretrained(str(model_path), continuous_batching=True,
                                            qaic_config=qaic_config)
-        kwargs = dict(prefill_seq_len=layout.prefill_seq_len, ctx_len=layout.ctx_len,
+        kwargs: dict[str, Any] = dict(prefill_seq_len=layout.prefill_seq_len, ctx_len=layout.ctx_len,
                       full_batch_size=layout.full_batch_size, num_cores=options.num_cores,
                       num_devices=len(options.device_ids), mxfp6_matmul=options.mxfp6_matmul,
                       mxint8_kv_cache=options.mxint8_kv_cache,

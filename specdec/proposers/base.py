@@ -13,7 +13,11 @@ class Proposer(Protocol):
     method: str        # "draft", "ngram"
     fingerprint: str   # tokenizer fingerprint; "" = works with any tokenizer
     max_k: int
-    engine: Engine | None  # None: a proposer without a model (n-gram)
+
+    @property
+    def engine(self) -> Engine | None:
+        """The draft model's engine; None for a proposer without a model (n-gram)."""
+        ...
 
     def open_session(self) -> Any: ...
 
