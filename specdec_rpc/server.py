@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import Any, Callable, Coroutine
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
