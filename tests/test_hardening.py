@@ -27,6 +27,7 @@ from specdec.sampling import (
 )
 from specdec.slots import Admission
 from specdec.stopping import StopParams
+from specdec.warm_up import warm_up_verifier
 from specdec_rpc.interceptors import AuthInterceptor, MetricsInterceptor, ParseInterceptor
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.parsing import RateLimitedLog
@@ -37,7 +38,6 @@ from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.conftest import MAX_K, ServerThread, attached, engine_config, start_proposer, start_verifier
 from tests.test_bad_input import PROMPT, prefill, wait_free
 from tests.tiny_models import greedy_reference
-from verifier_service.__main__ import warm_up
 from verifier_service.servicer import VerifierServicer
 
 # 1. Start-up crash --------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def test_warm_up_does_not_depend_on_what_the_model_says(tiny_pair):
     first = verifier.prefill(session, 0, [0], StopParams(ignore_eos=True)).tokens[0]
     verifier.close_session(session)
     verifier.eos_token_ids = (first,)
-    warm_up(verifier)  # raised PreconditionFailed "session already finished (EOS)"
+    warm_up_verifier(verifier)  # raised PreconditionFailed "session already finished (EOS)"
     assert verifier.pool.in_use == 0
     verifier.batcher.close()
 
