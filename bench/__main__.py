@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 "proposer", "proposer_service",
                 ["--method", "draft", "--model", args.draft_model, *p_flags,
                  "--pre-draft-branches", str(args.pre_draft_branches)]))
-    pre = rec_auto = None
+    pre = pre_on_request = rec_auto = None
     try:
         plain = services[0].address
         spec_v, spec_p = (services[1].address, None) if args.method == "turbo" \
@@ -180,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             rec_auto, m_auto = measured(f"(b~) k auto up to {auto_k}, gRPC", lambda warmup: asyncio.run(
                 run_grpc(spec_v, spec_p, warm if warmup else prompts, auto)))
         if len(services) > 2:
+            on_request = replace(config, use_branches=False)
+            pre_on_request = measured(
+                f"(b+r) pre-drafting {args.pre_draft_branches}, hits on request, gRPC",
+                lambda warmup: asyncio.run(run_grpc(plain, services[2].address,
+                                                    warm if warmup else prompts, on_request)))
             pre = measured(f"(b+) pre-drafting {args.pre_draft_branches}, gRPC", lambda warmup: asyncio.run(
                 run_grpc(plain, services[2].address, warm if warmup else prompts, config)))
     finally:
@@ -208,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
     same = [r.tokens for r in rec_a] == [r.tokens for r in rec_b] == [r.tokens for r in rec_c] \
         == out_d == (peer[0] if peer else out_d) == ([r.tokens for r in pre[0]] if pre else out_d) \
-        == ([r.tokens for r in rec_auto] if rec_auto else out_d)
+        == ([r.tokens for r in rec_auto] if rec_auto else out_d) \
+        == ([r.tokens for r in pre_on_request[0]] if pre_on_request else out_d)
     figures = {
         "tokens_per_s": {"target_only_grpc": a.e2e_throughput, "speculative_grpc": b.e2e_throughput,
                          "speculative_inprocess": c.e2e_throughput, "transformers_generate": d,
@@ -220,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         "pre_draft_vs_sequential_bplus_over_b": pre[1].e2e_throughput / b.e2e_throughput if pre else None,
         "pre_draft_split_vs_inprocess_bplus_over_c": pre[1].e2e_throughput / c.e2e_throughput if pre else None,
         "pre_draft_hit_rate": pre[1].pre_draft_hit_rate if pre else None,
+        "pre_draft_overlapped_rounds": pre[1].pre_draft_overlapped if pre else None,
+        "pre_draft_on_request_vs_sequential_bplusr_over_b":
+            pre_on_request[1].e2e_throughput / b.e2e_throughput if pre_on_request else None,
         "pre_draft_vs_transformers_bplus_over_e": pre[1].e2e_throughput / peer[1] if pre and peer else None,
         "auto_tokens_per_s": m_auto.e2e_throughput if rec_auto else None,
         "auto_vs_fixed_bauto_over_b": m_auto.e2e_throughput / b.e2e_throughput if rec_auto else None,
@@ -245,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     if pre:
         print("pre-drafting b+/b (vs sequential, both gRPC):      "
               f"{figures['pre_draft_vs_sequential_bplus_over_b']:.2f}x"
-              f"  (hit rate {pre[1].pre_draft_hit_rate:.0%})")
+              f"  (hit rate {pre[1].pre_draft_hit_rate:.0%}, {pre[1].pre_draft_overlapped} rounds "
+              "verified alongside the next pre-draft)")
+        print("pre-drafting, hits on request b+r/b:              "
+              f"{figures['pre_draft_on_request_vs_sequential_bplusr_over_b']:.2f}x")
         print("pre-drafting b+/c (split vs sequential in-process): "
               f"{figures['pre_draft_split_vs_inprocess_bplus_over_c']:.2f}x")
     if rec_auto:

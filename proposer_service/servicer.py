@@ -15,7 +15,8 @@ class ProposerServicer(AttachedBackend, pb_grpc.ProposerServicer):
 
     def _step(self, session: Any, req: pb.ProposeRequest) -> pb.ProposeReply:
         return proposal_to_pb(self.backend.propose(session, req.start, list(req.tokens), req.k,
-                                                   sampling_from_pb(req.sampling), req.top_m))
+                                                   sampling_from_pb(req.sampling), req.top_m,
+                                                   req.return_branches))
 
     def _after_reply(self) -> Callable[[Any], None] | None:
         return self.backend.after_reply

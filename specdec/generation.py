@@ -29,7 +29,7 @@ class VerifierLink(Protocol):
 
 class ProposerLink(Protocol):
     async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
-                      top_m: int) -> Proposal: ...
+                      top_m: int, return_branches: bool = False) -> Proposal: ...
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,12 @@ class GenerationConfig:
     # --num-speculative-tokens auto: each round picks its k in 0..num_speculative_tokens, the
     # one with the most expected tokens per second (specdec.adaptive_k).
     adaptive_k: bool = False
+    # Greedy, with a proposer that pre-drafts (--pre-draft-branches F > 0): ask for each
+    # proposal's branches; when the verify outcome is among them, verify that branch's draft at
+    # once and send the proposer the sync for it in the same moment, so the proposer drafts the
+    # next branches while the verifier verifies. A proposer that does not pre-draft returns
+    # none, and every round is the plain sequential one.
+    use_branches: bool = True
 
 
 @dataclass
@@ -68,6 +74,8 @@ class GenerationRecord:
     recoveries: int = 0                # lost service sessions replaced mid-generation
     proposals: int = 0                 # proposer calls that returned a draft
     pre_draft_hits: int = 0            # ... answered from a branch pre-drafted during the verify
+    pre_draft_overlapped: int = 0      # rounds whose draft was a branch the client held, verified
+                                       # while the proposer drafted the next branches
     k_histogram: list[int] = field(default_factory=list)  # [k] rounds that asked for k drafts
 
 
@@ -111,6 +119,8 @@ class _Generation:
         self.reopen_verifier, self.reopen_proposer, self.policy = reopen_verifier, reopen_proposer, policy
         self.proposer_down_at: float | None = None
         self.propose_forward_ns = 0       # engine time the last proposal reported
+        self.branches: dict[tuple[int, int], list[int]] = {}  # (accepted, token) -> next draft
+        self.ahead: list[int] = []        # the branch draft for the outcome just committed
 
     def _remaining(self) -> int:
         """StopParams.max_new_tokens for a (re-)prefill: what this generation may still emit."""
@@ -136,7 +146,11 @@ class _Generation:
                 self.rec.recoveries += 1
         raise AssertionError("backoff_delays is endless: the deadline ends the retries")
 
-    async def propose(self, k: int) -> tuple[list[int], list[Sparse] | None]:
+    async def propose(self, k: int, return_branches: bool = False,
+                      expect: list[int] | None = None) -> tuple[list[int], list[Sparse] | None]:
+        """expect: the draft already taken from a branch, verified meanwhile; the branches that
+        come back are kept only if the proposer drafted them for that same draft."""
+        self.branches = {}
         if self.proposer is None and self.reopen_proposer is not None and self.proposer_down_at \
                 and time.monotonic() - self.proposer_down_at >= self.policy.proposer_retry_s:
             try:
@@ -150,7 +164,8 @@ class _Generation:
         start = common_prefix_len(self.held, self.seq, self.held_agrees)
         try:
             proposal = await _timed(self.rec, "proposer_ns", self.proposer.propose(
-                start, self.seq[start:], k, self.config.sampling, self.config.draft_top_m))
+                start, self.seq[start:], k, self.config.sampling, self.config.draft_top_m,
+                return_branches))
         except (LinkLost, Busy):
             # Lossless either way: go on target-only and try a new session later (a full
             # proposer may have a free slot by then).
@@ -162,6 +177,8 @@ class _Generation:
         self.rec.proposals += bool(proposal.draft)
         self.rec.pre_draft_hits += proposal.pre_drafted
         self.held_agrees = min(len(self.seq), proposal.held_len)
+        if expect is None or proposal.draft == expect:
+            self.branches = {(b.accepted, b.token): b.draft for b in proposal.branches}
         return proposal.draft, proposal.probs
 
     async def verify(self, draft: list[int], probs: list[Sparse] | None) -> StepOutcome:
@@ -176,6 +193,10 @@ class _Generation:
             return await self.prefill()  # emits the token the lost step would have ended with
 
     def commit(self, step: StepOutcome, on_tokens) -> None:
+        # The branch drafted for this outcome, if any: the next round's draft, known already.
+        unstopped = len(step.tokens) == step.accepted + 1 and not step.finish
+        self.ahead = self.branches.get((step.accepted, step.tokens[-1]), []) if unstopped else []
+        self.branches = {}
         self.seq += step.tokens
         self.rec.tokens += step.tokens
         self.rec.finish = step.finish
@@ -201,6 +222,7 @@ async def generate(
                     reopen_verifier, reopen_proposer, policy)
     rec, k_max = g.rec, config.num_speculative_tokens
     auto = AdaptiveK(k_max) if config.adaptive_k else None
+    use_branches = config.use_branches and config.sampling.greedy
     # Prefill the target and the draft concurrently: each owns its own device.
     calls: list[Awaitable] = [g.prefill()]
     if k_max and proposer is not None:
@@ -213,14 +235,25 @@ async def generate(
         if config.max_new_tokens:
             k = min(k, config.max_new_tokens - len(rec.tokens) - 1)
         k = max(k, 0)
+        ahead, g.ahead = g.ahead[:k], []
+        k = len(ahead) or k   # a branch drafted for a larger k serves its first k
         _bump(rec.k_histogram, k)
         proposer_ns, verifier_ns = rec.proposer_ns, rec.verifier_ns
-        # A k = 0 round skips the proposer; the next sync (start = the common prefix of what
-        # it holds and the sequence) then carries every token since, so it never falls behind.
-        draft, probs = await g.propose(k) if k > 0 else ([], None)
-        step = await g.verify(draft, probs)
+        if ahead:
+            rec.pre_draft_overlapped += 1
+            # A branch answered this round already: verify it, and at the same time send the
+            # proposer the sync that names it, for the branches of the round after.
+            step, _ = await asyncio.gather(g.verify(ahead, None),
+                                           g.propose(k, True, expect=ahead))
+        else:
+            # A k = 0 round skips the proposer; the next sync (start = the common prefix of
+            # what it holds and the sequence) then carries every token since, so it never
+            # falls behind.
+            draft, probs = await g.propose(k, use_branches) if k > 0 else ([], None)
+            step = await g.verify(draft, probs)
         if auto:
-            proposed = rec.proposer_ns - proposer_ns   # 0: no call (k = 0, Turbo, link lost)
+            # 0: no call (k = 0, Turbo, link lost); a call alongside the verify costs no time
+            proposed = 0 if ahead else rec.proposer_ns - proposer_ns
             auto.observe(k, step.accepted, proposed / 1e9 if proposed else None,
                          g.propose_forward_ns / 1e9, (rec.verifier_ns - verifier_ns) / 1e9,
                          step.timings.forward_ns / 1e9, step.sessions_active)

@@ -48,11 +48,11 @@ class InProcessProposerLink:
         self.session = None
 
     async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
-                      top_m: int) -> Proposal:
+                      top_m: int, return_branches: bool = False) -> Proposal:
         if self.session is None:
             self.session = await asyncio.to_thread(self.proposer.open_session)
         proposal = await asyncio.to_thread(self.proposer.propose, self.session, start, tokens, k,
-                                           sampling, top_m)
+                                           sampling, top_m, return_branches)
         # As the proposer service does after replying: not awaited, it overlaps the verify.
         asyncio.get_running_loop().run_in_executor(None, self.proposer.after_reply, self.session)
         return proposal

@@ -8,7 +8,7 @@ from specdec.config import EngineConfig
 from specdec.engine import Engine
 from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import FinishReason
-from specdec.types import Proposal, StepOutcome, StepTimings
+from specdec.types import DraftBranch, Proposal, StepOutcome, StepTimings
 from specdec_rpc.v1 import specdec_pb2 as pb
 
 
@@ -35,12 +35,15 @@ def outcome_from_pb(r: pb.VerifierReply) -> StepOutcome:
 
 def proposal_to_pb(p: Proposal) -> pb.ProposeReply:
     return pb.ProposeReply(draft_tokens=p.draft, held_len=p.held_len, timings=timings_to_pb(p.timings),
-                           draft_probs=sparse_to_pb(p.probs), pre_drafted=p.pre_drafted)
+                           draft_probs=sparse_to_pb(p.probs), pre_drafted=p.pre_drafted,
+                           branches=[pb.DraftBranch(accepted=b.accepted, token=b.token,
+                                                    draft_tokens=b.draft) for b in p.branches])
 
 
 def proposal_from_pb(r: pb.ProposeReply) -> Proposal:
     return Proposal(list(r.draft_tokens), r.held_len, timings_from_pb(r.timings),
-                    sparse_from_pb(r.draft_probs), r.pre_drafted)
+                    sparse_from_pb(r.draft_probs), r.pre_drafted,
+                    [DraftBranch(b.accepted, b.token, list(b.draft_tokens)) for b in r.branches])
 
 
 def sampling_to_pb(s: SamplingParams) -> pb.SamplingParams:

@@ -84,20 +84,53 @@ def generate(verifier, proposer, prompt, config):
     return asyncio.run(go())
 
 
+@pytest.mark.parametrize("use_branches", [True, False])
 @pytest.mark.parametrize("k", [1, 3, 5])
-def test_pre_drafting_equals_greedy_and_hits(pre_drafting, target_hf, k):
+def test_pre_drafting_equals_greedy_and_hits(pre_drafting, target_hf, k, use_branches):
+    """use_branches: the client takes the next draft from the branches itself and verifies it
+    while the proposer drafts the branches after it; else the proposer answers hits on request."""
     verifier, proposer, _, backend = pre_drafting
     rng = np.random.default_rng(11)
-    hits = proposals = 0
+    hits = proposals = overlapped = 0
     for n in (6, 13):
         prompt = rng.integers(2, VOCAB, size=n).tolist()
-        rec = generate(verifier, proposer, prompt, GenerationConfig(k, 30, ignore_eos=True))
+        rec = generate(verifier, proposer, prompt,
+                       GenerationConfig(k, 30, ignore_eos=True, use_branches=use_branches))
         assert rec.tokens == greedy_reference(target_hf, prompt, 30)
         hits += rec.pre_draft_hits
         proposals += rec.proposals
+        overlapped += rec.pre_draft_overlapped
     assert 0 < hits < proposals          # branches were used, and misses happened too
     assert backend.counters.hits >= hits
+    # Every overlapped round's sync named its branch at the proposer, which counted a hit.
+    assert (0 < overlapped <= hits) if use_branches else overlapped == 0
     assert backend._scratch and len(backend._scratch) == 4 * 3   # every scratch slot back
+
+
+def test_branches_come_back_with_the_proposal(tiny_pair):
+    """return_branches: the branches are drafted before propose returns, one per ranked
+    outcome, each the draft the proposer then answers when the sync names that outcome."""
+    from specdec.build import build_draft_proposer
+    from specdec.proposers.pre_draft import outcome_key
+    from tests.conftest import engine_config
+
+    proposer = build_draft_proposer(engine_config(tiny_pair[1], 1), 4, pre_draft_branches=3)
+    session = proposer.open_session()
+    try:
+        prompt = [5, 9, 14, 3, 22]
+        first = proposer.propose(session, 0, prompt, 3, return_branches=True)
+        assert len(first.branches) == 3
+        assert len({(b.accepted, b.token) for b in first.branches}) == 3
+        assert all(len(b.draft) == 3 and 0 <= b.accepted <= 3 for b in first.branches)
+        branch = first.branches[-1]
+        start, tokens = outcome_key(len(prompt), first.draft, branch.accepted, branch.token)
+        hit = proposer.propose(session, start, list(tokens), 3, return_branches=True)
+        assert hit.pre_drafted and hit.draft == branch.draft and len(hit.branches) == 3
+        proposer.after_reply(session)   # the service calls it after every reply: nothing left
+        assert proposer.counters.drafted_tokens == 2 * 3 * 3
+        assert proposer.propose(session, 0, prompt, 3).branches == []   # not asked: none
+    finally:
+        proposer.close_session(session)
 
 
 def test_sampling_is_untouched_by_pre_drafting(pre_drafting):

@@ -37,7 +37,7 @@ from specdec.sampling import (
 )
 from specdec.sequence import SlotSequence
 from specdec.slots import Admission, SlotPool
-from specdec.types import Proposal, StepTimings
+from specdec.types import DraftBranch, Proposal, StepTimings
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Branch:
     slot: int            # where its KV is: the session's own slot or a scratch slot
     tokens: list[int]    # what that slot then holds: prefix + outcome + e1..e(k-1)
     draft: list[int]     # e1..ek
+    outcome: tuple[int, int]  # (accepted a, token y) of the verification it was drafted for
     logits_at: list[np.ndarray] = field(default_factory=list)  # [V] per depth, as LastDraft
 
 
@@ -150,12 +151,25 @@ class DraftModelProposer:
         return Proposal(branch.draft[:k], held, timings, None, pre_drafted=True)
 
     def propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
-                sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
+                sampling: SamplingParams = SamplingParams(), top_m: int = 0,
+                return_branches: bool = False) -> Proposal:
         """Greedy drafts, or with sampling.temperature > 0 and top_m > 0 drafts sampled from the
-        top m tokens of the warped draft distribution (returned as the exact proposal q)."""
+        top m tokens of the warped draft distribution (returned as the exact proposal q).
+        return_branches (with pre-drafting on, greedy): pre-draft this proposal's outcomes now,
+        before returning, and return them with it; the client then picks the next draft itself
+        and asks for the one after while the verifier works."""
         t0 = time.perf_counter_ns()
         with session.busy:   # after the last proposal's pre-draft, if it started first
-            return self._propose(session, start, tokens, k, sampling, top_m, t0)
+            proposal = self._propose(session, start, tokens, k, sampling, top_m, t0)
+            last = session.last
+            if return_branches and self.pre_draft_branches and last is not None and last.draft:
+                last.pre_drafted = True
+                self._drop_branches(session)
+                self._pre_draft(session, last)
+                proposal.branches = [DraftBranch(*b.outcome, b.draft)
+                                     for b in session.branches.values()]
+                proposal.timings.total_ns = time.perf_counter_ns() - t0
+            return proposal
 
     def _propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
                  sampling: SamplingParams, top_m: int, t0: int) -> Proposal:
@@ -240,7 +254,7 @@ class DraftModelProposer:
                 self.engine.copy_slot(seq.slot, slot)
             tokens = base[:last.prefix_len + accepted] + [token]
             branches.append((outcome_key(last.prefix_len, last.draft, accepted, token),
-                             Branch(slot, tokens, [])))
+                             Branch(slot, tokens, [], (accepted, token))))
         for depth in range(k):   # one engine call per depth, every branch a row
             rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
             for (_, b), logits in zip(branches, self.batcher.run_rows(rows, DECODE, timings)):

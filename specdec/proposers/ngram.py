@@ -98,8 +98,10 @@ class NgramProposer:
         """Nothing to pre-draft: a lookup costs microseconds."""
 
     def propose(self, history: TokenHistory, start: int, tokens: list[int], k: int,
-                sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
-        """Deterministic drafts whatever the sampling: the point-mass case of the rejection rule."""
+                sampling: SamplingParams = SamplingParams(), top_m: int = 0,
+                return_branches: bool = False) -> Proposal:
+        """Deterministic drafts whatever the sampling: the point-mass case of the rejection rule.
+        No branches: a lookup costs microseconds, there is nothing to draft ahead."""
         t0 = time.perf_counter_ns()
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")

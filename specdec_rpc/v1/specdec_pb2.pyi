@@ -165,29 +165,43 @@ class VerifierReply(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[int]] = ..., num_accepted_drafts: _Optional[int] = ..., num_drafted: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., sequence_len: _Optional[int] = ..., next_draft: _Optional[_Iterable[int]] = ..., sessions_active: _Optional[int] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("start", "tokens", "k", "sampling", "top_m")
+    __slots__ = ("start", "tokens", "k", "sampling", "top_m", "return_branches")
     START_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     TOP_M_FIELD_NUMBER: _ClassVar[int]
+    RETURN_BRANCHES_FIELD_NUMBER: _ClassVar[int]
     start: int
     tokens: _containers.RepeatedScalarFieldContainer[int]
     k: int
     sampling: SamplingParams
     top_m: int
-    def __init__(self, start: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., top_m: _Optional[int] = ...) -> None: ...
+    return_branches: bool
+    def __init__(self, start: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., top_m: _Optional[int] = ..., return_branches: _Optional[bool] = ...) -> None: ...
+
+class DraftBranch(_message.Message):
+    __slots__ = ("accepted", "token", "draft_tokens")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    token: int
+    draft_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, accepted: _Optional[int] = ..., token: _Optional[int] = ..., draft_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ProposeReply(_message.Message):
-    __slots__ = ("draft_tokens", "timings", "held_len", "draft_probs", "pre_drafted")
+    __slots__ = ("draft_tokens", "timings", "held_len", "draft_probs", "pre_drafted", "branches")
     DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     HELD_LEN_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
     PRE_DRAFTED_FIELD_NUMBER: _ClassVar[int]
+    BRANCHES_FIELD_NUMBER: _ClassVar[int]
     draft_tokens: _containers.RepeatedScalarFieldContainer[int]
     timings: StepTimings
     held_len: int
     draft_probs: _containers.RepeatedCompositeFieldContainer[TokenDistribution]
     pre_drafted: bool
-    def __init__(self, draft_tokens: _Optional[_Iterable[int]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., held_len: _Optional[int] = ..., draft_probs: _Optional[_Iterable[_Union[TokenDistribution, _Mapping]]] = ..., pre_drafted: _Optional[bool] = ...) -> None: ...
+    branches: _containers.RepeatedCompositeFieldContainer[DraftBranch]
+    def __init__(self, draft_tokens: _Optional[_Iterable[int]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., held_len: _Optional[int] = ..., draft_probs: _Optional[_Iterable[_Union[TokenDistribution, _Mapping]]] = ..., pre_drafted: _Optional[bool] = ..., branches: _Optional[_Iterable[_Union[DraftBranch, _Mapping]]] = ...) -> None: ...
