@@ -4,7 +4,9 @@
   (b) speculative over gRPC: the services as separate processes, each pinned to its own CPU
       cores on a CPU host (for --method turbo the verifier alone, drafting with its heads)
   (b+) as (b), with a proposer that pre-drafts the next round while the verifier verifies
-      (--method draft, --pre-draft-branches F)
+      (--method draft, --pre-draft-branches F); the client takes the next draft from the
+      branches and verifies it while the proposer drafts the branches after it
+  (b+r) as (b+), with the client asking for each draft, a hit answered from the branches
   (b~) as (b), with k chosen each round (--num-speculative-tokens auto, up to --auto-max-k)
       (--method draft and ngram)
   (c) speculative in-process: the same library and generation loop, no gRPC, one process
@@ -38,6 +40,7 @@ from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
 from client.api import SpecDecClient
 from client.cli_common import DEFAULT_PROMPTS, load_tokenizer
 from client.launcher import start_service
+from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.build import build_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
 from specdec.cpu_cores import available_cores, split_cores
@@ -109,9 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefill-seq-len", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--pre-draft-branches", type=int, default=3,
-                   help="draft: also run a proposer that pre-drafts this many outcomes (b+); 0 = "
-                        "skip (3)")
+    p.add_argument("--pre-draft-branches", type=int, default=DEFAULT_PRE_DRAFT_BRANCHES,
+                   help="draft: also run a proposer that pre-drafts this many outcomes (b+, and "
+                        f"b+r with hits on request); 0 = skip ({DEFAULT_PRE_DRAFT_BRANCHES})")
     p.add_argument("--auto-max-k", type=int, default=None,
                    help="draft, ngram: also run k auto (b~), k in 0..this; 0 = skip (--k)")
     p.add_argument("--compile", default=os.environ.get("SPECDEC_COMPILE", "on"), choices=["on", "off"],

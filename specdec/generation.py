@@ -121,6 +121,7 @@ class _Generation:
         self.propose_forward_ns = 0       # engine time the last proposal reported
         self.branches: dict[tuple[int, int], list[int]] = {}  # (accepted, token) -> next draft
         self.ahead: list[int] = []        # the branch draft for the outcome just committed
+        self.fetch = config.use_branches and config.sampling.greedy  # ask for branches
 
     def _remaining(self) -> int:
         """StopParams.max_new_tokens for a (re-)prefill: what this generation may still emit."""
@@ -181,6 +182,23 @@ class _Generation:
             self.branches = {(b.accepted, b.token): b.draft for b in proposal.branches}
         return proposal.draft, proposal.probs
 
+    async def fetch_branches(self, draft: list[int]) -> None:
+        """The branches of the proposal just made (draft), which the proposer pre-drafts after
+        replying: asked for while the verifier verifies it. A proposer that returns none does
+        not pre-draft, and is not asked again in this generation."""
+        if self.proposer is None:
+            return
+        try:
+            proposal = await _timed(self.rec, "proposer_ns", self.proposer.propose(
+                len(self.held), [], 0, self.config.sampling, 0, True))
+        except (LinkLost, Busy):
+            self.proposer, self.proposer_down_at = None, time.monotonic()
+            self.rec.recoveries += 1
+            return
+        if proposal.draft == draft:
+            self.branches = {(b.accepted, b.token): b.draft for b in proposal.branches}
+        self.fetch = bool(proposal.branches)
+
     async def verify(self, draft: list[int], probs: list[Sparse] | None) -> StepOutcome:
         assert self.verifier is not None  # prefill() reopens a lost one before it returns
         try:
@@ -222,7 +240,6 @@ async def generate(
                     reopen_verifier, reopen_proposer, policy)
     rec, k_max = g.rec, config.num_speculative_tokens
     auto = AdaptiveK(k_max) if config.adaptive_k else None
-    use_branches = config.use_branches and config.sampling.greedy
     # Prefill the target and the draft concurrently: each owns its own device.
     calls: list[Awaitable] = [g.prefill()]
     if k_max and proposer is not None:
@@ -239,6 +256,8 @@ async def generate(
         k = len(ahead) or k   # a branch drafted for a larger k serves its first k
         _bump(rec.k_histogram, k)
         proposer_ns, verifier_ns = rec.proposer_ns, rec.verifier_ns
+        proposed = 0   # proposer time on the round's critical path; 0: no call (k = 0, Turbo,
+        #                link lost, or a call alongside the verify, which costs no time)
         if ahead:
             rec.pre_draft_overlapped += 1
             # A branch answered this round already: verify it, and at the same time send the
@@ -249,11 +268,13 @@ async def generate(
             # A k = 0 round skips the proposer; the next sync (start = the common prefix of
             # what it holds and the sequence) then carries every token since, so it never
             # falls behind.
-            draft, probs = await g.propose(k, use_branches) if k > 0 else ([], None)
-            step = await g.verify(draft, probs)
+            draft, probs = await g.propose(k) if k > 0 else ([], None)
+            proposed = rec.proposer_ns - proposer_ns
+            if draft and g.fetch:   # its branches, pre-drafted while the verifier works
+                step, _ = await asyncio.gather(g.verify(draft, probs), g.fetch_branches(draft))
+            else:
+                step = await g.verify(draft, probs)
         if auto:
-            # 0: no call (k = 0, Turbo, link lost); a call alongside the verify costs no time
-            proposed = 0 if ahead else rec.proposer_ns - proposer_ns
             auto.observe(k, step.accepted, proposed / 1e9 if proposed else None,
                          g.propose_forward_ns / 1e9, (rec.verifier_ns - verifier_ns) / 1e9,
                          step.timings.forward_ns / 1e9, step.sessions_active)

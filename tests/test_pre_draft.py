@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from client.api import SpecDecClient
+from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig
 from specdec.proposers.pre_draft import (
     AcceptanceStats,
@@ -128,7 +129,16 @@ def test_branches_come_back_with_the_proposal(tiny_pair):
         assert hit.pre_drafted and hit.draft == branch.draft and len(hit.branches) == 3
         proposer.after_reply(session)   # the service calls it after every reply: nothing left
         assert proposer.counters.drafted_tokens == 2 * 3 * 3
-        assert proposer.propose(session, 0, prompt, 3).branches == []   # not asked: none
+        plain = proposer.propose(session, 0, prompt, 3)
+        assert plain.branches == []                       # not asked: none
+        # k = 0, no tokens: the last proposal again, with the branches pre-drafted after it.
+        again = proposer.propose(session, plain.held_len, [], 0, return_branches=True)
+        assert again.draft == plain.draft and again.held_len == plain.held_len
+        assert len(again.branches) == 3 and not again.pre_drafted
+        assert proposer.propose(session, plain.held_len, [], 0, return_branches=True).branches \
+            == again.branches                             # asked twice: drafted once
+        with pytest.raises(InvalidRequest):               # such a request syncs nothing
+            proposer.propose(session, plain.held_len - 1, [], 0, return_branches=True)
     finally:
         proposer.close_session(session)
 

@@ -155,21 +155,38 @@ class DraftModelProposer:
                 return_branches: bool = False) -> Proposal:
         """Greedy drafts, or with sampling.temperature > 0 and top_m > 0 drafts sampled from the
         top m tokens of the warped draft distribution (returned as the exact proposal q).
-        return_branches (with pre-drafting on, greedy): pre-draft this proposal's outcomes now,
-        before returning, and return them with it; the client then picks the next draft itself
-        and asks for the one after while the verifier works."""
+        return_branches (with pre-drafting on, greedy): also return this proposal's branches,
+        pre-drafted before returning; the client then picks the next draft itself and sends
+        its sync alongside the verify. With k = 0 and no tokens it syncs and drafts nothing:
+        the reply is the last proposal with its branches (waiting for their pre-draft)."""
         t0 = time.perf_counter_ns()
         with session.busy:   # after the last proposal's pre-draft, if it started first
-            proposal = self._propose(session, start, tokens, k, sampling, top_m, t0)
-            last = session.last
-            if return_branches and self.pre_draft_branches and last is not None and last.draft:
-                last.pre_drafted = True
-                self._drop_branches(session)
-                self._pre_draft(session, last)
+            if return_branches and k == 0 and not tokens:
+                proposal = self._last_proposal(session, start)
+            else:
+                proposal = self._propose(session, start, tokens, k, sampling, top_m, t0)
+            if return_branches:
+                self._ensure_pre_drafted(session)
                 proposal.branches = [DraftBranch(*b.outcome, b.draft)
                                      for b in session.branches.values()]
-                proposal.timings.total_ns = time.perf_counter_ns() - t0
+            proposal.timings.total_ns = time.perf_counter_ns() - t0
             return proposal
+
+    def _last_proposal(self, session: DraftSession, start: int) -> Proposal:
+        held = len(session.seq.tokens)
+        last = session.last
+        if start != held:
+            raise InvalidRequest(f"a request for the last proposal's branches must sync nothing: "
+                                 f"start {start} is not the {held} tokens this session holds")
+        return Proposal(last.draft if last else [], held)
+
+    def _ensure_pre_drafted(self, session: DraftSession) -> None:
+        """Pre-draft the pending proposal's outcomes now unless done already (after_reply)."""
+        last = session.last
+        if self.pre_draft_branches and last is not None and not last.pre_drafted:
+            last.pre_drafted = True
+            self._drop_branches(session)
+            self._pre_draft(session, last)
 
     def _propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
                  sampling: SamplingParams, top_m: int, t0: int) -> Proposal:
@@ -223,13 +240,8 @@ class DraftModelProposer:
         runs while the verifier verifies it (the service calls it after sending the reply)."""
         if not self.pre_draft_branches:
             return
-        with session.busy:
-            last = session.last
-            if last is None or last.pre_drafted:  # closed, sampled, or done by an earlier call
-                return
-            last.pre_drafted = True
-            self._drop_branches(session)
-            self._pre_draft(session, last)
+        with session.busy:   # nothing when closed, sampled, or done by an earlier call
+            self._ensure_pre_drafted(session)
 
     def _pre_draft(self, session: DraftSession, last: LastDraft) -> None:
         seq, k, timings = session.seq, len(last.draft), StepTimings()

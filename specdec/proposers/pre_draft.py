@@ -93,7 +93,9 @@ def rank_outcomes(logits_at: list[np.ndarray], draft: list[int], stats: Acceptan
             q /= max(q.sum(), 1e-12)
         else:
             p_stop = reach
-        for y in np.argsort(q)[::-1][:budget]:
+        # The budget best guesses of y at this a (argpartition: no full sort of V entries).
+        top = np.argpartition(q, -budget)[-budget:] if budget < q.shape[0] else np.arange(q.shape[0])
+        for y in top:
             candidates.append((a, int(y), float(p_stop * q[y])))
         if a < k:
             reach *= stats.rate(a)
