@@ -160,14 +160,19 @@ class AdaptiveK:
         return k
 
     def observe(self, k: int, accepted: int, propose_s: float | None, propose_forward_s: float,
-                verify_s: float, verify_forward_s: float, occupancy: int) -> None:
+                verify_s: float, verify_forward_s: float, occupancy: int,
+                synced: int = 1) -> None:
         """One round: k drafts asked for (a shorter draft counts its missing positions as
         rejected: they yielded nothing), `accepted` kept; the proposer call (None: no call was
-        made) and the verifier call, client-side, with the engine time each service reported."""
+        made) and the verifier call, client-side, with the engine time each service reported.
+        synced: tokens the proposal's sync carried; a longer sync than a round's own (1, or 2
+        after a full acceptance) catches up after k = 0 rounds, and its feed would be mistaken
+        for draft cost, so such a round leaves the proposer's costs alone."""
         self.occupancy = max(occupancy, 1)
         if k > 0:
             self.acceptance.observe(accepted, k)
-        if k > 0:  # no proposer call at k > 0: Turbo's drafts come with the verify, free
+        if k > 0 and (propose_s is None or synced <= 2):
+            # No proposer call at k > 0: Turbo's drafts come with the verify, free
             self.draft_step.observe(propose_forward_s / k if propose_s is not None else 0.0)
             self.propose_fixed.observe(max(propose_s - propose_forward_s, 0.0)
                                        if propose_s is not None else 0.0)

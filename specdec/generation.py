@@ -119,6 +119,7 @@ class _Generation:
         self.reopen_verifier, self.reopen_proposer, self.policy = reopen_verifier, reopen_proposer, policy
         self.proposer_down_at: float | None = None
         self.propose_forward_ns = 0       # engine time the last proposal reported
+        self.synced = 0                   # tokens the last proposal's sync carried
         self.branches: dict[tuple[int, int], list[int]] = {}  # (accepted, token) -> next draft
         self.ahead: list[int] = []        # the branch draft for the outcome just committed
         self.fetch = config.use_branches and config.sampling.greedy  # ask for branches
@@ -163,6 +164,7 @@ class _Generation:
             return self.guesses[:k], None   # Turbo guesses; empty = a target-only step
         # Only the tail since the last proposal can differ: the per-step scan stays O(k).
         start = common_prefix_len(self.held, self.seq, self.held_agrees)
+        self.synced = len(self.seq) - start
         try:
             proposal = await _timed(self.rec, "proposer_ns", self.proposer.propose(
                 start, self.seq[start:], k, self.config.sampling, self.config.draft_top_m,
@@ -277,7 +279,7 @@ async def generate(
         if auto:
             auto.observe(k, step.accepted, proposed / 1e9 if proposed else None,
                          g.propose_forward_ns / 1e9, (rec.verifier_ns - verifier_ns) / 1e9,
-                         step.timings.forward_ns / 1e9, step.sessions_active)
+                         step.timings.forward_ns / 1e9, step.sessions_active, g.synced)
         rec.verify_steps += 1
         rec.step_tokens += len(step.tokens)
         rec.drafted += step.drafted

@@ -130,6 +130,19 @@ def test_estimates_from_rounds_find_the_best_k(alpha, occupancy):
         assert len(set(settled)) >= 2
 
 
+def test_a_catch_up_sync_is_not_draft_cost():
+    """After k = 0 rounds the next sync feeds every token since: that feed must not count as
+    draft cost, or k = 0 would look cheaper each time it is chosen and never be left."""
+    auto = AdaptiveK(max_k=4)
+    for _ in range(10):
+        auto.observe(3, 2, 2e-3, 1.5e-3, 6e-3, 5e-3, 1, synced=1)
+    step, fixed = auto.draft_step.value(), auto.propose_fixed.value()
+    auto.observe(3, 2, 30e-3, 28e-3, 6e-3, 5e-3, 1, synced=12)   # 12 tokens fed first
+    assert (auto.draft_step.value(), auto.propose_fixed.value()) == (step, fixed)
+    auto.observe(3, 2, 30e-3, 28e-3, 6e-3, 5e-3, 1, synced=2)    # [dk, bonus]: a round's own
+    assert auto.draft_step.value() > step
+
+
 def test_exploration_leaves_k_zero_now_and_then():
     # Drafts never accepted: k settles at 0 but one round in EXPLORE_EVERY still tries k = 1.
     ks = simulate(CHEAP_DRAFT, 0.0, 1, 160)[40:]
@@ -206,8 +219,8 @@ def test_proposer_stays_synced_through_k_zero_rounds(tiny_pair, target_hf, monke
     proposals: list[tuple[list[int], list[int]]] = []
     propose = plink.propose
 
-    async def recording(start, tokens, k, sampling, top_m):
-        out = await propose(start, tokens, k, sampling, top_m)
+    async def recording(start, tokens, k, sampling, top_m, return_branches=False):
+        out = await propose(start, tokens, k, sampling, top_m, return_branches)
         if k:
             proposals.append((list(seq_now), out.draft))  # it now holds the whole sequence
         return out
