@@ -4,6 +4,7 @@ baseline of the benchmark, and the reference the gRPC path is compared against."
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from specdec.proposers.base import Proposer
 from specdec.sampling import SamplingParams, Sparse
@@ -45,7 +46,7 @@ class InProcessProposerLink:
 
     def __init__(self, proposer: Proposer) -> None:
         self.proposer = proposer
-        self.session = None
+        self.session: Any = None  # the proposer's own session type
 
     async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
                       top_m: int, return_branches: bool = False) -> Proposal:

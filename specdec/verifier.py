@@ -131,6 +131,7 @@ class TargetVerifier:
             candidates = target[:accepted + 1].tolist()
         else:
             p = np.stack([warp(row, session.sampling) for row in logits])            # [k+1, V]
+            assert session.rng is not None  # seeded at prefill
             accepted, nxt = rejection_sample(draft, draft_probs, p, session.rng)
             candidates = draft[:accepted] + [nxt]
         seq.cached += 1 + accepted  # t and the accepted drafts were written at the right place

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,7 +100,8 @@ class DraftModelProposer:
         self.pre_draft_branches = pre_draft_branches
         # An executor that cannot copy a slot (a QPC's retained KV) pre-drafts only the branch
         # that extends the session's own slot, and has no scratch slots.
-        self.can_copy = hasattr(self.engine, "copy_slot")
+        self.copy_slot: Callable[[int, int], None] | None = getattr(self.engine, "copy_slot", None)
+        self.can_copy = self.copy_slot is not None
         sessions = self.engine.slots // (1 + pre_draft_branches) if self.can_copy else self.engine.slots
         self.pool = SlotPool(sessions, admission)
         self._scratch = list(range(sessions, self.engine.slots)) if self.can_copy else []
@@ -141,7 +143,8 @@ class DraftModelProposer:
         self.counters.hits += 1
         seq = session.seq
         if branch.slot != seq.slot:
-            self.engine.copy_slot(branch.slot, seq.slot)
+            assert self.copy_slot is not None  # scratch branches exist only where slots copy
+            self.copy_slot(branch.slot, seq.slot)
         # A smaller k (adaptive k) takes the branch's first k drafts; the session then holds
         # prefix + e1..e(k-1), and the KV of the rest is stale, masked and overwritten later.
         held = len(branch.tokens) - (len(branch.draft) - k)
@@ -222,6 +225,7 @@ class DraftModelProposer:
                 if sampled:
                     q = truncate_top_m(warp(logits, sampling), top_m)
                     probs.append(q)
+                    assert session.rng is not None  # seeded above for a sampled proposal
                     draft.append(sample_sparse(q, session.rng))
                 else:
                     draft.append(int(np.argmax(logits)))
@@ -260,10 +264,12 @@ class DraftModelProposer:
             if accepted == k and not own_taken:
                 slot, own_taken = seq.slot, True           # extends the session's own slot
             else:
-                slot = self._scratch_slot(session)
-                if slot is None:
+                scratch = self._scratch_slot(session)
+                if scratch is None:
                     continue
-                self.engine.copy_slot(seq.slot, slot)
+                assert self.copy_slot is not None  # no scratch slots where slots don't copy
+                self.copy_slot(seq.slot, scratch)
+                slot = scratch
             tokens = base[:last.prefix_len + accepted] + [token]
             branches.append((outcome_key(last.prefix_len, last.draft, accepted, token),
                              Branch(slot, tokens, [], (accepted, token))))
