@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from proposer_service.config import ProposerServiceConfig, from_args
@@ -21,6 +22,15 @@ log = logging.getLogger("proposer_service")
 SERVICE = pb.DESCRIPTOR.services_by_name["Proposer"].full_name
 
 
+async def warm_up(proposer: Proposer, max_k: int) -> None:
+    """A sync and a short draft, so the first client does not pay lazy init."""
+    session = await proposer.open_session()
+    try:
+        await proposer.propose(session, 0, [0], min(max_k, 2))
+    finally:
+        await proposer.close_session(session)
+
+
 def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
     e = cfg.engine
     if cfg.method == "ngram":
@@ -31,12 +41,7 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
                                       executor="none", device="cpu")
     proposer = build_draft_proposer(e, cfg.max_k, cfg.executor, cfg.batching, cfg.admission,
                                     cfg.qaic, pre_draft_branches=cfg.pre_draft_branches)
-    # Warm-up: a sync and a short draft, so the first client does not pay lazy init.
-    session = proposer.open_session()
-    try:
-        proposer.propose(session, 0, [0], min(cfg.max_k, 2))
-    finally:
-        proposer.close_session(session)
+    asyncio.run(warm_up(proposer, cfg.max_k))  # on the load thread: a loop of its own
     return proposer, model_info(proposer.engine, e, proposer.fingerprint, cfg.max_k, "draft",
                                 cfg.executor)
 
@@ -44,7 +49,7 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
 async def run(cfg: ProposerServiceConfig) -> bool:
     return await host_backend(cfg.server, "proposer", SERVICE, ProposerServicer,
                        pb_grpc.add_ProposerServicer_to_server, lambda m: m.observe_proposer_step,
-                       lambda: build(cfg), cfg.engine.full_batch_size, cfg.admission, cfg.sessions)
+                       lambda: build(cfg), cfg.sessions)
 
 
 def main(argv: list[str] | None = None) -> None:

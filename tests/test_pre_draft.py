@@ -127,16 +127,20 @@ def test_a_branch_serves_a_smaller_k(tiny_pair):
     from tests.conftest import engine_config
 
     proposer = build_draft_proposer(engine_config(tiny_pair[1], 1), 4, pre_draft_branches=2)
-    session = proposer.open_session()
-    try:
-        first = proposer.propose(session, 0, [5, 9, 14, 3, 22], 3)
-        proposer.after_reply(session)
-        start, tokens = next(key for key in session.branches if len(key[1]) == 2)  # all accepted
-        full = session.branches[(start, tokens)].draft
-        hit = proposer.propose(session, start, list(tokens), 2)
-        assert hit.pre_drafted and hit.draft == full[:2]
-        assert tokens[0] == first.draft[-1]
-        assert hit.held_len == len(session.seq.tokens) == start + len(tokens) + 1
-        assert session.seq.cached == hit.held_len
-    finally:
-        proposer.close_session(session)
+
+    async def go() -> None:
+        session = await proposer.open_session()
+        try:
+            first = await proposer.propose(session, 0, [5, 9, 14, 3, 22], 3)
+            await proposer.after_reply(session)
+            start, tokens = next(key for key in session.branches if len(key[1]) == 2)  # all accepted
+            full = session.branches[(start, tokens)].draft
+            hit = await proposer.propose(session, start, list(tokens), 2)
+            assert hit.pre_drafted and hit.draft == full[:2]
+            assert tokens[0] == first.draft[-1]
+            assert hit.held_len == len(session.seq.tokens) == start + len(tokens) + 1
+            assert session.seq.cached == hit.held_len
+        finally:
+            await proposer.close_session(session)
+    asyncio.run(go())
+    proposer.batcher.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from specdec.build import build_verifier
@@ -20,23 +21,23 @@ log = logging.getLogger("verifier_service")
 SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 
 
-def warm_up(verifier: TargetVerifier) -> None:
+async def warm_up(verifier: TargetVerifier) -> None:
     """One prefill and one verify window, so the first client does not pay lazy init.
 
     Whatever the model answers must not matter: a model may well emit EOS after token 0, which
     would end the session before the verify, so EOS is ignored and the budget is unbounded."""
-    session = verifier.open_session()
+    session = await verifier.open_session()
     try:
-        verifier.prefill(session, 0, [0], StopParams(max_new_tokens=0, ignore_eos=True), "")
-        verifier.verify(session, [0] * min(verifier.max_k, verifier.engine.ctx_len - 2))
+        await verifier.prefill(session, 0, [0], StopParams(max_new_tokens=0, ignore_eos=True), "")
+        await verifier.verify(session, [0] * min(verifier.max_k, verifier.engine.ctx_len - 2))
     finally:
-        verifier.close_session(session)
+        await verifier.close_session(session)
 
 
 def build(cfg: VerifierServiceConfig) -> tuple[TargetVerifier, pb.ModelInfo]:
     verifier = build_verifier(cfg.engine, cfg.window_sizes, cfg.executor, cfg.batching,
                               cfg.admission, cfg.qaic)
-    warm_up(verifier)
+    asyncio.run(warm_up(verifier))  # on the load thread: a loop of its own, until it is done
     return verifier, model_info(verifier.engine, cfg.engine, verifier.fingerprint, verifier.max_k,
                                 cfg.speculative_model_type, cfg.executor)
 
@@ -44,7 +45,7 @@ def build(cfg: VerifierServiceConfig) -> tuple[TargetVerifier, pb.ModelInfo]:
 async def run(cfg: VerifierServiceConfig) -> bool:
     return await host_backend(cfg.server, "verifier", SERVICE, VerifierServicer,
                        pb_grpc.add_VerifierServicer_to_server, lambda m: m.observe_verifier_step,
-                       lambda: build(cfg), cfg.engine.full_batch_size, cfg.admission, cfg.sessions)
+                       lambda: build(cfg), cfg.sessions)
 
 
 def main(argv: list[str] | None = None) -> None:
