@@ -93,6 +93,9 @@ class SessionRunner:
         pending = [f for f in in_flight if not f.done()]
         if pending:
             await asyncio.wait(pending)
+        for f in in_flight:  # a step left behind by a cancelled stream: its error is spent
+            if not f.cancelled():
+                f.exception()
         await close_session(session)
 
     async def run(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
