@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from proposer_service.config import ProposerServiceConfig, from_args
@@ -26,7 +27,7 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
     proposer = build_proposer(cfg.method, e, cfg.max_k, cfg.max_ngram_size, cfg.executor,
                               cfg.batching, cfg.admission, cfg.qaic,
                               pre_draft_branches=cfg.pre_draft_branches)
-    warm_up_proposer(proposer)
+    asyncio.run(warm_up_proposer(proposer))  # on the load thread: a loop of its own
     executor = cfg.executor if proposer.engine else "none"
     return proposer, model_info(proposer.engine, e, proposer.fingerprint, cfg.max_k, cfg.method,
                                 executor)
@@ -35,7 +36,7 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
 async def run(cfg: ProposerServiceConfig) -> bool:
     return await host_backend(cfg.server, "proposer", SERVICE, ProposerServicer,
                        pb_grpc.add_ProposerServicer_to_server, lambda m: m.observe_proposer_step,
-                       lambda: build(cfg), cfg.engine.full_batch_size, cfg.admission, cfg.sessions)
+                       lambda: build(cfg), cfg.sessions)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from specdec_rpc.convert import proposal_to_pb, sampling_from_pb
 from specdec_rpc.sessions import AttachedBackend
@@ -13,10 +13,10 @@ from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 class ProposerServicer(AttachedBackend, pb_grpc.ProposerServicer):
     """Info and Session come from AttachedBackend; the backend is a Proposer."""
 
-    def _step(self, session: Any, req: pb.ProposeRequest) -> pb.ProposeReply:
-        return proposal_to_pb(self.backend.propose(session, req.start, list(req.tokens), req.k,
-                                                   sampling_from_pb(req.sampling), req.top_m,
-                                                   req.return_branches))
+    async def _step(self, session: Any, req: pb.ProposeRequest) -> pb.ProposeReply:
+        return proposal_to_pb(await self.backend.propose(
+            session, req.start, list(req.tokens), req.k, sampling_from_pb(req.sampling),
+            req.top_m, req.return_branches))
 
-    def _after_reply(self) -> Callable[[Any], None] | None:
+    def _after_reply(self) -> Callable[[Any], Awaitable[None]] | None:
         return self.backend.after_reply

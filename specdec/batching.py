@@ -1,9 +1,13 @@
 """Continuous batching: steps of many sessions coalesced into one engine call.
 
-Sessions submit rows (a prefill chunk, a draft token, a verify window) from their own threads
-and block until the row's logits are back. One worker thread owns the engine and loops: take
-every row that is pending, run them as one call (batch_index = their slots, shorter rows padded
-with -1), hand each row its logits. Sessions join and leave between any two calls.
+Sessions are coroutines on the service's event loop: each submits rows (a prefill chunk, a
+draft token, a verify window) and awaits an asyncio future for the row's logits. One engine
+thread owns the engine and loops: take every row that is pending, run them as one call
+(batch_index = their slots, shorter rows padded with -1), resolve each row's future on its
+loop (call_soon_threadsafe). The engine call is blocking torch, so it never runs on the loop;
+nothing else needs a thread: a session that waits for its row holds no thread. Sessions join
+and leave between any two calls. `enabled=False` (--batching off) runs one row per call, on the
+same engine thread.
 
 Policy (how long a step may wait for others): never longer than the engine call already in
 progress. Rows that arrive while the engine is busy go together in the next call; an idle
@@ -18,10 +22,11 @@ arrival order, so neither starves the other.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,8 +43,19 @@ class Row:
     slot: int
     num_logits: int
     phase: str
-    future: Future = field(default_factory=Future)
+    # Resolved on its loop with (logits [num_logits, V], queue_ns, forward_ns); created by
+    # the submitting coroutine (tests build bare rows without one).
+    future: asyncio.Future | None = None
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+@dataclass
+class Job:
+    """Other engine work (a slot copy) that must not run beside a batch or on the loop."""
+
+    fn: Callable[..., Any]
+    args: tuple
+    future: asyncio.Future
 
 
 def row_logit_slice(real_len: int, n: int, batch_n: int) -> slice:
@@ -68,46 +84,58 @@ def pad_rows(rows: list[Row]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
 
 
 class Batcher:
-    """Owns the engine. `enabled=False` runs one row per call (the benchmark's baseline)."""
+    """Owns the engine and its one thread. `enabled=False` runs one row per call (the
+    benchmark's baseline)."""
 
     def __init__(self, engine: Engine, enabled: bool = True) -> None:
         self.engine = engine
         self.enabled = enabled
         self._pending: list[Row] = []
-        self._cv = threading.Condition()
+        self._jobs: list[Job] = []        # run before the next batch
+        self._cv = threading.Condition()  # guards _pending/_closed: the loop and the engine thread
         self._closed = False
         self.calls = 0          # engine calls made
         self.rows = 0           # rows they carried (rows / calls = mean batch size)
-        self._worker = threading.Thread(target=self._loop, name="engine-batcher", daemon=True)
+        self._worker = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._worker.start()
 
-    def run_row(self, ids: list[int], positions: list[int], slot: int, num_logits: int,
-                phase: str, timings: StepTimings) -> np.ndarray:
-        """Blocks until the row has run; returns its logits [num_logits, V] float32."""
-        row = Row(ids, positions, slot, num_logits, phase)
-        with self._cv:
+    def _submit(self, rows: list[Row] = (), job: Job | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for row in rows:
+            row.future = loop.create_future()
+        with self._cv:  # held only to append: the engine thread holds it only to take
             if self._closed:
                 raise RuntimeError("batcher closed")
-            self._pending.append(row)
+            self._pending.extend(rows)
+            if job is not None:
+                self._jobs.append(job)
             self._cv.notify()
-        logits, queue_ns, forward_ns = row.future.result()
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) on the engine thread, between two batches (e.g. engine.copy_slot)."""
+        job = Job(fn, args, asyncio.get_running_loop().create_future())
+        self._submit(job=job)
+        return await job.future
+
+    async def run_row(self, ids: list[int], positions: list[int], slot: int, num_logits: int,
+                      phase: str, timings: StepTimings) -> np.ndarray:
+        """The row's logits [num_logits, V] float32, once the engine thread has run it."""
+        row = Row(ids, positions, slot, num_logits, phase)
+        self._submit([row])
+        logits, queue_ns, forward_ns = await _settled(row)
         timings.queue_ns += queue_ns
         timings.forward_ns += forward_ns
         return logits
 
-    def run_rows(self, rows: list[tuple[list[int], list[int], int]], phase: str,
-                 timings: StepTimings) -> list[np.ndarray]:
+    async def run_rows(self, rows: list[tuple[list[int], list[int], int]], phase: str,
+                       timings: StepTimings) -> list[np.ndarray]:
         """Several one-logit rows (ids, positions, slot) submitted together, so they run in one
-        engine call (with whatever else is pending); blocks until all have run: [V] each."""
+        engine call (with whatever else is pending): [V] each."""
         batch = [Row(ids, positions, slot, 1, phase) for ids, positions, slot in rows]
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("batcher closed")
-            self._pending.extend(batch)
-            self._cv.notify()
+        self._submit(batch)
         out = []
         for row in batch:
-            logits, queue_ns, forward_ns = row.future.result()
+            logits, queue_ns, forward_ns = await _settled(row)
             timings.queue_ns += queue_ns
             timings.forward_ns = max(timings.forward_ns, forward_ns)
             out.append(logits[-1])
@@ -119,10 +147,12 @@ class Batcher:
             self._cv.notify()
         self._worker.join(10)
 
-    def _take(self) -> list[Row] | None:
+    def _take(self) -> list[Row] | Job | None:
         with self._cv:
-            while not self._pending and not self._closed:
+            while not self._pending and not self._jobs and not self._closed:
                 self._cv.wait()
+            if self._jobs:
+                return self._jobs.pop(0)
             if not self._pending:
                 return None
             phase = self._pending[0].phase  # the oldest row decides: arrival order, no starvation
@@ -136,13 +166,20 @@ class Batcher:
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
+            if isinstance(batch, Job):
+                try:
+                    result = batch.fn(*batch.args)
+                except BaseException as exc:  # a bug: fail the caller, keep serving
+                    result = exc
+                _resolve(batch.future, result)
+                continue
             start = time.perf_counter_ns()
             try:
                 ids, pos, slots, n = pad_rows(batch)
                 logits = self.engine.run(ids, pos, slots, n)           # [B, n, V]
             except BaseException as exc:  # a bug: fail these rows, keep serving others
                 for r in batch:
-                    r.future.set_exception(exc)
+                    _resolve(r.future, exc)
                 continue
             forward = time.perf_counter_ns() - start
             self.calls += 1
@@ -150,4 +187,29 @@ class Batcher:
             for b, r in enumerate(batch):
                 real = sum(p >= 0 for p in r.positions)
                 out = logits[b, row_logit_slice(real, r.num_logits, n)]
-                r.future.set_result((out, start - r.submitted_ns, forward))
+                _resolve(r.future, (out, start - r.submitted_ns, forward))
+
+
+async def _settled(row: Row) -> tuple[np.ndarray, int, int]:
+    """Await the row's result. A cancelled session leaves the row to run (its slot is freed
+    only after the step ends, see specdec_rpc.sessions); its result is dropped then."""
+    assert row.future is not None
+    return await row.future
+
+
+def _resolve(future: asyncio.Future | None, result: object) -> None:
+    """From the engine thread: settle a future on its own loop."""
+    assert future is not None
+
+    def settle() -> None:
+        if future.done():  # the awaiting coroutine was cancelled
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    try:
+        future.get_loop().call_soon_threadsafe(settle)
+    except RuntimeError:
+        pass  # that loop is closed: nobody is waiting for the row any more

@@ -1,5 +1,9 @@
 """Links that call the verifier and proposer objects directly, without gRPC: the in-process
-baseline of the benchmark, and the reference the gRPC path is compared against."""
+baseline of the benchmark, and the reference the gRPC path is compared against.
+
+The domain objects are coroutines: a link awaits them on the caller's event loop, and their
+engine calls run on each engine's own thread (specdec.batching), as in the services.
+"""
 
 from __future__ import annotations
 
@@ -14,50 +18,50 @@ from specdec.verifier import TargetVerifier
 
 
 class InProcessVerifierLink:
-    """The session (a slot) is opened at the first step, in a thread: acquiring a slot may
-    wait in the admission queue, which must not block the event loop."""
+    """The session (a slot) is opened at the first step: it may wait in the admission queue."""
 
     def __init__(self, verifier: TargetVerifier) -> None:
         self.verifier = verifier
-        self.session = None
+        self.session: Any = None
 
-    async def _session(self):
+    async def _session(self) -> Any:
         if self.session is None:
-            self.session = await asyncio.to_thread(self.verifier.open_session)
+            self.session = await self.verifier.open_session()
         return self.session
 
     async def prefill(self, start: int, tokens: list[int], params: StopParams,
                       draft_fingerprint: str, sampling: SamplingParams) -> StepOutcome:
         session = await self._session()
-        return await asyncio.to_thread(self.verifier.prefill, session, start, tokens, params,
-                                       draft_fingerprint, sampling)
+        return await self.verifier.prefill(session, start, tokens, params, draft_fingerprint,
+                                           sampling)
 
     async def verify(self, draft: list[int], draft_probs: list[Sparse] | None) -> StepOutcome:
         session = await self._session()
-        return await asyncio.to_thread(self.verifier.verify, session, draft, draft_probs)
+        return await self.verifier.verify(session, draft, draft_probs)
 
     async def close(self) -> None:
         if self.session is not None:
-            self.verifier.close_session(self.session)
+            await self.verifier.close_session(self.session)
 
 
 class InProcessProposerLink:
-    """Like InProcessVerifierLink: the session is opened at the first step, in a thread."""
+    """Like InProcessVerifierLink: the session is opened at the first step."""
 
     def __init__(self, proposer: Proposer) -> None:
         self.proposer = proposer
         self.session: Any = None  # the proposer's own session type
+        self.pre_draft: asyncio.Task | None = None  # referenced, so the loop does not drop it
 
     async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
                       top_m: int, return_branches: bool = False) -> Proposal:
         if self.session is None:
-            self.session = await asyncio.to_thread(self.proposer.open_session)
-        proposal = await asyncio.to_thread(self.proposer.propose, self.session, start, tokens, k,
-                                           sampling, top_m, return_branches)
+            self.session = await self.proposer.open_session()
+        proposal = await self.proposer.propose(self.session, start, tokens, k, sampling, top_m,
+                                               return_branches)
         # As the proposer service does after replying: not awaited, it overlaps the verify.
-        asyncio.get_running_loop().run_in_executor(None, self.proposer.after_reply, self.session)
+        self.pre_draft = asyncio.ensure_future(self.proposer.after_reply(self.session))
         return proposal
 
     async def close(self) -> None:
         if self.session is not None:
-            self.proposer.close_session(self.session)
+            await self.proposer.close_session(self.session)  # after a running pre-draft

@@ -35,7 +35,7 @@ class SlotSequence:
         self.tokens.extend(new_tokens)
         self.cached = min(self.cached, start)
 
-    def feed(self, batcher: Batcher, timings: StepTimings) -> np.ndarray:
+    async def feed(self, batcher: Batcher, timings: StepTimings) -> np.ndarray:
         """Run tokens[cached:] through the engine in chunks of prefill_seq_len.
         Returns the logits of the last fed token: [V] float32."""
         end = len(self.tokens)
@@ -44,7 +44,7 @@ class SlotSequence:
         chunk = batcher.engine.prefill_seq_len
         for s in range(self.cached, end, chunk):
             e = min(s + chunk, end)
-            logits = batcher.run_row(self.tokens[s:e], list(range(s, e)), self.slot, 1,
+            logits = await batcher.run_row(self.tokens[s:e], list(range(s, e)), self.slot, 1,
                                      DECODE if e - s == 1 else PREFILL, timings)   # [1, V]
         self.cached = end
         return logits[-1]

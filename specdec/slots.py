@@ -1,9 +1,15 @@
 """KV slot allocation with bounded admission: one slot per open session; when all are taken a
-new session waits in a bounded queue for a bounded time, then is refused."""
+new session waits in a bounded queue for a bounded time, then is refused.
+
+The pool lives on the service's event loop: a waiting session awaits a future (no thread is
+held while it queues), and a release hands the slot straight to the oldest waiter, so a slot
+freed while others wait is never taken by a newcomer that did not queue.
+"""
 
 from __future__ import annotations
 
-import threading
+import asyncio
+from collections import deque
 from dataclasses import dataclass
 
 from specdec.errors import OutOfSlots
@@ -20,39 +26,49 @@ class SlotPool:
         self.size = size
         self.admission = admission
         self._free = list(range(size - 1, -1, -1))  # pop() hands out slot 0 first
-        self._cv = threading.Condition()
-        self._waiting = 0
+        self._waiters: deque[asyncio.Future] = deque()  # each resolves to the slot it is given
 
-    def acquire(self) -> int:
-        with self._cv:
-            if not self._free:
-                if self._waiting >= self.admission.max_waiting:
-                    raise OutOfSlots(self._refusal("and the wait queue is full"))
-                self._waiting += 1
-                try:
-                    if not self._cv.wait_for(lambda: self._free, self.admission.wait_s):
-                        raise OutOfSlots(self._refusal(f"for {self.admission.wait_s:g}s"))
-                finally:
-                    self._waiting -= 1
+    async def acquire(self) -> int:
+        if self._free:
             return self._free.pop()
+        if len(self._waiters) >= self.admission.max_waiting:
+            raise OutOfSlots(self._refusal("and the wait queue is full"))
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            # shield: a timeout must not cancel a waiter that was handed a slot meanwhile
+            return await asyncio.wait_for(asyncio.shield(waiter), self.admission.wait_s)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())  # handed a slot just as it gave up: pass it on
+            else:
+                waiter.cancel()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise OutOfSlots(self._refusal(f"for {self.admission.wait_s:g}s")) from None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     def _refusal(self, why: str) -> str:
         return (f"all {self.size} sessions are in use (full_batch_size = {self.size}) {why}; "
                 "retry later or start the service with a larger --full-batch-size")
 
     def release(self, slot: int) -> None:
-        with self._cv:
-            if slot in self._free or not 0 <= slot < self.size:
-                raise ValueError(f"slot {slot} released twice or out of range")
-            self._free.append(slot)
-            self._cv.notify()
+        """On the loop that acquires (the service's)."""
+        if slot in self._free or not 0 <= slot < self.size:
+            raise ValueError(f"slot {slot} released twice or out of range")
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        self._free.append(slot)
 
     @property
     def in_use(self) -> int:
-        with self._cv:
-            return self.size - len(self._free)
+        return self.size - len(self._free)
 
     @property
     def waiting(self) -> int:
-        with self._cv:
-            return self._waiting
+        return sum(not w.done() for w in list(self._waiters))

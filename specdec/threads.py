@@ -1,8 +1,8 @@
 """OpenMP's wait policy for the processes that run an engine.
 
-Engine calls run on a batcher thread and alternate with Python work on others (gRPC, session
-threads). OpenMP's default active wait keeps torch's idle worker threads spinning between
-calls, starving those threads: measured on 2 cores, a 1-token step took 15-30 ms instead of
+Engine calls run on the engine thread and alternate with Python work on the event loop (gRPC,
+the sessions' coroutines). OpenMP's default active wait keeps torch's idle worker threads
+spinning between calls, starving the loop: measured on 2 cores, a 1-token step took 15-30 ms instead of
 1.3 ms. OpenMP reads the policy once, when torch loads it, so each entry point (the two
 services, the benchmarks) calls `prefer_passive_omp()` as its first statement, before
 anything imports torch; importing this library changes no environment variable.

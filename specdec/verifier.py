@@ -50,14 +50,14 @@ class TargetVerifier:
         self.eos_token_ids = eos_token_ids
         self.pool = SlotPool(self.engine.slots, admission)
 
-    def open_session(self) -> VerifierSession:
-        """Blocks while all slots are taken (bounded, see Admission)."""
-        return VerifierSession(SlotSequence(self.pool.acquire()))
+    async def open_session(self) -> VerifierSession:
+        """Waits while all slots are taken (bounded, see Admission)."""
+        return VerifierSession(SlotSequence(await self.pool.acquire()))
 
-    def close_session(self, session: VerifierSession) -> None:
+    async def close_session(self, session: VerifierSession) -> None:
         self.pool.release(session.seq.slot)
 
-    def prefill(self, session: VerifierSession, start: int, tokens: list[int], params: StopParams,
+    async def prefill(self, session: VerifierSession, start: int, tokens: list[int], params: StopParams,
                 draft_fingerprint: str = "",
                 sampling: SamplingParams = SamplingParams()) -> StepOutcome:
         """Sync the sequence, run its new tokens through the target, emit the next token."""
@@ -75,7 +75,7 @@ class TargetVerifier:
                                  f"ctx_len {self.engine.ctx_len}")
         session.seq.sync(start, tokens, self.engine.ctx_len, self.engine.vocab_size)
         timings = StepTimings()
-        logits = session.seq.feed(self.batcher, timings)               # [V] or Turbo [H+1, V]
+        logits = await session.seq.feed(self.batcher, timings)               # [V] or Turbo [H+1, V]
         logits, guesses = self._split_heads(logits[None])
         logits = logits[0]
         session.params, session.emitted = params, 0
@@ -88,7 +88,7 @@ class TargetVerifier:
         out.timings.total_ns = time.perf_counter_ns() - t0
         return out
 
-    def verify(self, session: VerifierSession, draft: list[int],
+    async def verify(self, session: VerifierSession, draft: list[int],
                draft_probs: list[Sparse] | None = None) -> StepOutcome:
         """One target forward over [t, d1..dk]; keep the accepted prefix plus one target token.
 
@@ -123,7 +123,7 @@ class TargetVerifier:
         ids = window + [-1] * pad                                                    # [K+1]
         pos = list(range(seq.cached, seq.cached + len(window))) + [-1] * pad         # [K+1]
         timings = StepTimings()
-        logits = self.batcher.run_row(ids, pos, seq.slot, len(ids), DECODE, timings)  # [K+1, V]
+        logits = await self.batcher.run_row(ids, pos, seq.slot, len(ids), DECODE, timings)  # [K+1, V]
         logits, guesses = self._split_heads(logits[:len(window)])                    # [k+1, V]
         if session.sampling.greedy:
             target = logits.argmax(-1)                                               # [k+1]

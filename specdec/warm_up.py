@@ -1,6 +1,7 @@
 """Warm-up before a service reports SERVING: one short session through every kind of step, so
 the first client does not pay lazy initialisation (allocator growth, first-call dispatch, a
-compiled step's first run)."""
+compiled step's first run). Coroutines, like the sessions they warm: a service runs them
+with asyncio.run on its model-load thread."""
 
 from __future__ import annotations
 
@@ -9,23 +10,23 @@ from specdec.stopping import StopParams
 from specdec.verifier import TargetVerifier
 
 
-def warm_up_verifier(verifier: TargetVerifier) -> None:
+async def warm_up_verifier(verifier: TargetVerifier) -> None:
     """One prefill and one verify window.
 
     Whatever the model answers must not matter: a model may well emit EOS after token 0, which
     would end the session before the verify, so EOS is ignored and the budget is unbounded."""
-    session = verifier.open_session()
+    session = await verifier.open_session()
     try:
-        verifier.prefill(session, 0, [0], StopParams(max_new_tokens=0, ignore_eos=True), "")
-        verifier.verify(session, [0] * min(verifier.max_k, verifier.engine.ctx_len - 2))
+        await verifier.prefill(session, 0, [0], StopParams(max_new_tokens=0, ignore_eos=True), "")
+        await verifier.verify(session, [0] * min(verifier.max_k, verifier.engine.ctx_len - 2))
     finally:
-        verifier.close_session(session)
+        await verifier.close_session(session)
 
 
-def warm_up_proposer(proposer: Proposer) -> None:
+async def warm_up_proposer(proposer: Proposer) -> None:
     """A sync and a short draft."""
-    session = proposer.open_session()
+    session = await proposer.open_session()
     try:
-        proposer.propose(session, 0, [0], min(proposer.max_k, 2))
+        await proposer.propose(session, 0, [0], min(proposer.max_k, 2))
     finally:
-        proposer.close_session(session)
+        await proposer.close_session(session)

@@ -8,22 +8,20 @@ from typing import Any, Callable
 
 import grpc
 
-from specdec.slots import Admission
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.server import Lifecycle, ServerConfig, serve
-from specdec_rpc.sessions import AttachedBackend, SessionPolicy, session_runner
+from specdec_rpc.sessions import AttachedBackend, SessionPolicy, SessionRunner
 
 
 async def host_backend(server: ServerConfig, name: str, service_name: str,
                        servicer_cls: type[AttachedBackend],
                        add_servicer: Callable[[Any, grpc.aio.Server], None],
                        observe: Callable[[ServiceMetrics], Callable[[Any, Any], None]],
-                       build: Callable[[], tuple[Any, Any]], slots: int, admission: Admission,
-                       sessions: SessionPolicy) -> bool:
+                       build: Callable[[], tuple[Any, Any]], sessions: SessionPolicy) -> bool:
     """build() -> (backend, ModelInfo), blocking; observe picks the metrics' per-step hook.
     Returns serve()'s answer: False when stopped before the model loaded."""
     lifecycle, metrics = Lifecycle(service_name), ServiceMetrics()
-    servicer = servicer_cls(session_runner(slots, admission, sessions, lifecycle, observe(metrics)))
+    servicer = servicer_cls(SessionRunner(sessions, lifecycle, observe(metrics)))
 
     def load() -> None:
         backend, info = build()

@@ -13,16 +13,17 @@ old one's last step.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import logging
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
 from specdec.errors import NotReady, SessionIdle
-from specdec.slots import Admission
 from specdec_rpc.server import Lifecycle
 from specdec_rpc.status import abort_with
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,20 +33,17 @@ class SessionPolicy:
     first_message_timeout_s: float = 5.0
 
 
-def _close_when_done(future: asyncio.Future, close: Callable[[Any], None]) -> None:
-    def done(f: asyncio.Future) -> None:
-        if not f.cancelled() and f.exception() is None:
-            close(f.result())
-    future.add_done_callback(done)
-
-
 class SessionRunner:
-    def __init__(self, executor: ThreadPoolExecutor, policy: SessionPolicy,
-                 lifecycle: Lifecycle, on_step: Callable[[Any, Any], None] | None = None) -> None:
-        self.executor = executor  # domain calls block (admission wait, engine rows): run them here
+    """Runs every session stream as coroutines on the server's event loop: the admission wait,
+    each step and the pre-draft after it are awaited there, and only the engine calls inside
+    them run on the engine's own thread (specdec.batching). No thread per session."""
+
+    def __init__(self, policy: SessionPolicy, lifecycle: Lifecycle,
+                 on_step: Callable[[Any, Any], None] | None = None) -> None:
         self.policy = policy
         self.lifecycle = lifecycle
         self.on_step = on_step    # (request, reply) -> None, e.g. metrics
+        self._background: set[asyncio.Task] = set()  # pre-drafts and closes: kept referenced
 
     def check_ready(self) -> None:
         if self.lifecycle.draining.is_set():
@@ -77,60 +75,69 @@ class SessionRunner:
         raise SessionIdle(f"session idle for more than {timeout:g}s: closed and "
                           "its slot freed; open a new session and resend the sequence (start = 0)")
 
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._settled)
+        return task
+
+    def _settled(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a bug: say so, serve on
+            log.error("background session work failed", exc_info=task.exception())
+
+    async def _close_after(self, session: Any, close_session: Callable[[Any], Awaitable[None]],
+                           in_flight: list[asyncio.Future]) -> None:
+        """Free the session once its step and pre-draft are done: a slot whose rows are still
+        on the engine must not go to a new session, which could share a batch with them."""
+        pending = [f for f in in_flight if not f.done()]
+        if pending:
+            await asyncio.wait(pending)
+        for f in in_flight:  # a step left behind by a cancelled stream: its error is spent
+            if not f.cancelled():
+                f.exception()
+        await close_session(session)
+
     async def run(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
-                  open_session: Callable[[], Any], close_session: Callable[[Any], None],
-                  step: Callable[[Any, Any], Any],
+                  open_session: Callable[[], Awaitable[Any]],
+                  close_session: Callable[[Any], Awaitable[None]],
+                  step: Callable[[Any, Any], Awaitable[Any]],
                   check_first: Callable[[Any], None] = lambda request: None,
-                  after_reply: Callable[[Any], None] | None = None) -> AsyncIterator[Any]:
+                  after_reply: Callable[[Any], Awaitable[None]] | None = None
+                  ) -> AsyncIterator[Any]:
         """check_first(request) raises when the first request can't start a session, before
-        a slot is taken for it. after_reply(session) runs once each reply is handed to grpc,
+        a slot is taken for it. after_reply(session) starts once each reply is handed to grpc,
         not awaited: the proposer pre-drafts there while the client has the verifier check
         the draft."""
-        loop = asyncio.get_running_loop()
         try:
             self.check_ready()
             request = await self._next(requests, first=True)  # no slot held while waiting
             if request is None:
                 return  # opened and half-closed without a message: nothing to do
             check_first(request)
-        except Exception as exc:
-            await abort_with(context, exc)
-        opening = loop.run_in_executor(self.executor, open_session)
-        try:
-            session = await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            _close_when_done(opening, close_session)  # the stream went away while queued
-            raise
+            # A stream cancelled while queued cancels the wait: the pool passes on a slot it
+            # was handed meanwhile (specdec.slots).
+            session = await open_session()
         except Exception as exc:
             await abort_with(context, exc)
         running: asyncio.Future | None = None
+        pre_draft: asyncio.Future | None = None
         try:
             while request is not None:
-                running = loop.run_in_executor(self.executor, step, session, request)
+                # A task of its own, shielded: a cancelled stream leaves its step to finish.
+                running = asyncio.ensure_future(step(session, request))
                 reply = await asyncio.shield(running)
-                running = None
                 if self.on_step:
                     self.on_step(request, reply)
                 yield reply
                 if after_reply is not None:
-                    loop.run_in_executor(self.executor, after_reply, session)
+                    pre_draft = self._spawn(after_reply(session))
                 request = await self._next(requests)
         except Exception as exc:
             await abort_with(context, exc)
-        finally:
-            if running is not None and not running.done():
-                running.add_done_callback(lambda _: close_session(session))
-            else:
-                close_session(session)
-
-
-def session_runner(slots: int, admission: Admission, policy: SessionPolicy, lifecycle: Lifecycle,
-                   on_step: Callable[[Any, Any], None] | None) -> SessionRunner:
-    # Every open or queued session may block one thread (admission wait, engine row), and a
-    # proposer session a second one while it pre-drafts (after_reply).
-    workers = 2 * slots + admission.max_waiting + 4
-    return SessionRunner(ThreadPoolExecutor(workers, thread_name_prefix="session"), policy,
-                         lifecycle, on_step)
+        finally:  # not awaited here: a generator being closed may not await
+            self._spawn(self._close_after(session, close_session,
+                                          [f for f in (running, pre_draft) if f is not None]))
 
 
 class AttachedBackend:
@@ -168,8 +175,8 @@ class AttachedBackend:
     def _check_first(self, request: Any) -> None:
         """Raise when `request` can't open a session (checked before a slot is taken)."""
 
-    def _after_reply(self) -> Callable[[Any], None] | None:
+    def _after_reply(self) -> Callable[[Any], Awaitable[None]] | None:
         return None
 
-    def _step(self, session: Any, request: Any) -> Any:
+    async def _step(self, session: Any, request: Any) -> Any:
         raise NotImplementedError

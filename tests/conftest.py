@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,8 +87,7 @@ def runner(idle_timeout_s: float = 60.0, first_message_timeout_s: float = 5.0) -
     """A session runner whose service counts as loaded (the in-process servers attach first)."""
     lifecycle = Lifecycle("test")
     lifecycle.ready = True
-    return SessionRunner(ThreadPoolExecutor(32),
-                         SessionPolicy(idle_timeout_s, first_message_timeout_s), lifecycle)
+    return SessionRunner(SessionPolicy(idle_timeout_s, first_message_timeout_s), lifecycle)
 
 
 def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | None = None,

@@ -152,15 +152,20 @@ def test_exploration_leaves_k_zero_now_and_then():
 
 def test_verifier_reports_occupancy_and_it_crosses_the_wire(tiny_pair):
     verifier = build_verifier(engine_config(tiny_pair[0]), tuple(range(5)))
-    a, b = verifier.open_session(), verifier.open_session()
-    for s in (a, b):
-        verifier.prefill(s, 0, [3, 4, 5], StopParams(0, True))
-    assert verifier.verify(a, [6, 7]).sessions_active == 2
-    verifier.close_session(b)
-    out = verifier.verify(a, [])
+
+    async def go():
+        a, b = await verifier.open_session(), await verifier.open_session()
+        for s in (a, b):
+            await verifier.prefill(s, 0, [3, 4, 5], StopParams(0, True))
+        assert (await verifier.verify(a, [6, 7])).sessions_active == 2
+        await verifier.close_session(b)
+        out = await verifier.verify(a, [])
+        await verifier.close_session(a)
+        return out
+    out = asyncio.run(go())
     assert out.sessions_active == 1
     assert outcome_from_pb(outcome_to_pb(out)).sessions_active == 1
-    verifier.close_session(a)
+    verifier.batcher.close()
 
 
 def run_grpc(services, prompts, config):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 
 import grpc
@@ -44,26 +43,20 @@ def test_pad_rows():
 
 
 def test_batched_rows_equal_solo_rows(tiny_pair):
-    """Rows submitted together from several threads get the logits they get alone."""
+    """Rows awaited together by several sessions (coroutines) get the logits they get alone;
+    with batching off each runs in a call of its own, on the same engine thread."""
     cfg = EngineConfig(model=str(tiny_pair[0]), ctx_len=64, prefill_seq_len=8, full_batch_size=4)
     solo, batched = Batcher(TorchEngine(cfg), enabled=False), Batcher(TorchEngine(cfg))
     rng = np.random.default_rng(0)
     prompts = [rng.integers(2, VOCAB, size=n).tolist() for n in (3, 8, 5, 1)]
-    expected = [solo.run_row(p, list(range(len(p))), s, min(2, len(p)), PREFILL, StepTimings())
-                for s, p in enumerate(prompts)]
-    got = [None] * 4
-    barrier = threading.Barrier(4)
 
-    def submit(s: int) -> None:
-        barrier.wait()
-        p = prompts[s]
-        got[s] = batched.run_row(p, list(range(len(p))), s, min(2, len(p)), PREFILL, StepTimings())
-
-    threads = [threading.Thread(target=submit, args=(s,)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    async def rows(batcher: Batcher):
+        return await asyncio.gather(*(batcher.run_row(p, list(range(len(p))), s, min(2, len(p)),
+                                                PREFILL, StepTimings())
+                                for s, p in enumerate(prompts)))
+    expected = asyncio.run(rows(solo))
+    assert solo.calls == 4 and solo.rows == 4       # off: one row per engine call
+    got = asyncio.run(rows(batched))
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g, e, atol=1e-4)
     assert batched.calls < 4 and batched.rows == 4  # at least two rows shared a call

@@ -46,11 +46,15 @@ def test_warm_up_does_not_depend_on_what_the_model_says(tiny_pair):
     """A model whose EOS is exactly what it emits after token 0 (as a random Qwen2 with EOS id
     0 did): the warm-up prefill finishes the session, and the warm-up verify used to raise."""
     verifier = build_verifier(engine_config(tiny_pair[0], slots=1), tuple(range(MAX_K + 1)))
-    session = verifier.open_session()
-    first = verifier.prefill(session, 0, [0], StopParams(ignore_eos=True)).tokens[0]
-    verifier.close_session(session)
-    verifier.eos_token_ids = (first,)
-    warm_up_verifier(verifier)  # raised PreconditionFailed "session already finished (EOS)"
+
+    async def first_token() -> int:
+        session = await verifier.open_session()
+        try:
+            return (await verifier.prefill(session, 0, [0], StopParams(ignore_eos=True))).tokens[0]
+        finally:
+            await verifier.close_session(session)
+    verifier.eos_token_ids = (asyncio.run(first_token()),)
+    asyncio.run(warm_up_verifier(verifier))  # raised PreconditionFailed "session already finished (EOS)"
     assert verifier.pool.in_use == 0
     verifier.batcher.close()
 

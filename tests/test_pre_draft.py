@@ -116,31 +116,35 @@ def test_branches_come_back_with_the_proposal(tiny_pair):
     from tests.conftest import engine_config
 
     proposer = build_draft_proposer(engine_config(tiny_pair[1], 1), 4, pre_draft_branches=3)
-    session = proposer.open_session()
-    try:
-        prompt = [5, 9, 14, 3, 22]
-        first = proposer.propose(session, 0, prompt, 3, return_branches=True)
-        assert len(first.branches) == 3
-        assert len({(b.accepted, b.token) for b in first.branches}) == 3
-        assert all(len(b.draft) == 3 and 0 <= b.accepted <= 3 for b in first.branches)
-        branch = first.branches[-1]
-        start, tokens = outcome_key(len(prompt), first.draft, branch.accepted, branch.token)
-        hit = proposer.propose(session, start, list(tokens), 3, return_branches=True)
-        assert hit.pre_drafted and hit.draft == branch.draft and len(hit.branches) == 3
-        proposer.after_reply(session)   # the service calls it after every reply: nothing left
-        assert proposer.counters.drafted_tokens == 2 * 3 * 3
-        plain = proposer.propose(session, 0, prompt, 3)
-        assert plain.branches == []                       # not asked: none
-        # k = 0, no tokens: the last proposal again, with the branches pre-drafted after it.
-        again = proposer.propose(session, plain.held_len, [], 0, return_branches=True)
-        assert again.draft == plain.draft and again.held_len == plain.held_len
-        assert len(again.branches) == 3 and not again.pre_drafted
-        assert proposer.propose(session, plain.held_len, [], 0, return_branches=True).branches \
-            == again.branches                             # asked twice: drafted once
-        with pytest.raises(InvalidRequest):               # such a request syncs nothing
-            proposer.propose(session, plain.held_len - 1, [], 0, return_branches=True)
-    finally:
-        proposer.close_session(session)
+
+    async def go() -> None:
+        session = await proposer.open_session()
+        try:
+            prompt = [5, 9, 14, 3, 22]
+            first = await proposer.propose(session, 0, prompt, 3, return_branches=True)
+            assert len(first.branches) == 3
+            assert len({(b.accepted, b.token) for b in first.branches}) == 3
+            assert all(len(b.draft) == 3 and 0 <= b.accepted <= 3 for b in first.branches)
+            branch = first.branches[-1]
+            start, tokens = outcome_key(len(prompt), first.draft, branch.accepted, branch.token)
+            hit = await proposer.propose(session, start, list(tokens), 3, return_branches=True)
+            assert hit.pre_drafted and hit.draft == branch.draft and len(hit.branches) == 3
+            await proposer.after_reply(session)  # the service calls it after each reply: no-op
+            assert proposer.counters.drafted_tokens == 2 * 3 * 3
+            plain = await proposer.propose(session, 0, prompt, 3)
+            assert plain.branches == []                       # not asked: none
+            # k = 0, no tokens: the last proposal again, with the branches pre-drafted after it.
+            again = await proposer.propose(session, plain.held_len, [], 0, return_branches=True)
+            assert again.draft == plain.draft and again.held_len == plain.held_len
+            assert len(again.branches) == 3 and not again.pre_drafted
+            twice = await proposer.propose(session, plain.held_len, [], 0, return_branches=True)
+            assert twice.branches == again.branches           # asked twice: drafted once
+            with pytest.raises(InvalidRequest):               # such a request syncs nothing
+                await proposer.propose(session, plain.held_len - 1, [], 0, return_branches=True)
+        finally:
+            await proposer.close_session(session)
+    asyncio.run(go())
+    proposer.batcher.close()
 
 
 def test_sampling_is_untouched_by_pre_drafting(pre_drafting):
@@ -170,16 +174,20 @@ def test_a_branch_serves_a_smaller_k(tiny_pair):
     from tests.conftest import engine_config
 
     proposer = build_draft_proposer(engine_config(tiny_pair[1], 1), 4, pre_draft_branches=2)
-    session = proposer.open_session()
-    try:
-        first = proposer.propose(session, 0, [5, 9, 14, 3, 22], 3)
-        proposer.after_reply(session)
-        start, tokens = next(key for key in session.branches if len(key[1]) == 2)  # all accepted
-        full = session.branches[(start, tokens)].draft
-        hit = proposer.propose(session, start, list(tokens), 2)
-        assert hit.pre_drafted and hit.draft == full[:2]
-        assert tokens[0] == first.draft[-1]
-        assert hit.held_len == len(session.seq.tokens) == start + len(tokens) + 1
-        assert session.seq.cached == hit.held_len
-    finally:
-        proposer.close_session(session)
+
+    async def go() -> None:
+        session = await proposer.open_session()
+        try:
+            first = await proposer.propose(session, 0, [5, 9, 14, 3, 22], 3)
+            await proposer.after_reply(session)
+            start, tokens = next(key for key in session.branches if len(key[1]) == 2)  # all accepted
+            full = session.branches[(start, tokens)].draft
+            hit = await proposer.propose(session, start, list(tokens), 2)
+            assert hit.pre_drafted and hit.draft == full[:2]
+            assert tokens[0] == first.draft[-1]
+            assert hit.held_len == len(session.seq.tokens) == start + len(tokens) + 1
+            assert session.seq.cached == hit.held_len
+        finally:
+            await proposer.close_session(session)
+    asyncio.run(go())
+    proposer.batcher.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from specdec.errors import InvalidRequest, OutOfSlots, PreconditionFailed
 from specdec.generation import GenerationRecord
 from specdec.metrics import batch_metrics, generation_metrics, union_length
 from specdec.sequence import SlotSequence, common_prefix_len
-from specdec.slots import SlotPool
+from specdec.slots import Admission, SlotPool
 from specdec.stopping import FinishReason, StopParams, cut_at_stop
 
 
@@ -60,15 +62,42 @@ def test_common_prefix_len():
 
 
 def test_slot_pool():
-    pool = SlotPool(2)
-    a, b = pool.acquire(), pool.acquire()
-    assert {a, b} == {0, 1} and pool.in_use == 2
-    with pytest.raises(OutOfSlots):
-        pool.acquire()
-    pool.release(a)
-    with pytest.raises(ValueError):
+    async def go() -> None:
+        pool = SlotPool(2)
+        a, b = await pool.acquire(), await pool.acquire()
+        assert {a, b} == {0, 1} and pool.in_use == 2
+        with pytest.raises(OutOfSlots):
+            await pool.acquire()
         pool.release(a)
-    assert pool.acquire() == a
+        with pytest.raises(ValueError):
+            pool.release(a)
+        assert await pool.acquire() == a
+    asyncio.run(go())
+
+
+def test_slot_pool_admission_is_an_awaitable_wait_with_a_timeout():
+    """A waiter gets the next freed slot before any newcomer; one past max_waiting is refused at
+    once; one whose wait runs out is refused; a cancelled waiter gives up its place."""
+    async def go() -> None:
+        pool = SlotPool(1, Admission(max_waiting=2, wait_s=5.0))
+        held = await pool.acquire()
+        first = asyncio.ensure_future(pool.acquire())
+        cancelled = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0)
+        assert pool.waiting == 2
+        with pytest.raises(OutOfSlots, match="queue is full"):
+            await pool.acquire()
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        assert pool.waiting == 1
+        pool.release(held)
+        assert await first == held and pool.in_use == 1 and pool.waiting == 0
+        short = SlotPool(1, Admission(max_waiting=1, wait_s=0.01))
+        await short.acquire()
+        with pytest.raises(OutOfSlots, match="for 0.01s"):
+            await short.acquire()
+        assert short.waiting == 0
+    asyncio.run(go())
 
 
 def test_union_length():

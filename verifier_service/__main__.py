@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from specdec.build import build_verifier
@@ -23,7 +24,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 def build(cfg: VerifierServiceConfig) -> tuple[TargetVerifier, pb.ModelInfo]:
     verifier = build_verifier(cfg.engine, cfg.window_sizes, cfg.executor, cfg.batching,
                               cfg.admission, cfg.qaic)
-    warm_up_verifier(verifier)
+    asyncio.run(warm_up_verifier(verifier))  # on the load thread: a loop of its own, until done
     return verifier, model_info(verifier.engine, cfg.engine, verifier.fingerprint, verifier.max_k,
                                 cfg.speculative_model_type, cfg.executor)
 
@@ -31,7 +32,7 @@ def build(cfg: VerifierServiceConfig) -> tuple[TargetVerifier, pb.ModelInfo]:
 async def run(cfg: VerifierServiceConfig) -> bool:
     return await host_backend(cfg.server, "verifier", SERVICE, VerifierServicer,
                        pb_grpc.add_VerifierServicer_to_server, lambda m: m.observe_verifier_step,
-                       lambda: build(cfg), cfg.engine.full_batch_size, cfg.admission, cfg.sessions)
+                       lambda: build(cfg), cfg.sessions)
 
 
 def main(argv: list[str] | None = None) -> None:

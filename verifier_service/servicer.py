@@ -37,16 +37,16 @@ class VerifierServicer(AttachedBackend, pb_grpc.VerifierServicer):
             raise PreconditionFailed("verify before prefill: the first request of a session "
                                      "must be a Prefill")
 
-    def _step(self, session: VerifierSession, req: pb.VerifierRequest) -> pb.VerifierReply:
+    async def _step(self, session: VerifierSession, req: pb.VerifierRequest) -> pb.VerifierReply:
         kind = _kind(req)
         if kind == "prefill":
             p = req.prefill
-            return outcome_to_pb(self.backend.prefill(
+            return outcome_to_pb(await self.backend.prefill(
                 session, p.start, list(p.tokens), StopParams(p.max_new_tokens, p.ignore_eos),
                 p.draft_tokenizer_fingerprint, sampling_from_pb(p.sampling)))
         v = req.verify
-        return outcome_to_pb(self.backend.verify(session, list(v.draft_tokens),
-                                                 sparse_from_pb(v.draft_probs)))
+        return outcome_to_pb(await self.backend.verify(session, list(v.draft_tokens),
+                                                       sparse_from_pb(v.draft_probs)))
 
     async def Tokenize(self, request: pb.TokenizeRequest,
                        context: grpc.aio.ServicerContext) -> pb.TokenizeReply:

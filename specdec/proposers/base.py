@@ -10,6 +10,9 @@ from specdec.types import Proposal
 
 
 class Proposer(Protocol):
+    """Coroutines on the service's (or the client's) event loop; engine work is awaited on the
+    engine thread (specdec.batching), so a waiting session holds no thread."""
+
     method: str        # "draft", "ngram"
     fingerprint: str   # tokenizer fingerprint; "" = works with any tokenizer
     max_k: int
@@ -19,20 +22,24 @@ class Proposer(Protocol):
         """The draft model's engine; None for a proposer without a model (n-gram)."""
         ...
 
-    def open_session(self) -> Any: ...
+    async def open_session(self) -> Any:
+        """Waits while all slots are taken (bounded, see specdec.slots.Admission)."""
+        ...
 
-    def close_session(self, session: Any) -> None: ...
+    async def close_session(self, session: Any) -> None:
+        """Frees the session's slot once no step or pre-draft of it is running."""
+        ...
 
-    def propose(self, session: Any, start: int, tokens: list[int], k: int,
-                sampling: SamplingParams = SamplingParams(), top_m: int = 0,
-                return_branches: bool = False) -> Proposal:
+    async def propose(self, session: Any, start: int, tokens: list[int], k: int,
+                      sampling: SamplingParams = SamplingParams(), top_m: int = 0,
+                      return_branches: bool = False) -> Proposal:
         """Sync (drop positions >= start, append tokens), then propose up to k tokens; a
         proposer that samples (sampling non-greedy, top_m > 0) returns the q of each draft.
         return_branches: a proposer that pre-drafts also returns the proposal's branches
         (drafted before it returns); others return none."""
         ...
 
-    def after_reply(self, session: Any) -> None:
+    async def after_reply(self, session: Any) -> None:
         """Work to do after the proposal was answered, while the verifier checks it (the draft
         model pre-drafts there); returns when done. May do nothing."""
         ...

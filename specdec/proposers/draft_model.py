@@ -17,7 +17,7 @@ matches, and drops the rest.
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,9 +69,9 @@ class DraftSession:
     last: LastDraft | None = None
     branches: dict[tuple[int, tuple[int, ...]], Branch] = field(default_factory=dict)
     scratch: list[int] = field(default_factory=list)   # scratch slots this session's branches hold
-    # Held by propose, by the pre-draft after it, and by close: one of them at a time, in any
-    # order the threads happen to start in.
-    busy: threading.Lock = field(default_factory=threading.Lock)
+    # Held by propose, by the pre-draft after it, and by close: one of them at a time (each
+    # awaits engine rows in between), in the order they asked for it.
+    busy: asyncio.Lock = field(default_factory=asyncio.Lock)
     stats: AcceptanceStats = field(default_factory=AcceptanceStats)
 
 
@@ -104,15 +104,15 @@ class DraftModelProposer:
         self.can_copy = self.copy_slot is not None
         sessions = self.engine.slots // (1 + pre_draft_branches) if self.can_copy else self.engine.slots
         self.pool = SlotPool(sessions, admission)
+        # Taken and returned on the event loop, between awaits: no lock needed.
         self._scratch = list(range(sessions, self.engine.slots)) if self.can_copy else []
-        self._scratch_lock = threading.Lock()
         self.counters = PreDraftCounters()
 
-    def open_session(self) -> DraftSession:
-        return DraftSession(SlotSequence(self.pool.acquire()))
+    async def open_session(self) -> DraftSession:
+        return DraftSession(SlotSequence(await self.pool.acquire()))
 
-    def close_session(self, session: DraftSession) -> None:
-        with session.busy:   # a pre-draft still running owns slots of this session
+    async def close_session(self, session: DraftSession) -> None:
+        async with session.busy:   # a pre-draft still running owns slots of this session
             session.last = None  # and one not started yet must not start on a freed slot
             self._drop_branches(session)
             self.pool.release(session.seq.slot)
@@ -120,11 +120,10 @@ class DraftModelProposer:
     def _drop_branches(self, session: DraftSession) -> None:
         self.counters.wasted_tokens += sum(len(b.draft) for b in session.branches.values())
         session.branches.clear()
-        with self._scratch_lock:
-            self._scratch += session.scratch
+        self._scratch += session.scratch
         session.scratch = []
 
-    def _take_branch(self, session: DraftSession, start: int, tokens: list[int], k: int,
+    async def _take_branch(self, session: DraftSession, start: int, tokens: list[int], k: int,
                      sampled: bool, timings: StepTimings) -> Proposal | None:
         """Answer from a pre-drafted branch when the sync names one (greedy, same k)."""
         last, session.last = session.last, None
@@ -144,7 +143,7 @@ class DraftModelProposer:
         seq = session.seq
         if branch.slot != seq.slot:
             assert self.copy_slot is not None  # scratch branches exist only where slots copy
-            self.copy_slot(branch.slot, seq.slot)
+            await self.batcher.call(self.copy_slot, branch.slot, seq.slot)
         # A smaller k (adaptive k) takes the branch's first k drafts; the session then holds
         # prefix + e1..e(k-1), and the KV of the rest is stale, masked and overwritten later.
         held = len(branch.tokens) - (len(branch.draft) - k)
@@ -153,9 +152,9 @@ class DraftModelProposer:
         session.last = LastDraft(held - k + 1, branch.draft[:k], branch.logits_at[:k])
         return Proposal(branch.draft[:k], held, timings, None, pre_drafted=True)
 
-    def propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
-                sampling: SamplingParams = SamplingParams(), top_m: int = 0,
-                return_branches: bool = False) -> Proposal:
+    async def propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
+                      sampling: SamplingParams = SamplingParams(), top_m: int = 0,
+                      return_branches: bool = False) -> Proposal:
         """Greedy drafts, or with sampling.temperature > 0 and top_m > 0 drafts sampled from the
         top m tokens of the warped draft distribution (returned as the exact proposal q).
         return_branches (with pre-drafting on, greedy): also return this proposal's branches,
@@ -163,13 +162,13 @@ class DraftModelProposer:
         its sync alongside the verify. With k = 0 and no tokens it syncs and drafts nothing:
         the reply is the last proposal with its branches (waiting for their pre-draft)."""
         t0 = time.perf_counter_ns()
-        with session.busy:   # after the last proposal's pre-draft, if it started first
+        async with session.busy:   # after the last proposal's pre-draft, if it started first
             if return_branches and k == 0 and not tokens:
                 proposal = self._last_proposal(session, start)
             else:
-                proposal = self._propose(session, start, tokens, k, sampling, top_m, t0)
+                proposal = await self._propose(session, start, tokens, k, sampling, top_m, t0)
             if return_branches:
-                self._ensure_pre_drafted(session)
+                await self._ensure_pre_drafted(session)
                 proposal.branches = [DraftBranch(*b.outcome, b.draft)
                                      for b in session.branches.values()]
             proposal.timings.total_ns = time.perf_counter_ns() - t0
@@ -183,15 +182,15 @@ class DraftModelProposer:
                                  f"start {start} is not the {held} tokens this session holds")
         return Proposal(last.draft if last else [], held)
 
-    def _ensure_pre_drafted(self, session: DraftSession) -> None:
+    async def _ensure_pre_drafted(self, session: DraftSession) -> None:
         """Pre-draft the pending proposal's outcomes now unless done already (after_reply)."""
         last = session.last
         if self.pre_draft_branches and last is not None and not last.pre_drafted:
             last.pre_drafted = True
             self._drop_branches(session)
-            self._pre_draft(session, last)
+            await self._pre_draft(session, last)
 
-    def _propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
+    async def _propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
                  sampling: SamplingParams, top_m: int, t0: int) -> Proposal:
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
@@ -202,7 +201,7 @@ class DraftModelProposer:
                 session.rng = seeded_rng(sampling.seed, DRAFT_STREAM)
         seq = session.seq
         timings = StepTimings()
-        if hit := self._take_branch(session, start, tokens, k, sampled, timings):
+        if hit := await self._take_branch(session, start, tokens, k, sampled, timings):
             hit.timings.total_ns = time.perf_counter_ns() - t0
             return hit
         self._drop_branches(session)
@@ -216,11 +215,11 @@ class DraftModelProposer:
             raise PreconditionFailed("nothing to draft from: sync the prompt first")
         if k == 0:
             if seq.cached < len(seq.tokens):  # sync only: prefill the new tokens now
-                seq.feed(self.batcher, timings)
+                await seq.feed(self.batcher, timings)
         else:
             # The last token's logits are needed even if its KV is already in the slot.
             seq.cached = min(seq.cached, len(seq.tokens) - 1)
-            logits = seq.feed(self.batcher, timings)                   # [V]
+            logits = await seq.feed(self.batcher, timings)             # [V]
             while True:
                 if sampled:
                     q = truncate_top_m(warp(logits, sampling), top_m)
@@ -233,28 +232,28 @@ class DraftModelProposer:
                 if len(draft) == k:
                     break
                 seq.tokens.append(draft[-1])
-                logits = seq.feed(self.batcher, timings)
+                logits = await seq.feed(self.batcher, timings)
         if draft and not sampled:
             session.last = LastDraft(len(seq.tokens) - len(draft) + 1, draft, logits_at)
         timings.total_ns = time.perf_counter_ns() - t0
         return Proposal(draft, len(seq.tokens), timings, probs if sampled else None)
 
-    def after_reply(self, session: DraftSession) -> None:
+    async def after_reply(self, session: DraftSession) -> None:
         """Pre-draft the next round for the likeliest outcomes of the draft just answered;
         runs while the verifier verifies it (the service calls it after sending the reply)."""
         if not self.pre_draft_branches:
             return
-        with session.busy:   # nothing when closed, sampled, or done by an earlier call
-            self._ensure_pre_drafted(session)
+        async with session.busy:   # nothing when closed, sampled, or done by an earlier call
+            await self._ensure_pre_drafted(session)
 
-    def _pre_draft(self, session: DraftSession, last: LastDraft) -> None:
+    async def _pre_draft(self, session: DraftSession, last: LastDraft) -> None:
         seq, k, timings = session.seq, len(last.draft), StepTimings()
         if len(seq.tokens) + 2 + k > self.engine.ctx_len:
             return  # no room to draft a whole next round
         # d_k into the session's own slot: its logits rank the bonus guesses, and every
         # branch then starts from slot contents 0..L+k-1 = prefix + d1..dk.
         end = len(seq.tokens)                               # = L + k - 1
-        after_dk = self.batcher.run_row([last.draft[-1]], [end], seq.slot, 1, DECODE, timings)[-1]
+        after_dk = (await self.batcher.run_row([last.draft[-1]], [end], seq.slot, 1, DECODE, timings))[-1]
         outcomes = rank_outcomes(last.logits_at + [after_dk], last.draft, session.stats,
                                  self.pre_draft_branches)
         base = seq.tokens + [last.draft[-1]]               # prefix + d1..dk
@@ -268,14 +267,14 @@ class DraftModelProposer:
                 if scratch is None:
                     continue
                 assert self.copy_slot is not None  # no scratch slots where slots don't copy
-                self.copy_slot(seq.slot, scratch)
+                await self.batcher.call(self.copy_slot, seq.slot, scratch)
                 slot = scratch
             tokens = base[:last.prefix_len + accepted] + [token]
             branches.append((outcome_key(last.prefix_len, last.draft, accepted, token),
                              Branch(slot, tokens, [], (accepted, token))))
         for depth in range(k):   # one engine call per depth, every branch a row
             rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
-            for (_, b), logits in zip(branches, self.batcher.run_rows(rows, DECODE, timings)):
+            for (_, b), logits in zip(branches, await self.batcher.run_rows(rows, DECODE, timings)):
                 b.draft.append(int(np.argmax(logits)))
                 b.logits_at.append(logits)
                 if depth < k - 1:
@@ -284,9 +283,8 @@ class DraftModelProposer:
         self.counters.drafted_tokens += k * len(branches)
 
     def _scratch_slot(self, session: DraftSession) -> int | None:
-        with self._scratch_lock:
-            if not self._scratch:
-                return None
-            slot = self._scratch.pop()
+        if not self._scratch:
+            return None
+        slot = self._scratch.pop()
         session.scratch.append(slot)
         return slot

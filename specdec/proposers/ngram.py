@@ -88,20 +88,21 @@ class NgramProposer:
         self.ctx_len = ctx_len
         self.pool = SlotPool(sessions, admission)  # bounds memory: one history per open session
 
-    def open_session(self) -> TokenHistory:
-        return TokenHistory(self.ctx_len, self.pool.acquire())
+    async def open_session(self) -> TokenHistory:
+        return TokenHistory(self.ctx_len, await self.pool.acquire())
 
-    def close_session(self, history: TokenHistory) -> None:
+    async def close_session(self, history: TokenHistory) -> None:
         self.pool.release(history.slot)
 
-    def after_reply(self, history: TokenHistory) -> None:
+    async def after_reply(self, history: TokenHistory) -> None:
         """Nothing to pre-draft: a lookup costs microseconds."""
 
-    def propose(self, history: TokenHistory, start: int, tokens: list[int], k: int,
+    async def propose(self, history: TokenHistory, start: int, tokens: list[int], k: int,
                 sampling: SamplingParams = SamplingParams(), top_m: int = 0,
                 return_branches: bool = False) -> Proposal:
         """Deterministic drafts whatever the sampling: the point-mass case of the rejection rule.
-        No branches: a lookup costs microseconds, there is nothing to draft ahead."""
+        No branches: a lookup costs microseconds, there is nothing to draft ahead. A coroutine
+        like every proposer's, though it never waits: microseconds on the loop."""
         t0 = time.perf_counter_ns()
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
