@@ -26,7 +26,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -99,7 +99,7 @@ class Batcher:
         self._worker = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._worker.start()
 
-    def _submit(self, rows: list[Row] = (), job: Job | None = None) -> None:
+    def _submit(self, rows: Sequence[Row] = (), job: Job | None = None) -> None:
         loop = asyncio.get_running_loop()
         for row in rows:
             row.future = loop.create_future()
