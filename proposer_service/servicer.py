@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
+from specdec.proposers.base import Proposer
 from specdec_rpc.convert import proposal_to_pb, sampling_from_pb
 from specdec_rpc.sessions import AttachedBackend
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
 
-class ProposerServicer(AttachedBackend, pb_grpc.ProposerServicer):
+class ProposerServicer(AttachedBackend[Proposer], pb_grpc.ProposerServicer):
     """Info and Session come from AttachedBackend; the backend is a Proposer."""
 
     async def _step(self, session: Any, req: pb.ProposeRequest) -> pb.ProposeReply:

@@ -50,6 +50,9 @@ class TargetVerifier:
         self.eos_token_ids = eos_token_ids
         self.pool = SlotPool(self.engine.slots, admission)
 
+    def close(self) -> None:
+        self.batcher.close()
+
     async def open_session(self) -> VerifierSession:
         """Waits while all slots are taken (bounded, see Admission)."""
         return VerifierSession(SlotSequence(await self.pool.acquire()))

@@ -8,16 +8,19 @@ from typing import Any, Callable
 
 import grpc
 
+from specdec.backend import Backend
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.server import Lifecycle, ServerConfig, serve
 from specdec_rpc.sessions import AttachedBackend, SessionPolicy, SessionRunner
+from specdec_rpc.v1 import specdec_pb2 as pb
 
 
 async def host_backend(server: ServerConfig, name: str, service_name: str,
                        servicer_cls: type[AttachedBackend],
-                       add_servicer: Callable[[Any, grpc.aio.Server], None],
+                       add_servicer: Callable[[AttachedBackend, grpc.aio.Server], None],
                        observe: Callable[[ServiceMetrics], Callable[[Any, Any], None]],
-                       build: Callable[[], tuple[Any, Any]], sessions: SessionPolicy) -> bool:
+                       build: Callable[[], tuple[Backend, pb.ModelInfo]],
+                       sessions: SessionPolicy) -> bool:
     """build() -> (backend, ModelInfo), blocking; observe picks the metrics' per-step hook.
     Returns serve()'s answer: False when stopped before the model loaded."""
     lifecycle, metrics = Lifecycle(service_name), ServiceMetrics()
@@ -29,9 +32,7 @@ async def host_backend(server: ServerConfig, name: str, service_name: str,
         metrics.track_pool(lambda: backend.pool.in_use, lambda: backend.pool.waiting)
 
     def close() -> None:
-        batcher = getattr(servicer.backend, "batcher", None)  # the n-gram proposer has none
-        if batcher is not None:
-            batcher.close()
+        servicer.backend.close()
 
     return await serve(server, name, service_name, lifecycle, metrics,
                 lambda s: add_servicer(servicer, s), load, close)

@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Generic, TypeVar
 
 import grpc
 
+from specdec.backend import Backend
 from specdec.errors import NotReady, SessionIdle
 from specdec_rpc.server import Lifecycle
 from specdec_rpc.status import abort_with
+from specdec_rpc.v1 import specdec_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +142,21 @@ class SessionRunner:
                                           [f for f in (running, pre_draft) if f is not None]))
 
 
-class AttachedBackend:
+B = TypeVar("B", bound=Backend)
+
+
+class AttachedBackend(Generic[B]):
     """Servicer base: registered before the model loads, handed the loaded backend (verifier or
-    proposer) and its Info by `attach`; until then every call answers UNAVAILABLE."""
+    proposer) and its Info by `attach`; until then every call answers UNAVAILABLE (the runner's
+    readiness check comes first, so nothing reads the attributes before they are set)."""
+
+    backend: B
+    info: pb.ModelInfo
 
     def __init__(self, runner: SessionRunner) -> None:
         self.runner = runner
-        self.backend: Any = None
-        self.info: Any = None
 
-    def attach(self, backend: Any, info: Any) -> None:
+    def attach(self, backend: B, info: pb.ModelInfo) -> None:
         self.backend, self.info = backend, info
 
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

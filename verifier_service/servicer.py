@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.stopping import StopParams
 from specdec.text_codec import TextCodec
-from specdec.verifier import VerifierSession
+from specdec.verifier import TargetVerifier, VerifierSession
 from specdec_rpc.convert import outcome_to_pb, sampling_from_pb, sparse_from_pb
 from specdec_rpc.sessions import AttachedBackend
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
 
-class VerifierServicer(AttachedBackend, pb_grpc.VerifierServicer):
+class VerifierServicer(AttachedBackend[TargetVerifier], pb_grpc.VerifierServicer):
     """Info and Session come from AttachedBackend; the backend is a TargetVerifier."""
 
     text: TextCodec | None = None
 
-    def attach(self, backend: Any, info: Any) -> None:
+    def attach(self, backend: TargetVerifier, info: pb.ModelInfo) -> None:
         # The target's own tokenizer: its ids are the ones the sessions verify.
         self.text = TextCodec.load(backend.engine.path, backend.engine.vocab_size,
                                    backend.engine.ctx_len)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from specdec.backend import Backend
 from specdec.engine import Engine
 from specdec.sampling import SamplingParams
 from specdec.types import Proposal
 
 
-class Proposer(Protocol):
+class Proposer(Backend, Protocol):
     """Coroutines on the service's (or the client's) event loop; engine work is awaited on the
-    engine thread (specdec.batching), so a waiting session holds no thread."""
+    engine thread (specdec.batching), so a waiting session holds no thread. Sessions, their
+    pool and close() as every Backend."""
 
     method: str        # "draft", "ngram"
     fingerprint: str   # tokenizer fingerprint; "" = works with any tokenizer
@@ -20,14 +22,6 @@ class Proposer(Protocol):
     @property
     def engine(self) -> Engine | None:
         """The draft model's engine; None for a proposer without a model (n-gram)."""
-        ...
-
-    async def open_session(self) -> Any:
-        """Waits while all slots are taken (bounded, see specdec.slots.Admission)."""
-        ...
-
-    async def close_session(self, session: Any) -> None:
-        """Frees the session's slot once no step or pre-draft of it is running."""
         ...
 
     async def propose(self, session: Any, start: int, tokens: list[int], k: int,

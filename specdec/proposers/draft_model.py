@@ -108,6 +108,9 @@ class DraftModelProposer:
         self._scratch = list(range(sessions, self.engine.slots)) if self.can_copy else []
         self.counters = PreDraftCounters()
 
+    def close(self) -> None:
+        self.batcher.close()
+
     async def open_session(self) -> DraftSession:
         return DraftSession(SlotSequence(await self.pool.acquire()))
 

@@ -94,6 +94,9 @@ class NgramProposer:
     async def close_session(self, history: TokenHistory) -> None:
         self.pool.release(history.slot)
 
+    def close(self) -> None:
+        """No engine to free."""
+
     async def after_reply(self, history: TokenHistory) -> None:
         """Nothing to pre-draft: a lookup costs microseconds."""
 
