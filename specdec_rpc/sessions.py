@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable
 import grpc
 
 from specdec.errors import NotReady, SessionIdle
+from specdec.flags import flag
 from specdec.slots import Admission
 from specdec_rpc.server import Lifecycle
 from specdec_rpc.status import abort_with
@@ -27,9 +28,14 @@ from specdec_rpc.status import abort_with
 
 @dataclass(frozen=True)
 class SessionPolicy:
-    idle_timeout_s: float = 120.0  # a stream silent this long is closed and its slot freed
-    # A new stream must send its first message within this; it holds no slot meanwhile.
-    first_message_timeout_s: float = 5.0
+    idle_timeout_s: float = flag(120.0, name="--idle-timeout",
+                                 help="seconds a session may send nothing before it is closed "
+                                      "(DEADLINE_EXCEEDED) and its slot freed")
+    first_message_timeout_s: float = flag(
+        5.0, name="--first-message-timeout",
+        help="seconds a new stream may take to send its first message, else it is closed "
+             "(DEADLINE_EXCEEDED); the slot is taken at that first message, so a stream that "
+             "sends nothing holds no slot and no queue place")
 
 
 def _close_when_done(future: asyncio.Future, close: Callable[[Any], None]) -> None:
