@@ -18,7 +18,9 @@ from client.cli_common import (
     sampling_params,
     service_device_groups,
 )
+from specdec.flags import add_flag
 from specdec.generation import GenerationConfig
+from specdec_rpc.service_cli import ServiceOptions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,14 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-speculative-tokens", type=k_or_auto(int), default=4, metavar="K|auto",
                    help="k, drafts per step; auto = each step picks the k in 0..max k with the most "
                         f"expected tokens per second (max k: the services', {AUTO_MAX_K} if started here) (4)")
-    p.add_argument("--target-device-group", default=None,
-                   help="devices of the verifier (default: cuda 0, or on a CPU the first half "
-                        "of the cores)")
-    p.add_argument("--draft-device-group", default=None,
-                   help="devices of the proposer (default: cuda 0, or on a CPU the other half)")
-    p.add_argument("--draft-top-m", type=int, default=16,
-                   help="when sampling, the draft samples from its top m tokens and sends their "
-                        "probabilities; 0 = greedy drafts (16)")
+    add_flag(p, ServiceOptions, "device_group", name="--target-device-group", prefix="verifier: ",
+             shown="cuda 0, or on a CPU the first half of the cores")
+    add_flag(p, ServiceOptions, "device_group", name="--draft-device-group", prefix="proposer: ",
+             shown="cuda 0, or on a CPU the other half")
+    add_flag(p, GenerationConfig, "draft_top_m")
     add_common_args(p)
     args = p.parse_args(argv)
     if args.num_speculative_tokens != AUTO and args.num_speculative_tokens < 0:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from client.cli_common import ServiceSpec, add_common_args, engine_args, run_cli, sampling_params
 from specdec.engine.turbo import NotATurboModel, read_turbo_config
+from specdec.flags import add_flag
 from specdec.generation import GenerationConfig
+from specdec_rpc.service_cli import ServiceOptions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,8 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrained-model-name-or-path", default="models/target",
                    help="base checkpoint directory with speculator_config.json and "
                         "speculator.safetensors beside it")
-    p.add_argument("--device-group", default=None,
-                   help="devices of the verifier (default: cuda 0, or every CPU core)")
+    add_flag(p, ServiceOptions, "device_group", prefix="verifier: ")
     add_common_args(p, prefill_seq_len=32, ctx_len=128)
     return p.parse_args(argv)
 

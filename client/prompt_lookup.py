@@ -24,9 +24,13 @@ from client.cli_common import (
     run_cli,
     sampling_params,
 )
+from proposer_service.config import ProposerServiceConfig
+from specdec.config import EngineConfig
+from specdec.flags import add_flag, to_argv
 from specdec.generation import GenerationConfig
 from specdec.proposers.prompt_lookup import PromptLookupProposer
 from specdec.windows import parse_sizes
+from specdec_rpc.service_cli import ServiceOptions
 
 REPEATED_PATTERN_PROMPTS = [
     "x = 1\ny = 2\nz = 3\nprint(x)\nprint(y)\nprint(z)\nx = 1\ny = 2\n",
@@ -44,9 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="verify window sizes, e.g. 0,3; the largest is k; auto = each step picks "
                         f"the k in 0..max k with the most expected tokens per second (max k "
                         f"{AUTO_MAX_K} in services started here) (3)")
-    p.add_argument("--max-ngram-size", type=int, default=3, help="longest n-gram matched (3)")
-    p.add_argument("--device-group", default=None,
-                   help="devices of the verifier (default: cuda 0, or every CPU core)")
+    add_flag(p, ProposerServiceConfig, "max_ngram_size")
+    add_flag(p, ServiceOptions, "device_group", prefix="verifier: ")
     p.add_argument("--local-proposer", action="store_true",
                    help="run the n-gram search inside the client, without a proposer service")
     add_common_args(p, prefill_seq_len=256, ctx_len=1024)
@@ -71,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     elif k:
         services["proposer"] = ServiceSpec(
             "proposer", "proposer_service",
-            ["--method", "ngram", "--max-ngram-size", str(args.max_ngram_size), "--max-k", str(k),
-             "--ctx-len", str(args.ctx_len), "--full-batch-size", str(concurrency(args))])
+            [*to_argv(ProposerServiceConfig, "method", "ngram"),
+             *to_argv(ProposerServiceConfig, "max_ngram_size", args.max_ngram_size),
+             *to_argv(ProposerServiceConfig, "max_k", k),
+             *to_argv(EngineConfig, "ctx_len", args.ctx_len),
+             *to_argv(EngineConfig, "full_batch_size", concurrency(args))])
     config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
                               adaptive_k=auto)
     return run_cli(args, args.target_model_name, services,

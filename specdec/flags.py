@@ -92,6 +92,8 @@ def shown_default(opt: Option) -> str | None:
         return opt.flag.shown
     if opt.parse is None and opt.default is False:
         return None
+    if isinstance(opt.default, float):
+        return f"{opt.default:g}"   # 30, not 30.0
     return None if opt.default is None else str(opt.default)
 
 

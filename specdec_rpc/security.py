@@ -47,10 +47,11 @@ class ServerSecurity:
 
 @dataclass(frozen=True)
 class ClientSecurity:
-    tls_ca: Path | None = None    # set = connect with TLS, trusting this CA
-    tls_cert: Path | None = None  # client certificate for mutual TLS
-    tls_key: Path | None = None
-    auth_token: str | None = None
+    tls_ca: Path | None = flag(None, shown="off", help="PEM CA: connect with TLS, trusting it")
+    tls_cert: Path | None = flag(None, shown="off", help="PEM client certificate (mutual TLS)")
+    tls_key: Path | None = flag(None, shown="off", help="PEM key of --tls-cert")
+    auth_token: str | None = flag(None, secret=True, shown="$SPECDEC_AUTH_TOKEN",
+                                  help="shared token sent as `authorization: Bearer`")
 
     def channel(self, address: str, options: list[tuple[str, int]]) -> grpc.aio.Channel:
         if self.tls_ca is None:
