@@ -26,7 +26,7 @@ from specdec_rpc.security import ClientSecurity
 from specdec_rpc.service_cli import ServiceOptions
 
 AUTO = "auto"     # --num-speculative-tokens auto: k adapts each round (specdec.adaptive_k)
-AUTO_MAX_K = 8    # ... up to this k in services the client starts (the services' --max-k default)
+AUTO_MAX_K: int = ServiceOptions.max_k  # ... up to this k in services the client starts: their --max-k default
 
 DEFAULT_PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_files(path):\n"]
 
@@ -38,7 +38,7 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
     p.add_argument("--prompts", action="append", default=None,
                    help="prompt text; repeat the flag for several prompts")
     p.add_argument("--prefill-bsz", type=int, default=1,
-                   help="prompts run at a time when --full-batch-size is not set (1)")
+                   help="prompts run at a time when --full-batch-size is not set (default: 1)")
     for field in declared(GenerationConfig):
         if field != "draft_top_m":   # the draft model's: client.draft_based declares it
             add_flag(p, GenerationConfig, field)
@@ -67,7 +67,7 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
     c = p.add_argument_group("connection (services given by address)")
     add_flags(c, ClientSecurity, defaults={"auth_token": os.environ.get("SPECDEC_AUTH_TOKEN")})
     c.add_argument("--step-timeout", type=float, default=60.0,
-                   help="deadline of each service step, seconds (60)")
+                   help="deadline of each service step, seconds (default: 60)")
     add_flags(c, RecoveryPolicy)
 
 

@@ -31,6 +31,7 @@ from specdec.generation import GenerationConfig
 from specdec.proposers.prompt_lookup import PromptLookupProposer
 from specdec.windows import parse_sizes
 from specdec_rpc.service_cli import ServiceOptions
+from verifier_service.config import VerifierServiceConfig
 
 REPEATED_PATTERN_PROMPTS = [
     "x = 1\ny = 2\nz = 3\nprint(x)\nprint(y)\nprint(z)\nx = 1\ny = 2\n",
@@ -38,7 +39,7 @@ REPEATED_PATTERN_PROMPTS = [
 ]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="client.prompt_lookup", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target-model-name", default="models/target",
@@ -47,12 +48,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="K[,K...]|auto",
                    help="verify window sizes, e.g. 0,3; the largest is k; auto = each step picks "
                         f"the k in 0..max k with the most expected tokens per second (max k "
-                        f"{AUTO_MAX_K} in services started here) (3)")
+                        f"{AUTO_MAX_K} in services started here) (default: 3)")
     add_flag(p, ProposerServiceConfig, "max_ngram_size")
     add_flag(p, ServiceOptions, "device_group", prefix="verifier: ")
     p.add_argument("--local-proposer", action="store_true",
                    help="run the n-gram search inside the client, without a proposer service")
     add_common_args(p, prefill_seq_len=256, ctx_len=1024)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser()
     args = p.parse_args(argv)
     if args.max_ngram_size < 1:
         p.error("--max-ngram-size must be >= 1")
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     auto = args.num_speculative_tokens == AUTO
     sizes = () if auto else args.num_speculative_tokens
     k = AUTO_MAX_K if auto else sizes[-1]
-    window = ["--window-sizes", ",".join(map(str, sizes))] if sizes else []
+    window = to_argv(VerifierServiceConfig, "window_sizes", sizes) if sizes else []
     services = {"verifier": ServiceSpec(
         "verifier", "verifier_service",
         [*engine_args(args, args.target_model_name, args.device_group, k), *window])}

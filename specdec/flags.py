@@ -103,7 +103,8 @@ def is_switch(opt: Option) -> bool:
 
 def add_option(parser: argparse._ActionsContainer, opt: Option, prefix: str = "") -> None:
     shown = shown_default(opt)
-    text = prefix + opt.flag.help + (f" ({shown})" if shown is not None and not is_switch(opt) else "")
+    suffix = f" (default: {shown})" if shown is not None and not is_switch(opt) else ""
+    text = prefix + opt.flag.help + suffix
     if is_switch(opt):
         parser.add_argument(opt.name, action="store_true", help=text)
         return
@@ -156,4 +157,6 @@ def to_argv(cls: type, field: str, value: Any) -> list[str]:
         return [opt.name]
     if opt.flag.on_off and isinstance(value, bool):
         value = ON_OFF[0] if value else ON_OFF[1]
+    if isinstance(value, (tuple, list)):
+        value = ",".join(map(str, value))   # "0,3": how a list flag (--window-sizes) is spelled
     return [opt.name, str(value)]

@@ -39,7 +39,7 @@ class ServiceOptions:
                          help="`torch` (CPU/CUDA) or `qaic` (Cloud AI 100 through QEfficient)")
     device_group: str | None = flag(
         None, shown="cuda 0 / every core / card 0",
-        help="device ids: torch uses cuda:<first> where CUDA exists, else the CPU, with the "
+        help="device ids: torch uses `cuda:<first>` where CUDA exists, else the CPU, with the "
              "service's threads pinned to these cores (affinity, one torch thread per core); "
              "qaic the whole card group")
     max_k: int = flag(8, help="largest draft per step")
