@@ -10,6 +10,7 @@ import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from client.api import SpecDecClient
 from client.launcher import start_service
@@ -20,6 +21,7 @@ from specdec.errors import InvalidRequest
 from specdec.flags import add_flag, add_flags, declared, to_argv
 from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.metrics import batch_metrics, format_metrics, generation_metrics
+from specdec.proposers.base import Proposer
 from specdec.recovery import RecoveryPolicy
 from specdec.sampling import SamplingParams
 from specdec_rpc.security import ClientSecurity
@@ -27,6 +29,8 @@ from specdec_rpc.service_cli import ServiceOptions
 
 AUTO = "auto"     # --num-speculative-tokens auto: k adapts each round (specdec.adaptive_k)
 AUTO_MAX_K: int = ServiceOptions.max_k  # ... up to this k in services the client starts: their --max-k default
+
+T = TypeVar("T")
 
 DEFAULT_PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_files(path):\n"]
 
@@ -78,9 +82,9 @@ class ServiceSpec:
     args: list[str]
 
 
-def k_or_auto(parse):
+def k_or_auto(parse: Callable[[str], T]) -> Callable[[str], T | str]:
     """An argparse type: `auto`, or what `parse` makes of the text."""
-    def convert(text: str):
+    def convert(text: str) -> T | str:
         return AUTO if text.strip().lower() == AUTO else parse(text)
     convert.__name__ = parse.__name__  # argparse names the type in its error message
     return convert
@@ -132,23 +136,26 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     return params
 
 
-def load_tokenizer(model: str):
+def load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model)
 
 
-def client_options(args: argparse.Namespace) -> dict:
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"security": ClientSecurity(args.tls_ca, args.tls_cert, args.tls_key, args.auth_token),
             "step_timeout_s": args.step_timeout,
             "recovery": RecoveryPolicy(deadline_s=args.recovery_deadline)}
 
 
 async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]],
-                       config: GenerationConfig, width: int, local_proposer=None,
-                       options: dict | None = None) -> list[GenerationRecord]:
+                       config: GenerationConfig, width: int, local_proposer: Proposer | None = None,
+                       options: dict[str, Any] | None = None) -> list[GenerationRecord]:
+    verifier = addresses["verifier"]
+    if verifier is None:   # run_cli starts a verifier for a missing address before this
+        raise ValueError("no verifier address")
     # Channels belong to the event loop they are created in: make them inside it.
-    client = SpecDecClient(addresses["verifier"], addresses.get("proposer"),
+    client = SpecDecClient(verifier, addresses.get("proposer"),
                            local_proposer=local_proposer, **(options or {}))
     gate = asyncio.Semaphore(width)
 
@@ -164,7 +171,7 @@ async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]
 
 def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, ServiceSpec],
             addresses: dict[str, str | None], config: GenerationConfig,
-            default_prompts: list[str] = DEFAULT_PROMPTS, local_proposer=None) -> int:
+            default_prompts: list[str] = DEFAULT_PROMPTS, local_proposer: Proposer | None = None) -> int:
     """Start whatever services have no address, generate every prompt, print and save."""
     tok = load_tokenizer(tokenizer_model)
     texts = args.prompts or default_prompts
@@ -192,7 +199,7 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
     return 0
 
 
-def report(args, tok, texts: list[str], prompts: list[list[int]],
+def report(args: argparse.Namespace, tok: Any, texts: list[str], prompts: list[list[int]],
            records: list[GenerationRecord]) -> None:
     out = []
     for text, ids, rec in zip(texts, prompts, records):

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     services = {"verifier": ServiceSpec(
         "verifier", "verifier_service",
-        [*engine_args(args, model, args.device_group, heads), *to_argv(VerifierServiceConfig, "speculative_model_type", "turbo")])}
+        [*engine_args(args, model, args.device_group, heads),
+         *to_argv(VerifierServiceConfig, "speculative_model_type", "turbo")])}
     config = GenerationConfig(heads, args.max_new_tokens, args.ignore_eos_token, sampling_params(args))
     return run_cli(args, model, services, {"verifier": args.verifier}, config)
 

@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     auto = args.num_speculative_tokens == AUTO
-    sizes = () if auto else args.num_speculative_tokens
+    sizes: tuple[int, ...] = () if auto else args.num_speculative_tokens
     k = AUTO_MAX_K if auto else sizes[-1]
     window = to_argv(VerifierServiceConfig, "window_sizes", sizes) if sizes else []
     services = {"verifier": ServiceSpec(
