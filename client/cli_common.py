@@ -10,82 +10,69 @@ import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from client.api import SpecDecClient
 from client.launcher import start_service
 from client.links import ServiceError
-from specdec.config import DTYPES, QAIC_SESSIONS
+from specdec.config import EngineConfig, QaicOptions
 from specdec.cpu_cores import available_cores, split_cores
 from specdec.errors import InvalidRequest
+from specdec.flags import add_flag, add_flags, declared, to_argv
 from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.metrics import batch_metrics, format_metrics, generation_metrics
+from specdec.proposers.base import Proposer
 from specdec.recovery import RecoveryPolicy
 from specdec.sampling import SamplingParams
 from specdec_rpc.security import ClientSecurity
+from specdec_rpc.service_cli import ServiceOptions
 
 AUTO = "auto"     # --num-speculative-tokens auto: k adapts each round (specdec.adaptive_k)
-AUTO_MAX_K = 8    # ... up to this k in services the client starts (the services' --max-k default)
+AUTO_MAX_K: int = ServiceOptions.max_k  # ... up to this k in services the client starts: their --max-k default
+
+T = TypeVar("T")
 
 DEFAULT_PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_files(path):\n"]
 
 
 def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_len: int = 128) -> None:
-    """Flags every client CLI takes; the defaults of the two engine sizes follow each example."""
+    """Flags every client CLI takes. Those it passes on to the services it starts are the
+    services' own declarations (specdec.flags), with the client's defaults: the two engine
+    sizes follow each QEfficient example."""
     p.add_argument("--prompts", action="append", default=None,
                    help="prompt text; repeat the flag for several prompts")
-    p.add_argument("--prefill-seq-len", type=int, default=prefill_seq_len,
-                   help=f"prefill chunk length ({prefill_seq_len})")
-    p.add_argument("--ctx-len", type=int, default=ctx_len,
-                   help=f"KV positions per session ({ctx_len})")
     p.add_argument("--prefill-bsz", type=int, default=1,
-                   help="prompts run at a time when --full-batch-size is not set (1)")
-    p.add_argument("--full-batch-size", type=int, default=None,
-                   help="concurrent sessions, and KV slots of the services the client starts")
-    p.add_argument("--max-new-tokens", type=int, default=0,
-                   help="tokens to generate per prompt; 0 = until EOS or ctx_len (0)")
-    p.add_argument("--ignore-eos-token", action="store_true", help="do not stop at EOS")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="sampling temperature; 0 = greedy (0)")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely; 0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="sampling seed; prompt i uses seed + i (default: fresh entropy)")
+                   help="prompts run at a time when --full-batch-size is not set (default: 1)")
+    for field in declared(GenerationConfig):
+        if field != "draft_top_m":   # the draft model's: client.draft_based declares it
+            add_flag(p, GenerationConfig, field)
+    add_flags(p, SamplingParams)
     p.add_argument("--verifier", default=None, metavar="ADDR",
                    help="verifier host:port, a comma list of replicas, or dns:///name:port "
                         "(one replica per address); default: start one as a subprocess")
     p.add_argument("--proposer", default=None, metavar="ADDR",
                    help="proposer host:port, a comma list of replicas, or dns:///name:port; "
                         "default: start one as a subprocess")
-    p.add_argument("--dtype", default="float32", choices=DTYPES,
-                   help="dtype of the services the client starts")
-    q = p.add_argument_group("executor of the services the client starts")
-    q.add_argument("--executor", default="torch", choices=["torch", "qaic"],
-                   help="torch (CPU/CUDA) or qaic (Cloud AI 100 through QEfficient) (torch)")
-    q.add_argument("--num-cores", type=int, default=11, help="qaic: AI cores of the target QPC (11)")
-    q.add_argument("--draft-num-cores", type=int, default=5, help="qaic: AI cores of the draft QPC (5)")
-    q.add_argument("--mxfp6", action="store_true", help="qaic: compile matmuls as MXFP6")
-    q.add_argument("--mxint8-kv-cache", action="store_true", help="qaic: KV cache in MXINT8")
-    q.add_argument("--compile", default=None, choices=["on", "off"],
-                   help="torch: compile each step shape at start-up; off = eager (default: the "
-                        "services' own, on unless SPECDEC_COMPILE says otherwise)")
-    q.add_argument("--compile-dir", default=None,
-                   help="where compiled steps are cached (qaic: QPCs; torch: inductor kernels)")
-    q.add_argument("--qaic-session", default="device", choices=QAIC_SESSIONS,
-                   help="qaic: run the QPC on the card (device) or QEfficient's ONNX on the CPU")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write prompts, generated ids, text and metrics as JSON")
     p.add_argument("--quiet-services", action="store_true",
                    help="do not echo the started services' logs")
+    e = p.add_argument_group("services the client starts")
+    add_flag(e, EngineConfig, "prefill_seq_len", default=prefill_seq_len)
+    add_flag(e, EngineConfig, "ctx_len", default=ctx_len)
+    add_flag(e, EngineConfig, "full_batch_size", default=None, shown="--prefill-bsz")
+    add_flag(e, EngineConfig, "dtype")
+    add_flag(e, ServiceOptions, "executor")
+    add_flag(e, EngineConfig, "compile", default=None, shown="the services' own")
+    add_flag(e, EngineConfig, "compile_dir")
+    add_flag(e, QaicOptions, "num_cores", default=11, prefix="verifier: ")
+    add_flag(e, QaicOptions, "num_cores", name="--draft-num-cores", default=5, prefix="proposer: ")
+    add_flags(e, QaicOptions, skip=("num_cores",))
     c = p.add_argument_group("connection (services given by address)")
-    c.add_argument("--tls-ca", type=Path, default=None, help="PEM CA: connect with TLS")
-    c.add_argument("--tls-cert", type=Path, default=None, help="PEM client certificate (mutual TLS)")
-    c.add_argument("--tls-key", type=Path, default=None, help="PEM key of --tls-cert")
-    c.add_argument("--auth-token", default=os.environ.get("SPECDEC_AUTH_TOKEN"),
-                   help="shared token sent as 'authorization: Bearer' (default: $SPECDEC_AUTH_TOKEN)")
+    add_flags(c, ClientSecurity, defaults={"auth_token": os.environ.get("SPECDEC_AUTH_TOKEN")})
     c.add_argument("--step-timeout", type=float, default=60.0,
-                   help="deadline of each service step, seconds (60)")
-    c.add_argument("--recovery-deadline", type=float, default=60.0,
-                   help="how long to keep reconnecting to a lost verifier, seconds (60)")
+                   help="deadline of each service step, seconds (default: 60)")
+    add_flags(c, RecoveryPolicy)
 
 
 @dataclass
@@ -95,9 +82,9 @@ class ServiceSpec:
     args: list[str]
 
 
-def k_or_auto(parse):
+def k_or_auto(parse: Callable[[str], T]) -> Callable[[str], T | str]:
     """An argparse type: `auto`, or what `parse` makes of the text."""
-    def convert(text: str):
+    def convert(text: str) -> T | str:
         return AUTO if text.strip().lower() == AUTO else parse(text)
     convert.__name__ = parse.__name__  # argparse names the type in its error message
     return convert
@@ -109,19 +96,19 @@ def concurrency(args: argparse.Namespace) -> int:
 
 def engine_args(args: argparse.Namespace, model: str, device_group: str | None, max_k: int,
                 draft: bool = False) -> list[str]:
-    """Pass the client's engine flags on to a service it starts (device_group None: the
-    service's default)."""
-    out = ["--model", model, "--dtype", args.dtype,
-           "--prefill-seq-len", str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len),
-           "--full-batch-size", str(concurrency(args)), "--max-k", str(max_k),
-           "--executor", args.executor]
-    out += ["--compile", args.compile] if args.compile else []
-    out += ["--device-group", device_group] if device_group else []
-    out += ["--compile-dir", args.compile_dir] if args.compile_dir else []
+    """Pass the client's engine flags on to a service it starts, under the service's own flag
+    declarations (device_group None: the service's default)."""
+    engine = {"model": model, "dtype": args.dtype, "prefill_seq_len": args.prefill_seq_len,
+              "ctx_len": args.ctx_len, "full_batch_size": concurrency(args),
+              "compile": args.compile, "compile_dir": args.compile_dir}
+    service = {"max_k": max_k, "executor": args.executor, "device_group": device_group}
+    out = [a for f, v in engine.items() for a in to_argv(EngineConfig, f, v)]
+    out += [a for f, v in service.items() for a in to_argv(ServiceOptions, f, v)]
     if args.executor == "qaic":
-        out += ["--num-cores", str(args.draft_num_cores if draft else args.num_cores)]
-        out += ["--mxfp6"] * args.mxfp6 + ["--mxint8-kv-cache"] * args.mxint8_kv_cache
-        out += ["--qaic-session", args.qaic_session]
+        qaic = {"num_cores": args.draft_num_cores if draft else args.num_cores,
+                "mxfp6_matmul": args.mxfp6, "mxint8_kv_cache": args.mxint8_kv_cache,
+                "session": args.qaic_session}
+        out += [a for f, v in qaic.items() for a in to_argv(QaicOptions, f, v)]
     return out
 
 
@@ -149,23 +136,26 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     return params
 
 
-def load_tokenizer(model: str):
+def load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model)
 
 
-def client_options(args: argparse.Namespace) -> dict:
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"security": ClientSecurity(args.tls_ca, args.tls_cert, args.tls_key, args.auth_token),
             "step_timeout_s": args.step_timeout,
             "recovery": RecoveryPolicy(deadline_s=args.recovery_deadline)}
 
 
 async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]],
-                       config: GenerationConfig, width: int, local_proposer=None,
-                       options: dict | None = None) -> list[GenerationRecord]:
+                       config: GenerationConfig, width: int, local_proposer: Proposer | None = None,
+                       options: dict[str, Any] | None = None) -> list[GenerationRecord]:
+    verifier = addresses["verifier"]
+    if verifier is None:   # run_cli starts a verifier for a missing address before this
+        raise ValueError("no verifier address")
     # Channels belong to the event loop they are created in: make them inside it.
-    client = SpecDecClient(addresses["verifier"], addresses.get("proposer"),
+    client = SpecDecClient(verifier, addresses.get("proposer"),
                            local_proposer=local_proposer, **(options or {}))
     gate = asyncio.Semaphore(width)
 
@@ -181,7 +171,7 @@ async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]
 
 def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, ServiceSpec],
             addresses: dict[str, str | None], config: GenerationConfig,
-            default_prompts: list[str] = DEFAULT_PROMPTS, local_proposer=None) -> int:
+            default_prompts: list[str] = DEFAULT_PROMPTS, local_proposer: Proposer | None = None) -> int:
     """Start whatever services have no address, generate every prompt, print and save."""
     tok = load_tokenizer(tokenizer_model)
     texts = args.prompts or default_prompts
@@ -209,7 +199,7 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
     return 0
 
 
-def report(args, tok, texts: list[str], prompts: list[list[int]],
+def report(args: argparse.Namespace, tok: Any, texts: list[str], prompts: list[list[int]],
            records: list[GenerationRecord]) -> None:
     out = []
     for text, ids, rec in zip(texts, prompts, records):

@@ -18,10 +18,14 @@ from client.cli_common import (
     sampling_params,
     service_device_groups,
 )
+from proposer_service.config import ProposerServiceConfig
+from specdec.flags import add_flag, to_argv
 from specdec.generation import GenerationConfig
+from specdec_rpc.service_cli import ServiceOptions
+from verifier_service.config import VerifierServiceConfig
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="client.draft_based", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--draft-model-name", default="models/draft", help="draft checkpoint directory")
@@ -29,16 +33,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="target checkpoint directory (its tokenizer encodes the prompts)")
     p.add_argument("--num-speculative-tokens", type=k_or_auto(int), default=4, metavar="K|auto",
                    help="k, drafts per step; auto = each step picks the k in 0..max k with the most "
-                        f"expected tokens per second (max k: the services', {AUTO_MAX_K} if started here) (4)")
-    p.add_argument("--target-device-group", default=None,
-                   help="devices of the verifier (default: cuda 0, or on a CPU the first half "
-                        "of the cores)")
-    p.add_argument("--draft-device-group", default=None,
-                   help="devices of the proposer (default: cuda 0, or on a CPU the other half)")
-    p.add_argument("--draft-top-m", type=int, default=16,
-                   help="when sampling, the draft samples from its top m tokens and sends their "
-                        "probabilities; 0 = greedy drafts (16)")
+                        f"expected tokens per second (max k: the services', {AUTO_MAX_K} if started here) "
+                        "(default: 4)")
+    add_flag(p, ServiceOptions, "device_group", name="--target-device-group", prefix="verifier: ",
+             shown="cuda 0, or on a CPU the first half of the cores")
+    add_flag(p, ServiceOptions, "device_group", name="--draft-device-group", prefix="proposer: ",
+             shown="cuda 0, or on a CPU the other half")
+    add_flag(p, GenerationConfig, "draft_top_m")
     add_common_args(p)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser()
     args = p.parse_args(argv)
     if args.num_speculative_tokens != AUTO and args.num_speculative_tokens < 0:
         p.error("--num-speculative-tokens must be >= 0")
@@ -56,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     services = {
         "verifier": ServiceSpec("verifier", "verifier_service",
                                 [*engine_args(args, args.target_model_name, target_group, k),
-                                 *([] if auto else ["--window-sizes", f"0,{k}"])]),
+                                 *([] if auto else to_argv(VerifierServiceConfig, "window_sizes", (0, k)))]),
     }
     if k:
         services["proposer"] = ServiceSpec(
             "proposer", "proposer_service",
-            ["--method", "draft",
+            [*to_argv(ProposerServiceConfig, "method", "draft"),
              *engine_args(args, args.draft_model_name, draft_group, k, draft=True)])
     config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
                               args.draft_top_m, adaptive_k=auto)

@@ -13,19 +13,25 @@ from pathlib import Path
 
 from client.cli_common import ServiceSpec, add_common_args, engine_args, run_cli, sampling_params
 from specdec.engine.turbo import NotATurboModel, read_turbo_config
+from specdec.flags import add_flag, to_argv
 from specdec.generation import GenerationConfig
+from specdec_rpc.service_cli import ServiceOptions
+from verifier_service.config import VerifierServiceConfig
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="client.multi_projection", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrained-model-name-or-path", default="models/target",
                    help="base checkpoint directory with speculator_config.json and "
                         "speculator.safetensors beside it")
-    p.add_argument("--device-group", default=None,
-                   help="devices of the verifier (default: cuda 0, or every CPU core)")
+    add_flag(p, ServiceOptions, "device_group", prefix="verifier: ")
     add_common_args(p, prefill_seq_len=32, ctx_len=128)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     services = {"verifier": ServiceSpec(
         "verifier", "verifier_service",
-        [*engine_args(args, model, args.device_group, heads), "--speculative-model-type", "turbo"])}
+        [*engine_args(args, model, args.device_group, heads),
+         *to_argv(VerifierServiceConfig, "speculative_model_type", "turbo")])}
     config = GenerationConfig(heads, args.max_new_tokens, args.ignore_eos_token, sampling_params(args))
     return run_cli(args, model, services, {"verifier": args.verifier}, config)
 

@@ -24,10 +24,14 @@ from client.cli_common import (
     run_cli,
     sampling_params,
 )
+from proposer_service.config import ProposerServiceConfig
 from specdec.build import build_proposer
 from specdec.config import EngineConfig
+from specdec.flags import add_flag, to_argv
 from specdec.generation import GenerationConfig
 from specdec.windows import parse_sizes
+from specdec_rpc.service_cli import ServiceOptions
+from verifier_service.config import VerifierServiceConfig
 
 REPEATED_PATTERN_PROMPTS = [
     "x = 1\ny = 2\nz = 3\nprint(x)\nprint(y)\nprint(z)\nx = 1\ny = 2\n",
@@ -35,7 +39,7 @@ REPEATED_PATTERN_PROMPTS = [
 ]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="client.prompt_lookup", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target-model-name", default="models/target",
@@ -44,13 +48,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="K[,K...]|auto",
                    help="verify window sizes, e.g. 0,3; the largest is k; auto = each step picks "
                         f"the k in 0..max k with the most expected tokens per second (max k "
-                        f"{AUTO_MAX_K} in services started here) (3)")
-    p.add_argument("--max-ngram-size", type=int, default=3, help="longest n-gram matched (3)")
-    p.add_argument("--device-group", default=None,
-                   help="devices of the verifier (default: cuda 0, or every CPU core)")
+                        f"{AUTO_MAX_K} in services started here) (default: 3)")
+    add_flag(p, ProposerServiceConfig, "max_ngram_size")
+    add_flag(p, ServiceOptions, "device_group", prefix="verifier: ")
     p.add_argument("--local-proposer", action="store_true",
                    help="run the n-gram search inside the client, without a proposer service")
     add_common_args(p, prefill_seq_len=256, ctx_len=1024)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser()
     args = p.parse_args(argv)
     if args.max_ngram_size < 1:
         p.error("--max-ngram-size must be >= 1")
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     auto = args.num_speculative_tokens == AUTO
     sizes: tuple[int, ...] = () if auto else args.num_speculative_tokens
     k = AUTO_MAX_K if auto else sizes[-1]
-    window = ["--window-sizes", ",".join(map(str, sizes))] if sizes else []
+    window = to_argv(VerifierServiceConfig, "window_sizes", sizes) if sizes else []
     services = {"verifier": ServiceSpec(
         "verifier", "verifier_service",
         [*engine_args(args, args.target_model_name, args.device_group, k), *window])}
@@ -74,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     elif k:
         services["proposer"] = ServiceSpec(
             "proposer", "proposer_service",
-            ["--method", "ngram", "--max-ngram-size", str(args.max_ngram_size), "--max-k", str(k),
-             "--ctx-len", str(args.ctx_len), "--full-batch-size", str(concurrency(args))])
+            [*to_argv(ProposerServiceConfig, "method", "ngram"),
+             *to_argv(ProposerServiceConfig, "max_ngram_size", args.max_ngram_size),
+             *to_argv(ProposerServiceConfig, "max_k", k),
+             *to_argv(EngineConfig, "ctx_len", args.ctx_len),
+             *to_argv(EngineConfig, "full_batch_size", concurrency(args))])
     config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
                               adaptive_k=auto)
     return run_cli(args, args.target_model_name, services,

@@ -5,18 +5,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from specdec.config import EngineConfig
+from specdec.config import EngineConfig, QaicOptions
+from specdec.flags import flag, values
 from specdec.slots import Admission
 from specdec_rpc.server import ServerConfig
-from specdec_rpc.service_cli import (
-    add_service_args,
-    admission,
-    engine_config,
-    parse_with_env,
-    qaic_options,
-    server_config,
-    session_policy,
-)
+from specdec_rpc.service_cli import ServiceOptions, add_service_args, held_configs, parse_with_env
 from specdec_rpc.sessions import SessionPolicy
 
 TURBO_HELP = """proposer_service: Turbo (multi-projection) heads need the target's hidden states, so they run
@@ -40,35 +33,28 @@ generate with `python -m client.multi_projection --verifier HOST:PORT`, or let
 DEFAULT_PRE_DRAFT_BRANCHES = 4
 
 
-@dataclass(frozen=True)
-class ProposerServiceConfig:
-    method: str                     # "draft" or "ngram"
+@dataclass(frozen=True, kw_only=True)
+class ProposerServiceConfig(ServiceOptions):
+    method: str = flag("draft", choices=("draft", "ngram", "turbo"),
+                       help="`draft` (a small draft model) or `ngram` (prompt lookup); `turbo` "
+                            "explains that the heads run in the verifier")
     engine: EngineConfig            # draft: the draft model; ngram: only ctx_len and sessions
     server: ServerConfig
     admission: Admission
     sessions: SessionPolicy
-    executor: str
-    batching: bool
-    max_k: int
-    max_ngram_size: int
-    pre_draft_branches: int         # draft: outcomes pre-drafted while the verifier works
-    qaic: object                    # QaicOptions for --executor qaic, else None
-    log_level: str
+    max_ngram_size: int = flag(3, help="`ngram`: longest n-gram matched")
+    pre_draft_branches: int = flag(
+        DEFAULT_PRE_DRAFT_BRANCHES, help="`draft`: after answering, draft the next round for this many likely "
+                "verification outcomes while the verifier works (see \"Pre-drafting\"); a "
+                "matching next request is answered at once; `0` = sequential")
+    qaic: QaicOptions | None        # compile settings for --executor qaic, else None
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="proposer_service", description=(
         "Speculative-decoding proposer: guesses the next k tokens for the verifier to check. "
         "Every flag can also be set as SPECDEC_<FLAG> in the environment."))
-    p.add_argument("--method", default="draft", choices=["draft", "ngram", "turbo"],
-                   help="draft = a small draft model (default); ngram = prompt lookup; "
-                        "turbo runs in the verifier, not here")
-    p.add_argument("--max-ngram-size", type=int, default=3, help="ngram: longest n-gram matched (3)")
-    p.add_argument("--pre-draft-branches", type=int, default=DEFAULT_PRE_DRAFT_BRANCHES,
-                   help="draft: after answering, draft the next round for this many likely "
-                        "verification outcomes while the verifier works; a matching next "
-                        f"request is answered at once. 0 = off ({DEFAULT_PRE_DRAFT_BRANCHES})")
-    add_service_args(p, default_max_k=8, default_num_cores=5)
+    add_service_args(p, ProposerServiceConfig, num_cores=5)
     return p
 
 
@@ -83,8 +69,4 @@ def from_args(argv: list[str] | None = None) -> ProposerServiceConfig:
         p.error("--max-ngram-size must be >= 1")
     if args.pre_draft_branches < 0:
         p.error("--pre-draft-branches must be >= 0")
-    return ProposerServiceConfig(
-        method=args.method, engine=engine_config(args), server=server_config(args),
-        admission=admission(args), sessions=session_policy(args), executor=args.executor,
-        batching=args.batching == "on", max_k=args.max_k, max_ngram_size=args.max_ngram_size,
-        pre_draft_branches=args.pre_draft_branches, qaic=qaic_options(args), log_level=args.log_level)
+    return ProposerServiceConfig(**values(ProposerServiceConfig, args), **held_configs(args))

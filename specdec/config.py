@@ -9,27 +9,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from specdec.flags import flag
+
 DTYPES = ("float32", "bfloat16", "float16")
 # --executor qaic: where a compiled QPC runs. "device": QAICInferenceSession on Cloud AI 100;
 # "onnxruntime": QEfficient's exported ONNX graph on the CPU behind the same session surface.
 QAIC_SESSIONS = ("device", "onnxruntime")
+EXECUTORS = ("torch", "qaic")  # torch: CPU/CUDA; qaic: Cloud AI 100 through QEfficient
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     """What an executor needs to host one model."""
 
-    model: str                    # local HF-format directory (or a hub id where a hub is reachable)
-    device: str = "cpu"           # "cpu" or "cuda:N"
-    dtype: str = "float32"        # one of DTYPES
-    prefill_seq_len: int = 32     # prefill chunk length (a QPC's prefill specialization)
-    ctx_len: int = 128            # KV positions per slot
-    full_batch_size: int = 4      # KV slots = concurrent sessions
+    # A local HF-format directory (or a hub id where a hub is reachable). No CLI default: a
+    # service that needs one says so.
+    model: str = flag(help="HF-format checkpoint directory (config.json + safetensors); the "
+                           "proposer's --method ngram needs none", cli_default=None, shown="required")
+    device: str = flag("cpu", cli_default=None, shown="from --device-group",
+                       help="torch device: cpu or cuda:N")
+    dtype: str = flag("float32", choices=DTYPES, help="weights and compute")
+    prefill_seq_len: int = flag(32, help="prefill chunk length (a QPC's prefill specialization)")
+    ctx_len: int = flag(128, help="KV positions per session; a prompt must leave room to generate")
+    full_batch_size: int = flag(4, help="concurrent sessions (KV slots)")
     turbo: bool = False           # also evaluate the Turbo heads beside the checkpoint
-    # torch: compile one graph per step specialization at load (the services default to on;
-    # off = eager). compile_dir: where compiled artifacts are cached (None: the tool's default).
-    compile: bool = False
-    compile_dir: Path | None = None
+    # torch: compile one graph per step specialization at load. The library defaults to eager
+    # (tests build many engines); the services compile, as a deployment wants.
+    compile: bool = flag(False, on_off=True, cli_default=True,
+                         help="torch: compile one step graph per shape specialization (batch "
+                              "bucket x window) at start-up, with progress in the log; a warning "
+                              "and the eager step where the compiler is missing; off = eager")
+    compile_dir: Path | None = flag(None, shown="the tool's cache",
+                                    help="where compiled steps are cached: QPCs (qaic), inductor "
+                                         "kernels (torch); an unchanged one is reused")
     cpu_cores: tuple[int, ...] = ()  # device "cpu": pin the process's threads here (() = all)
 
     def __post_init__(self) -> None:
@@ -56,3 +68,22 @@ def device_for_group(device_group: str, cuda_available: bool) -> str:
     (The Cloud AI 100 executor maps the whole group onto cards.)"""
     ids = parse_device_group(device_group)
     return f"cuda:{ids[0]}" if cuda_available else "cpu"
+
+
+@dataclass(frozen=True)
+class QaicOptions:
+    """Compile settings of one QPC (QEfficient's compile() arguments), for --executor qaic."""
+
+    device_ids: tuple[int, ...] = (0,)   # the device group: num_devices = len(device_ids)
+    # QEfficient's default; each service sets its own (verifier 11, proposer 5) so that the two
+    # QPCs fit one card's 16 cores side by side.
+    num_cores: int = flag(16, help="qaic: AI cores the QPC is compiled for")
+    mxfp6_matmul: bool = flag(False, name="--mxfp6", help="qaic: compile matmuls as MXFP6")
+    mxint8_kv_cache: bool = flag(False, help="qaic: keep the KV cache in MXINT8")
+    aic_enable_depth_first: bool = True
+    compile_dir: Path | None = None      # QPCs are cached here (--compile-dir: EngineConfig's)
+    session: str = flag("device", name="--qaic-session", choices=QAIC_SESSIONS,
+                        help="qaic: `device` runs the QPC with QAICInferenceSession on the card "
+                             "group; `onnxruntime` runs QEfficient's exported ONNX graph "
+                             "(`<model>/onnx/<role>.onnx`) on the CPU behind the same session "
+                             "surface (needs the `onnx` extra)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from specdec.adaptive_k import AdaptiveK
+from specdec.flags import flag
 from specdec.recovery import Busy, LinkLost, RecoveryPolicy, backoff_delays
 from specdec.sampling import SamplingParams, Sparse
 from specdec.sequence import common_prefix_len
@@ -35,12 +36,11 @@ class ProposerLink(Protocol):
 @dataclass(frozen=True)
 class GenerationConfig:
     num_speculative_tokens: int = 4   # k; 0 = target-only decoding
-    max_new_tokens: int = 0           # 0 = until EOS or ctx_len
-    ignore_eos: bool = False
+    max_new_tokens: int = flag(0, help="tokens to generate per prompt; 0 = until EOS or ctx_len")
+    ignore_eos: bool = flag(False, name="--ignore-eos-token", help="do not stop at EOS")
     sampling: SamplingParams = SamplingParams()  # greedy by default
-    # When sampling, a draft model samples its drafts from its top draft_top_m tokens and sends
-    # those probabilities (the exact q); 0 = greedy drafts (deterministic, nothing sent).
-    draft_top_m: int = 16
+    draft_top_m: int = flag(16, help="when sampling, the draft samples from its top m tokens and "
+                                     "sends their probabilities (the exact q); 0 = greedy drafts")
     # --num-speculative-tokens auto: each round picks its k in 0..num_speculative_tokens, the
     # one with the most expected tokens per second (specdec.adaptive_k).
     adaptive_k: bool = False

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+from specdec.flags import flag
+
 
 class LinkLost(Exception):
     """A link's service is gone for now (process died, restarting, draining, session closed
@@ -29,7 +31,8 @@ class Busy(Exception):
 
 @dataclass(frozen=True)
 class RecoveryPolicy:
-    deadline_s: float = 60.0      # keep trying a lost verifier this long, then give up
+    deadline_s: float = flag(60.0, name="--recovery-deadline",
+                             help="seconds to keep reconnecting to a lost verifier")
     backoff_s: float = 0.2        # first delay between verifier attempts, doubled each time
     backoff_max_s: float = 3.0
     proposer_retry_s: float = 2.0  # while the proposer is down, try a new session this often

@@ -23,14 +23,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from specdec.errors import InvalidRequest
+from specdec.flags import flag
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.0   # 0 = greedy (argmax); no randomness at all
-    top_k: int = 0             # keep the k most likely tokens; 0 = all
-    top_p: float = 1.0         # keep the smallest set with cumulative probability >= top_p
-    seed: int | None = None    # None = fresh entropy; same seed + models + k = same tokens
+    temperature: float = flag(0.0, help="sampling temperature; 0 = greedy (argmax, no randomness)")
+    top_k: int = flag(0, help="sample from the k most likely tokens; 0 = all")
+    top_p: float = flag(1.0, help="nucleus sampling: the smallest set with probability >= top-p")
+    # Same seed + models + k = same tokens.
+    seed: int | None = flag(None, shown="fresh entropy",
+                            help="sampling seed; prompt i uses seed + i")
 
     @property
     def greedy(self) -> bool:

@@ -13,12 +13,16 @@ from collections import deque
 from dataclasses import dataclass
 
 from specdec.errors import OutOfSlots
+from specdec.flags import flag
 
 
 @dataclass(frozen=True)
 class Admission:
-    max_waiting: int = 0     # sessions that may wait for a slot; more are refused at once
-    wait_s: float = 0.0      # how long one waits before it is refused
+    # The library refuses at once (no queue); the services queue, as a deployment wants.
+    max_waiting: int = flag(0, name="--max-queue", cli_default=16,
+                            help="sessions that may wait for a free slot; more get RESOURCE_EXHAUSTED")
+    wait_s: float = flag(0.0, name="--queue-timeout", cli_default=30.0,
+                         help="seconds a session waits for a slot before RESOURCE_EXHAUSTED")
 
 
 class SlotPool:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import grpc
 
+from specdec.flags import flag
+
 AUTH_HEADER = "authorization"
 # Probes (compose, Kubernetes) and tooling can't send our token: these stay open.
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -22,10 +24,14 @@ OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 @dataclass(frozen=True)
 class ServerSecurity:
-    tls_cert: Path | None = None       # PEM certificate chain of the service
-    tls_key: Path | None = None        # PEM private key
-    tls_client_ca: Path | None = None  # set = mutual TLS: clients need a cert signed by this CA
-    auth_token: str | None = None      # secret: never printed
+    tls_cert: Path | None = flag(None, shown="off", help="PEM certificate chain: serve TLS")
+    tls_key: Path | None = flag(None, shown="off", help="PEM private key of --tls-cert")
+    tls_client_ca: Path | None = flag(
+        None, shown="off", help="PEM CA: require client certificates signed by it (mutual TLS)")
+    auth_token: str | None = flag(
+        None, secret=True, shown="off",
+        help="require `authorization: Bearer <token>` metadata (the scheme in any case, RFC "
+             "7235); prefer SPECDEC_AUTH_TOKEN: command lines are visible to other users")
 
     def credentials(self) -> grpc.ServerCredentials | None:
         if self.tls_cert is None and self.tls_key is None:
@@ -41,10 +47,11 @@ class ServerSecurity:
 
 @dataclass(frozen=True)
 class ClientSecurity:
-    tls_ca: Path | None = None    # set = connect with TLS, trusting this CA
-    tls_cert: Path | None = None  # client certificate for mutual TLS
-    tls_key: Path | None = None
-    auth_token: str | None = None
+    tls_ca: Path | None = flag(None, shown="off", help="PEM CA: connect with TLS, trusting it")
+    tls_cert: Path | None = flag(None, shown="off", help="PEM client certificate (mutual TLS)")
+    tls_key: Path | None = flag(None, shown="off", help="PEM key of --tls-cert")
+    auth_token: str | None = flag(None, secret=True, shown="$SPECDEC_AUTH_TOKEN",
+                                  help="shared token sent as `authorization: Bearer`")
 
     def channel(self, address: str, options: list[tuple[str, int]]) -> grpc.aio.Channel:
         if self.tls_ca is None:

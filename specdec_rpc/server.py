@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from specdec.flags import flag
 from specdec_rpc.interceptors import AuthInterceptor, MetricsInterceptor, ParseInterceptor
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.security import ServerSecurity
@@ -40,11 +41,14 @@ MAX_MESSAGE_MB = 16  # both ends of a link: a window of k tokens is bytes; 16 Mi
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "127.0.0.1"         # loopback by default: nothing is exposed unless asked
-    port: int = 0                   # 0 = any free port (reported on the ready line)
-    grace_s: float = 5.0            # in-flight steps may finish within this on shutdown
+    # Loopback by default: nothing is exposed unless asked.
+    host: str = flag("127.0.0.1", help="bind address")
+    port: int = flag(0, help="port; 0 picks a free one (reported on the ready line)")
+    grace_s: float = flag(5.0, name="--grace",
+                          help="on SIGTERM/SIGINT, seconds in-flight steps get before the server stops")
     max_message_mb: int = MAX_MESSAGE_MB
-    metrics_port: int | None = None  # Prometheus /metrics on this port; None = off, 0 = any
+    metrics_port: int | None = flag(None, shown="off",
+                                    help="serve Prometheus /metrics on this HTTP port (0 = any free)")
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
 

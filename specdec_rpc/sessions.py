@@ -21,6 +21,7 @@ import grpc
 
 from specdec.backend import Backend
 from specdec.errors import NotReady, SessionIdle
+from specdec.flags import flag
 from specdec_rpc.server import Lifecycle
 from specdec_rpc.status import abort_with
 from specdec_rpc.v1 import specdec_pb2 as pb
@@ -30,9 +31,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SessionPolicy:
-    idle_timeout_s: float = 120.0  # a stream silent this long is closed and its slot freed
-    # A new stream must send its first message within this; it holds no slot meanwhile.
-    first_message_timeout_s: float = 5.0
+    idle_timeout_s: float = flag(120.0, name="--idle-timeout",
+                                 help="seconds a session may send nothing before it is closed "
+                                      "(DEADLINE_EXCEEDED) and its slot freed")
+    first_message_timeout_s: float = flag(
+        5.0, name="--first-message-timeout",
+        help="seconds a new stream may take to send its first message, else it is closed "
+             "(DEADLINE_EXCEEDED); the slot is taken at that first message, so a stream that "
+             "sends nothing holds no slot and no queue place")
 
 
 class SessionRunner:

@@ -19,14 +19,13 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 import numpy as np
 
 from specdec.batching import row_logit_slice
-from specdec.config import QAIC_SESSIONS, EngineConfig
+from specdec.config import QAIC_SESSIONS, EngineConfig, QaicOptions
 from specdec.engine.checkpoint import read_config, resolve_model_path
 from specdec.engine.qaic_specs import QpcLayout, Specialization
 from specdec.engine.qpc_rules import is_retained
@@ -41,19 +40,6 @@ INSTALL_HELP = (
     "'git+https://github.com/quic/efficient-transformers' (it is not on PyPI). Without a card, "
     "use --executor torch, or --qaic-session onnxruntime to run QEfficient's exported graph on "
     "the CPU.")
-
-
-@dataclass(frozen=True)
-class QaicOptions:
-    """Compile settings of one QPC (QEfficient's compile() arguments)."""
-
-    device_ids: tuple[int, ...] = (0,)   # the device group: num_devices = len(device_ids)
-    num_cores: int = 16
-    mxfp6_matmul: bool = False
-    mxint8_kv_cache: bool = False
-    aic_enable_depth_first: bool = True
-    compile_dir: Path | None = None      # QPCs are cached here and reused when unchanged
-    session: str = "device"              # one of QAIC_SESSIONS: where the compiled graph runs
 
 
 class QpcBackend(Protocol):
