@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from bench.rows import GENERATE, PEER_OF, TARGET_ONLY, TIME_PARTS, Row, expected_tokens
 
 START, END = "<!-- bench:headline -->", "<!-- /bench:headline -->"
+_BLOCK = re.escape(START) + r"\n?(.*?)\n?" + re.escape(END)
 REPORT = "docs/benchmarks.md"
 PLOTS = {"tokens_per_s": "tokens/s per mode, with transformers",
          "speedup_vs_k": "speedup vs k, with the Leviathan et al. bound",
@@ -24,6 +25,7 @@ class Setup:
     machine: str
     minutes: float            # the run's wall time
     settings: str             # prompts, tokens, flags
+    summary: str              # the settings in a few words, for the headline
     prompts: list[str]
     k: int                    # the headline k
 
@@ -46,11 +48,13 @@ def _k(r: Row) -> str:
     return f"auto (0..{r.k})" if "auto" in r.mode else str(r.k)
 
 
-def headline(rows: list[Row], k: int) -> str:
+def headline(rows: list[Row], setup: Setup) -> str:
+    """The headline table and two plots, under the command and date that measured them."""
     base, gen = _tps(rows, TARGET_ONLY), _tps(rows, GENERATE)
-    lines = ["| mode | k | tokens/s | vs target-only | vs transformers generate() | tokens per target step "
+    lines = [f"Measured by `{setup.command}` on {setup.date}: {setup.summary}.", "",
+             "| mode | k | tokens/s | vs target-only | vs transformers generate() | tokens per target step "
              "| same tokens as target-only |", "|---|---|---:|---:|---:|---:|---|"]
-    for r in headline_rows(rows, k):
+    for r in headline_rows(rows, setup.k):
         who = "transformers, in-process" if r.peer else "gRPC services"
         lines.append(f"| {r.mode} ({who}) | {_k(r)} | {r.tokens_per_s:.0f} | {r.tokens_per_s / base:.2f}x "
                      f"| {r.tokens_per_s / gen:.2f}x | {r.tokens_per_step:.2f} | {'yes' if r.identical else 'NO'} |")
@@ -76,7 +80,7 @@ def render(setup: Setup, rows: list[Row], table: dict[str, dict[int, float]],
         "Rows marked gRPC run through the verifier and proposer services as separate processes (on a "
         "CPU each pinned to its own cores); transformers rows run `generate()` in the report's own "
         "process on the same models and prompts. Every row must produce the same tokens as target-only.",
-        "", "## Headline", "", START, headline(rows, setup.k), END, "",
+        "", "## Headline", "", START, headline(rows, setup), END, "",
         "## All rows", "",
         "alpha: a draft token's acceptance given the ones before it were accepted; c: a draft token's "
         "cost in target rounds (proposer call time per round / k, over a target-only round); bound: "
@@ -130,7 +134,7 @@ def render(setup: Setup, rows: list[Row], table: dict[str, dict[int, float]],
 
 def block(text: str) -> str:
     """The headline block between the markers (without them)."""
-    m = re.search(re.escape(START) + r"\n(.*?)\n" + re.escape(END), text, re.S)
+    m = re.search(_BLOCK, text, re.S)
     if m is None:
         raise ValueError(f"no {START} ... {END} block")
     return m.group(1)
@@ -146,4 +150,4 @@ def with_readme_block(readme: str, report_text: str) -> str:
     """The README with its headline block replaced by the report's."""
     block(readme)  # raises where the markers are missing
     new = f"{START}\n{readme_block(report_text)}\n{END}"
-    return re.sub(re.escape(START) + r"\n.*?\n" + re.escape(END), lambda _: new, readme, count=1, flags=re.S)
+    return re.sub(_BLOCK, lambda _: new, readme, count=1, flags=re.S)

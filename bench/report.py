@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{plan.pre_draft_branches} branches at k = {plan.k}; k auto: 0..{plan.auto_max_k}; "
                 f"n-gram size {bench.max_ngram_size}; models: {bench.target_model} (target, Turbo heads), "
                 f"{bench.draft_model} (draft)")
+    summary = (f"{len(prompts)} prompts x {bench.max_new_tokens} tokens, {bench.device}, services "
+               f"{'compiled' if compile_ == 'on' else 'eager'}")
     setup = Setup(datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), command, machine(bench.device),
-                  (time.perf_counter() - t0) / 60, settings, texts, plan.k)
+                  (time.perf_counter() - t0) / 60, settings, summary, texts, plan.k)
     write(args.out, setup, rows, table, same, outputs)
     tick("written")
     bar.close()

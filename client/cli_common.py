@@ -30,7 +30,7 @@ AUTO_MAX_K = 8    # ... up to this k in services the client starts (the services
 # Standard-library-style Python, the shipped models' domain, chosen so that greedy decoding does
 # not fall into a repetition loop ("def fibonacci(n):\n" gives "#\n#\n..." from the target).
 DEFAULT_PROMPTS = ["import os\n\n\ndef list_files(path):\n",
-                   "def copyfile(src, dst):\n    \"\"\"Copy data from src to dst.\"\"\"\n    "]
+                   "def read_config(path):\n    with open(path) as f:\n"]
 
 
 def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_len: int = 128) -> None:

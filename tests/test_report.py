@@ -36,7 +36,8 @@ def quick(tmp_path_factory):
 def test_quick_report_writes_every_table_and_plot(quick):
     text = (quick / "benchmarks.md").read_text()
     for title in ("## Headline", "## All rows", "## Speedup vs k, and the bound", "## Acceptance by draft position",
-                  "## Concurrent sessions", "## Where a round's time goes", "**Machine:**", "python -m bench.report --quick"):
+                  "## Concurrent sessions", "## Where a round's time goes", "**Machine:**",
+                  "python -m bench.report --quick"):
         assert title in text
     for name in PLOTS:
         png = quick / "benchmarks" / f"{name}.png"
