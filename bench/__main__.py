@@ -39,7 +39,7 @@ import torch
 from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
 from client.api import SpecDecClient
 from client.cli_common import DEFAULT_PROMPTS, load_tokenizer
-from client.launcher import start_service
+from client.launcher import ServiceProcess, start_service
 from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.build import build_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
@@ -51,7 +51,7 @@ from specdec.metrics import BatchMetrics, batch_metrics
 
 BENCH_PROMPTS = DEFAULT_PROMPTS + [
     "class Stack:\n    def __init__(self):\n",
-    "def read_config(path):\n    with open(path) as f:\n",
+    "def copyfile(src, dst):\n    \"\"\"Copy data from src to dst.\"\"\"\n    ",
 ]
 
 
@@ -99,6 +99,35 @@ def measured_peer(label: str, run, prompts: list[list[int]]) -> tuple[list[list[
     return [ids for ids, _ in outs], tokens / wall, per_step
 
 
+def service_flags(args: argparse.Namespace, max_k: int,
+                  windows: list[int]) -> tuple[list[str], list[str], list[str]]:
+    """(common, verifier, proposer) service flags from the benchmark's engine flags; the
+    verifier compiles these verify window sizes. As the client's launcher does: on a CPU the
+    two services get disjoint cores."""
+    flags = ["--device", args.device, "--dtype", args.dtype, "--prefill-seq-len",
+             str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len), "--full-batch-size", "1",
+             "--max-k", str(max_k), "--compile", args.compile]
+    v_cores, p_cores = split_cores(available_cores()) if args.device == "cpu" else (None, None)
+    v_flags = [*flags, "--window-sizes", ",".join(map(str, windows))] \
+        + (["--device-group", v_cores] if v_cores else [])
+    return flags, v_flags, flags + (["--device-group", p_cores] if p_cores else [])
+
+
+def start_verifier(args: argparse.Namespace, flags: list[str], turbo: bool = False,
+                   wait: bool = True, timeout_s: float = 300.0) -> ServiceProcess:
+    extra = ["--speculative-model-type", "turbo"] if turbo else []
+    return start_service("verifier", "verifier_service", ["--model", args.target_model, *flags, *extra],
+                         timeout_s, wait=wait)
+
+
+def start_proposer(args: argparse.Namespace, flags: list[str], method: str, pre_draft_branches: int = 0,
+                   wait: bool = True, timeout_s: float = 300.0) -> ServiceProcess:
+    """method "ngram" (prompt lookup) or "draft" (pre-drafting this many branches; 0 = sequential)."""
+    extra = ["--method", "ngram", "--max-ngram-size", str(args.max_ngram_size)] if method == "ngram" \
+        else ["--method", "draft", "--model", args.draft_model, "--pre-draft-branches", str(pre_draft_branches)]
+    return start_service("proposer", "proposer_service", [*extra, *flags], timeout_s, wait=wait)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,36 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     engine = EngineConfig(model=args.target_model, device=args.device, dtype=args.dtype,
                           prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
                           full_batch_size=1, compile=args.compile == "on")
-    flags = ["--device", args.device, "--dtype", args.dtype, "--prefill-seq-len",
-             str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len), "--full-batch-size", "1",
-             "--max-k", str(max_k), "--compile", args.compile]
-    # As the client's launcher does: on a CPU the two services get disjoint cores.
-    v_cores, p_cores = split_cores(available_cores()) if args.device == "cpu" else (None, None)
     # 0 and k, and with k auto every size up to its max (each size is compiled at start-up).
-    windows = ",".join(map(str, sorted({0, args.k, *range(auto_k + 1)})))
-    v_flags = [*flags, "--window-sizes", windows] + (["--device-group", v_cores] if v_cores else [])
-    p_flags = flags + (["--device-group", p_cores] if p_cores else [])
+    flags, v_flags, p_flags = service_flags(args, max_k, sorted({0, args.k, *range(auto_k + 1)}))
     print(f"bench: {args.method}, {len(prompts)} prompts x {args.max_new_tokens} tokens, "
           f"k = {args.k}, {args.device}/{args.dtype}", file=sys.stderr)
 
-    services = [start_service("verifier", "verifier_service", ["--model", args.target_model, *v_flags])]
+    services = [start_verifier(args, v_flags)]
     if args.method == "turbo":  # a second verifier with its heads on
-        services.append(start_service("verifier", "verifier_service",
-                                      ["--model", args.target_model, *flags,
-                                       "--speculative-model-type", "turbo"]))
+        services.append(start_verifier(args, flags, turbo=True))
     elif args.method == "ngram":
-        services.append(start_service("proposer", "proposer_service",
-                                      ["--method", "ngram", "--max-ngram-size",
-                                       str(args.max_ngram_size), *p_flags]))
+        services.append(start_proposer(args, p_flags, "ngram"))
     else:  # sequential drafting, and (b+) a second proposer that pre-drafts
-        services.append(start_service("proposer", "proposer_service",
-                                      ["--method", "draft", "--model", args.draft_model, *p_flags,
-                                       "--pre-draft-branches", "0"]))
+        services.append(start_proposer(args, p_flags, "draft"))
         if args.pre_draft_branches:
-            services.append(start_service(
-                "proposer", "proposer_service",
-                ["--method", "draft", "--model", args.draft_model, *p_flags,
-                 "--pre-draft-branches", str(args.pre_draft_branches)]))
+            services.append(start_proposer(args, p_flags, "draft", args.pre_draft_branches))
     pre = pre_on_request = rec_auto = None
     try:
         plain = services[0].address

@@ -16,21 +16,68 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 from bench.__main__ import BENCH_PROMPTS
 from client.api import SpecDecClient
 from client.cli_common import load_tokenizer
 from client.launcher import start_service
-from specdec.generation import GenerationConfig
+from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.windows import parse_sizes
+
+
+async def generate_concurrently(verifier: str, proposer: str | None, prompts: list[list[int]],
+                                config: GenerationConfig) -> tuple[list[GenerationRecord], float]:
+    """One session per prompt, all at once: (records, wall seconds)."""
+    async with SpecDecClient(verifier, proposer) as client:
+        t0 = time.perf_counter()
+        records = await asyncio.gather(*(client.generate(p, config) for p in prompts))
+        return list(records), time.perf_counter() - t0
 
 
 async def run_sessions(verifier: str, proposer: str | None, prompts: list[list[int]],
                        config: GenerationConfig) -> tuple[int, float]:
-    async with SpecDecClient(verifier, proposer) as client:
-        t0 = time.perf_counter()
-        records = await asyncio.gather(*(client.generate(p, config) for p in prompts))
-        return sum(len(r.tokens) for r in records), time.perf_counter() - t0
+    records, wall = await generate_concurrently(verifier, proposer, prompts, config)
+    return sum(len(r.tokens) for r in records), wall
+
+
+Outputs = dict[str, dict[int, list[list[int]]]]  # [batching mode][sessions] -> each session's tokens
+
+
+def measure(target: str, draft: str, prompts: list[list[int]], config: GenerationConfig,
+            sessions: tuple[int, ...], flags: list[str], verifier_flags: Sequence[str] = (),
+            on_point: Callable[[], None] = lambda: None) -> tuple[dict[str, dict[int, float]], Outputs]:
+    """Aggregate tokens/s [batching mode][N sessions] on prompts[:N], and their tokens. flags:
+    the engine flags of both services (--full-batch-size and --batching are set here), then the
+    verifier's own (e.g. --window-sizes)."""
+    prompts = prompts * (max(sessions) // len(prompts) + 1)
+    flags = [*flags, "--full-batch-size", str(max(sessions))]
+    table: dict[str, dict[int, float]] = {}
+    outputs: Outputs = {}
+    for mode in ("on", "off"):
+        services = [
+            start_service("verifier", "verifier_service",
+                          ["--model", target, "--batching", mode, *flags, *verifier_flags], wait=False),
+            start_service("proposer", "proposer_service",
+                          ["--method", "draft", "--model", draft, "--batching", mode, *flags], wait=False),
+        ]
+        try:
+            for svc in services:
+                svc.wait_ready()
+            v, d = services[0].address, services[1].address
+            asyncio.run(run_sessions(v, d, prompts[:1], config))  # warm-up
+            table[mode], outputs[mode] = {}, {}
+            for n in sessions:
+                records, wall = asyncio.run(generate_concurrently(v, d, prompts[:n], config))
+                tokens = sum(len(r.tokens) for r in records)
+                table[mode][n], outputs[mode][n] = tokens / wall, [r.tokens for r in records]
+                print(f"batching {mode:<3} sessions {n}: {tokens / wall:8.1f} tok/s "
+                      f"({tokens} tokens in {wall:.2f}s)", file=sys.stderr, flush=True)
+                on_point()
+        finally:
+            for svc in services:
+                svc.stop()
+    return table, outputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,31 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     tok = load_tokenizer(args.target_model)
-    texts = BENCH_PROMPTS * (max(args.sessions) // len(BENCH_PROMPTS) + 1)
-    prompts = [tok(t)["input_ids"] for t in texts]
+    prompts = [tok(t)["input_ids"] for t in BENCH_PROMPTS]
     config = GenerationConfig(args.k, args.max_new_tokens, ignore_eos=True)
-    slots = str(max(args.sessions))
-    flags = ["--ctx-len", str(args.ctx_len), "--full-batch-size", slots, "--max-k", str(args.k)]
-    table: dict[str, dict[int, float]] = {}
-    for mode in ("on", "off"):
-        services = [
-            start_service("verifier", "verifier_service",
-                          ["--model", args.target_model, "--batching", mode, *flags]),
-            start_service("proposer", "proposer_service",
-                          ["--method", "draft", "--model", args.draft_model, "--batching", mode, *flags]),
-        ]
-        try:
-            v, d = services[0].address, services[1].address
-            asyncio.run(run_sessions(v, d, prompts[:1], config))  # warm-up
-            table[mode] = {}
-            for n in args.sessions:
-                tokens, wall = asyncio.run(run_sessions(v, d, prompts[:n], config))
-                table[mode][n] = tokens / wall
-                print(f"batching {mode:<3} sessions {n}: {tokens / wall:8.1f} tok/s "
-                      f"({tokens} tokens in {wall:.2f}s)", file=sys.stderr, flush=True)
-        finally:
-            for svc in services:
-                svc.stop()
+    flags = ["--ctx-len", str(args.ctx_len), "--max-k", str(args.k)]
+    table, _ = measure(args.target_model, args.draft_model, prompts, config, args.sessions, flags)
     print(f"\n{'sessions':>8} | {'batching on':>12} | {'batching off':>12} | on/off")
     for n in args.sessions:
         on, off = table["on"][n], table["off"][n]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from client.api import SpecDecClient
+from client.compare import format_comparison
 from client.launcher import start_service
 from client.links import ServiceError
 from specdec.config import EngineConfig, QaicOptions
@@ -32,7 +33,10 @@ AUTO_MAX_K: int = ServiceOptions.max_k  # ... up to this k in services the clien
 
 T = TypeVar("T")
 
-DEFAULT_PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_files(path):\n"]
+# Standard-library-style Python, the shipped models' domain, chosen so that greedy decoding does
+# not fall into a repetition loop ("def fibonacci(n):\n" gives "#\n#\n..." from the target).
+DEFAULT_PROMPTS = ["import os\n\n\ndef list_files(path):\n",
+                   "def read_config(path):\n    with open(path) as f:\n"]
 
 
 def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_len: int = 128) -> None:
@@ -57,6 +61,9 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
                    help="write prompts, generated ids, text and metrics as JSON")
     p.add_argument("--quiet-services", action="store_true",
                    help="do not echo the started services' logs")
+    p.add_argument("--compare-target-only", action="store_true",
+                   help="then decode the same prompts target-only (k = 0) on the same services and "
+                        "print both times, the speedup and whether the outputs are identical")
     e = p.add_argument_group("services the client starts")
     add_flag(e, EngineConfig, "prefill_seq_len", default=prefill_seq_len)
     add_flag(e, EngineConfig, "ctx_len", default=ctx_len)
@@ -192,15 +199,19 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
         try:
             records = asyncio.run(_run_prompts(addresses, prompts, config, concurrency(args),
                                                local_proposer, client_options(args)))
+            baseline = asyncio.run(_run_prompts(
+                addresses, prompts, replace(config, num_speculative_tokens=0, adaptive_k=False),
+                concurrency(args), None, client_options(args))) if args.compare_target_only else None
         except (ServiceError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    report(args, tok, texts, prompts, records)
+    report(args, tok, texts, prompts, records, baseline)
     return 0
 
 
 def report(args: argparse.Namespace, tok: Any, texts: list[str], prompts: list[list[int]],
-           records: list[GenerationRecord]) -> None:
+           records: list[GenerationRecord],
+           target_only: list[GenerationRecord] | None = None) -> None:
     out = []
     for text, ids, rec in zip(texts, prompts, records):
         gen = tok.decode(rec.tokens, skip_special_tokens=True)
@@ -211,6 +222,11 @@ def report(args: argparse.Namespace, tok: Any, texts: list[str], prompts: list[l
                     "metrics": generation_metrics(rec).as_dict()})
     totals = batch_metrics(records)
     print("\n" + format_metrics(totals))
+    doc = {"prompts": out, "totals": totals.as_dict()}
+    if target_only is not None:
+        print("\n" + format_comparison(records, target_only, args.temperature == 0))
+        doc["target_only"] = {"generated_ids": [r.tokens for r in target_only],
+                              "totals": batch_metrics(target_only).as_dict()}
     if args.json:
-        args.json.write_text(json.dumps({"prompts": out, "totals": totals.as_dict()}, indent=2))
+        args.json.write_text(json.dumps(doc, indent=2))
         print(f"wrote {args.json}", file=sys.stderr)

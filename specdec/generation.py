@@ -71,6 +71,7 @@ class GenerationRecord:
     proposer_ns: int = 0               # client-side wall time of proposer calls
     verifier_ns: int = 0               # client-side wall time of verifier calls
     server_ns: int = 0                 # time the services reported for those calls
+    proposer_server_ns: int = 0        # ... of which the proposer reported
     recoveries: int = 0                # lost service sessions replaced mid-generation
     proposals: int = 0                 # proposer calls that returned a draft
     pre_draft_hits: int = 0            # ... answered from a branch pre-drafted during the verify
@@ -95,6 +96,8 @@ async def _timed(record: GenerationRecord, attr: str, call: Awaitable):
     out = await call
     setattr(record, attr, getattr(record, attr) + time.perf_counter_ns() - t0)
     record.server_ns += out.timings.total_ns
+    if attr == "proposer_ns":
+        record.proposer_server_ns += out.timings.total_ns
     return out
 
 

@@ -22,7 +22,7 @@ def test_draft_based_cli_starts_services_and_is_lossless(tiny_pair, target_hf, t
     cmd = [sys.executable, "-m", "client.draft_based", "--target-model-name", str(target),
            "--draft-model-name", str(draft), "--num-speculative-tokens", k,
            "--prefill-seq-len", "8", "--ctx-len", "64", "--max-new-tokens", "20",
-           "--ignore-eos-token", "--full-batch-size", "2", "--json", str(out),
+           "--ignore-eos-token", "--full-batch-size", "2", "--json", str(out), "--compare-target-only",
            "--prompts", "t5 t6 t7 t8 t9", "--prompts", "t40 t41 t42 t43 t44 t45 t46 t47 t48 t49 t50"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -37,6 +37,10 @@ def test_draft_based_cli_starts_services_and_is_lossless(tiny_pair, target_hf, t
         rounds = item["metrics"]["k_histogram"]
         assert sum(rounds) > 0 and (k == "auto" or len(rounds) == 4 and rounds[3] == max(rounds))
     assert report["totals"]["generated_tokens"] == 40
+    # --compare-target-only: the same prompts at k = 0 on the same services, the same tokens
+    assert report["target_only"]["generated_ids"] == [item["generated_ids"] for item in report["prompts"]]
+    assert report["target_only"]["totals"]["k_histogram"][1:] == []
+    assert "speedup: " in proc.stdout and "identical outputs: yes, token for token" in proc.stdout
     # auto: k in 0..8, the largest both services the client started accept
     assert len(report["totals"]["k_histogram"]) <= (9 if k == "auto" else 4)
 

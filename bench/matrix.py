@@ -1,0 +1,110 @@
+"""The report's matrix: each method x k over gRPC, and the transformers peers, on one set of
+prompts, in one process run. The rows come from the benchmark's own pieces (bench.__main__:
+its service flags and starts, `run_grpc`, `measured`, `measured_peer`; bench.peers)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from bench.__main__ import measured, measured_peer, run_grpc, service_flags, start_proposer, start_verifier
+from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
+from bench.rows import GENERATE, PEER_OF, TARGET_ONLY, Row, peer_row, service_row, target_round_ms
+from specdec.engine.turbo import read_turbo_config
+from specdec.generation import GenerationConfig
+
+START_TIMEOUT_S = 1800.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    ks: tuple[int, ...]         # fixed k for the draft model and prompt lookup (and the peers)
+    k: int                      # the headline k: pre-drafting runs at it, the headline shows it
+    auto_max_k: int             # k auto picks from 0..this each round
+    pre_draft_branches: int
+
+
+def steps(plan: Plan) -> int:
+    """Progress-bar steps of `run_matrix`: service start, rows, peers."""
+    return 1 + (1 + 2 * len(plan.ks) + 1 + 1 + 2) + (1 + 2 * len(plan.ks))
+
+
+def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
+               tick: Callable[[str], None]) -> tuple[list[Row], list[list[int]]]:
+    """args: the benchmark's flags (bench.__main__.parse_args). Returns the rows and target-only's
+    tokens over gRPC, which every row's are compared with."""
+    heads = read_turbo_config(Path(args.target_model)).num_heads
+    max_k = max(*plan.ks, plan.auto_max_k, heads)
+    windows = sorted({0, *plan.ks, *range(plan.auto_max_k + 1)})
+    flags, v_flags, p_flags = service_flags(args, max_k, windows)
+    # All at once: they load and compile side by side, each on its own cores. Compiling 6 windows
+    # can take several minutes on a busy 2-core machine: a long start-up deadline.
+    t = START_TIMEOUT_S
+    services = {"plain": start_verifier(args, v_flags, wait=False, timeout_s=t),
+                "turbo": start_verifier(args, [*flags, "--window-sizes", f"0,{heads}"], turbo=True, wait=False,
+                                        timeout_s=t),
+                "draft": start_proposer(args, p_flags, "draft", wait=False, timeout_s=t),
+                "pre": start_proposer(args, p_flags, "draft", plan.pre_draft_branches, wait=False, timeout_s=t),
+                "ngram": start_proposer(args, p_flags, "ngram", wait=False, timeout_s=t)}
+    new = args.max_new_tokens
+    warm = prompts[:1]
+
+    def grpc(verifier: str, proposer: str | None, config: GenerationConfig, label: str):
+        records, _ = measured(label, lambda warmup: asyncio.run(
+            run_grpc(services[verifier].address, services[proposer].address if proposer else None,
+                     warm if warmup else prompts, config)))
+        tick(label)
+        return records
+
+    rows: list[Row] = []
+    try:
+        for svc in services.values():
+            svc.wait_ready()
+        tick("services ready")
+        base = grpc("plain", None, GenerationConfig(0, new, ignore_eos=True), TARGET_ONLY)
+        ref, t_ms = [r.tokens for r in base], target_round_ms(base)
+        rows.append(service_row(TARGET_ONLY, 0, base, ref))
+        for method in ("draft", "ngram"):
+            for k in plan.ks:
+                recs = grpc("plain", method, GenerationConfig(k, new, ignore_eos=True), f"{method} k={k}")
+                rows.append(service_row(method, k, recs, ref, t_ms))
+        recs = grpc("turbo", None, GenerationConfig(heads, new, ignore_eos=True), f"turbo k={heads}")
+        rows.append(service_row("turbo", heads, recs, ref, t_ms))
+        recs = grpc("plain", "pre", GenerationConfig(plan.k, new, ignore_eos=True), "draft pre-drafting")
+        hits = sum(r.pre_draft_hits for r in recs) / max(1, sum(r.proposals for r in recs))
+        rows.append(service_row("draft pre-drafting", plan.k, recs, ref, note=f"{plan.pre_draft_branches} "
+                                f"branches, {hits:.0%} of drafts pre-drafted"))
+        auto = GenerationConfig(plan.auto_max_k, new, ignore_eos=True, adaptive_k=True)
+        for method in ("draft", "ngram"):
+            recs = grpc("plain", method, auto, f"{method} k auto")
+            hist = [sum(r.k_histogram[k] for r in recs if k < len(r.k_histogram))
+                    for k in range(plan.auto_max_k + 1)]
+            rows.append(service_row(f"{method} k auto", plan.auto_max_k, recs, ref,
+                                    note="rounds by k: " + " ".join(f"{k}:{n}" for k, n in enumerate(hist) if n)))
+    finally:
+        for svc in services.values():
+            svc.stop()
+    return rows + run_peers(args, plan, prompts, ref, tick), ref
+
+
+def run_peers(args: argparse.Namespace, plan: Plan, prompts: list[list[int]], ref: list[list[int]],
+              tick: Callable[[str], None]) -> list[Row]:
+    """transformers on the same target (and draft), in this process, greedy, the same tokens."""
+    new = args.max_new_tokens
+    hf, hf_draft = load_hf(args.target_model), load_hf(args.draft_model)
+    runs: list[tuple[str, int, Callable]] = [(GENERATE, 0, lambda p: hf_generate(hf, p, new))]
+    for k in plan.ks:
+        runs.append((PEER_OF["draft"], k, lambda p, k=k: hf_assisted(hf, hf_draft, p, new, k)))
+    for k in plan.ks:
+        runs.append((PEER_OF["ngram"], k,
+                     lambda p, k=k: hf_prompt_lookup(hf, p, new, k, args.max_ngram_size)))
+    rows = []
+    for mode, k, run in runs:
+        label = f"{mode} k={k}" if k else mode
+        outs, tps, per_step = measured_peer(label, run, prompts)
+        rows.append(peer_row(mode, k, outs, tps, per_step, ref))
+        tick(label)
+    return rows

@@ -1,0 +1,118 @@
+"""python -m bench.report: the quick report as a user runs it (real services, the shipped models,
+transformers beside them), the bound's arithmetic, and the README's headline block against the
+committed report. No timing asserts: only structure, and tokens against transformers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.markdown import END, PLOTS, START, block, readme_block, with_readme_block
+from bench.rows import alpha, expected_tokens, speedup_bound
+from specdec.generation import GenerationRecord
+from tests.tiny_models import greedy_reference
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG = b"\x89PNG\r\n\x1a\n"
+HEADLINE_MODES = ["target-only", "draft", "ngram", "turbo", "draft pre-drafting", "draft k auto",
+                  "ngram k auto", "transformers generate()", "transformers assisted", "transformers prompt lookup"]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    readme = (ROOT / "README.md").read_text()
+    proc = subprocess.run([sys.executable, "-m", "bench.report", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (ROOT / "README.md").read_text() == readme, "a report elsewhere must leave the README alone"
+    return out
+
+
+def test_quick_report_writes_every_table_and_plot(quick):
+    text = (quick / "benchmarks.md").read_text()
+    for title in ("## Headline", "## All rows", "## Speedup vs k, and the bound", "## Acceptance by draft position",
+                  "## Concurrent sessions", "## Where a round's time goes", "**Machine:**",
+                  "python -m bench.report --quick"):
+        assert title in text
+    for name in PLOTS:
+        png = quick / "benchmarks" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size < 200_000
+        assert f"](benchmarks/{name}.png)" in text
+    lines = block(text).splitlines()
+    modes = [ln.split("|")[1].split(" (")[0].strip() for ln in lines if ln.startswith("| ") and "---" not in ln][1:]
+    assert modes == HEADLINE_MODES
+    assert all(ln.rstrip().endswith("| yes |") for ln in lines if ln.startswith("| ") and "---" not in ln
+               and not ln.startswith("| mode"))
+    concurrency = text.split("## Concurrent sessions")[1].split("##")[0]
+    assert "| 1 |" in concurrency and "| 2 |" in concurrency
+
+
+def test_quick_report_rows_all_produce_the_targets_greedy_tokens(quick, shipped_target_hf):
+    """Every row, this project's and the peers', and every concurrent session: the same tokens
+    as transformers' greedy decoding of the target (and so as target-only)."""
+    report = json.loads((quick / "benchmarks.json").read_text())
+    from client.cli_common import load_tokenizer
+
+    tok = load_tokenizer(str(ROOT / "models" / "target"))
+    prompts = [tok(t)["input_ids"] for t in report["setup"]["prompts"]]
+    new = len(report["rows"][0]["tokens"][0])
+    reference = [greedy_reference(shipped_target_hf, p, new) for p in prompts]
+    assert {r["mode"] for r in report["rows"]} == set(HEADLINE_MODES)
+    for row in report["rows"]:
+        assert row["tokens"] == reference, row["mode"]
+        assert row["identical"] is True
+    for mode, by_n in report["concurrency"]["tokens"].items():
+        for n, outs in by_n.items():
+            assert outs == [reference[i % len(reference)] for i in range(int(n))], (mode, n)
+    drafted = [r for r in report["rows"] if r["mode"] in ("draft", "ngram", "turbo")]
+    assert all(r["bound"] is not None and r["alpha"] is not None and r["acceptance_by_position"] for r in drafted)
+    assert all(set(r["round_ms"]) == {"proposer", "verifier", "network", "client"}
+               for r in report["rows"] if not r["peer"])
+
+
+@pytest.fixture(scope="module")
+def shipped_target_hf():
+    from bench.peers import load_hf
+
+    return load_hf(str(ROOT / "models" / "target"))
+
+
+def test_readme_headline_is_the_committed_reports():
+    """The README's block is what bench.report wrote from docs/benchmarks.md, byte for byte,
+    and the plots it shows are committed."""
+    readme, report = (ROOT / "README.md").read_text(), (ROOT / "docs" / "benchmarks.md").read_text()
+    assert block(readme) == readme_block(report)
+    for name in ("tokens_per_s", "speedup_vs_k"):
+        png = ROOT / "docs" / "benchmarks" / f"{name}.png"
+        assert f"](docs/benchmarks/{name}.png)" in block(readme)
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size < 200_000
+
+
+def test_readme_block_is_replaced_in_place():
+    report = f"# r\n{START}\n| a |\n\n![x](benchmarks/x.png)\n{END}\nmore\n"
+    readme = f"intro\n{START}\nstale 1.5x\n{END}\noutro\n"
+    new = with_readme_block(readme, report)
+    assert new.startswith("intro\n") and new.endswith("\noutro\n") and "stale" not in new
+    assert "](docs/benchmarks/x.png)" in new and "[docs/benchmarks.md](docs/benchmarks.md)" in new
+    assert block(new) == readme_block(report)
+    with pytest.raises(ValueError):
+        with_readme_block("no markers", report)
+
+
+def test_leviathan_bound():
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)          # 1 + 0.5 + 0.25
+    assert expected_tokens(1.0, 4) == 5.0
+    assert speedup_bound(0.5, 2, 0.1) == pytest.approx(1.75 / 1.2)
+    assert speedup_bound(0.8, 4, 0.0) == pytest.approx(expected_tokens(0.8, 4))
+
+
+def test_alpha_pools_drafts_that_were_reached():
+    # k = 3, two rounds: all 3 accepted; then the first rejected. Reached: 2, 1, 1; accepted: 1, 1, 1.
+    rec = GenerationRecord(prompt_len=1, accepted_at=[1, 1, 1], drafted_at=[2, 2, 2])
+    assert alpha([rec]) == pytest.approx(3 / 4)
+    assert alpha([GenerationRecord(prompt_len=1)]) is None
