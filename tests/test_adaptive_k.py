@@ -8,7 +8,6 @@ import asyncio
 import numpy as np
 import pytest
 
-from client.api import SpecDecClient
 from specdec.adaptive_k import (
     EXPLORE_EVERY,
     AdaptiveK,
@@ -26,7 +25,8 @@ from specdec.proposers.pre_draft import AcceptanceStats
 from specdec.stopping import StopParams
 from specdec_rpc.convert import outcome_from_pb, outcome_to_pb
 from tests.conftest import CTX_LEN, engine_config
-from tests.test_prompt_lookup import generate_all, ngram_service, pattern_prompts  # noqa: F401
+from tests.grpc_client import generate_all
+from tests.test_prompt_lookup import ngram_service, pattern_prompts  # noqa: F401
 from tests.tiny_models import VOCAB, greedy_reference, hf_model
 
 # A draft forward at a tenth of a target forward; verifying more tokens costs a little more.
@@ -169,10 +169,7 @@ def test_verifier_reports_occupancy_and_it_crosses_the_wire(tiny_pair):
 
 
 def run_grpc(services, prompts, config):
-    async def go():
-        async with SpecDecClient(services["verifier"], services["proposer"]) as c:
-            return [await c.generate(p, config) for p in prompts]
-    return asyncio.run(go())
+    return generate_all(services["verifier"], services["proposer"], prompts, config)
 
 
 def test_auto_k_draft_model_equals_greedy(services, target_hf):
@@ -191,9 +188,8 @@ def test_auto_k_draft_model_equals_greedy(services, target_hf):
 
 def test_auto_k_prompt_lookup_equals_greedy(services, ngram_service, target_hf):  # noqa: F811
     prompts = pattern_prompts()
-    records = asyncio.run(generate_all(services["verifier"], prompts,
-                                       GenerationConfig(8, 40, ignore_eos=True, adaptive_k=True),
-                                       ngram_service))
+    records = generate_all(services["verifier"], ngram_service, prompts,
+                           GenerationConfig(8, 40, ignore_eos=True, adaptive_k=True), concurrent=True)
     for prompt, rec in zip(prompts, records):
         assert rec.tokens == greedy_reference(target_hf, prompt, 40)
         assert sum(rec.k_histogram) == rec.verify_steps

@@ -14,6 +14,7 @@ from specdec.generation import GenerationConfig
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.conftest import CTX_LEN, MAX_K, start_proposer, start_verifier
+from tests.grpc_client import generate_one
 from tests.tiny_models import VOCAB, greedy_reference, save_word_tokenizer
 
 PROMPT = [5, 6, 7, 8, 9, 10]
@@ -54,10 +55,8 @@ def wait_free(pool, timeout=5.0):
 
 
 def assert_still_serves(services, target_hf):
-    async def go():
-        async with SpecDecClient(services["verifier"], services["proposer"]) as c:
-            return await c.generate(PROMPT, GenerationConfig(3, 10, True))
-    assert asyncio.run(go()).tokens == greedy_reference(target_hf, PROMPT, 10)
+    rec = generate_one(services["verifier"], services["proposer"], PROMPT, GenerationConfig(3, 10, True))
+    assert rec.tokens == greedy_reference(target_hf, PROMPT, 10)
     assert wait_free(services["verifier_obj"].pool) == 0
     assert wait_free(services["proposer_obj"].pool) == 0
 

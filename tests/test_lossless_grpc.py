@@ -12,6 +12,7 @@ from specdec.generation import GenerationConfig
 from specdec.metrics import generation_metrics
 from specdec.stopping import FinishReason
 from tests.conftest import CTX_LEN, start_proposer, start_verifier
+from tests.grpc_client import generate_one
 from tests.tiny_models import VOCAB, greedy_reference
 
 # Lengths below, at and above multiples of prefill_seq_len (8).
@@ -25,10 +26,7 @@ def prompts() -> list[list[int]]:
 
 
 def run(services, prompt, config, proposer=True):
-    async def go():
-        async with SpecDecClient(services["verifier"], services["proposer"] if proposer else None) as c:
-            return await c.generate(prompt, config)
-    return asyncio.run(go())
+    return generate_one(services["verifier"], services["proposer"] if proposer else None, prompt, config)
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 7])

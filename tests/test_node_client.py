@@ -5,7 +5,6 @@ runs it)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -14,9 +13,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from client.api import SpecDecClient
 from client.launcher import start_service
 from specdec.generation import GenerationConfig
+from tests.grpc_client import generate_one
 from tests.test_operations import certs  # noqa: F401  (fixture)
 from tests.test_prompt_lookup import ngram_service  # noqa: F401  (fixture)
 from tests.test_turbo import turbo_service, turbo_target  # noqa: F401  (fixtures)
@@ -50,10 +49,7 @@ def node_generate(verifier: str, proposer: str | None, k: int, *extra: str) -> d
 
 
 def python_generate(verifier: str, proposer: str | None, prompt: list[int], k: int) -> list[int]:
-    async def go():
-        async with SpecDecClient(verifier, proposer) as client:
-            return await client.generate(prompt, GenerationConfig(k, NEW, ignore_eos=True))
-    return asyncio.run(go()).tokens
+    return generate_one(verifier, proposer, prompt, GenerationConfig(k, NEW, ignore_eos=True)).tokens
 
 
 @pytest.mark.parametrize("method", ["draft", "ngram", "turbo"])

@@ -26,6 +26,7 @@ from specdec_rpc.security import ClientSecurity
 from specdec_rpc.server import LISTENING_PREFIX
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
+from tests.grpc_client import generate_one
 from tests.tiny_models import greedy_reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,11 +85,7 @@ def test_metrics_count_spec_decoding(tiny_pair, target_hf):
         before = scrape(v.metrics_address)
         prompt = [5, 6, 7, 8, 9]
 
-        async def go():
-            async with SpecDecClient(v.address, p.address) as c:
-                return await c.generate(prompt, GenerationConfig(3, 20, True))
-
-        rec = asyncio.run(go())
+        rec = generate_one(v.address, p.address, prompt, GenerationConfig(3, 20, True))
         assert rec.tokens == greedy_reference(target_hf, prompt, 20)
         # The client is done when it has read the last reply; the server records the stream's
         # end a moment later. Wait for it (bounded) instead of assuming the order.

@@ -8,7 +8,6 @@ import asyncio
 import numpy as np
 import pytest
 
-from client.api import SpecDecClient
 from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig
 from specdec.proposers.pre_draft import (
@@ -19,6 +18,7 @@ from specdec.proposers.pre_draft import (
 )
 from specdec.sampling import SamplingParams
 from tests.conftest import start_proposer, start_verifier
+from tests.grpc_client import generate_one
 from tests.tiny_models import VOCAB, greedy_reference
 
 
@@ -79,10 +79,7 @@ def pre_drafting(tiny_pair):
 
 
 def generate(verifier, proposer, prompt, config):
-    async def go():
-        async with SpecDecClient(verifier, proposer) as c:
-            return await c.generate(prompt, config)
-    return asyncio.run(go())
+    return generate_one(verifier, proposer, prompt, config)
 
 
 @pytest.mark.parametrize("use_branches", [True, False])

@@ -8,7 +8,6 @@ import asyncio
 import numpy as np
 import pytest
 
-from client.api import SpecDecClient
 from proposer_service.servicer import ProposerServicer
 from specdec.build import build_verifier
 from specdec.generation import GenerationConfig, generate
@@ -17,6 +16,7 @@ from specdec.proposers.ngram import NgramProposer
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.conftest import CTX_LEN, ServerThread, attached, engine_config, start_verifier
+from tests.grpc_client import generate_all
 from tests.tiny_models import VOCAB, greedy_reference
 
 NEW = 40
@@ -41,19 +41,13 @@ def ngram_service():
     server.stop()
 
 
-async def generate_all(verifier_addr, prompts, config, proposer_addr=None, local=None):
-    async with SpecDecClient(verifier_addr, proposer_addr, local_proposer=local) as client:
-        # Concurrent sessions: the prompts' steps interleave on the services.
-        return await asyncio.gather(*(client.generate(p, config) for p in prompts))
-
-
 @pytest.mark.parametrize("mode", ["grpc", "local"])
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_prompt_lookup_is_lossless(services, ngram_service, target_hf, mode, k):
     local = NgramProposer(k, 3, CTX_LEN, 8) if mode == "local" else None
-    records = asyncio.run(generate_all(services["verifier"], pattern_prompts(),
-                                       GenerationConfig(k, NEW, ignore_eos=True),
-                                       ngram_service if mode == "grpc" else None, local))
+    records = generate_all(services["verifier"], ngram_service if mode == "grpc" else None,
+                           pattern_prompts(), GenerationConfig(k, NEW, ignore_eos=True),
+                           concurrent=True, local_proposer=local)
     for prompt, rec in zip(pattern_prompts(), records):
         assert rec.tokens == greedy_reference(target_hf, prompt, NEW)
     assert sum(r.accepted for r in records) > 0  # the lookups did find real continuations
@@ -71,8 +65,8 @@ def test_window_sizes_pad_with_minus_one(tiny_pair, ngram_service, target_hf):
 
     verifier.engine.run = recording_run
     try:
-        records = asyncio.run(generate_all(v_server.address, pattern_prompts(),
-                                           GenerationConfig(3, NEW, ignore_eos=True), ngram_service))
+        records = generate_all(v_server.address, ngram_service, pattern_prompts(),
+                               GenerationConfig(3, NEW, ignore_eos=True), concurrent=True)
     finally:
         v_server.stop()
     for prompt, rec in zip(pattern_prompts(), records):
