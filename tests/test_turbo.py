@@ -43,17 +43,32 @@ def reference_heads(model, state: dict, ids: list[int], heads: int, layers: int)
 
 @pytest.mark.parametrize("heads, layers", [(3, 1), (2, 2)])
 def test_head_logits_match_reference(tmp_path, heads, layers):
+    """run() returns the base head; head_logits evaluates the heads at any kept position, per
+    row of a batched call (rows of different lengths, different slots)."""
     path = save_tiny(tmp_path, "llama", seed=1)
     state = save_turbo(path, heads, layers)
     engine = TorchEngine(EngineConfig(model=str(path), ctx_len=32, prefill_seq_len=8,
                                       full_batch_size=2, turbo=True))
     ids = [5, 9, 14, 3, 22, 7, 40]
+    other = [8, 2, 30]
+    ref = reference_heads(hf_model(path), state, ids, heads, layers)                 # [S, H+1, V]
+    ref_other = reference_heads(hf_model(path), state, other, heads, layers)
     out = engine.run(np.array([ids[:4]]), np.arange(4)[None], np.array([1]), 4)
-    out2 = engine.run(np.array([ids[4:]]), np.arange(4, 7)[None], np.array([1]), 3)
-    assert out.shape == (1, 4, heads + 1, VOCAB)
-    got = np.concatenate([out[0], out2[0]])
-    np.testing.assert_allclose(got, reference_heads(hf_model(path), state, ids, heads, layers),
+    assert out.shape == (1, 4, VOCAB)
+    np.testing.assert_allclose(out[0], ref[:4, 0], atol=1e-4)
+    np.testing.assert_allclose(engine.head_logits(np.array([1]), np.array([2]))[0], ref[2, 1:],
                                atol=1e-4)
+    # Batched: slot 1 continues with 3 tokens, slot 0 starts with `other` padded to the same width.
+    batch_ids = np.array([ids[4:], other])
+    out2 = engine.run(batch_ids, np.array([[4, 5, 6], [0, 1, 2]]), np.array([1, 0]), 3)
+    np.testing.assert_allclose(out2[0], ref[4:, 0], atol=1e-4)
+    np.testing.assert_allclose(out2[1], ref_other[:, 0], atol=1e-4)
+    got = engine.head_logits(np.array([0, 1]), np.array([1, 5]))                    # [2, H, V]
+    assert got.shape == (2, heads, VOCAB)
+    np.testing.assert_allclose(got[0], ref_other[1, 1:], atol=1e-4)
+    np.testing.assert_allclose(got[1], ref[5, 1:], atol=1e-4)
+    with pytest.raises(ValueError, match="kept no hidden state at position 2"):
+        engine.head_logits(np.array([1]), np.array([2]))  # overwritten by slot 1's later run
 
 
 def test_missing_speculator_is_named(tmp_path):
