@@ -147,3 +147,29 @@ def test_multi_projection_cli_is_lossless(turbo_target, target_hf, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     item = json.loads(out.read_text())["prompts"][0]
     assert item["generated_ids"] == greedy_reference(target_hf, item["prompt_ids"], 16)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_saved_heads_load_as_qefficient_loads_them(tmp_path, layers):
+    """save_turbo_heads (the training script's writer) -> QEfficient's keys and config, read back
+    by load_turbo_heads to the same function (float16 on disk)."""
+    from safetensors.torch import load_file
+
+    from specdec.engine.turbo import TurboConfig, build_turbo_heads, load_turbo_heads, save_turbo_heads
+
+    cfg = TurboConfig(num_heads=3, num_layers=layers)
+    torch.manual_seed(0)
+    heads = build_turbo_heads(16, cfg)
+    save_turbo_heads(tmp_path, cfg, heads)
+    raw = json.loads((tmp_path / "speculator_config.json").read_text())
+    assert raw == {"model_type": "turbo", "turbo_num_heads": 3, "turbo_num_layers": layers,
+                   "num_speculative_tokens": 3}
+    keys = set(load_file(str(tmp_path / "speculator.safetensors")))
+    assert keys == {f"projections.{j}.{i}.linear.{w}" for j in range(3) for i in range(layers)
+                    for w in ("weight", "bias")}
+    loaded_cfg, loaded = load_turbo_heads(tmp_path, 16)
+    assert loaded_cfg == cfg
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        for a, b in zip(heads, loaded):
+            torch.testing.assert_close(b(x), a.half().float()(x), atol=1e-3, rtol=1e-3)
