@@ -181,4 +181,5 @@ class TorchEngine:
     def _keep(self, batch_index: np.ndarray, kept_pos: np.ndarray, hidden: torch.Tensor) -> None:
         """Per row: positions [N] and final hidden states [N, D] of its kept logits."""
         for r, slot in enumerate(batch_index.tolist()):
-            self.kept[slot] = (kept_pos[r], hidden[r])
+            if kept_pos[r].max() >= 0:  # an all-padding row leaves its slot's kept state alone
+                self.kept[slot] = (kept_pos[r], hidden[r])
