@@ -53,8 +53,6 @@ def step_bytes(engine: TorchEngine, batch: int, window: int, kv_len: int) -> int
     item = torch.finfo(engine.dtype).bits // 8
     weights = sum(p.numel() for n, p in engine.model.named_parameters() if "embed_tokens" not in n)
     weights += batch * window * mc.hidden_size
-    if engine.turbo_heads is not None:
-        weights += sum(p.numel() for p in engine.turbo_heads.parameters())
     kv = mc.num_layers * 2 * mc.num_kv_heads * mc.head_dim * kv_len * batch
     return (weights + kv) * item
 

@@ -44,6 +44,13 @@ def build_verifier(config: EngineConfig, window_sizes: tuple[int, ...], executor
                    qaic_backend: Any = None) -> TargetVerifier:
     """window_sizes: the k values verify windows run at; (0, 1, ..., max_k) = any draft length.
     A Turbo target (config.turbo) drafts with its H heads: its windows are 0..H."""
+    if config.turbo and executor == "torch":
+        # Compile every verify window the heads draft, before the engine is built.
+        from specdec.engine.checkpoint import resolve_model_path
+        from specdec.engine.turbo import read_turbo_config
+
+        heads = read_turbo_config(resolve_model_path(config.model)).num_heads
+        window_sizes = tuple(range(heads + 1))
     engine = build_engine(config, executor, True, window_sizes, qaic, qaic_backend)
     if engine.num_heads:
         window_sizes = (engine.num_heads,) if executor == "qaic" else tuple(range(engine.num_heads + 1))

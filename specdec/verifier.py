@@ -11,6 +11,7 @@ import numpy as np
 
 from specdec.acceptance import greedy_accept
 from specdec.batching import DECODE, Batcher
+from specdec.engine import HeadsOnDemand
 from specdec.errors import InvalidRequest, PreconditionFailed, bounded
 from specdec.sampling import (
     TARGET_STREAM,
@@ -49,6 +50,9 @@ class TargetVerifier:
         self.fingerprint = tokenizer_fingerprint
         self.eos_token_ids = eos_token_ids
         self.pool = SlotPool(self.engine.slots, admission)
+        # Turbo heads evaluated at the drafting position only, where the executor can.
+        self.heads: HeadsOnDemand | None = (
+            self.engine if self.engine.num_heads and isinstance(self.engine, HeadsOnDemand) else None)
 
     def close(self) -> None:
         self.batcher.close()
@@ -87,7 +91,7 @@ class TargetVerifier:
         first = (int(np.argmax(logits)) if sampling.greedy
                  else sample(warp(logits, sampling), session.rng))
         out = self._commit(session, [first], accepted=0, drafted=0, timings=timings)
-        out.next_draft = guesses[0]
+        out.next_draft = await self._heads_at(session, total - 1, timings) or guesses[0]
         out.timings.total_ns = time.perf_counter_ns() - t0
         return out
 
@@ -137,13 +141,28 @@ class TargetVerifier:
             assert session.rng is not None  # seeded at prefill
             accepted, nxt = rejection_sample(draft, draft_probs, p, session.rng)
             candidates = draft[:accepted] + [nxt]
+        last = seq.cached + accepted  # position of the last accepted token
         seq.cached += 1 + accepted  # t and the accepted drafts were written at the right place
         out = self._commit(session, candidates, accepted, len(draft), timings)
         # Turbo: the heads at the last accepted position guess the tokens after the one emitted.
-        out.next_draft = guesses[accepted]
+        out.next_draft = await self._heads_at(session, last, timings) or guesses[accepted]
         out.sessions_active = self.pool.in_use
         out.timings.total_ns = time.perf_counter_ns() - t0
         return out
+
+    async def _heads_at(self, session: VerifierSession, position: int,
+                        timings: StepTimings) -> list[int]:
+        """HeadsOnDemand: the heads' top-1 guesses [H] at one position of the session's last
+        step, a second small computation on the kept hidden state; [] otherwise (a QPC returned
+        every head with the window, see _split_heads). On the engine thread, between two
+        batches: the kept states are the engine's, written by its calls."""
+        if self.heads is None or session.finish:
+            return []
+        t0 = time.perf_counter_ns()
+        logits = await self.batcher.call(self.heads.head_logits, np.array([session.seq.slot]),
+                                         np.array([position]))
+        timings.forward_ns += time.perf_counter_ns() - t0
+        return logits[0].argmax(-1).tolist()                                   # [H]
 
     def _split_heads(self, logits: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
         """[n, V] -> ([n, V], n empty guesses); Turbo [n, H+1, V] -> (base [n, V], per position

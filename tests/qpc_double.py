@@ -23,6 +23,7 @@ import numpy as np
 from specdec.config import EngineConfig
 from specdec.engine.qaic_specs import QpcLayout
 from specdec.engine.qpc_rules import QpcRules
+from specdec.engine.specializations import gather_index
 from specdec.engine.torch_engine import TorchEngine
 
 
@@ -75,8 +76,14 @@ class QAICInferenceSessionDouble(QpcRules):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.check(inputs)
         n = spec.num_logits
-        logits = self.engine.run(inputs["input_ids"], inputs["position_ids"],
-                                 inputs["batch_index"][:, 0], n)
+        pos, slots = inputs["position_ids"], inputs["batch_index"][:, 0]
+        logits = self.engine.run(inputs["input_ids"], pos, slots, n)                 # [B, n, V]
+        if self.layout.num_heads:  # a Turbo QPC returns every head at every kept position
+            kept = np.take_along_axis(pos, gather_index(pos, n, n), 1)                 # [B, n]
+            heads = np.zeros((*kept.shape, self.layout.num_heads, logits.shape[-1]), np.float32)
+            for b, i in zip(*np.nonzero(kept >= 0)):                                   # real positions
+                heads[b, i] = self.engine.head_logits(slots[b:b + 1], kept[b, i:i + 1])[0]
+            logits = np.concatenate([logits[:, :, None], heads], axis=2)               # [B, n, H+1, V]
         return {"logits": logits.astype(np.float32)}
 
 

@@ -163,3 +163,34 @@ def test_missing_compiler_warns_and_runs_eager(tiny, tmp_path, monkeypatch, capl
     assert "torch.compile is unavailable" in caplog.text
     out = engine.run(np.array([[5, 6, 7]]), np.arange(3)[None], np.array([0]), 3)
     np.testing.assert_allclose(out[0], reference_logits(model, [5, 6, 7]), atol=ATOL)
+
+
+def test_compiled_turbo_is_lossless(tiny, cache, tmp_path_factory, monkeypatch):
+    """A Turbo target compiled (base head only in the graph, heads evaluated at the drafting
+    position afterwards): greedy output identical to transformers'."""
+    import shutil
+
+    import specdec.engine.compiled as compiled
+    from tests.tiny_models import save_turbo
+
+    monkeypatch.setattr(compiled, "CPU_INDUCTOR", {})
+    path, model = tiny
+    turbo = shutil.copytree(path, tmp_path_factory.mktemp("turbo") / "target")
+    save_turbo(turbo, heads=2, layers=1, zero_heads=(0,))
+    cfg = EngineConfig(model=str(turbo), device=TEST_DEVICE, ctx_len=48, prefill_seq_len=8,
+                       full_batch_size=1, compile=True, compile_dir=cache, turbo=True)
+    verifier = build_verifier(cfg, (0,))
+    assert verifier.engine.compiled is not None and verifier.heads is not None
+    used = count_compiled_calls(verifier.engine)
+    prompt = np.random.default_rng(11).integers(2, VOCAB, size=10).tolist()
+
+    async def go():
+        v = InProcessVerifierLink(verifier)
+        try:
+            return await generate(prompt, v, None, GenerationConfig(2, 20, ignore_eos=True), 48)
+        finally:
+            await v.close()
+
+    rec = asyncio.run(go())
+    assert rec.tokens == greedy_reference(model, prompt, 20)
+    assert rec.drafted > 0 and sum(used.values()) >= rec.verify_steps

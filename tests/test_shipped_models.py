@@ -63,5 +63,6 @@ def test_speculation_with_shipped_models(shipped, method):
     rec = asyncio.run(go())
     assert rec.tokens == greedy_reference(target, ids, 48)
     tokens_per_step = rec.step_tokens / rec.verify_steps
-    # Trained draft: 3.3 tokens per step measured; Turbo heads 1.6 (models/README.md).
-    assert tokens_per_step > (2.0 if method == "draft" else 1.2), tokens_per_step
+    # Trained draft: 3.3 tokens per step measured; self-distilled Turbo heads 2.6 on this prompt
+    # (2.4 in the benchmark, models/README.md); the old heads gave 1.6.
+    assert tokens_per_step > 2.0, tokens_per_step

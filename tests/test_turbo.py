@@ -43,17 +43,32 @@ def reference_heads(model, state: dict, ids: list[int], heads: int, layers: int)
 
 @pytest.mark.parametrize("heads, layers", [(3, 1), (2, 2)])
 def test_head_logits_match_reference(tmp_path, heads, layers):
+    """run() returns the base head; head_logits evaluates the heads at any kept position, per
+    row of a batched call (rows of different lengths, different slots)."""
     path = save_tiny(tmp_path, "llama", seed=1)
     state = save_turbo(path, heads, layers)
     engine = TorchEngine(EngineConfig(model=str(path), ctx_len=32, prefill_seq_len=8,
                                       full_batch_size=2, turbo=True))
     ids = [5, 9, 14, 3, 22, 7, 40]
+    other = [8, 2, 30]
+    ref = reference_heads(hf_model(path), state, ids, heads, layers)                 # [S, H+1, V]
+    ref_other = reference_heads(hf_model(path), state, other, heads, layers)
     out = engine.run(np.array([ids[:4]]), np.arange(4)[None], np.array([1]), 4)
-    out2 = engine.run(np.array([ids[4:]]), np.arange(4, 7)[None], np.array([1]), 3)
-    assert out.shape == (1, 4, heads + 1, VOCAB)
-    got = np.concatenate([out[0], out2[0]])
-    np.testing.assert_allclose(got, reference_heads(hf_model(path), state, ids, heads, layers),
+    assert out.shape == (1, 4, VOCAB)
+    np.testing.assert_allclose(out[0], ref[:4, 0], atol=1e-4)
+    np.testing.assert_allclose(engine.head_logits(np.array([1]), np.array([2]))[0], ref[2, 1:],
                                atol=1e-4)
+    # Batched: slot 1 continues with 3 tokens, slot 0 starts with `other` padded to the same width.
+    batch_ids = np.array([ids[4:], other])
+    out2 = engine.run(batch_ids, np.array([[4, 5, 6], [0, 1, 2]]), np.array([1, 0]), 3)
+    np.testing.assert_allclose(out2[0], ref[4:, 0], atol=1e-4)
+    np.testing.assert_allclose(out2[1], ref_other[:, 0], atol=1e-4)
+    got = engine.head_logits(np.array([0, 1]), np.array([1, 5]))                    # [2, H, V]
+    assert got.shape == (2, heads, VOCAB)
+    np.testing.assert_allclose(got[0], ref_other[1, 1:], atol=1e-4)
+    np.testing.assert_allclose(got[1], ref[5, 1:], atol=1e-4)
+    with pytest.raises(ValueError, match="kept no hidden state at position 2"):
+        engine.head_logits(np.array([1]), np.array([2]))  # overwritten by slot 1's later run
 
 
 def test_missing_speculator_is_named(tmp_path):
@@ -132,3 +147,29 @@ def test_multi_projection_cli_is_lossless(turbo_target, target_hf, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     item = json.loads(out.read_text())["prompts"][0]
     assert item["generated_ids"] == greedy_reference(target_hf, item["prompt_ids"], 16)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_saved_heads_load_as_qefficient_loads_them(tmp_path, layers):
+    """save_turbo_heads (the training script's writer) -> QEfficient's keys and config, read back
+    by load_turbo_heads to the same function (float16 on disk)."""
+    from safetensors.torch import load_file
+
+    from specdec.engine.turbo import TurboConfig, build_turbo_heads, load_turbo_heads, save_turbo_heads
+
+    cfg = TurboConfig(num_heads=3, num_layers=layers)
+    torch.manual_seed(0)
+    heads = build_turbo_heads(16, cfg)
+    save_turbo_heads(tmp_path, cfg, heads)
+    raw = json.loads((tmp_path / "speculator_config.json").read_text())
+    assert raw == {"model_type": "turbo", "turbo_num_heads": 3, "turbo_num_layers": layers,
+                   "num_speculative_tokens": 3}
+    keys = set(load_file(str(tmp_path / "speculator.safetensors")))
+    assert keys == {f"projections.{j}.{i}.linear.{w}" for j in range(3) for i in range(layers)
+                    for w in ("weight", "bias")}
+    loaded_cfg, loaded = load_turbo_heads(tmp_path, 16)
+    assert loaded_cfg == cfg
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        for a, b in zip(heads, loaded):
+            torch.testing.assert_close(b(x), a.half().float()(x), atol=1e-3, rtol=1e-3)

@@ -1,5 +1,5 @@
 """The engine contract and its executors."""
 
-from specdec.engine.contract import Engine
+from specdec.engine.contract import Engine, HeadsOnDemand
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "HeadsOnDemand"]

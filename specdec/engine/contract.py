@@ -11,13 +11,17 @@ QEfficient QPC, so the torch and the Cloud AI 100 executors are interchangeable:
   free (the next call simply reuses the positions).
 - num_logits keeps the logits of the last num_logits real positions of each row.
 - A multi-projection (Turbo) target returns [B, num_logits, H+1, V]: index 0 is the base head,
-  index j the head that guesses j tokens further (num_heads = H; 0 for plain models).
+  index j the head that guesses j tokens further (num_heads = H; 0 for plain models). That is
+  QEfficient's layout (a QPC's one output). An executor may instead offer the optional
+  capability HeadsOnDemand: run() returns the base head [B, num_logits, V] alone, and
+  head_logits() evaluates the H heads only where the verifier drafts from (the last accepted
+  position of each row), saving H lm_head passes per window position.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -39,4 +43,17 @@ class Engine(Protocol):
         batch_index: np.ndarray,   # [B] int64, distinct slots
         num_logits: int,
     ) -> np.ndarray:               # [B, num_logits, V] or [B, num_logits, H+1, V] float32
+        ...
+
+
+@runtime_checkable
+class HeadsOnDemand(Protocol):
+    """Optional capability of a Turbo engine (num_heads > 0): run() keeps each row's final
+    hidden states at its kept logit positions, and the heads are evaluated on request."""
+
+    def head_logits(
+        self,
+        batch_index: np.ndarray,   # [R] int64 slots, each in the last run() that fed it
+        positions: np.ndarray,     # [R] int64 position whose logits that run() kept
+    ) -> np.ndarray:               # [R, H, V] float32: head j guesses position + 2 + j
         ...

@@ -165,7 +165,8 @@ class Backbone(nn.Module):
     def __init__(self, cfg: LlamaFamilyConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers: list[DecoderLayer] = nn.ModuleList(  # type: ignore[assignment]  # typed items
+            DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 

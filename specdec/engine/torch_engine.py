@@ -66,7 +66,10 @@ class TorchEngine:
         self.eos_token_ids = mc.eos_token_ids
         self.model = build_model(mc, load_state_dict(path), self.dtype, config.device)
         self.turbo_heads = None
-        self.num_heads = 0  # Turbo heads H; run() returns [B, N, H+1, V] when H > 0
+        # Turbo heads H, evaluated on demand (contract.HeadsOnDemand): run() returns the base
+        # head [B, N, V] and keeps the window's final hidden states for head_logits.
+        self.num_heads = 0
+        self.kept: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # slot -> (positions [N], [N, D])
         if config.turbo:
             turbo, heads = load_turbo_heads(path, mc.hidden_size)
             self.turbo_heads = heads.to(device=config.device, dtype=self.dtype)
@@ -112,16 +115,34 @@ class TorchEngine:
             raise ValueError(f"token ids must be in 0..{self.vocab_size - 1}")
 
     def step(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor,
-             gather: torch.Tensor, kv_len: int) -> torch.Tensor:
-        """ids/pos [B, S], slots [B], gather [B, N] window positions to keep -> float32 logits
-        [B, N, V] (Turbo: [B, N, H+1, V]). No host syncs: torch.compile captures it whole."""
+             gather: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids/pos [B, S], slots [B], gather [B, N] window positions to keep -> (float32 logits
+        [B, N, V], final hidden states [B, N, D]). No host syncs: torch.compile captures it whole."""
         h = self.model.hidden_states(ids, pos, slots, self.cos, self.sin, self.caches, kv_len)
         h = h.gather(1, gather[:, :, None].expand(-1, -1, h.shape[-1]))    # [B, N, D]
-        if self.turbo_heads is None:
-            return self.model.logits(h)
         normed = self.model.model.norm(h)                                   # [B, N, D]
-        stacked = torch.stack([normed, *(head(normed) for head in self.turbo_heads)], dim=2)
-        return self.model.lm_head(stacked).float()                          # [B, N, H+1, V]
+        return self.model.lm_head(normed).float(), normed
+
+    def head_logits(self, batch_index: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """[R] slots, [R] positions -> [R, H, V] float32: the Turbo heads on the final hidden
+        state the last run() kept for each slot at that position (contract.HeadsOnDemand). Only
+        the one position a verifier drafts from goes through the heads and lm_head, not the
+        whole window. Touches no cache and only the rows' own kept states, so it may run beside
+        a run() on other slots."""
+        if self.turbo_heads is None:
+            raise ValueError("head_logits needs a Turbo model (turbo=True)")
+        rows = []
+        for slot, p in zip(batch_index.tolist(), positions.tolist()):
+            kept = self.kept.get(slot)
+            where = np.flatnonzero(kept[0] == p) if kept is not None else np.empty(0, np.int64)
+            if kept is None or not where.size:
+                raise ValueError(f"slot {slot} kept no hidden state at position {p} (kept "
+                                 f"{kept[0].tolist() if kept is not None else []})")
+            rows.append(kept[1][int(where[0])])
+        with torch.inference_mode():
+            h = torch.stack(rows)                                             # [R, D]
+            heads = torch.stack([head(h) for head in self.turbo_heads], dim=1)  # [R, H, D]
+            return self.model.lm_head(heads).float().cpu().numpy()           # [R, H, V]
 
     def copy_slot(self, src: int, dst: int) -> None:
         """KV of slot src -> slot dst, every position (a pre-drafted branch starts from a copy
@@ -133,7 +154,7 @@ class TorchEngine:
 
     def run(self, input_ids: np.ndarray, position_ids: np.ndarray, batch_index: np.ndarray,
             num_logits: int) -> np.ndarray:
-        """[B, num_logits, V] float32; with Turbo heads [B, num_logits, H+1, V], index 0 = base."""
+        """[B, num_logits, V] float32 (base head only; Turbo heads via head_logits)."""
         self._check(input_ids, position_ids, batch_index, num_logits)
         b, s = input_ids.shape
         spec = self.compiled.fit(b, s, num_logits) if self.compiled else None
@@ -143,12 +164,23 @@ class TorchEngine:
             gather = gather_index(position_ids, num_logits, num_logits)
         else:              # a compiled specialization: padded to its fixed shape, full KV length
             ids, pos, slots = pad_call(spec, input_ids, position_ids, batch_index)
+            assert self.compiled is not None  # fit() found a specialization
             step, kv_len = self.compiled.step, self.ctx_len
             gather = gather_index(pos, num_logits, spec.logits)
         dev = self.device
         with torch.inference_mode():
-            out = step(torch.from_numpy(ids.astype(np.int64)).to(dev),
-                       torch.from_numpy(pos.astype(np.int64)).to(dev),
-                       torch.from_numpy(slots.astype(np.int64)).to(dev),
-                       torch.from_numpy(gather).to(dev), kv_len)
+            out, hidden = step(torch.from_numpy(ids.astype(np.int64)).to(dev),
+                               torch.from_numpy(pos.astype(np.int64)).to(dev),
+                               torch.from_numpy(slots.astype(np.int64)).to(dev),
+                               torch.from_numpy(gather).to(dev), kv_len)
+            if self.turbo_heads is not None:
+                # A copy: a CUDA graph's outputs are overwritten by its next replay.
+                self._keep(batch_index, np.take_along_axis(pos, gather, 1)[:b, :num_logits],
+                           hidden[:b, :num_logits].clone())
             return out[:b, :num_logits].cpu().numpy()
+
+    def _keep(self, batch_index: np.ndarray, kept_pos: np.ndarray, hidden: torch.Tensor) -> None:
+        """Per row: positions [N] and final hidden states [N, D] of its kept logits."""
+        for r, slot in enumerate(batch_index.tolist()):
+            if kept_pos[r].max() >= 0:  # an all-padding row leaves its slot's kept state alone
+                self.kept[slot] = (kept_pos[r], hidden[r])

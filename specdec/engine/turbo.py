@@ -58,13 +58,32 @@ def read_turbo_config(path: Path) -> TurboConfig:
     return TurboConfig(int(raw["turbo_num_heads"]), int(raw["turbo_num_layers"]))
 
 
+def build_turbo_heads(hidden_size: int, cfg: TurboConfig) -> nn.ModuleList:
+    """H heads of num_layers ResBlocks each, one shared instance per head (see above)."""
+    return nn.ModuleList(nn.Sequential(*([ResBlock(hidden_size)] * cfg.num_layers))
+                         for _ in range(cfg.num_heads))
+
+
 def load_turbo_heads(path: Path, hidden_size: int) -> tuple[TurboConfig, nn.ModuleList]:
     from safetensors.torch import load_file
 
     cfg = read_turbo_config(path)
-    heads = nn.ModuleList(
-        nn.Sequential(*([ResBlock(hidden_size)] * cfg.num_layers))  # shared instance, see above
-        for _ in range(cfg.num_heads))
+    heads = build_turbo_heads(hidden_size, cfg)
     state = {k.removeprefix("projections."): v for k, v in load_file(str(path / WEIGHTS_FILE)).items()}
     heads.load_state_dict(state, strict=True)
     return cfg, heads.eval()
+
+
+def save_turbo_heads(path: Path, cfg: TurboConfig, heads: nn.ModuleList,
+                     dtype: torch.dtype = torch.float16) -> None:
+    """Write speculator_config.json + speculator.safetensors as QEfficient reads them (the
+    training script's output; load_turbo_heads reads it back)."""
+    from safetensors.torch import save_file
+
+    state = {f"projections.{k}": v.detach().to(dtype).contiguous()
+             for k, v in heads.state_dict().items()}
+    save_file(state, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+    (path / CONFIG_FILE).write_text(json.dumps(
+        {"model_type": "turbo", "turbo_num_heads": cfg.num_heads,
+         "turbo_num_layers": cfg.num_layers, "num_speculative_tokens": cfg.num_heads},
+        indent=2) + "\n")

@@ -1,0 +1,46 @@
+"""End-of-run checks: tokenizers round-trip, both models load and generate in transformers,
+the speculator has QEfficient's keys, and --out fits the size limit."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+
+from training.loop import log
+
+
+@torch.no_grad()
+def verify(out: Path, args: Namespace, S: dict) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tdir, ddir = out / "target", out / "draft"
+    code = 'def f(x):\n    """Doc \u00e9\u00e8 \U0001F600"""\n\treturn {"a": [x ** 2, None]}  # tab\r\n\n'
+    toks = []
+    for d in (tdir, ddir):
+        tk = AutoTokenizer.from_pretrained(d)
+        back = tk.decode(tk(code)["input_ids"])
+        assert back == code, f"round-trip mismatch in {d}: {back!r}"
+        toks.append(tk)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (tdir / name).read_bytes() == (ddir / name).read_bytes(), f"{name} differs between target and draft"
+    tk = toks[0]
+    prompt = "import os\n\n\ndef main(argv):\n    "
+    for d in (tdir, ddir):
+        m = AutoModelForCausalLM.from_pretrained(d).eval()
+        enc = tk(prompt, return_tensors="pt")
+        g = m.generate(**enc, max_new_tokens=24, do_sample=False)
+        log(f"verify: {d.name} ({m.dtype}) generates: {tk.decode(g[0][enc['input_ids'].shape[1]:])!r}")
+    cfg = json.loads((tdir / "speculator_config.json").read_text())
+    keys = set(load_file(str(tdir / "speculator.safetensors")).keys())
+    want = {f"projections.{j}.{i}.linear.{w}" for j in range(cfg["turbo_num_heads"])
+            for i in range(cfg["turbo_num_layers"]) for w in ("weight", "bias")}
+    assert keys == want, f"speculator keys {sorted(keys)}"
+    total = S["sizes"]["total"]
+    log(f"verify: tokenizers round-trip OK, models load+generate OK, speculator keys OK; "
+        f"total size {total / 1e6:.2f} MB (limit {args.size_limit_mb} MB)")
+    if total > args.size_limit_mb * 1e6:
+        raise SystemExit(f"ERROR: {out} is {total / 1e6:.2f} MB > {args.size_limit_mb} MB")
