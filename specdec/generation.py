@@ -1,7 +1,7 @@
 """The client's generation loop, written against two links (to a verifier and to an optional
 proposer) so the same loop runs over gRPC (client/) and in-process (specdec.inprocess, bench).
 
-One round, as in DESIGN.md: sync the proposer and get d1..dk; verify them; append what the
+One round (docs/architecture.md): sync the proposer and get d1..dk; verify them; append what the
 verifier emitted. The client is the source of truth for the sequence; each link mirrors it.
 """
 
