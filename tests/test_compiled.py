@@ -150,13 +150,14 @@ def test_compiled_speculation_equals_greedy(tiny, cache, tmp_path_factory, monke
     assert rec.tokens == greedy_reference(model, prompt, 20)
 
 
-def test_missing_compiler_warns_and_runs_eager(tiny, tmp_path, monkeypatch, caplog):
+def test_missing_compiler_warns_and_runs_eager(tiny, tmp_path, caplog):
     import torch._inductor.config as inductor
 
     path, model = tiny
-    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
     torch._dynamo.reset()
-    with caplog.at_level(logging.WARNING):
+    # inductor's own patch: monkeypatch's undo would delete the config entry (the module serves
+    # it through __getattr__), and every later compile in the process would fail.
+    with caplog.at_level(logging.WARNING), inductor.patch({"cpp.cxx": ("/nonexistent/c++",)}):
         engine = TorchEngine(EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48, full_batch_size=1,
                                           compile=True, compile_dir=tmp_path))
     assert engine.compiled is None
