@@ -168,41 +168,46 @@ class _Generation:
         # Only the tail since the last proposal can differ: the per-step scan stays O(k).
         start = common_prefix_len(self.held, self.seq, self.held_agrees)
         self.synced = len(self.seq) - start
-        try:
-            proposal = await _timed(self.rec, "proposer_ns", self.proposer.propose(
-                start, self.seq[start:], k, self.config.sampling, self.config.draft_top_m,
-                return_branches))
-        except (LinkLost, Busy):
-            # Lossless either way: go on target-only and try a new session later (a full
-            # proposer may have a free slot by then).
-            self.proposer, self.proposer_down_at = None, time.monotonic()
-            self.rec.recoveries += 1
+        proposal = await self._ask_proposer(start, self.seq[start:], k, self.config.draft_top_m,
+                                            return_branches)
+        if proposal is None:
             return [], None
         self.held = (self.seq + proposal.draft)[:proposal.held_len]
         self.propose_forward_ns = proposal.timings.forward_ns
         self.rec.proposals += bool(proposal.draft)
         self.rec.pre_draft_hits += proposal.pre_drafted
         self.held_agrees = min(len(self.seq), proposal.held_len)
-        if expect is None or proposal.draft == expect:
-            self.branches = {(b.accepted, b.token): b.draft for b in proposal.branches}
+        self._keep_branches(proposal, expect)
         return proposal.draft, proposal.probs
 
     async def fetch_branches(self, draft: list[int]) -> None:
         """The branches of the proposal just made (draft), which the proposer pre-drafts after
         replying: asked for while the verifier verifies it. A proposer that returns none does
         not pre-draft, and is not asked again in this generation."""
+        proposal = await self._ask_proposer(len(self.held), [], 0, 0, True)
+        if proposal is not None:
+            self._keep_branches(proposal, draft)
+            self.fetch = bool(proposal.branches)
+
+    async def _ask_proposer(self, start: int, tokens: list[int], k: int, top_m: int,
+                            return_branches: bool) -> Proposal | None:
+        """One proposer call; None when the proposer is lost or full. Lossless either way: the
+        generation goes on target-only and tries a new session later (a full proposer may have
+        a free slot by then)."""
         if self.proposer is None:
-            return
+            return None
         try:
-            proposal = await _timed(self.rec, "proposer_ns", self.proposer.propose(
-                len(self.held), [], 0, self.config.sampling, 0, True))
+            return await _timed(self.rec, "proposer_ns", self.proposer.propose(
+                start, tokens, k, self.config.sampling, top_m, return_branches))
         except (LinkLost, Busy):
             self.proposer, self.proposer_down_at = None, time.monotonic()
             self.rec.recoveries += 1
-            return
-        if proposal.draft == draft:
+            return None
+
+    def _keep_branches(self, proposal: Proposal, draft: list[int] | None) -> None:
+        """The proposal's branches, kept only if drafted for `draft` (None: its own draft)."""
+        if draft is None or proposal.draft == draft:
             self.branches = {(b.accepted, b.token): b.draft for b in proposal.branches}
-        self.fetch = bool(proposal.branches)
 
     async def verify(self, draft: list[int], probs: list[Sparse] | None) -> StepOutcome:
         assert self.verifier is not None  # prefill() reopens a lost one before it returns

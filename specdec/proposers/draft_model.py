@@ -101,11 +101,11 @@ class DraftModelProposer:
         # An executor that cannot copy a slot (a QPC's retained KV) pre-drafts only the branch
         # that extends the session's own slot, and has no scratch slots.
         self.copy_slot: Callable[[int, int], None] | None = getattr(self.engine, "copy_slot", None)
-        self.can_copy = self.copy_slot is not None
-        sessions = self.engine.slots // (1 + pre_draft_branches) if self.can_copy else self.engine.slots
+        can_copy = self.copy_slot is not None
+        sessions = self.engine.slots // (1 + pre_draft_branches) if can_copy else self.engine.slots
         self.pool = SlotPool(sessions, admission)
         # Taken and returned on the event loop, between awaits: no lock needed.
-        self._scratch = list(range(sessions, self.engine.slots)) if self.can_copy else []
+        self._scratch = list(range(sessions, self.engine.slots)) if can_copy else []
         self.counters = PreDraftCounters()
 
     def close(self) -> None:
