@@ -18,6 +18,7 @@ import grpc
 
 from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError, service_error
 from client.replicas import LeasedProposerLink, LeasedVerifierLink, ReplicaSet
+from specdec.adaptive_k import RoundEstimates
 from specdec.generation import GenerationConfig, GenerationRecord, ProposerLink, generate
 from specdec.inprocess import InProcessProposerLink
 from specdec.proposers.base import Proposer
@@ -62,6 +63,9 @@ class SpecDecClient:
         self.timeout_s, self.step_timeout_s, self.recovery = timeout_s, step_timeout_s, recovery
         self.verifier_info: pb.ModelInfo | None = None
         self.proposer_info: pb.ModelInfo | None = None
+        # --num-speculative-tokens auto: what rounds on these services yield and cost, carried
+        # from one generation to the next (and shared by concurrent ones)
+        self.k_estimates = RoundEstimates()
 
     async def __aenter__(self) -> "SpecDecClient":
         await self.connect()
@@ -188,7 +192,8 @@ class SpecDecClient:
             return await generate(prompt, verifier, plink, config, info.ctx_len, fingerprint,
                                   on_tokens,
                                   reopen_verifier=self._track(links, "verifier", self._open_verifier),
-                                  reopen_proposer=reopen_proposer, policy=self.recovery)
+                                  reopen_proposer=reopen_proposer, policy=self.recovery,
+                                  k_estimates=self.k_estimates)
         finally:
             for link in links.values():
                 await link.close()

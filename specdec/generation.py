@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
-from specdec.adaptive_k import AdaptiveK
+from specdec.adaptive_k import AdaptiveK, RoundEstimates, RoundReport
 from specdec.flags import flag
 from specdec.recovery import Busy, LinkLost, RecoveryPolicy, backoff_delays
 from specdec.sampling import SamplingParams, Sparse
@@ -244,12 +244,15 @@ async def generate(
     reopen_verifier: Reopen | None = None,
     reopen_proposer: Reopen | None = None,
     policy: RecoveryPolicy = RecoveryPolicy(),
+    k_estimates: RoundEstimates | None = None,
 ) -> GenerationRecord:
-    """reopen_*: open a new session when a link is lost (LinkLost); None = fail instead."""
+    """reopen_*: open a new session when a link is lost (LinkLost); None = fail instead.
+    k_estimates: with adaptive k, the running estimates to start from and update, shared with
+    the caller's other generations on the same services (None: this generation's own)."""
     g = _Generation(prompt, verifier, proposer, config, ctx_len, draft_fingerprint,
                     reopen_verifier, reopen_proposer, policy)
     rec, k_max = g.rec, config.num_speculative_tokens
-    auto = AdaptiveK(k_max) if config.adaptive_k else None
+    auto = AdaptiveK(k_max, k_estimates or RoundEstimates()) if config.adaptive_k else None
     # Prefill the target and the draft concurrently: each owns its own device.
     calls: list[Awaitable] = [g.prefill()]
     if k_max and proposer is not None:
@@ -263,15 +266,18 @@ async def generate(
             k = min(k, config.max_new_tokens - len(rec.tokens) - 1)
         k = max(k, 0)
         ahead, g.ahead = g.ahead[:k], []
+        if auto and ahead:   # the window that pays, of the drafts in hand
+            ahead = ahead[:auto.window(len(ahead))]
         k = len(ahead) or k   # a branch drafted for a larger k serves its first k
         _bump(rec.k_histogram, k)
         proposer_ns, verifier_ns = rec.proposer_ns, rec.verifier_ns
-        proposed = 0   # proposer time on the round's critical path; 0: no call (k = 0, Turbo,
-        #                link lost, or a call alongside the verify, which costs no time)
+        propose_ns = 0   # proposer time on the round's critical path; 0: no call (k = 0, Turbo,
+        #                  link lost, or a call alongside the verify, which costs no time)
         if ahead:
             rec.pre_draft_overlapped += 1
             # A branch answered this round already: verify it, and at the same time send the
             # proposer the sync that names it, for the branches of the round after.
+            returned = len(ahead)
             step, _ = await asyncio.gather(g.verify(ahead, None),
                                            g.propose(k, True, expect=ahead))
         else:
@@ -279,15 +285,22 @@ async def generate(
             # what it holds and the sequence) then carries every token since, so it never
             # falls behind.
             draft, probs = await g.propose(k) if k > 0 else ([], None)
-            proposed = rec.proposer_ns - proposer_ns
+            propose_ns = rec.proposer_ns - proposer_ns
+            returned = len(draft)
+            # Verify the prefix that pays (a prefix of a draft is a draft; its branches are
+            # still the whole draft's).
+            m = auto.window(returned) if auto else returned
+            window, window_probs = draft[:m], probs[:m] if probs is not None else None
             if draft and g.fetch:   # its branches, pre-drafted while the verifier works
-                step, _ = await asyncio.gather(g.verify(draft, probs), g.fetch_branches(draft))
+                step, _ = await asyncio.gather(g.verify(window, window_probs),
+                                               g.fetch_branches(draft))
             else:
-                step = await g.verify(draft, probs)
+                step = await g.verify(window, window_probs)
         if auto:
-            auto.observe(k, step.accepted, proposed / 1e9 if proposed else None,
-                         g.propose_forward_ns / 1e9, (rec.verifier_ns - verifier_ns) / 1e9,
-                         step.timings.forward_ns / 1e9, step.sessions_active, g.synced)
+            auto.observe(RoundReport(
+                k, returned, step.drafted, step.accepted, propose_ns / 1e9 if propose_ns else None,
+                g.propose_forward_ns / 1e9, (rec.verifier_ns - verifier_ns) / 1e9,
+                step.timings.forward_ns / 1e9, step.sessions_active, g.synced))
         rec.verify_steps += 1
         rec.step_tokens += len(step.tokens)
         rec.drafted += step.drafted

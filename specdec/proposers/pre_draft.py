@@ -31,11 +31,14 @@ class AcceptanceStats:
     accepted: list[float] = field(default_factory=list)
     seen: list[float] = field(default_factory=list)
     decay: float = 1.0   # < 1: a running estimate, the past of a position fading per observation
+    prior: float = PRIOR_ACCEPTANCE  # the rate assumed before a position is observed
 
-    def rate(self, i: int) -> float:
+    def rate(self, i: int, prior: float | None = None) -> float:
+        """prior: instead of self.prior (e.g. a broader estimate this one refines)."""
         acc = self.accepted[i] if i < len(self.accepted) else 0.0
         seen = self.seen[i] if i < len(self.seen) else 0.0
-        return (acc + PRIOR_ACCEPTANCE * PRIOR_WEIGHT) / (seen + PRIOR_WEIGHT)
+        p = self.prior if prior is None else prior
+        return (acc + p * PRIOR_WEIGHT) / (seen + PRIOR_WEIGHT)
 
     def observe(self, accepted: int, k: int) -> None:
         """Drafts 0..accepted-1 were accepted; draft `accepted` (if < k) was rejected."""
