@@ -78,6 +78,16 @@ class Lifecycle:
         self.health = health_aio.HealthServicer()
         self.ready = False
         self.draining = asyncio.Event()
+        self._on_drain: list[Callable[[], None]] = []
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """callback() runs once, on the loop, when the drain starts."""
+        self._on_drain.append(callback)
+
+    def drain(self) -> None:
+        self.draining.set()
+        for callback in self._on_drain:
+            callback()
 
     async def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -130,7 +140,7 @@ async def serve(cfg: ServerConfig, name: str, service_full_name: str, lifecycle:
         await stop.wait()
     log.info("%s draining (grace %.1fs)", name, cfg.grace_s)
     await lifecycle.set_serving(False)
-    lifecycle.draining.set()
+    lifecycle.drain()
     await server.stop(cfg.grace_s)
     if loading.done():
         close()
