@@ -41,19 +41,26 @@ async def serve(host: str, port: int) -> None:
     await server.wait_for_termination()   # until SIGTERM ends the process
 
 
-async def floor_ms(addresses: tuple[str, str], rounds: int, warm_up: int = 100) -> float:
-    """Median ms of one exchange on each of two streams in sequence, as a round does."""
+async def floor_ms(addresses: tuple[str, str], rounds: int, warm_up: int = 100,
+                   idle_s: tuple[float, float] = (0.0, 0.0)) -> float:
+    """Median ms of one exchange on each of two streams in sequence, as a round does.
+    idle_s: seconds every process sleeps before each exchange, untimed (in a real round each
+    service idles while the other's engine runs, and waking from idle costs time)."""
     async with grpc.aio.insecure_channel(addresses[0]) as a, \
             grpc.aio.insecure_channel(addresses[1]) as b:
         calls = [a.stream_stream(METHOD)(), b.stream_stream(METHOD)()]
         times = []
         for i in range(warm_up + rounds):
-            t0 = time.perf_counter_ns()
-            for call in calls:
+            elapsed = 0
+            for call, idle in zip(calls, idle_s):
+                if idle:
+                    await asyncio.sleep(idle)
+                t0 = time.perf_counter_ns()
                 await call.write(PAYLOAD)
                 await call.read()
+                elapsed += time.perf_counter_ns() - t0
             if i >= warm_up:
-                times.append(time.perf_counter_ns() - t0)
+                times.append(elapsed)
         for call in calls:
             await call.done_writing()
         return statistics.median(times) / 1e6

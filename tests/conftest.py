@@ -82,6 +82,8 @@ class HostedServer:
             raise self.error
 
     def stop(self) -> None:
+        if not self.thread.is_alive():  # stopped already
+            return
         self.loop.call_soon_threadsafe(self.stop_event.set)
         self.thread.join(30)
         assert not self.thread.is_alive(), "test server did not stop within 30 s"
