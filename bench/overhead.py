@@ -7,7 +7,9 @@ nothing else shares the engines), generates the bench prompts greedily over gRPC
 round (propose k + verify) takes the client-side time of its calls minus the engine time the
 services report for them (StepTimings.forward_ns, the engine calls only). What remains is the
 protocol: gRPC and protobuf both ways, the hand-offs between the event loop and the engine
-thread, and the domain code around each engine call. The goal is <= 0.5 ms per round.
+thread, and the domain code around each engine call. The goal is <= 0.5 ms per round. The same
+run measures the floor beneath it (bench.echo): a round's two exchanges on bare grpc.aio echo
+streams, no protobuf, servicer or engine.
 
 Only the client-facing API is used (links, generate, the launcher), so the same file measures
 an older checkout of the services too: the before/after figures come from one script.
@@ -27,6 +29,7 @@ from pathlib import Path
 import grpc
 
 from bench.__main__ import BENCH_PROMPTS
+from bench.echo import floor_ms
 from client.cli_common import load_tokenizer
 from client.launcher import start_service
 from client.links import GrpcProposerLink, GrpcVerifierLink
@@ -167,21 +170,32 @@ def main(argv: list[str] | None = None) -> int:
                       ["--method", "draft", "--model", args.draft_model,
                        "--pre-draft-branches", "0", *flags]),
     ]
+    echoes = [start_service("echo", "bench.echo", []) for _ in range(2)]
     try:
         v, d = services[0].address, services[1].address
         asyncio.run(measure(v, d, prompts[:1], config))  # warm-up
         rounds = asyncio.run(measure(v, d, prompts * args.repeats, config))
+        addresses = (echoes[0].address, echoes[1].address)
+        floor = asyncio.run(floor_ms(addresses, len(rounds)))
+        # The same with the processes idle for the engine time first, as in a round.
+        idle = (statistics.median(r.verify_engine for r in rounds) / 1e9,
+                statistics.median(r.propose_engine for r in rounds) / 1e9)
+        floor_idle = asyncio.run(floor_ms(addresses, min(len(rounds), 200), 20, idle))
     finally:
-        for svc in services:
+        for svc in services + echoes:
             svc.stop()
-    figures = summary(rounds)
+    figures = {**summary(rounds), "echo_floor_ms_median": floor,
+               "echo_floor_after_idle_ms_median": floor_idle}
     print(f"rounds {figures['rounds']}: per-round overhead (client round time - engine time) "
           f"median {figures['overhead_ms_median']:.3f} ms, mean {figures['overhead_ms_mean']:.3f} ms "
           f"(propose {figures['propose_overhead_ms_median']:.3f} ms + verify "
           f"{figures['verify_overhead_ms_median']:.3f} ms; in the services around the engine "
           f"{figures['in_service_ms_median']:.3f} ms, outside them {figures['transport_ms_median']:.3f} ms); "
           f"round {figures['round_ms_median']:.2f} ms, "
-          f"engine {figures['engine_ms_median']:.2f} ms", flush=True)
+          f"engine {figures['engine_ms_median']:.2f} ms; floor (two bare grpc.aio echo exchanges) "
+          f"{figures['echo_floor_ms_median']:.3f} ms back to back, "
+          f"{figures['echo_floor_after_idle_ms_median']:.3f} ms after idling for the engine time",
+          flush=True)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

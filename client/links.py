@@ -72,8 +72,9 @@ class _StreamLink:
 
     async def _step(self, request):
         try:
-            reply = await asyncio.wait_for(self._exchange(request), self.step_timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.step_timeout_s):  # in this task: no task per step
+                reply = await self._exchange(request)
+        except TimeoutError:
             self.call.cancel()
             raise ServiceLost(self.service, grpc.StatusCode.DEADLINE_EXCEEDED,
                               f"no reply within {self.step_timeout_s:g}s") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Callable
 
 from proposer_service.config import ProposerServiceConfig, from_args
 from proposer_service.servicer import ProposerServicer
@@ -13,8 +14,9 @@ from specdec.proposers.base import Proposer
 from specdec.warm_up import warm_up_proposer
 from specdec_rpc.convert import model_info
 from specdec_rpc.hosting import host_backend
-from specdec_rpc.server import run_service, setup_logging
+from specdec_rpc.server import ServerConfig, run_service, setup_logging
 from specdec_rpc.service_cli import describe
+from specdec_rpc.sessions import SessionPolicy
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
@@ -34,9 +36,16 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
 
 
 async def run(cfg: ProposerServiceConfig) -> bool:
-    return await host_backend(cfg.server, "proposer", SERVICE, ProposerServicer,
-                       pb_grpc.add_ProposerServicer_to_server, lambda m: m.observe_proposer_step,
-                       lambda: build(cfg), cfg.sessions)
+    return await host(cfg.server, lambda: build(cfg), cfg.sessions)
+
+
+async def host(server: ServerConfig, build: Callable[[], tuple[Proposer, pb.ModelInfo]],
+               sessions: SessionPolicy, **hosting: Any) -> bool:
+    """The proposer service on a built (or building) backend; hosting: host_backend's stop,
+    on_ready and metrics (the tests host theirs in-process through here)."""
+    return await host_backend(server, "proposer", SERVICE, ProposerServicer,
+                              pb_grpc.add_ProposerServicer_to_server, lambda m: m.observe_proposer_step,
+                              build, sessions, **hosting)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,7 @@ NOT_SERVING, freed after the drain. Each service's __main__ only says what to bu
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Callable
 
 import grpc
@@ -20,10 +21,15 @@ async def host_backend(server: ServerConfig, name: str, service_name: str,
                        add_servicer: Callable[[AttachedBackend, grpc.aio.Server], None],
                        observe: Callable[[ServiceMetrics], Callable[[Any, Any], None]],
                        build: Callable[[], tuple[Backend, pb.ModelInfo]],
-                       sessions: SessionPolicy) -> bool:
+                       sessions: SessionPolicy, stop: asyncio.Event | None = None,
+                       on_ready: Callable[[str], None] | None = None,
+                       metrics: ServiceMetrics | None = None) -> bool:
     """build() -> (backend, ModelInfo), blocking; observe picks the metrics' per-step hook.
-    Returns serve()'s answer: False when stopped before the model loaded."""
-    lifecycle, metrics = Lifecycle(service_name), ServiceMetrics()
+    stop, on_ready: see serve() (a service leaves them None: signals stop it); metrics: a
+    caller that reads them in-process passes its own. Returns serve()'s answer: False when
+    stopped before the model loaded."""
+    lifecycle = Lifecycle(service_name)
+    metrics = metrics or ServiceMetrics()
     servicer = servicer_cls(SessionRunner(sessions, lifecycle, observe(metrics)))
 
     def load() -> None:
@@ -35,4 +41,4 @@ async def host_backend(server: ServerConfig, name: str, service_name: str,
         servicer.backend.close()
 
     return await serve(server, name, service_name, lifecycle, metrics,
-                lambda s: add_servicer(servicer, s), load, close)
+                       lambda s: add_servicer(servicer, s), load, close, stop, on_ready)

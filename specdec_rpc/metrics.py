@@ -13,7 +13,7 @@ PromQL (rate windows to taste):
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -26,6 +26,7 @@ LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[Counter | Histogram, str], Any] = {}
         r = self.registry
         self.rpc_total = Counter("specdec_rpc", "RPCs finished, by method and status code",
                                  ["method", "code"], registry=r)
@@ -63,9 +64,11 @@ class ServiceMetrics:
         self.queue_length.set_function(waiting)
 
     def observe_verifier_step(self, request: pb.VerifierRequest, reply: pb.VerifierReply) -> None:
+        # Labelled children are looked up through _child: labels() takes a lock and validates
+        # its arguments on every call, and this runs once per step on the reply's path.
         kind = request.WhichOneof("kind")
-        self.step_seconds.labels(kind).observe(reply.timings.total_ns / 1e9)
-        self.forward_seconds.labels(kind).observe(reply.timings.forward_ns / 1e9)
+        self._child(self.step_seconds, kind).observe(reply.timings.total_ns / 1e9)
+        self._child(self.forward_seconds, kind).observe(reply.timings.forward_ns / 1e9)
         if kind != "verify":
             return
         self.verify_steps.inc()
@@ -75,17 +78,25 @@ class ServiceMetrics:
             self.drafted.inc(reply.num_drafted)
             self.accepted.inc(reply.num_accepted_drafts)
             for i in range(reply.num_drafted):
-                self.drafted_at.labels(str(i + 1)).inc()
+                self._child(self.drafted_at, str(i + 1)).inc()
             for i in range(reply.num_accepted_drafts):
-                self.accepted_at.labels(str(i + 1)).inc()
+                self._child(self.accepted_at, str(i + 1)).inc()
 
     def observe_proposer_step(self, request: pb.ProposeRequest, reply: pb.ProposeReply) -> None:
-        self.step_seconds.labels("propose").observe(reply.timings.total_ns / 1e9)
-        self.forward_seconds.labels("draft").observe(reply.timings.forward_ns / 1e9)
+        self._child(self.step_seconds, "propose").observe(reply.timings.total_ns / 1e9)
+        self._child(self.forward_seconds, "draft").observe(reply.timings.forward_ns / 1e9)
         self.proposals.inc()
         self.proposed.inc(len(reply.draft_tokens))
         self.pre_drafted.inc(reply.pre_drafted)
         self.requested_k.observe(request.k)
+
+    def _child(self, metric: Counter | Histogram, label: str) -> Any:
+        """metric.labels(label), made once per (metric, label)."""
+        key = (metric, label)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(label)
+        return child
 
     def serve(self, port: int, host: str) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port (0 picks a free one)."""

@@ -47,6 +47,7 @@ class ServerConfig:
     grace_s: float = flag(5.0, name="--grace",
                           help="on SIGTERM/SIGINT, seconds in-flight steps get before the server stops")
     max_message_mb: int = MAX_MESSAGE_MB
+    parse_log_interval_s: float = 10.0  # at most one "unparseable request" log line this often
     metrics_port: int | None = flag(None, shown="off",
                                     help="serve Prometheus /metrics on this HTTP port (0 = any free)")
     security: ServerSecurity = field(default_factory=ServerSecurity)
@@ -78,6 +79,16 @@ class Lifecycle:
         self.health = health_aio.HealthServicer()
         self.ready = False
         self.draining = asyncio.Event()
+        self._on_drain: list[Callable[[], None]] = []
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """callback() runs once, on the loop, when the drain starts."""
+        self._on_drain.append(callback)
+
+    def drain(self) -> None:
+        self.draining.set()
+        for callback in self._on_drain:
+            callback()
 
     async def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -88,10 +99,15 @@ class Lifecycle:
 
 async def serve(cfg: ServerConfig, name: str, service_full_name: str, lifecycle: Lifecycle,
                 metrics: ServiceMetrics, register: Callable[[grpc.aio.Server], None],
-                load: Callable[[], None], close: Callable[[], None]) -> bool:
+                load: Callable[[], None], close: Callable[[], None],
+                stop: asyncio.Event | None = None,
+                on_ready: Callable[[str], None] | None = None) -> bool:
     """load(): blocking model load + warm-up (run in a thread); close(): free the engine.
+    stop: set it to drain and stop; None = SIGTERM/SIGINT do (the service's main thread).
+    on_ready(host:port) runs once the model is loaded, where the ready line is printed (a
+    caller hosting the service in-process, as the tests do, learns its port there).
     Returns False when stopped before the load finished (see run_service)."""
-    interceptors = [MetricsInterceptor(metrics), ParseInterceptor()]
+    interceptors = [MetricsInterceptor(metrics), ParseInterceptor(cfg.parse_log_interval_s)]
     if cfg.security.auth_token:
         interceptors.insert(0, AuthInterceptor(cfg.security.auth_token))
     server = grpc.aio.server(options=server_options(cfg), interceptors=interceptors)
@@ -107,10 +123,11 @@ async def serve(cfg: ServerConfig, name: str, service_full_name: str, lifecycle:
         raise RuntimeError(f"could not bind {address}")
     await lifecycle.set_serving(False)
     await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     address = f"{cfg.host}:{port}"
     log.info("%s listening on %s (%s), loading the model", name, address, "TLS" if creds else "insecure")
     print(f"{LISTENING_PREFIX} {address}", flush=True)
@@ -127,10 +144,12 @@ async def serve(cfg: ServerConfig, name: str, service_full_name: str, lifecycle:
         await lifecycle.set_serving(True)
         log.info("%s ready", name)
         print(f"{READY_PREFIX} {address}", flush=True)
+        if on_ready is not None:
+            on_ready(address)
         await stop.wait()
     log.info("%s draining (grace %.1fs)", name, cfg.grace_s)
     await lifecycle.set_serving(False)
-    lifecycle.draining.set()
+    lifecycle.drain()
     await server.stop(cfg.grace_s)
     if loading.done():
         close()

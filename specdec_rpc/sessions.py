@@ -52,6 +52,8 @@ class SessionRunner:
         self.lifecycle = lifecycle
         self.on_step = on_step    # (request, reply) -> None, e.g. metrics
         self._background: set[asyncio.Task] = set()  # pre-drafts and closes: kept referenced
+        self._reading: set[asyncio.Timeout] = set()   # deadlines of the reads now waiting
+        lifecycle.on_drain(self._end_reads)
 
     def check_ready(self) -> None:
         if self.lifecycle.draining.is_set():
@@ -61,20 +63,22 @@ class SessionRunner:
             raise NotReady("service is loading its model; retry shortly (health: NOT_SERVING)")
 
     async def _next(self, requests: AsyncIterator[Any], first: bool = False) -> Any:
-        """The next request, None at half-close; raises when idle too long or draining."""
+        """The next request, None at half-close; raises when idle too long or draining.
+
+        Read in the stream's own task under a deadline (asyncio.timeout): no task or wait per
+        message. A drain moves the deadline of every read in progress to now (_end_reads)."""
         timeout = self.policy.first_message_timeout_s if first else self.policy.idle_timeout_s
-        read = asyncio.ensure_future(anext(requests, None))
-        drain = asyncio.ensure_future(self.lifecycle.draining.wait())
-        try:
-            done, _ = await asyncio.wait({read, drain}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when the stream is cancelled while waiting: leave no task behind
-            drain.cancel()
-            if not read.done():
-                read.cancel()
-        if read in done:
-            return read.result()
-        if drain in done:
+        if not self.lifecycle.draining.is_set():
+            try:
+                async with asyncio.timeout(timeout) as deadline:
+                    self._reading.add(deadline)
+                    try:
+                        return await anext(requests, None)
+                    finally:
+                        self._reading.discard(deadline)
+            except TimeoutError:
+                pass
+        if self.lifecycle.draining.is_set():
             raise NotReady("service is draining: the session ended after its last step; "
                            "reconnect and resend the sequence (start = 0)")
         if first:
@@ -82,6 +86,12 @@ class SessionRunner:
                               "closed; send the Prefill as soon as the stream is open")
         raise SessionIdle(f"session idle for more than {timeout:g}s: closed and "
                           "its slot freed; open a new session and resend the sequence (start = 0)")
+
+    def _end_reads(self) -> None:
+        """At the drain: every session waiting for its next message stops waiting now."""
+        for deadline in self._reading:
+            if not deadline.expired():  # one already expiring ends its read anyway
+                deadline.reschedule(0)  # a deadline in the past expires at the loop's next turn
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coro)

@@ -8,19 +8,19 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-import grpc
 import pytest
 
-from proposer_service.servicer import ProposerServicer
+import proposer_service.__main__ as proposer_main
+import verifier_service.__main__ as verifier_main
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import EngineConfig
 from specdec.slots import Admission
 from specdec_rpc.convert import model_info
-from specdec_rpc.server import Lifecycle
-from specdec_rpc.sessions import SessionPolicy, SessionRunner
-from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
+from specdec_rpc.metrics import ServiceMetrics
+from specdec_rpc.server import ServerConfig
+from specdec_rpc.sessions import SessionPolicy
+from specdec_rpc.v1 import specdec_pb2 as pb
 from tests.tiny_models import hf_model, save_tiny, save_truncated, save_word_tokenizer
-from verifier_service.servicer import VerifierServicer
 
 # Services the tests start run eager: compiling every step shape would cost minutes per start.
 # The compiled path has its own tests (test_compiled.py), which turn it on explicitly.
@@ -45,37 +45,48 @@ def target_hf(tiny_pair):
     return hf_model(tiny_pair[0])
 
 
-class ServerThread:
-    """A grpc.aio server on 127.0.0.1:<free port>, running its own event loop in a thread."""
+class HostedServer:
+    """A service on 127.0.0.1:<free port>, hosted by the same code the services run
+    (proposer_service/verifier_service `host`, specdec_rpc.hosting: interceptors, health,
+    reflection, sessions, drain, closing the backend) on an event loop in a thread of its own.
+    `backend` is built already; stop() drains the server and closes it."""
 
-    def __init__(self, add_servicer, interceptors=()) -> None:
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
+    def __init__(self, role: str, backend, info: pb.ModelInfo, sessions: SessionPolicy = SessionPolicy(),
+                 server: ServerConfig = ServerConfig(grace_s=0.0), metrics: ServiceMetrics | None = None
+                 ) -> None:
+        host = {"verifier": verifier_main.host, "proposer": proposer_main.host}[role]
+        self.backend = backend
+        ready = threading.Event()
+        self.error: BaseException | None = None
 
-        async def start() -> None:
-            self.server = grpc.aio.server(interceptors=list(interceptors))
-            add_servicer(self.server)
-            self.port = self.server.add_insecure_port("127.0.0.1:0")
-            await self.server.start()
-            started.set()
+        def on_ready(address: str) -> None:
+            self.address = address
+            ready.set()
 
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        async def run() -> None:
+            self.loop, self.stop_event = asyncio.get_running_loop(), asyncio.Event()
+            await host(server, lambda: (backend, info), sessions, stop=self.stop_event,
+                       on_ready=on_ready, metrics=metrics)
+
+        def thread() -> None:
+            try:
+                asyncio.run(run())
+            except BaseException as exc:  # a failed start: say why in the test, not a hang
+                self.error = exc
+                ready.set()
+
+        self.thread = threading.Thread(target=thread, daemon=True)
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(start(), self.loop)
-        assert started.wait(30)
-        self.address = f"127.0.0.1:{self.port}"
+        assert ready.wait(60), "test server did not start within 60 s"
+        if self.error is not None:
+            raise self.error
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def attached(servicer_cls, backend, info, idle_timeout_s: float = 60.0):
-    """A servicer with its (already loaded) verifier or proposer attached."""
-    servicer = servicer_cls(runner(idle_timeout_s))
-    servicer.attach(backend, info)
-    return servicer
+        if not self.thread.is_alive():  # stopped already
+            return
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "test server did not stop within 30 s"
 
 
 def engine_config(path: Path, slots: int = 4) -> EngineConfig:
@@ -83,39 +94,32 @@ def engine_config(path: Path, slots: int = 4) -> EngineConfig:
                         full_batch_size=slots)
 
 
-def runner(idle_timeout_s: float = 60.0, first_message_timeout_s: float = 5.0) -> SessionRunner:
-    """A session runner whose service counts as loaded (the in-process servers attach first)."""
-    lifecycle = Lifecycle("test")
-    lifecycle.ready = True
-    return SessionRunner(SessionPolicy(idle_timeout_s, first_message_timeout_s), lifecycle)
-
-
 def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | None = None,
                    batching: bool = True, admission: Admission = Admission(),
                    idle_timeout_s: float = 60.0, executor: str = "torch", qaic_backend=None,
-                   turbo: bool = False, qaic=None, first_message_timeout_s: float = 5.0
-                   ) -> tuple[ServerThread, object]:
+                   turbo: bool = False, qaic=None, first_message_timeout_s: float = 5.0,
+                   server: ServerConfig = ServerConfig(grace_s=0.0),
+                   metrics: ServiceMetrics | None = None) -> tuple[HostedServer, object]:
     cfg = replace(engine_config(path, slots), turbo=turbo)
     verifier = build_verifier(cfg, window_sizes or tuple(range(MAX_K + 1)), executor, batching,
                               admission, qaic=qaic, qaic_backend=qaic_backend)
     info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k,
                       "turbo" if turbo else "target", executor)
-    servicer = VerifierServicer(runner(idle_timeout_s, first_message_timeout_s))
-    servicer.attach(verifier, info)
-    return ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s)), verifier
+    return HostedServer("verifier", verifier, info,
+                        SessionPolicy(idle_timeout_s, first_message_timeout_s), server,
+                        metrics), verifier
 
 
 def start_proposer(path: Path, slots: int = 4, batching: bool = True,
                    admission: Admission = Admission(), executor: str = "torch",
                    qaic_backend=None, qaic=None, pre_draft_branches: int = 0,
-                   first_message_timeout_s: float = 5.0) -> tuple[ServerThread, object]:
+                   first_message_timeout_s: float = 5.0) -> tuple[HostedServer, object]:
     cfg = engine_config(path, slots)
     proposer = build_draft_proposer(cfg, MAX_K, executor, batching, admission, qaic=qaic,
                                     qaic_backend=qaic_backend, pre_draft_branches=pre_draft_branches)
     info = model_info(proposer.engine, cfg, proposer.fingerprint, MAX_K, "draft", executor)
-    servicer = ProposerServicer(runner(first_message_timeout_s=first_message_timeout_s))
-    servicer.attach(proposer, info)
-    return ServerThread(lambda s: pb_grpc.add_ProposerServicer_to_server(servicer, s)), proposer
+    sessions = SessionPolicy(first_message_timeout_s=first_message_timeout_s)
+    return HostedServer("proposer", proposer, info, sessions), proposer
 
 
 @pytest.fixture(scope="session")

@@ -28,17 +28,16 @@ from specdec.sampling import (
 from specdec.slots import Admission
 from specdec.stopping import StopParams
 from specdec.warm_up import warm_up_verifier
-from specdec_rpc.interceptors import AuthInterceptor, MetricsInterceptor, ParseInterceptor
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.parsing import RateLimitedLog
-from specdec_rpc.security import token_matches
+from specdec_rpc.security import ServerSecurity, token_matches
+from specdec_rpc.server import ServerConfig
 from specdec_rpc.status import MAX_DETAILS
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
-from tests.conftest import MAX_K, ServerThread, attached, engine_config, start_proposer, start_verifier
+from tests.conftest import MAX_K, engine_config, start_proposer, start_verifier
 from tests.test_bad_input import PROMPT, prefill, wait_free
 from tests.tiny_models import greedy_reference
-from verifier_service.servicer import VerifierServicer
 
 # 1. Start-up crash --------------------------------------------------------------------------
 
@@ -155,13 +154,9 @@ def test_rate_limited_log_keeps_one_line_per_interval(caplog):
     assert lines == ["x", "x (and 4 more like it in the last 10s)"]
 
 
-def test_garbage_bytes_are_invalid_argument_and_one_log_line(services, caplog, target_hf):
-    backend = services["verifier_obj"]
-    info = pb.ModelInfo(model_id="tiny", vocab_size=backend.engine.vocab_size)
-
-    servicer = attached(VerifierServicer, backend, info)
-    server = ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s),
-                          [ParseInterceptor(log_interval_s=3600)])
+def test_garbage_bytes_are_invalid_argument_and_one_log_line(tiny_pair, caplog):
+    server, backend = start_verifier(tiny_pair[0],
+                                     server=ServerConfig(grace_s=0.0, parse_log_interval_s=3600))
     garbage = b"\xff\xff\xff\xff"  # a field tag that never ends: no protobuf message
     try:
         async def go():
@@ -242,15 +237,12 @@ def test_full_proposer_means_target_only_not_failure(tiny_pair, target_hf, servi
 
 # 6. Refusals are final, decided by code ------------------------------------------------------
 
-def test_a_refusal_racing_the_first_write_is_still_a_refusal(services):
+def test_a_refusal_racing_the_first_write_is_still_a_refusal(tiny_pair):
     """The service refuses the stream at open (here: a wrong token) while our write is under way:
     grpc then reports its own INTERNAL "Internal error from Core" for the write, and the
     refusal is lost. Blocking the client's loop for a moment makes that race certain."""
-    backend = services["verifier_obj"]
-
-    servicer = attached(VerifierServicer, backend, pb.ModelInfo(model_id="tiny"))
-    server = ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(servicer, s),
-                          [AuthInterceptor("right-token")])
+    server, _ = start_verifier(tiny_pair[0], server=ServerConfig(
+        grace_s=0.0, security=ServerSecurity(auth_token="right-token")))
     try:
         async def go():
             client = SpecDecClient(server.address, timeout_s=10)
@@ -328,12 +320,11 @@ def test_bearer_scheme_is_case_insensitive(value, ok):
 
 # 12a. Reflection streams are no sessions ---------------------------------------------------------
 
-def test_reflection_streams_do_not_count_as_sessions():
-    from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+def test_reflection_streams_do_not_count_as_sessions(tiny_pair):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     metrics = ServiceMetrics()
-    server = ServerThread(lambda s: reflection.enable_server_reflection(
-        (reflection.SERVICE_NAME,), s), [MetricsInterceptor(metrics)])
+    server, _ = start_verifier(tiny_pair[0], metrics=metrics)
     try:
         async def go():
             async with grpc.aio.insecure_channel(server.address) as ch:

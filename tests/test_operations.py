@@ -26,6 +26,7 @@ from specdec_rpc.security import ClientSecurity
 from specdec_rpc.server import LISTENING_PREFIX
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
+from tests.conftest import start_verifier
 from tests.grpc_client import generate_one
 from tests.tiny_models import greedy_reference
 
@@ -132,6 +133,28 @@ def test_sigterm_lets_the_in_flight_step_finish_and_exits_zero(tiny_pair):
     assert len(reply.tokens) == 1 and reply.sequence_len == 391   # the step completed
     assert code == grpc.StatusCode.UNAVAILABLE and "draining" in details
     assert svc.proc.wait(10) == 0 and time.monotonic() - t0 < 5 + 2
+
+
+def test_a_drain_ends_a_session_waiting_for_its_next_message(tiny_pair):
+    """The drain (here: the in-process server's stop event, as SIGTERM in a service) ends a
+    session that is between steps with UNAVAILABLE at once, not at its idle timeout (600 s)
+    nor cancelled by the server's stop."""
+    server, _ = start_verifier(tiny_pair[0], slots=1, idle_timeout_s=600.0)
+    try:
+        async def go():
+            async with grpc.aio.insecure_channel(server.address) as ch:
+                call = pb_grpc.VerifierStub(ch).Session()
+                await call.write(pb.VerifierRequest(prefill=pb.Prefill(tokens=[5, 6, 7])))
+                reply = await call.read()
+                await asyncio.to_thread(server.stop)   # the session now waits for a message
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call.read()
+                return reply, err.value
+        reply, err = asyncio.run(go())
+    finally:
+        server.stop()
+    assert len(reply.tokens) == 1
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "draining" in err.details()
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from proposer_service.servicer import ProposerServicer
 from specdec.build import build_verifier
 from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.proposers.ngram import NgramProposer
 from specdec_rpc.v1 import specdec_pb2 as pb
-from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
-from tests.conftest import CTX_LEN, ServerThread, attached, engine_config, start_verifier
+from tests.conftest import CTX_LEN, HostedServer, engine_config, start_verifier
 from tests.grpc_client import generate_all
 from tests.tiny_models import VOCAB, greedy_reference
 
@@ -35,8 +33,7 @@ def pattern_prompts() -> list[list[int]]:
 def ngram_service():
     proposer = NgramProposer(max_k=8, max_ngram_size=3, ctx_len=CTX_LEN, sessions=8)
     info = pb.ModelInfo(model_id="ngram", ctx_len=CTX_LEN, max_k=8, method="ngram")
-    server = ServerThread(lambda s: pb_grpc.add_ProposerServicer_to_server(
-        attached(ProposerServicer, proposer, info), s))
+    server = HostedServer("proposer", proposer, info)
     yield server.address
     server.stop()
 

@@ -19,7 +19,7 @@ from specdec.config import EngineConfig
 from specdec.engine.torch_engine import TorchEngine
 from specdec.engine.turbo import NotATurboModel
 from specdec.generation import GenerationConfig
-from tests.conftest import ServerThread, attached, engine_config
+from tests.conftest import HostedServer, engine_config
 from tests.tiny_models import VOCAB, greedy_reference, hf_model, save_tiny, save_turbo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,14 +92,11 @@ def turbo_service(turbo_target):
 
     from specdec.build import build_verifier
     from specdec_rpc.convert import model_info
-    from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
-    from verifier_service.servicer import VerifierServicer
 
     cfg = replace(engine_config(turbo_target), turbo=True)
     verifier = build_verifier(cfg, (0,))
     info = model_info(verifier.engine, cfg, verifier.fingerprint, verifier.max_k, "turbo", "torch")
-    server = ServerThread(lambda s: pb_grpc.add_VerifierServicer_to_server(
-        attached(VerifierServicer, verifier, info), s))
+    server = HostedServer("verifier", verifier, info)
     yield server.address, verifier
     server.stop()
 

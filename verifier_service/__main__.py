@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Callable
 
 from specdec.build import build_verifier
 from specdec.verifier import TargetVerifier
 from specdec.warm_up import warm_up_verifier
 from specdec_rpc.convert import model_info
 from specdec_rpc.hosting import host_backend
-from specdec_rpc.server import run_service, setup_logging
+from specdec_rpc.server import ServerConfig, run_service, setup_logging
 from specdec_rpc.service_cli import describe
+from specdec_rpc.sessions import SessionPolicy
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from verifier_service.config import VerifierServiceConfig, from_args
@@ -30,9 +32,16 @@ def build(cfg: VerifierServiceConfig) -> tuple[TargetVerifier, pb.ModelInfo]:
 
 
 async def run(cfg: VerifierServiceConfig) -> bool:
-    return await host_backend(cfg.server, "verifier", SERVICE, VerifierServicer,
-                       pb_grpc.add_VerifierServicer_to_server, lambda m: m.observe_verifier_step,
-                       lambda: build(cfg), cfg.sessions)
+    return await host(cfg.server, lambda: build(cfg), cfg.sessions)
+
+
+async def host(server: ServerConfig, build: Callable[[], tuple[TargetVerifier, pb.ModelInfo]],
+               sessions: SessionPolicy, **hosting: Any) -> bool:
+    """The verifier service on a built (or building) backend; hosting: host_backend's stop,
+    on_ready and metrics (the tests host theirs in-process through here)."""
+    return await host_backend(server, "verifier", SERVICE, VerifierServicer,
+                              pb_grpc.add_VerifierServicer_to_server, lambda m: m.observe_verifier_step,
+                              build, sessions, **hosting)
 
 
 def main(argv: list[str] | None = None) -> None:
