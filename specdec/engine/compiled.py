@@ -83,7 +83,8 @@ def compile_steps(engine: TorchEngine, specs: tuple[Specialization, ...],
     return CompiledSteps(by_size(specs), fn)
 
 
-def warm_up(engine: TorchEngine, fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], spec: Specialization) -> None:
+def warm_up(engine: TorchEngine, fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+            spec: Specialization) -> None:
     """Run one all-padding call of this shape: compiles it, and writes only scratch positions."""
     ids = np.zeros((1, 1), dtype=np.int64)
     pos = np.full((1, 1), -1, dtype=np.int64)
