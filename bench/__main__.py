@@ -170,13 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                           prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
                           full_batch_size=1, compile=args.compile == "on")
     # 0 and k, and with k auto every size up to its max (each size is compiled at start-up).
-    flags, v_flags, p_flags = service_flags(args, max_k, sorted({0, args.k, *range(auto_k + 1)}))
+    _, v_flags, p_flags = service_flags(args, max_k, sorted({0, args.k, *range(auto_k + 1)}))
     print(f"bench: {args.method}, {len(prompts)} prompts x {args.max_new_tokens} tokens, "
           f"k = {args.k}, {args.device}/{args.dtype}", file=sys.stderr)
 
     services = [start_verifier(args, v_flags)]
-    if args.method == "turbo":  # a second verifier with its heads on
-        services.append(start_verifier(args, flags, turbo=True))
+    if args.method == "turbo":  # a second verifier with its heads on, on the same cores as (a)
+        services.append(start_verifier(args, v_flags, turbo=True))
     elif args.method == "ngram":
         services.append(start_proposer(args, p_flags, "ngram"))
     else:  # sequential drafting, and (b+) a second proposer that pre-drafts

@@ -39,13 +39,14 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
     heads = read_turbo_config(Path(args.target_model)).num_heads
     max_k = max(*plan.ks, plan.auto_max_k, heads)
     windows = sorted({0, *plan.ks, *range(plan.auto_max_k + 1)})
-    flags, v_flags, p_flags = service_flags(args, max_k, windows)
+    _, v_flags, p_flags = service_flags(args, max_k, windows)
     # All at once: they load and compile side by side, each on its own cores. Compiling 6 windows
     # can take several minutes on a busy 2-core machine: a long start-up deadline.
     t = START_TIMEOUT_S
     services = {"plain": start_verifier(args, v_flags, wait=False, timeout_s=t),
-                "turbo": start_verifier(args, [*flags, "--window-sizes", f"0,{heads}"], turbo=True, wait=False,
-                                        timeout_s=t),
+                # On the plain verifier's cores, as every row it is compared with.
+                "turbo": start_verifier(args, [*v_flags, "--window-sizes", f"0,{heads}"], turbo=True,
+                                        wait=False, timeout_s=t),
                 "draft": start_proposer(args, p_flags, "draft", wait=False, timeout_s=t),
                 "pre": start_proposer(args, p_flags, "draft", plan.pre_draft_branches, wait=False, timeout_s=t),
                 "ngram": start_proposer(args, p_flags, "ngram", wait=False, timeout_s=t)}
