@@ -134,7 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--method", default="draft", choices=["draft", "ngram", "turbo"])
     p.add_argument("--target-model", default="models/target")
     p.add_argument("--draft-model", default="models/draft")
-    p.add_argument("--k", type=int, default=4, help="speculative tokens per step (4; turbo: its heads)")
+    p.add_argument("--k", type=int, default=None,
+                   help="speculative tokens per step (4; turbo: its heads, at most)")
     p.add_argument("--max-ngram-size", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--ctx-len", type=int, default=256)
@@ -145,7 +146,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="draft: also run a proposer that pre-drafts this many outcomes (b+, and "
                         f"b+r with hits on request); 0 = skip ({DEFAULT_PRE_DRAFT_BRANCHES})")
     p.add_argument("--auto-max-k", type=int, default=None,
-                   help="draft, ngram: also run k auto (b~), k in 0..this; 0 = skip (--k)")
+                   help="also run k auto (b~), k in 0..this; 0 = skip (draft, ngram: --k; turbo: 0)")
     p.add_argument("--compile", default=os.environ.get("SPECDEC_COMPILE", "on"), choices=["on", "off"],
                    help="compile the torch steps, services and in-process (on; as the services, "
                         "SPECDEC_COMPILE sets the default)")
@@ -156,12 +157,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.method == "turbo":
-        args.k = read_turbo_config(Path(args.target_model)).num_heads
+    if args.method == "turbo":  # a round verifies the first k of the heads' guesses
+        heads = read_turbo_config(Path(args.target_model)).num_heads
+        args.k = heads if args.k is None else min(args.k, heads)
+        args.auto_max_k = min(args.auto_max_k or 0, heads)
+    elif args.k is None:
+        args.k = 4
     tok = load_tokenizer(args.target_model)
     prompts = [tok(t)["input_ids"] for t in (args.prompts or BENCH_PROMPTS)]
     config = GenerationConfig(args.k, args.max_new_tokens, ignore_eos=True)
-    auto_k = 0 if args.method == "turbo" else args.k if args.auto_max_k is None else args.auto_max_k
+    auto_k = args.k if args.auto_max_k is None else args.auto_max_k
     auto = GenerationConfig(auto_k, args.max_new_tokens, ignore_eos=True, adaptive_k=True)
     max_k = max(args.k, auto_k)
     target_only = GenerationConfig(0, args.max_new_tokens, ignore_eos=True)
@@ -170,13 +175,15 @@ def main(argv: list[str] | None = None) -> int:
                           prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
                           full_batch_size=1, compile=args.compile == "on")
     # 0 and k, and with k auto every size up to its max (each size is compiled at start-up).
-    flags, v_flags, p_flags = service_flags(args, max_k, sorted({0, args.k, *range(auto_k + 1)}))
+    # Turbo: (a)'s verifier only runs k = 0; the Turbo verifier compiles the windows of its heads.
+    windows = [0] if args.method == "turbo" else sorted({0, args.k, *range(auto_k + 1)})
+    _, v_flags, p_flags = service_flags(args, max_k, windows)
     print(f"bench: {args.method}, {len(prompts)} prompts x {args.max_new_tokens} tokens, "
           f"k = {args.k}, {args.device}/{args.dtype}", file=sys.stderr)
 
     services = [start_verifier(args, v_flags)]
-    if args.method == "turbo":  # a second verifier with its heads on
-        services.append(start_verifier(args, flags, turbo=True))
+    if args.method == "turbo":  # a second verifier with its heads on, on the same cores as (a)
+        services.append(start_verifier(args, v_flags, turbo=True))
     elif args.method == "ngram":
         services.append(start_proposer(args, p_flags, "ngram"))
     else:  # sequential drafting, and (b+) a second proposer that pre-drafts

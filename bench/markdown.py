@@ -34,7 +34,7 @@ def headline_rows(rows: list[Row], k: int) -> list[Row]:
     """One row per mode: the fixed-k methods and their peers at the headline k."""
     keep = []
     for r in rows:
-        fixed = r.mode in ("draft", "ngram", *PEER_OF.values())
+        fixed = r.mode in ("draft", "ngram", "turbo", *PEER_OF.values())
         if not fixed or r.k == k:
             keep.append(r)
     return sorted(keep, key=lambda r: r.peer)

@@ -153,11 +153,16 @@ class TargetVerifier:
     async def _heads_at(self, session: VerifierSession, position: int,
                         timings: StepTimings) -> list[int]:
         """HeadsOnDemand: the heads' top-1 guesses [H] at one position of the session's last
-        step, a second small computation on the kept hidden state; [] otherwise (a QPC returned
-        every head with the window, see _split_heads). On the engine thread, between two
-        batches: the kept states are the engine's, written by its calls."""
+        step: those the step itself evaluated when it guessed that position (greedy), else a
+        second small computation on the kept hidden state; [] otherwise (a QPC returned every
+        head with the window, see _split_heads). The second computation runs on the engine
+        thread, between two batches: the kept states are the engine's, written by its calls."""
         if self.heads is None or session.finish:
             return []
+        # Greedy: the engine evaluated them at this position within the verify call itself.
+        ready = self.heads.guesses_at(session.seq.slot, position)
+        if ready is not None:
+            return ready
         t0 = time.perf_counter_ns()
         logits = await self.batcher.call(self.heads.head_logits, np.array([session.seq.slot]),
                                          np.array([position]))

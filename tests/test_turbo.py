@@ -19,6 +19,7 @@ from specdec.config import EngineConfig
 from specdec.engine.torch_engine import TorchEngine
 from specdec.engine.turbo import NotATurboModel
 from specdec.generation import GenerationConfig
+from specdec.sampling import SamplingParams
 from tests.conftest import HostedServer, engine_config
 from tests.tiny_models import VOCAB, greedy_reference, hf_model, save_tiny, save_turbo
 
@@ -71,6 +72,33 @@ def test_head_logits_match_reference(tmp_path, heads, layers):
         engine.head_logits(np.array([1]), np.array([2]))  # overwritten by slot 1's later run
 
 
+def test_run_guesses_where_a_greedy_verifier_drafts_from(tmp_path):
+    """Per row, run() evaluates the heads at its greedy acceptance point (the drafts that equal
+    the base argmax, while consecutive): the guesses equal head_logits' top-1 there, and no
+    other position is answered (a sampling verifier may stop elsewhere: head_logits then)."""
+    path = save_tiny(tmp_path, "llama", seed=1)
+    state = save_turbo(path, 3, 1)
+    model = hf_model(path)
+    engine = TorchEngine(EngineConfig(model=str(path), ctx_len=32, prefill_seq_len=8,
+                                      full_batch_size=2, turbo=True))
+    seq = [5]
+    for _ in range(2):   # two drafts the target accepts, then one it rejects
+        seq.append(int(reference_heads(model, state, seq, 3, 1)[-1, 0].argmax()))
+    seq.append((int(reference_heads(model, state, seq, 3, 1)[-1, 0].argmax()) + 1) % VOCAB)
+    other = [8, 2, 30]
+    ref = reference_heads(model, state, seq, 3, 1)                                   # [4, H+1, V]
+    ref_other = reference_heads(model, state, other, 3, 1)
+    other_col = 0   # its leading drafts the target would keep
+    while other_col < 2 and ref_other[other_col, 0].argmax() == other[other_col + 1]:
+        other_col += 1
+    engine.run(np.array([seq, other + [-1]]), np.array([[0, 1, 2, 3], [0, 1, 2, -1]]),
+               np.array([1, 0]), 4)
+    assert engine.guesses_at(1, 2) == ref[2, 1:].argmax(-1).tolist()
+    assert engine.guesses_at(1, 2) == engine.head_logits(np.array([1]), np.array([2]))[0].argmax(-1).tolist()
+    assert engine.guesses_at(1, 3) is None and engine.guesses_at(1, 1) is None
+    assert engine.guesses_at(0, other_col) == ref_other[other_col, 1:].argmax(-1).tolist()
+
+
 def test_missing_speculator_is_named(tmp_path):
     path = save_tiny(tmp_path, "llama")
     with pytest.raises(NotATurboModel, match="not a Turbo model"):
@@ -101,9 +129,15 @@ def turbo_service(turbo_target):
     server.stop()
 
 
-def test_turbo_is_lossless_for_several_batch_shapes(turbo_service, target_hf):
+def test_turbo_is_lossless_for_several_batch_shapes(turbo_service, target_hf, monkeypatch):
+    """Greedy rounds take the heads' guesses from the verify call itself (no head_logits);
+    sampled rounds may accept elsewhere and ask head_logits."""
     address, verifier = turbo_service
     assert verifier.max_k == 3  # k comes from the speculator config, not from the caller
+    asked = []
+    head_logits = verifier.engine.head_logits
+    monkeypatch.setattr(verifier.engine, "head_logits",
+                        lambda *a: asked.append(1) or head_logits(*a))
     rng = np.random.default_rng(4)
     prompts = [rng.integers(2, VOCAB, size=n).tolist() for n in (3, 8, 11, 19, 6)]
 
@@ -118,6 +152,15 @@ def test_turbo_is_lossless_for_several_batch_shapes(turbo_service, target_hf):
         assert rec.tokens == greedy_reference(target_hf, prompt, 30)
         assert rec.drafted > 0
     assert sum(r.accepted for r in records) > 0  # the zero-init head repeats tokens: some accepted
+    assert not asked
+
+    async def sampled():
+        async with SpecDecClient(address) as client:
+            return await client.generate(prompts[0], GenerationConfig(
+                3, 30, True, SamplingParams(temperature=1.5, seed=3)))
+
+    rec = asyncio.run(sampled())
+    assert len(rec.tokens) == 30 and rec.drafted > 0 and asked
 
 
 def test_cli_refuses_a_model_without_heads(tiny_pair):

@@ -40,7 +40,7 @@ CPU_INDUCTOR = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backe
 @dataclass
 class CompiledSteps:
     specs: tuple[Specialization, ...]         # smallest first (specializations.by_size)
-    step: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # the compiled engine.step
+    step: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]  # the compiled engine.step
 
     def fit(self, batch: int, window: int, logits: int) -> Specialization | None:
         return fit(self.specs, batch, window, logits)
@@ -83,7 +83,8 @@ def compile_steps(engine: TorchEngine, specs: tuple[Specialization, ...],
     return CompiledSteps(by_size(specs), fn)
 
 
-def warm_up(engine: TorchEngine, fn: Callable[..., tuple[torch.Tensor, torch.Tensor]], spec: Specialization) -> None:
+def warm_up(engine: TorchEngine, fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+            spec: Specialization) -> None:
     """Run one all-padding call of this shape: compiles it, and writes only scratch positions."""
     ids = np.zeros((1, 1), dtype=np.int64)
     pos = np.full((1, 1), -1, dtype=np.int64)

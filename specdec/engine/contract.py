@@ -57,3 +57,9 @@ class HeadsOnDemand(Protocol):
         positions: np.ndarray,     # [R] int64 position whose logits that run() kept
     ) -> np.ndarray:               # [R, H, V] float32: head j guesses position + 2 + j
         ...
+
+    def guesses_at(self, slot: int, position: int) -> list[int] | None:
+        """The heads' top-1 guesses [H] at `position` when the slot's last run() already
+        evaluated them there (the executor may guess where a greedy verifier drafts from);
+        None: ask head_logits. Cheap, no engine call."""
+        ...

@@ -70,6 +70,7 @@ class TorchEngine:
         # head [B, N, V] and keeps the window's final hidden states for head_logits.
         self.num_heads = 0
         self.kept: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # slot -> (positions [N], [N, D])
+        self.ready: dict[int, tuple[int, list[int]]] = {}  # slot -> (position, guesses [H]), guesses_at
         if config.turbo:
             turbo, heads = load_turbo_heads(path, mc.hidden_size)
             self.turbo_heads = heads.to(device=config.device, dtype=self.dtype)
@@ -115,13 +116,32 @@ class TorchEngine:
             raise ValueError(f"token ids must be in 0..{self.vocab_size - 1}")
 
     def step(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor,
-             gather: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+             gather: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """ids/pos [B, S], slots [B], gather [B, N] window positions to keep -> (float32 logits
-        [B, N, V], final hidden states [B, N, D]). No host syncs: torch.compile captures it whole."""
+        [B, N, V], final hidden states [B, N, D], Turbo: [B, 1+H] int64 = per row, the kept
+        column a greedy verifier drafts from next, then the heads' top-1 guesses there; None for
+        a plain model). No host syncs: torch.compile captures it whole."""
         h = self.model.hidden_states(ids, pos, slots, self.cos, self.sin, self.caches, kv_len)
         h = h.gather(1, gather[:, :, None].expand(-1, -1, h.shape[-1]))    # [B, N, D]
         normed = self.model.model.norm(h)                                   # [B, N, D]
-        return self.model.lm_head(normed).float(), normed
+        logits = self.model.lm_head(normed).float()                         # [B, N, V]
+        if self.turbo_heads is None:
+            return logits, normed, None
+        return logits, normed, self._greedy_guesses(logits, normed, ids.gather(1, gather),
+                                                    pos.gather(1, gather))
+
+    def _greedy_guesses(self, logits: torch.Tensor, normed: torch.Tensor, kept_ids: torch.Tensor,
+                        kept_pos: torch.Tensor) -> torch.Tensor:
+        """In the step's graph, so a greedy verify round needs no second engine call: each row's
+        greedy acceptance (the window's drafts d_j+1 that equal the base argmax at column j,
+        while consecutive), and the H heads evaluated at that one column only.
+        logits [B, N, V], normed [B, N, D], kept_ids/kept_pos [B, N] -> [B, 1+H] int64."""
+        target = logits.argmax(-1)                                          # [B, N]
+        draft_ok = (target[:, :-1] == kept_ids[:, 1:]) & (kept_pos[:, 1:] == kept_pos[:, :-1] + 1)
+        col = draft_ok.long().cumprod(1).sum(1, keepdim=True)               # [B, 1]
+        at = normed.gather(1, col[:, :, None].expand(-1, -1, normed.shape[-1]))[:, 0]  # [B, D]
+        heads = torch.stack([head(at) for head in self.turbo_heads], dim=1)  # [B, H, D]
+        return torch.cat([col, self.model.lm_head(heads).argmax(-1)], dim=1)  # [B, 1+H]
 
     def head_logits(self, batch_index: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """[R] slots, [R] positions -> [R, H, V] float32: the Turbo heads on the final hidden
@@ -169,18 +189,28 @@ class TorchEngine:
             gather = gather_index(pos, num_logits, spec.logits)
         dev = self.device
         with torch.inference_mode():
-            out, hidden = step(torch.from_numpy(ids.astype(np.int64)).to(dev),
-                               torch.from_numpy(pos.astype(np.int64)).to(dev),
-                               torch.from_numpy(slots.astype(np.int64)).to(dev),
-                               torch.from_numpy(gather).to(dev), kv_len)
-            if self.turbo_heads is not None:
+            out, hidden, guesses = step(torch.from_numpy(ids.astype(np.int64)).to(dev),
+                                        torch.from_numpy(pos.astype(np.int64)).to(dev),
+                                        torch.from_numpy(slots.astype(np.int64)).to(dev),
+                                        torch.from_numpy(gather).to(dev), kv_len)
+            if guesses is not None:
                 # A copy: a CUDA graph's outputs are overwritten by its next replay.
                 self._keep(batch_index, np.take_along_axis(pos, gather, 1)[:b, :num_logits],
-                           hidden[:b, :num_logits].clone())
+                           hidden[:b, :num_logits].clone(), guesses[:b].cpu().numpy())
             return out[:b, :num_logits].cpu().numpy()
 
-    def _keep(self, batch_index: np.ndarray, kept_pos: np.ndarray, hidden: torch.Tensor) -> None:
-        """Per row: positions [N] and final hidden states [N, D] of its kept logits."""
+    def guesses_at(self, slot: int, position: int) -> list[int] | None:
+        """The heads' top-1 guesses [H] at `position` if the slot's last run() evaluated them
+        there (its greedy acceptance point, see _greedy_guesses); None otherwise: head_logits
+        then. A read of what that run left, safe beside a run() on other slots."""
+        ready = self.ready.get(slot)
+        return ready[1] if ready is not None and ready[0] == position else None
+
+    def _keep(self, batch_index: np.ndarray, kept_pos: np.ndarray, hidden: torch.Tensor,
+              guesses: np.ndarray) -> None:
+        """Per row: positions [N] and final hidden states [N, D] of its kept logits, and the
+        heads' guesses at its greedy column (guesses [B, 1+H])."""
         for r, slot in enumerate(batch_index.tolist()):
             if kept_pos[r].max() >= 0:  # an all-padding row leaves its slot's kept state alone
                 self.kept[slot] = (kept_pos[r], hidden[r])
+                self.ready[slot] = (int(kept_pos[r, guesses[r, 0]]), guesses[r, 1:].tolist())
