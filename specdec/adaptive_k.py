@@ -349,6 +349,7 @@ class AdaptiveK:
     rounds: int = 0
     explore_up: bool = False   # this round tries a larger k and verifies all of its drafts
     after_hit: bool = True     # the last round that asked for drafts accepted one
+    chosen: Policy | None = None  # this round's policy (next_k): one evaluation per round
 
     def policy(self) -> Policy:
         return best_policy(self.estimates.rates(True, self.max_k),
@@ -356,12 +357,13 @@ class AdaptiveK:
                            self.max_k, self.occupancy, self.after_hit)
 
     def best_k(self) -> int:
-        return self.policy().k(self.after_hit)
+        self.chosen = self.policy()
+        return self.chosen.k(self.after_hit)
 
     def next_k(self) -> int:
         """This round's k: the best, or every EXPLORE_EVERY rounds a neighbour of it."""
         self.rounds += 1
-        self.explore_up = False
+        self.explore_up, self.chosen = False, None
         if self.max_k > 0 and not self.estimates.measured():
             return min(START_K, self.max_k)  # nothing measured yet
         k = self.best_k()
@@ -376,8 +378,8 @@ class AdaptiveK:
         if self.explore_up or not self.estimates.measured() or drafted == 0:
             return drafted
         acceptance, _ = self.estimates.rates(self.after_hit, self.max_k)
-        return choose_window(acceptance, self.estimates.costs(), drafted, self.occupancy,
-                             self.policy().rate)
+        rate = (self.chosen or self.policy()).rate   # this round's, from next_k
+        return choose_window(acceptance, self.estimates.costs(), drafted, self.occupancy, rate)
 
     def observe(self, r: RoundReport) -> None:
         self.occupancy = max(r.occupancy, 1)
