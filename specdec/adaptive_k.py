@@ -145,7 +145,7 @@ class Policy:
 
 def best_policy(after_hit: tuple[Sequence[float], Sequence[float]],
                 after_miss: tuple[Sequence[float], Sequence[float]], costs: RoundCosts,
-                max_k: int, occupancy: int, now_after_hit: bool) -> Policy:
+                max_k: int, occupancy: int, now_after_hit: bool, common: bool = False) -> Policy:
     """The pair of draft lengths (after a round that accepted a draft, after one that did not)
     with the most expected tokens per second over the long run; each state's (acceptance,
     supply) per position. A round that asks for drafts finds out which stretch the generation
@@ -156,7 +156,7 @@ def best_policy(after_hit: tuple[Sequence[float], Sequence[float]],
     Over the two-state chain: P(hit next) = s_1 alpha_1 of the state's yields (k > 0), the
     stationary share of hit states mu = to_hit / (1 - stay_hit + to_hit), and the rate is
     (mu T_hit + (1 - mu) T_miss) / (mu D_hit + (1 - mu) D_miss) for tokens T and seconds D of
-    each state's round."""
+    each state's round. common: one k for both states."""
     def rounds(acceptance: Sequence[float], supply: Sequence[float]) -> list[tuple[float, float, float]]:
         rates = chain(acceptance, supply)
         return [(expected_tokens(rates, k), round_time(costs, k, occupancy, supply),
@@ -166,6 +166,8 @@ def best_policy(after_hit: tuple[Sequence[float], Sequence[float]],
     best = Policy(0, 0, 0.0)
     for kh, (t_h, d_h, p_h) in enumerate(hit):
         for km, (t_m, d_m, p_m) in enumerate(miss):
+            if common and km != kh:
+                continue
             stay_hit = p_h if kh else 1.0
             to_hit = p_m if km else 0.0
             if 1 - stay_hit + to_hit <= 0:   # neither state is ever left: the current one
@@ -351,10 +353,19 @@ class AdaptiveK:
     after_hit: bool = True     # the last round that asked for drafts accepted one
     chosen: Policy | None = None  # this round's policy (next_k): one evaluation per round
 
+    @property
+    def batched(self) -> bool:
+        """Other sessions share the verifier's engine calls. Their rows are padded to the
+        widest window, so one session's smaller window saves nothing while another's is
+        wider: sessions then use one k (the best for both states, as every session on the
+        same estimates picks the same), verify every draft they get, and explore n times
+        less often (a wider exploring window costs every row of the batch)."""
+        return self.occupancy > 1
+
     def policy(self) -> Policy:
         return best_policy(self.estimates.rates(True, self.max_k),
                            self.estimates.rates(False, self.max_k), self.estimates.costs(),
-                           self.max_k, self.occupancy, self.after_hit)
+                           self.max_k, self.occupancy, self.after_hit, common=self.batched)
 
     def best_k(self) -> int:
         self.chosen = self.policy()
@@ -367,15 +378,18 @@ class AdaptiveK:
         if self.max_k > 0 and not self.estimates.measured():
             return min(START_K, self.max_k)  # nothing measured yet
         k = self.best_k()
-        if self.rounds % EXPLORE_EVERY == 0:
-            self.explore_up = (self.rounds // EXPLORE_EVERY) % 2 == 1 or k == 0
+        # In a batch each session explores n times less often: the batch as a whole then
+        # explores as often as a lone session does.
+        every = EXPLORE_EVERY * self.occupancy
+        if self.rounds % every == 0:
+            self.explore_up = (self.rounds // every) % 2 == 1 or k == 0
             k = min(k + 1, self.max_k) if self.explore_up else k - 1
         return k
 
     def window(self, drafted: int) -> int:
         """How many of this round's `drafted` drafts to verify (choose_window); all of them
-        before anything is measured, and when exploring upwards."""
-        if self.explore_up or not self.estimates.measured() or drafted == 0:
+        before anything is measured, when exploring upwards, and in a batch."""
+        if self.explore_up or self.batched or not self.estimates.measured() or drafted == 0:
             return drafted
         acceptance, _ = self.estimates.rates(self.after_hit, self.max_k)
         rate = (self.chosen or self.policy()).rate   # this round's, from next_k

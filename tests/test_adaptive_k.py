@@ -155,7 +155,10 @@ def test_estimates_from_rounds_find_the_best_k(alpha, occupancy):
     best = max(rate(k) for k in range(9))
     worst = min(rate(k) for k in range(9))
     for seed in range(3):
-        settled = [k for k, _ in simulate(CHEAP_DRAFT, alpha, occupancy, 400, seed)[200:]]
+        # A session in a batch explores n times less often (its neighbours explore too), so
+        # alone it needs n times the rounds to learn as much.
+        rounds = 400 * occupancy
+        settled = [k for k, _ in simulate(CHEAP_DRAFT, alpha, occupancy, rounds, seed)[rounds // 2:]]
         # The k chosen from running estimates is worth what the best k is, within 5%
         # (exploration rounds included), and the exploration rounds never stop.
         achieved = sum(rate(k) for k in settled) / len(settled)
@@ -234,6 +237,26 @@ def test_a_miss_still_asks_when_hits_come_in_runs():
     # Drafts that are never accepted in either state: no drafting at all.
     never = ([0.0] * 4, [1.0] * 4)
     assert best_policy(never, never, costs, 4, 1, now_after_hit=True).k(True) == 0
+
+
+def test_sessions_in_a_batch_share_one_k_and_verify_every_draft():
+    """Rows of a batch are padded to the widest window: there a session's own smaller window
+    saves nothing, so k is one for both states and drafts are not trimmed."""
+    costs = replace(FREE_DRAFT_STEP_AT_5, measured={})
+    after_hit, after_miss = ([0.9] * 4, [0.95] * 4), ([0.35] * 4, [0.3] * 4)
+    alone = best_policy(after_hit, after_miss, costs, 4, 1, now_after_hit=False)
+    shared = best_policy(after_hit, after_miss, costs, 4, 1, now_after_hit=False, common=True)
+    assert alone.k_after_hit != alone.k_after_miss
+    assert shared.k_after_hit == shared.k_after_miss and shared.rate <= alone.rate
+    auto = AdaptiveK(max_k=4)
+    for _ in range(3):   # measured, at a costly 5-token window, alone: trims to 3
+        auto.observe(RoundReport(4, 4, 4, 4, 1e-3, 0.1e-3, 8e-3, 7e-3, 1))
+        auto.observe(RoundReport(3, 3, 3, 3, 1e-3, 0.1e-3, 4e-3, 3e-3, 1))
+    auto.next_k()
+    assert auto.window(4) == 3
+    auto.observe(RoundReport(4, 4, 4, 4, 1e-3, 0.1e-3, 8e-3, 7e-3, 2))   # now in a batch
+    auto.next_k()
+    assert auto.window(4) == 4
 
 
 def test_exploration_leaves_k_zero_now_and_then():
