@@ -127,10 +127,11 @@ class TorchEngine:
         logits = self.model.lm_head(normed).float()                         # [B, N, V]
         if self.turbo_heads is None:
             return logits, normed, None
-        return logits, normed, self._greedy_guesses(logits, normed, ids.gather(1, gather),
-                                                    pos.gather(1, gather))
+        return logits, normed, self._greedy_guesses(self.turbo_heads, logits, normed,
+                                                    ids.gather(1, gather), pos.gather(1, gather))
 
-    def _greedy_guesses(self, logits: torch.Tensor, normed: torch.Tensor, kept_ids: torch.Tensor,
+    def _greedy_guesses(self, turbo_heads: torch.nn.ModuleList, logits: torch.Tensor,
+                        normed: torch.Tensor, kept_ids: torch.Tensor,
                         kept_pos: torch.Tensor) -> torch.Tensor:
         """In the step's graph, so a greedy verify round needs no second engine call: each row's
         greedy acceptance (the window's drafts d_j+1 that equal the base argmax at column j,
@@ -140,7 +141,7 @@ class TorchEngine:
         draft_ok = (target[:, :-1] == kept_ids[:, 1:]) & (kept_pos[:, 1:] == kept_pos[:, :-1] + 1)
         col = draft_ok.long().cumprod(1).sum(1, keepdim=True)               # [B, 1]
         at = normed.gather(1, col[:, :, None].expand(-1, -1, normed.shape[-1]))[:, 0]  # [B, D]
-        heads = torch.stack([head(at) for head in self.turbo_heads], dim=1)  # [B, H, D]
+        heads = torch.stack([head(at) for head in turbo_heads], dim=1)       # [B, H, D]
         return torch.cat([col, self.model.lm_head(heads).argmax(-1)], dim=1)  # [B, 1+H]
 
     def head_logits(self, batch_index: np.ndarray, positions: np.ndarray) -> np.ndarray:
