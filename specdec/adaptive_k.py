@@ -44,7 +44,8 @@ from typing import Mapping, Sequence
 
 from specdec.proposers.pre_draft import AcceptanceStats
 
-EXPLORE_EVERY = 8        # one round in this many tries a neighbouring k
+EXPLORE_EVERY = 24       # one round in this many tries a neighbouring k (each costs: a
+#                          verify at another window size, and the switch between compiled windows)
 START_K = 4              # k before anything has been measured (capped at max_k)
 RECENT = 16              # calls each cost estimate keeps (its median is the estimate)
 ACCEPTANCE_DECAY = 0.98  # ... in the acceptance estimates, per observation of a position
