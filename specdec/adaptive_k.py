@@ -27,12 +27,19 @@ draft, so this is lossless. It matters because a verify's cost is not linear in 
 a CPU a compiled 5-token window can cost far more than a 4-token one, so the engine time is
 kept per window size where measured (`WindowCosts`), a line through those filling in the rest.
 
-The estimates are running and come from each round's own observations: costs as the median of
-the recent calls (one slow call must not turn k off for a while), acceptance exponentially
-decayed per position
-(`AdaptiveK.observe`); every `EXPLORE_EVERY` rounds one round tries a neighbouring k,
-alternately above (verifying every draft it gets) and below, so the estimates for lengths not
-in use (acceptance at the next position, the cost of each window) stay alive.
+Acceptance comes in runs (prompt lookup matches a repeated passage for a few rounds, then
+nothing), so the yields are kept apart after a round that accepted a draft and after one that
+did not, and `best_policy` picks k for both states at once over the long run: a round at k = 0
+never learns that a run has begun, which choosing per round would not count. In a batch the
+sessions' rows are padded to the widest window, so there one k serves both states and drafts
+are not trimmed (`AdaptiveK.batched`).
+
+The estimates are running and come from each round's own observations (`AdaptiveK.observe`):
+costs as the median of the recent calls (one slow call must not turn k off for a while),
+acceptance exponentially decayed per position. Every `EXPLORE_EVERY` rounds one round tries a
+neighbouring k, alternately above (verifying every draft it gets) and below, so the estimates
+for lengths not in use (acceptance at the next position, the cost of each window) stay alive.
+A `SpecDecClient` keeps the estimates (`RoundEstimates`) across its generations.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ EXPLORE_EVERY = 24       # one round in this many tries a neighbouring k (each c
 #                          verify at another window size, and the switch between compiled windows)
 START_K = 4              # k before anything has been measured (capped at max_k)
 RECENT = 16              # calls each cost estimate keeps (its median is the estimate)
-ACCEPTANCE_DECAY = 0.98  # ... in the acceptance estimates, per observation of a position
+ACCEPTANCE_DECAY = 0.98  # weight of the past in acceptance estimates, per observation of a position
 # Before the verifier's cost slope has been seen (all rounds at one window size), this share of
 # a forward is assumed to grow with the window's tokens.
 PRIOR_TOKEN_SHARE = 0.25
