@@ -18,11 +18,11 @@ import grpc
 
 from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError, service_error
 from client.replicas import LeasedProposerLink, LeasedVerifierLink, ReplicaSet
-from specdec.adaptive_k import RoundEstimates
 from specdec.generation import GenerationConfig, GenerationRecord, ProposerLink, generate
 from specdec.inprocess import InProcessProposerLink
 from specdec.proposers.base import Proposer
 from specdec.recovery import RecoveryPolicy
+from specdec.round_estimates import RoundEstimates
 from specdec_rpc.security import ClientSecurity, speaks_tls
 from specdec_rpc.server import message_limits
 from specdec_rpc.v1 import specdec_pb2 as pb

@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
-from specdec.adaptive_k import AdaptiveK, RoundEstimates, RoundReport
+from specdec.adaptive_k import AdaptiveK
 from specdec.flags import flag
 from specdec.recovery import Busy, LinkLost, RecoveryPolicy, backoff_delays
+from specdec.round_estimates import RoundEstimates, RoundReport
 from specdec.sampling import SamplingParams, Sparse
 from specdec.sequence import common_prefix_len
 from specdec.stopping import FinishReason, StopParams

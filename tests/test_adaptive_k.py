@@ -9,13 +9,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from specdec.adaptive_k import (
-    EXPLORE_EVERY,
-    RECENT,
-    AdaptiveK,
+from specdec.adaptive_k import EXPLORE_EVERY, AdaptiveK
+from specdec.build import build_draft_proposer, build_verifier
+from specdec.generation import GenerationConfig, generate
+from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
+from specdec.metrics import batch_metrics, generation_metrics
+from specdec.proposers.pre_draft import AcceptanceStats
+from specdec.round_estimates import RECENT, RoundReport, WindowCosts
+from specdec.round_model import (
     RoundCosts,
-    RoundReport,
-    WindowCosts,
     best_policy,
     best_rate,
     choose_k,
@@ -24,11 +26,6 @@ from specdec.adaptive_k import (
     expected_tokens,
     round_time,
 )
-from specdec.build import build_draft_proposer, build_verifier
-from specdec.generation import GenerationConfig, generate
-from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
-from specdec.metrics import batch_metrics, generation_metrics
-from specdec.proposers.pre_draft import AcceptanceStats
 from specdec.stopping import StopParams
 from specdec_rpc.convert import outcome_from_pb, outcome_to_pb
 from tests.conftest import CTX_LEN, engine_config
