@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -195,3 +196,33 @@ def test_compiled_turbo_is_lossless(tiny, cache, tmp_path_factory, monkeypatch):
     rec = asyncio.run(go())
     assert rec.tokens == greedy_reference(model, prompt, 20)
     assert rec.drafted > 0 and sum(used.values()) >= rec.verify_steps
+
+
+def test_small_gemm_tiles_reach_the_generated_kernel():
+    """Under cpu_gemm_tiles a 5-row GEMM is built from a tile of at most 12 accumulators (not
+    inductor's stock 8 x 48), results are unchanged, and the stock tiles come back afterwards."""
+    import torch._inductor.config as inductor
+    import torch._inductor.select_algorithm  # noqa: F401  (first: see cpu_gemm_tiles)
+    from torch._inductor.cpu_vec_isa import VecAVX512, pick_vec_isa
+    from torch._inductor.utils import run_and_get_code
+
+    from specdec.engine.cpu_gemm_tiles import SMALL_TILES, small_gemm_tiles
+
+    if not isinstance(pick_vec_isa(), VecAVX512):
+        pytest.skip("the tiles apply to AVX-512 only")
+    from torch._inductor.codegen import cpp_micro_gemm as mg
+    stock = list(mg.micro_gemm_configs[mg.CppMicroGemmFP32Vec])
+    lin = torch.nn.Linear(320, 96, bias=False).eval()
+    x = torch.randn(5, 320)
+    torch._dynamo.reset()
+    with small_gemm_tiles() as salt, torch.no_grad(), inductor.patch(
+            {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP",
+             "force_disable_caches": True, **salt}):
+        assert salt["post_grad_custom_post_pass"].uuid().endswith(str(SMALL_TILES))
+        out, (code, *_) = run_and_get_code(torch.compile(lin), x)
+    torch._dynamo.reset()
+    tiles = {(int(m), int(n)) for m, n in
+             re.findall(r"constexpr int64_t Mr = (\d+);\s+constexpr int64_t Nr = (\d+);", code)}
+    assert tiles and all(m * n // 16 <= 12 for m, n in tiles), tiles
+    torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-5)
+    assert mg.micro_gemm_configs[mg.CppMicroGemmFP32Vec] == stock
