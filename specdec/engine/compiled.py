@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -68,7 +68,8 @@ def compile_steps(engine: TorchEngine, specs: tuple[Specialization, ...],
     dynamo.recompile_limit += len(specs)
     dynamo.accumulated_recompile_limit += len(specs)
     started = time.monotonic()
-    tiles = contextlib.nullcontext({}) if cuda else small_gemm_tiles()
+    tiles: contextlib.AbstractContextManager[dict[str, Any]] = \
+        contextlib.nullcontext({}) if cuda else small_gemm_tiles()
     try:
         with tiles as salt, torch._inductor.config.patch({} if cuda else {**CPU_INDUCTOR, **salt}):
             for i, spec in enumerate(specs, 1):
