@@ -77,34 +77,3 @@ def test_engine_calls_stay_on_the_engine_thread_and_sessions_add_no_threads(tiny
     # Four concurrent sessions (and their pre-drafts) ran without a thread of their own.
     assert most_threads[0] <= before
     assert verifier.pool.in_use == 0 and proposer.pool.in_use == 0
-
-
-def test_a_lone_greedy_session_drafts_in_one_engine_job(tiny_pair):
-    """Alone, a greedy session runs d2..dk as one engine-thread job (no batched rows); with
-    another session open it drafts row by row to share calls. Same drafts, same session state."""
-    proposer = build_draft_proposer(engine_config(tiny_pair[1], 2), MAX_K)
-    prompt = np.random.default_rng(4).integers(2, VOCAB, size=7).tolist()
-
-    async def draft_twice(company: bool):
-        other = await proposer.open_session() if company else None
-        session = await proposer.open_session()
-        try:
-            calls = proposer.batcher.calls
-            first = await proposer.propose(session, 0, prompt, 4)
-            rows = proposer.batcher.calls - calls
-            # Two accepted, a correction: the next sync rolls back into the chain's positions.
-            second = await proposer.propose(session, len(prompt), first.draft[:2] + [7], 3)
-            return first.draft, second.draft, rows, list(session.seq.tokens), session.seq.cached
-        finally:
-            await proposer.close_session(session)
-            if other is not None:
-                await proposer.close_session(other)
-
-    try:
-        lone = asyncio.run(draft_twice(company=False))
-        shared = asyncio.run(draft_twice(company=True))
-    finally:
-        proposer.batcher.close()
-    assert lone[2] == 1 and shared[2] == 4      # the prompt's prefill, then 3 batched rows
-    assert lone[:2] == shared[:2] and lone[3:] == shared[3:]
-    assert lone[4] == len(lone[3]) == len(prompt) + 3 + 2

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from specdec.batching import DECODE, Batcher
-from specdec.engine import Engine
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.pre_draft import AcceptanceStats, observed_outcome, outcome_key, rank_outcomes
 from specdec.sampling import (
@@ -224,30 +223,19 @@ class DraftModelProposer:
             # The last token's logits are needed even if its KV is already in the slot.
             seq.cached = min(seq.cached, len(seq.tokens) - 1)
             logits = await seq.feed(self.batcher, timings)             # [V]
-            if not sampled and k > 1 and self.pool.in_use == 1:
-                # A lone greedy session has no batch to join: d2..dk run as one engine-thread
-                # job, without a hop to the event loop and back between steps.
-                rest, forward_ns = await self.batcher.call(
-                    greedy_chain, self.engine, int(np.argmax(logits)), len(seq.tokens), seq.slot, k - 1)
-                timings.forward_ns += forward_ns
-                logits_at = [logits, *rest]                                # [V] per draft
-                draft = [int(np.argmax(x)) for x in logits_at]
-                seq.tokens.extend(draft[:-1])
-                seq.cached = len(seq.tokens)
-            else:
-                while True:
-                    if sampled:
-                        q = truncate_top_m(warp(logits, sampling), top_m)
-                        probs.append(q)
-                        assert session.rng is not None  # seeded above for a sampled proposal
-                        draft.append(sample_sparse(q, session.rng))
-                    else:
-                        draft.append(int(np.argmax(logits)))
-                        logits_at.append(logits)
-                    if len(draft) == k:
-                        break
-                    seq.tokens.append(draft[-1])
-                    logits = await seq.feed(self.batcher, timings)
+            while True:
+                if sampled:
+                    q = truncate_top_m(warp(logits, sampling), top_m)
+                    probs.append(q)
+                    assert session.rng is not None  # seeded above for a sampled proposal
+                    draft.append(sample_sparse(q, session.rng))
+                else:
+                    draft.append(int(np.argmax(logits)))
+                    logits_at.append(logits)
+                if len(draft) == k:
+                    break
+                seq.tokens.append(draft[-1])
+                logits = await seq.feed(self.batcher, timings)
         if draft and not sampled:
             session.last = LastDraft(len(seq.tokens) - len(draft) + 1, draft, logits_at)
         timings.total_ns = time.perf_counter_ns() - t0
@@ -303,18 +291,3 @@ class DraftModelProposer:
         slot = self._scratch.pop()
         session.scratch.append(slot)
         return slot
-
-
-def greedy_chain(engine: Engine, token: int, position: int, slot: int,
-                 steps: int) -> tuple[list[np.ndarray], int]:
-    """On the engine thread: `steps` single-token decode calls into `slot`, the first feeding
-    `token` at `position`, each next one the argmax of the last call's logits. Returns each
-    call's logits ([V] float32) and the engine time (ns) they took."""
-    out: list[np.ndarray] = []
-    start = time.perf_counter_ns()
-    for i in range(steps):
-        logits = engine.run(np.array([[token]]), np.array([[position + i]]),
-                            np.array([slot]), 1)[0, -1]                      # [V]
-        out.append(logits)
-        token = int(np.argmax(logits))
-    return out, time.perf_counter_ns() - start
