@@ -3,12 +3,13 @@
 Why: a decode step multiplies a few rows (window x batch) by each weight matrix. Inductor's
 FP32 micro-kernel keeps a BLOCK_M x BLOCK_N tile of C in vector registers; with its stock AVX-512
 tiles (8 x 48, 8 x 32, 16 x 16) a GEMM of 5 or more rows builds 15-24 accumulators, and the
-compiled kernel runs at half speed past 12 (register spills). Measured on the shipped target's
-gate/up GEMM ([M, 320] x [320, 1728], one core, µs per call including ~45 µs of launch):
+compiled kernel runs at about half speed past 12 (register spills, presumably: 32 vector registers
+hold the tile, a row of B and the broadcast of A). Measured on the shipped target's gate/up GEMM
+([M, 320] x [320, 1728], one core, µs per call including ~45 µs of launch):
 
     rows M          1    4    5    8   16   32
     stock tiles    60   87  160  236  436  859
-    these tiles    59   87  101  137  242  448   (4 x 48 at M = 4, 6 x 32 at 6, 8, ...)
+    4 x 48 tile    59   87  101  137  242  448   (inductor picks it unless 6 divides M and 4 not)
 
 so a 5-token verify window (k = 4) cost ~1.5x a 4-token one, where the extra row should cost
 ~1/4 more. These tiles hold 12 accumulators at most (4 rows x 3 vectors, 6 rows x 2). Only the
