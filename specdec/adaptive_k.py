@@ -52,7 +52,8 @@ class AdaptiveK:
     def policy(self) -> Policy:
         return best_policy(self.estimates.rates(True, self.max_k),
                            self.estimates.rates(False, self.max_k), self.estimates.costs(),
-                           self.max_k, self.occupancy, self.after_hit, common=self.batched)
+                           self.max_k, self.estimates.rows(self.occupancy), self.after_hit,
+                           common=self.batched)
 
     def best_k(self) -> int:
         self.chosen = self.policy()
@@ -80,7 +81,8 @@ class AdaptiveK:
             return drafted
         acceptance, _ = self.estimates.rates(self.after_hit, self.max_k)
         rate = (self.chosen or self.policy()).rate   # this round's, from next_k
-        return choose_window(acceptance, self.estimates.costs(), drafted, self.occupancy, rate)
+        return choose_window(acceptance, self.estimates.costs(), drafted,
+                             self.estimates.rows(self.occupancy), rate)
 
     def observe(self, r: RoundReport) -> None:
         self.occupancy = max(r.occupancy, 1)

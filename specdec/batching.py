@@ -43,10 +43,25 @@ class Row:
     slot: int
     num_logits: int
     phase: str
-    # Resolved on its loop with (logits [num_logits, V], queue_ns, forward_ns); created by
-    # the submitting coroutine (tests build bare rows without one).
+    # Resolved on its loop with a Settled; created by the submitting coroutine (tests build
+    # bare rows without one).
     future: asyncio.Future | None = None
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A row's result: its logits and what its engine call was."""
+
+    logits: np.ndarray   # [num_logits, V] float32
+    queue_ns: int        # submitted -> its engine call began
+    forward_ns: int      # the engine call
+    batch_rows: int      # rows in that call (this row and every other batched with it)
+    batch_window: int    # the call's window: the widest row's length
+
+    def add_to(self, timings: StepTimings) -> None:
+        timings.queue_ns += self.queue_ns
+        timings.batch_rows, timings.batch_window = self.batch_rows, self.batch_window
 
 
 @dataclass
@@ -113,19 +128,26 @@ class Batcher:
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args) on the engine thread, between two batches (e.g. engine.copy_slot)."""
+        return await self.start(fn, *args)
+
+    def start(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """Queue fn(*args) for the engine thread and return its future without waiting: jobs
+        run before any row, so rows submitted after it see its effect (a slot copy, then the
+        rows that draft from the copy) without a round trip to the loop in between. Await the
+        future to get its result or error."""
         job = Job(fn, args, asyncio.get_running_loop().create_future())
         self._submit(job=job)
-        return await job.future
+        return job.future
 
     async def run_row(self, ids: list[int], positions: list[int], slot: int, num_logits: int,
                       phase: str, timings: StepTimings) -> np.ndarray:
         """The row's logits [num_logits, V] float32, once the engine thread has run it."""
         row = Row(ids, positions, slot, num_logits, phase)
         self._submit([row])
-        logits, queue_ns, forward_ns = await _settled(row)
-        timings.queue_ns += queue_ns
-        timings.forward_ns += forward_ns
-        return logits
+        settled = await _settled(row)
+        settled.add_to(timings)
+        timings.forward_ns += settled.forward_ns
+        return settled.logits
 
     async def run_rows(self, rows: list[tuple[list[int], list[int], int]], phase: str,
                        timings: StepTimings) -> list[np.ndarray]:
@@ -135,10 +157,10 @@ class Batcher:
         self._submit(batch)
         out = []
         for row in batch:
-            logits, queue_ns, forward_ns = await _settled(row)
-            timings.queue_ns += queue_ns
-            timings.forward_ns = max(timings.forward_ns, forward_ns)
-            out.append(logits[-1])
+            settled = await _settled(row)
+            settled.add_to(timings)
+            timings.forward_ns = max(timings.forward_ns, settled.forward_ns)
+            out.append(settled.logits[-1])
         return out
 
     def close(self) -> None:
@@ -178,19 +200,20 @@ class Batcher:
                 ids, pos, slots, n = pad_rows(batch)
                 logits = self.engine.run(ids, pos, slots, n)           # [B, n, V]
             except BaseException as exc:  # a bug: fail these rows, keep serving others
-                for r in batch:
-                    _resolve(r.future, exc)
+                _resolve_all([(r.future, exc) for r in batch])
                 continue
             forward = time.perf_counter_ns() - start
             self.calls += 1
             self.rows += len(batch)
+            results = []
             for b, r in enumerate(batch):
                 real = sum(p >= 0 for p in r.positions)
                 out = logits[b, row_logit_slice(real, r.num_logits, n)]
-                _resolve(r.future, (out, start - r.submitted_ns, forward))
+                results.append((r.future, Settled(out, start - r.submitted_ns, forward, *ids.shape)))
+            _resolve_all(results)
 
 
-async def _settled(row: Row) -> tuple[np.ndarray, int, int]:
+async def _settled(row: Row) -> Settled:
     """Await the row's result. A cancelled session leaves the row to run (its slot is freed
     only after the step ends, see specdec_rpc.sessions); its result is dropped then."""
     assert row.future is not None
@@ -199,17 +222,28 @@ async def _settled(row: Row) -> tuple[np.ndarray, int, int]:
 
 def _resolve(future: asyncio.Future | None, result: object) -> None:
     """From the engine thread: settle a future on its own loop."""
-    assert future is not None
+    _resolve_all([(future, result)])
 
-    def settle() -> None:
+
+def _resolve_all(results: list[tuple[asyncio.Future | None, object]]) -> None:
+    """From the engine thread: settle futures on their loops, one wake-up per loop (a batch's
+    rows usually share one: a wake-up per row costs each a cross-thread hop, ~10-20 µs)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}
+    for future, result in results:
+        assert future is not None
+        by_loop.setdefault(future.get_loop(), []).append((future, result))
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:
+            pass  # that loop is closed: nobody is waiting for these rows any more
+
+
+def _settle(settled: list[tuple[asyncio.Future, object]]) -> None:
+    for future, result in settled:
         if future.done():  # the awaiting coroutine was cancelled
-            return
+            continue
         if isinstance(result, BaseException):
             future.set_exception(result)
         else:
             future.set_result(result)
-
-    try:
-        future.get_loop().call_soon_threadsafe(settle)
-    except RuntimeError:
-        pass  # that loop is closed: nobody is waiting for the row any more

@@ -301,7 +301,8 @@ async def generate(
             auto.observe(RoundReport(
                 k, returned, step.drafted, step.accepted, propose_ns / 1e9 if propose_ns else None,
                 g.propose_forward_ns / 1e9, (rec.verifier_ns - verifier_ns) / 1e9,
-                step.timings.forward_ns / 1e9, step.sessions_active, g.synced))
+                step.timings.forward_ns / 1e9, step.sessions_active, g.synced,
+                step.timings.batch_rows, step.timings.batch_window))
         rec.verify_steps += 1
         rec.step_tokens += len(step.tokens)
         rec.drafted += step.drafted

@@ -92,6 +92,10 @@ class RoundReport:
     # full acceptance) catches up after k = 0 rounds, and its feed would be mistaken for draft
     # cost, so such a round leaves the proposer's costs alone.
     synced: int = 1
+    # The verifier's engine call (StepTimings.batch_*): its rows, from every session it batched,
+    # and its window, padded to the widest row; 0 = not reported (an older verifier).
+    batch_rows: int = 0
+    batch_window: int = 0
 
 
 @dataclass
@@ -141,6 +145,7 @@ class RoundEstimates:
     draft_step: RecentMedian = field(default_factory=RecentMedian)
     verify_fixed: RecentMedian = field(default_factory=RecentMedian)
     verify_forward: WindowCosts = field(default_factory=WindowCosts)
+    verify_rows: RecentMedian = field(default_factory=RecentMedian)  # rows per verify call
 
     def measured(self) -> bool:
         """Both calls have been timed (the proposer's only matters when there is one)."""
@@ -150,6 +155,12 @@ class RoundEstimates:
         a, b = self.verify_forward.line()
         return RoundCosts(self.propose_fixed.value(), self.draft_step.value(),
                           self.verify_fixed.value(), a + b, b, self.verify_forward.measured())
+
+    def rows(self, occupancy: int) -> int:
+        """Rows a verify call carries: the recent median where the verifier reports it, else
+        every session holding a slot (`occupancy`). With many sessions it is fewer than them:
+        some are proposing while the others verify."""
+        return max(round(self.verify_rows.value(occupancy)), 1)
 
     def rates(self, after_hit: bool, max_k: int) -> tuple[list[float], list[float]]:
         """(acceptance, supply) per draft position after a hit or a miss."""
@@ -164,4 +175,10 @@ class RoundEstimates:
             self.propose_fixed.observe(max(r.propose_s - r.propose_forward_s, 0.0)
                                        if r.propose_s is not None else 0.0)
         self.verify_fixed.observe(max(r.verify_s - r.verify_forward_s, 0.0))
-        self.verify_forward.observe(occupancy * (r.verified + 1), r.verify_forward_s)
+        if r.batch_rows:
+            # What the call ran, other sessions' rows and padding included: in a batch, one
+            # session's narrower window saves nothing while another's is wider.
+            self.verify_rows.observe(r.batch_rows)
+            self.verify_forward.observe(r.batch_rows * r.batch_window, r.verify_forward_s)
+        else:
+            self.verify_forward.observe(occupancy * (r.verified + 1), r.verify_forward_s)

@@ -3,8 +3,9 @@ and cost, and the choices made from it. Pure functions over the estimates
 (specdec.round_estimates); specdec.adaptive_k applies them each round.
 
 One round asks the proposer for k drafts and gets m <= k back (a draft model always returns k;
-prompt lookup returns fewer, or none, when the context has no match), while n sessions share
-the verifier:
+prompt lookup returns fewer, or none, when the context has no match), while the verifier's
+engine calls carry n rows (one per session in the call; with many sessions fewer than all of
+them, as some are proposing meanwhile, see RoundEstimates.rows):
 
   tokens(k) = 1 + sum_{i=1..k} prod_{j<=i} s_j alpha_j
       (Leviathan et al.'s (1 - a^(k+1)) / (1 - a), per draft position: s_j = P(draft j is

@@ -16,6 +16,11 @@ class StepTimings:
     queue_ns: int = 0    # rows waiting for the engine (another batch was running)
     forward_ns: int = 0  # engine calls that carried this step's rows
     total_ns: int = 0    # whole step, set by the code that sees the request arrive
+    # The engine call that carried this step's rows (a verify's one call; a proposer's last):
+    # its rows, its sessions' and other sessions', and its window, padded to the widest row.
+    # Every row of a call pays for batch_rows x batch_window tokens. 0 = not reported.
+    batch_rows: int = 0
+    batch_window: int = 0
 
 
 @dataclass(frozen=True)

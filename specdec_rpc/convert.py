@@ -13,11 +13,12 @@ from specdec_rpc.v1 import specdec_pb2 as pb
 
 
 def timings_to_pb(t: StepTimings) -> pb.StepTimings:
-    return pb.StepTimings(queue_ns=t.queue_ns, forward_ns=t.forward_ns, total_ns=t.total_ns)
+    return pb.StepTimings(queue_ns=t.queue_ns, forward_ns=t.forward_ns, total_ns=t.total_ns,
+                          batch_rows=t.batch_rows, batch_window=t.batch_window)
 
 
 def timings_from_pb(t: pb.StepTimings) -> StepTimings:
-    return StepTimings(t.queue_ns, t.forward_ns, t.total_ns)
+    return StepTimings(t.queue_ns, t.forward_ns, t.total_ns, t.batch_rows, t.batch_window)
 
 
 def outcome_to_pb(o: StepOutcome) -> pb.VerifierReply:

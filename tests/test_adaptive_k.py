@@ -15,7 +15,7 @@ from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.metrics import batch_metrics, generation_metrics
 from specdec.proposers.pre_draft import AcceptanceStats
-from specdec.round_estimates import RECENT, RoundReport, WindowCosts
+from specdec.round_estimates import RECENT, RoundEstimates, RoundReport, WindowCosts
 from specdec.round_model import (
     RoundCosts,
     best_policy,
@@ -254,6 +254,31 @@ def test_sessions_in_a_batch_share_one_k_and_verify_every_draft():
     auto.observe(RoundReport(4, 4, 4, 4, 1e-3, 0.1e-3, 8e-3, 7e-3, 2))   # now in a batch
     auto.next_k()
     assert auto.window(4) == 4
+
+
+def test_rows_per_verify_call_set_the_cost_of_k_in_a_batch():
+    """Eight sessions, but a verify call carries the rows of those verifying at that moment:
+    the verifier reports them (StepTimings.batch_rows / batch_window), so the cost line has a
+    slope from calls of different sizes even while every session drafts the same k, and the k
+    chosen falls as the calls fill."""
+    def chosen(rows: list[int]) -> int:
+        auto = AdaptiveK(max_k=4)
+        for i in range(64):
+            n = rows[i % len(rows)]
+            forward = 0.1e-3 + 0.1e-3 * n * 5   # an engine call costs its tokens
+            accepted = [4, 3, 1, 4, 2, 0, 4, 3][i % 8]
+            auto.observe(RoundReport(4, 4, 4, accepted, 1.2e-3, 1e-3, forward + 0.5e-3, forward,
+                                     8, batch_rows=n, batch_window=5))
+        assert auto.estimates.rows(8) == sorted(rows)[len(rows) // 2]
+        return auto.best_k()
+    sparse, full = chosen([1, 2, 2]), chosen([6, 8, 8])
+    assert full < sparse, (full, sparse)
+
+
+def test_estimates_fall_back_to_occupancy_without_batch_rows():
+    est = RoundEstimates()
+    est.observe(RoundReport(3, 3, 3, 1, 1e-3, 0.5e-3, 3e-3, 2e-3, 4), 4, True)
+    assert est.rows(4) == 4 and est.verify_forward.measured() == {16: 2e-3}   # 4 x (3 + 1)
 
 
 def test_exploration_leaves_k_zero_now_and_then():

@@ -19,6 +19,7 @@ from specdec.engine.torch_engine import TorchEngine
 from specdec.generation import GenerationConfig
 from specdec.slots import Admission
 from specdec.types import StepTimings
+from specdec_rpc.convert import timings_from_pb, timings_to_pb
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.conftest import start_proposer, start_verifier
@@ -62,6 +63,30 @@ def test_batched_rows_equal_solo_rows(tiny_pair):
     assert batched.calls < 4 and batched.rows == 4  # at least two rows shared a call
     solo.close()
     batched.close()
+
+
+def test_rows_learn_the_batch_they_ran_in_and_a_started_job_runs_first(tiny_pair):
+    """Every row of an engine call reports the call's rows and padded window (what its step
+    cost the engine), across the wire too; a job started before rows runs before them."""
+    cfg = EngineConfig(model=str(tiny_pair[0]), ctx_len=64, prefill_seq_len=8, full_batch_size=4)
+    engine = TorchEngine(cfg)
+    batcher, order = Batcher(engine), []
+
+    async def go():
+        await batcher.run_row([3, 4, 5], [0, 1, 2], 0, 1, PREFILL, StepTimings())
+        copied = batcher.start(lambda: order.append(("copy", batcher.calls)))
+        timings = StepTimings()
+        # Slot 1 drafts from slot 0's copy: the rows were submitted after the job.
+        await batcher.run_rows([([6], [3], 0), ([7, 8], [3, 4], 1)], DECODE, timings)
+        order.append(("rows", batcher.calls))
+        await copied
+        return timings
+    timings = asyncio.run(go())
+    assert order == [("copy", 1), ("rows", 2)]   # the job ran between the two engine calls
+    assert (timings.batch_rows, timings.batch_window) == (2, 2)
+    back = timings_from_pb(timings_to_pb(timings))
+    assert (back.batch_rows, back.batch_window) == (2, 2)
+    batcher.close()
 
 
 def test_concurrent_sessions_are_lossless_and_batched(tiny_pair, target_hf):

@@ -261,6 +261,7 @@ class DraftModelProposer:
                                  self.pre_draft_branches)
         base = seq.tokens + [last.draft[-1]]               # prefix + d1..dk
         branches: list[tuple[tuple[int, tuple[int, ...]], Branch]] = []
+        copies: list[int] = []                             # scratch slots to copy the slot to
         own_taken = False
         for accepted, token, _ in outcomes:
             if accepted == k and not own_taken:
@@ -269,12 +270,14 @@ class DraftModelProposer:
                 scratch = self._scratch_slot(session)
                 if scratch is None:
                     continue
-                assert self.copy_slot is not None  # no scratch slots where slots don't copy
-                await self.batcher.call(self.copy_slot, seq.slot, scratch)
                 slot = scratch
+                copies.append(scratch)
             tokens = base[:last.prefix_len + accepted] + [token]
             branches.append((outcome_key(last.prefix_len, last.draft, accepted, token),
                              Branch(slot, tokens, [], (accepted, token))))
+        # The copies run on the engine thread before the first depth's rows (jobs go first),
+        # so they cost no extra round trip to the loop.
+        copied = self.batcher.start(self._copy_slot_to, seq.slot, copies) if copies else None
         for depth in range(k):   # one engine call per depth, every branch a row
             rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
             for (_, b), logits in zip(branches, await self.batcher.run_rows(rows, DECODE, timings)):
@@ -282,8 +285,17 @@ class DraftModelProposer:
                 b.logits_at.append(logits)
                 if depth < k - 1:
                     b.tokens.append(b.draft[-1])
+            if copied is not None:
+                await copied   # done before the rows ran; raises if the copy failed
+                copied = None
         session.branches = dict(branches)
         self.counters.drafted_tokens += k * len(branches)
+
+    def _copy_slot_to(self, src: int, dsts: list[int]) -> None:
+        """On the engine thread: slot src's KV into each of dsts (one job, not one each)."""
+        assert self.copy_slot is not None  # no scratch slots where slots don't copy
+        for dst in dsts:
+            self.copy_slot(src, dst)
 
     def _scratch_slot(self, session: DraftSession) -> int | None:
         if not self._scratch:

@@ -73,34 +73,43 @@ def observed_outcome(prefix_len: int, draft: list[int], start: int, tokens: list
     return None
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max())
-    return z / z.sum()
-
-
 def rank_outcomes(logits_at: list[np.ndarray], draft: list[int], stats: AcceptanceStats,
                   budget: int) -> list[tuple[int, int, float]]:
     """The `budget` likeliest outcomes (accepted, token, probability), best first.
 
     logits_at[i]: the draft's logits [V] at draft position i (the distribution d_{i+1} was
-    picked from), i = 0..k; logits_at[k] is the one after d_k (bonus guesses)."""
+    picked from), i = 0..k; logits_at[k] is the one after d_k (bonus guesses). All positions
+    in one pass over [k+1, V]: this runs on the critical path of a pre-draft."""
     k = len(draft)
-    candidates: list[tuple[int, int, float]] = []
-    reach = 1.0                                   # P(drafts 0..a-1 all accepted)
-    for a in range(k + 1):
-        q = softmax(logits_at[a])
-        if a < k:
-            p_stop = reach * (1 - stats.rate(a))
-            q = q.copy()
-            q[draft[a]] = 0.0                     # the correction is never the rejected draft
-            q /= max(q.sum(), 1e-12)
-        else:
-            p_stop = reach
-        # The budget best guesses of y at this a (argpartition: no full sort of V entries).
-        top = np.argpartition(q, -budget)[-budget:] if budget < q.shape[0] else np.arange(q.shape[0])
-        for y in top:
-            candidates.append((a, int(y), float(p_stop * q[y])))
-        if a < k:
-            reach *= stats.rate(a)
-    candidates.sort(key=lambda c: -c[2])
-    return candidates[:budget]
+    # float32: [5, 4096] of float64 is over malloc's mmap threshold (128 KiB), and fresh pages
+    # for every temporary cost more than the arithmetic.
+    logits = np.stack(logits_at).astype(np.float32, copy=False)   # [k+1, V]
+    q = np.exp(logits - logits.max(axis=1, keepdims=True))
+    rows = np.arange(k)
+    q[rows, draft] = 0.0                    # a correction is never the rejected draft ...
+    q /= np.maximum(q.sum(axis=1, keepdims=True), 1e-30)   # ... so q renormalises without it
+    # P(the check stops at a): drafts 0..a-1 accepted, then a rejected (a < k) or a = k.
+    rates = np.array([stats.rate(a) for a in rows])
+    reach = np.concatenate([[1.0], np.cumprod(rates)])     # [k+1] P(drafts 0..a-1 accepted)
+    p_stop = reach * np.append(1.0 - rates, 1.0)           # [k+1]
+    score = p_stop.astype(np.float32)[:, None] * q          # [k+1, V] P(outcome (a, y))
+    best = top_entries(score, budget)
+    return [(int(a), int(y), float(score[a, y])) for a, y in zip(*np.unravel_index(best, score.shape))]
+
+
+def top_entries(score: np.ndarray, n: int) -> np.ndarray:
+    """Flat indices of the n largest entries of a [R, V] array, largest first.
+
+    Not an argpartition over all R*V entries (~0.15 ms at 5 x 4096, on the pre-draft's critical
+    path): the smallest of n entries known to be large (each row's largest, then its second
+    largest, ...) bounds the n-th largest from below, and only the entries above it are sorted."""
+    flat = score.ravel()
+    n = min(n, flat.size)
+    rest, rows, known = score.copy(), np.arange(score.shape[0]), np.empty(0, score.dtype)
+    while known.size < n:
+        col = rest.argmax(axis=1)
+        known = np.append(known, rest[rows, col])
+        rest[rows, col] = -np.inf
+    bound = np.sort(known)[-n]
+    above = np.flatnonzero(flat >= bound)
+    return above[np.argsort(-flat[above], kind="stable")[:n]]

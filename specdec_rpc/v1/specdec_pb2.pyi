@@ -49,14 +49,18 @@ class ModelInfo(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., ctx_len: _Optional[int] = ..., max_k: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., prefill_seq_len: _Optional[int] = ..., full_batch_size: _Optional[int] = ..., method: _Optional[str] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class StepTimings(_message.Message):
-    __slots__ = ("queue_ns", "forward_ns", "total_ns")
+    __slots__ = ("queue_ns", "forward_ns", "total_ns", "batch_rows", "batch_window")
     QUEUE_NS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_NS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_NS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_WINDOW_FIELD_NUMBER: _ClassVar[int]
     queue_ns: int
     forward_ns: int
     total_ns: int
-    def __init__(self, queue_ns: _Optional[int] = ..., forward_ns: _Optional[int] = ..., total_ns: _Optional[int] = ...) -> None: ...
+    batch_rows: int
+    batch_window: int
+    def __init__(self, queue_ns: _Optional[int] = ..., forward_ns: _Optional[int] = ..., total_ns: _Optional[int] = ..., batch_rows: _Optional[int] = ..., batch_window: _Optional[int] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_k", "top_p", "seed")
