@@ -225,7 +225,7 @@ def _resolve(future: asyncio.Future | None, result: object) -> None:
     _resolve_all([(future, result)])
 
 
-def _resolve_all(results: list[tuple[asyncio.Future | None, object]]) -> None:
+def _resolve_all(results: Sequence[tuple[asyncio.Future | None, object]]) -> None:
     """From the engine thread: settle futures on their loops, one wake-up per loop (a batch's
     rows usually share one: a wake-up per row costs each a cross-thread hop, ~10-20 µs)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}

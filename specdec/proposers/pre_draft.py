@@ -89,7 +89,7 @@ def rank_outcomes(logits_at: list[np.ndarray], draft: list[int], stats: Acceptan
     q[rows, draft] = 0.0                    # a correction is never the rejected draft ...
     q /= np.maximum(q.sum(axis=1, keepdims=True), 1e-30)   # ... so q renormalises without it
     # P(the check stops at a): drafts 0..a-1 accepted, then a rejected (a < k) or a = k.
-    rates = np.array([stats.rate(a) for a in rows])
+    rates = np.array([stats.rate(a) for a in range(k)])
     reach = np.concatenate([[1.0], np.cumprod(rates)])     # [k+1] P(drafts 0..a-1 accepted)
     p_stop = reach * np.append(1.0 - rates, 1.0)           # [k+1]
     score = p_stop.astype(np.float32)[:, None] * q          # [k+1, V] P(outcome (a, y))
