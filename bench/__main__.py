@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,12 +79,32 @@ async def run_inprocess(verifier, proposer, prompts: list[list[int]],
 
 
 def measured(label: str, run) -> tuple[list[GenerationRecord], BatchMetrics]:
-    run(warmup=True)
-    records = run(warmup=False)
-    m = batch_metrics(records)
-    print(f"{label:<32} {m.e2e_throughput:8.2f} tok/s  decode {m.decode_throughput:8.2f} tok/s  "
-          f"accepted/step {m.mean_accepted_tokens:5.2f}", file=sys.stderr, flush=True)
-    return records, m
+    return measured_in_turn([(label, run)], 1)[0]
+
+
+def measured_in_turn(rows: list[tuple[str, Callable[..., list[GenerationRecord]]]],
+                     repeats: int) -> list[tuple[list[GenerationRecord], BatchMetrics]]:
+    """Each row warmed up, then measured `repeats` times in turn (a, b, ..., a, b, ...): a
+    machine that speeds up or slows down during the run (a shared CPU does, by 10-20% over
+    minutes) then moves every row alike, not only the one it was running. A row's figures
+    are those of its median repeat by tokens per second; the spread is printed beside it."""
+    for _, run in rows:
+        run(warmup=True)
+    runs: list[list[tuple[list[GenerationRecord], BatchMetrics]]] = [[] for _ in rows]
+    for _ in range(repeats):
+        for (_, run), done in zip(rows, runs):
+            records = run(warmup=False)
+            done.append((records, batch_metrics(records)))
+    out = []
+    for (label, _), done in zip(rows, runs):
+        done.sort(key=lambda r: r[1].e2e_throughput)
+        records, m = done[len(done) // 2]
+        spread = (f"  (of {repeats}: {done[0][1].e2e_throughput:.0f}-{done[-1][1].e2e_throughput:.0f})"
+                  if repeats > 1 else "")
+        print(f"{label:<32} {m.e2e_throughput:8.2f} tok/s  decode {m.decode_throughput:8.2f} tok/s  "
+              f"accepted/step {m.mean_accepted_tokens:5.2f}{spread}", file=sys.stderr, flush=True)
+        out.append((records, m))
+    return out
 
 
 def measured_peer(label: str, run, prompts: list[list[int]]) -> tuple[list[list[int]], float, float]:
@@ -151,6 +172,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="compile the torch steps, services and in-process (on; as the services, "
                         "SPECDEC_COMPILE sets the default)")
     p.add_argument("--prompts", action="append", default=None)
+    p.add_argument("--repeats", type=int, default=5,
+                   help="times each gRPC row is measured, the rows in turn; each reports its "
+                        "median (5)")
     p.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
     return p.parse_args(argv)
 
@@ -195,21 +219,24 @@ def main(argv: list[str] | None = None) -> int:
         plain = services[0].address
         spec_v, spec_p = (services[1].address, None) if args.method == "turbo" \
             else (plain, services[1].address)
-        rec_a, a = measured("(a) target-only, gRPC", lambda warmup: asyncio.run(
-            run_grpc(plain, None, warm if warmup else prompts, target_only)))
-        rec_b, b = measured("(b) speculative, gRPC", lambda warmup: asyncio.run(
-            run_grpc(spec_v, spec_p, warm if warmup else prompts, config)))
+        def grpc_row(label: str, verifier: str, proposer: str | None, cfg: GenerationConfig):
+            return label, lambda warmup: asyncio.run(
+                run_grpc(verifier, proposer, warm if warmup else prompts, cfg))
+        rows = [grpc_row("(a) target-only, gRPC", plain, None, target_only),
+                grpc_row("(b) speculative, gRPC", spec_v, spec_p, config)]
         if auto_k:
-            rec_auto, m_auto = measured(f"(b~) k auto up to {auto_k}, gRPC", lambda warmup: asyncio.run(
-                run_grpc(spec_v, spec_p, warm if warmup else prompts, auto)))
+            rows.append(grpc_row(f"(b~) k auto up to {auto_k}, gRPC", spec_v, spec_p, auto))
         if len(services) > 2:
-            on_request = replace(config, use_branches=False)
-            pre_on_request = measured(
-                f"(b+r) pre-drafting {args.pre_draft_branches}, hits on request, gRPC",
-                lambda warmup: asyncio.run(run_grpc(plain, services[2].address,
-                                                    warm if warmup else prompts, on_request)))
-            pre = measured(f"(b+) pre-drafting {args.pre_draft_branches}, gRPC", lambda warmup: asyncio.run(
-                run_grpc(plain, services[2].address, warm if warmup else prompts, config)))
+            rows += [grpc_row(f"(b+r) pre-drafting {args.pre_draft_branches}, hits on request, gRPC",
+                              plain, services[2].address, replace(config, use_branches=False)),
+                     grpc_row(f"(b+) pre-drafting {args.pre_draft_branches}, gRPC", plain,
+                              services[2].address, config)]
+        results = measured_in_turn(rows, args.repeats)
+        (rec_a, a), (rec_b, b) = results[:2]
+        if auto_k:
+            rec_auto, m_auto = results[2]
+        if len(services) > 2:
+            pre_on_request, pre = results[-2:]
     finally:
         for svc in services:
             svc.stop()

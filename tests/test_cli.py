@@ -66,7 +66,8 @@ def test_bench_modes_agree(tiny_pair, tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "bench", "--target-model", str(target), "--draft-model", str(draft),
            "--prompts", "t5 t6 t7", "--max-new-tokens", "12", "--ctx-len", "64", "--json", str(out),
-           "--auto-max-k", "1"]  # (b~) with k in 0..1: one more verify window to compile
+           "--auto-max-k", "1",  # (b~) with k in 0..1: one more verify window to compile
+           "--repeats", "2"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
