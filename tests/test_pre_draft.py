@@ -15,6 +15,7 @@ from specdec.proposers.pre_draft import (
     observed_outcome,
     outcome_key,
     rank_outcomes,
+    top_entries,
 )
 from specdec.sampling import SamplingParams
 from tests.conftest import start_proposer, start_verifier
@@ -66,6 +67,18 @@ def test_ranking_follows_acceptance_and_excludes_the_rejected_draft():
     best = rank_outcomes(logits, draft, unsure, 3)
     assert best[0][:2] == (0, 6)                    # rejected at once, corrected to 6
     assert [p for *_, p in best] == sorted((p for *_, p in best), reverse=True)
+
+
+def test_top_entries_are_the_largest_in_order():
+    """The bound it sorts above never drops one of the n largest, ties and all."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        score = rng.random((int(rng.integers(1, 6)), int(rng.integers(1, 40))))
+        score[0, :3] = score[0, 3] if score.shape[1] > 3 else score[0, 0]   # ties
+        n = int(rng.integers(1, 2 * score.size))
+        got = score.ravel()[top_entries(score, n)]
+        want = np.sort(score.ravel())[::-1][:n]
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.fixture(scope="module")
