@@ -193,7 +193,7 @@ class Batcher:
                     result = batch.fn(*batch.args)
                 except BaseException as exc:  # a bug: fail the caller, keep serving
                     result = exc
-                _resolve(batch.future, result)
+                _resolve_all([(batch.future, result)])
                 continue
             start = time.perf_counter_ns()
             try:
@@ -218,11 +218,6 @@ async def _settled(row: Row) -> Settled:
     only after the step ends, see specdec_rpc.sessions); its result is dropped then."""
     assert row.future is not None
     return await row.future
-
-
-def _resolve(future: asyncio.Future | None, result: object) -> None:
-    """From the engine thread: settle a future on its own loop."""
-    _resolve_all([(future, result)])
 
 
 def _resolve_all(results: Sequence[tuple[asyncio.Future | None, object]]) -> None:

@@ -285,9 +285,8 @@ class DraftModelProposer:
                 b.logits_at.append(logits)
                 if depth < k - 1:
                     b.tokens.append(b.draft[-1])
-            if copied is not None:
-                await copied   # done before the rows ran; raises if the copy failed
-                copied = None
+        if copied is not None:
+            await copied   # done before the first rows ran; raises if the copy failed
         session.branches = dict(branches)
         self.counters.drafted_tokens += k * len(branches)
 
