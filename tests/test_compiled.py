@@ -12,9 +12,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import EngineConfig
+from specdec.engine.compiled import KV_BUCKET
 from specdec.engine.specializations import (
     Specialization,
     batch_buckets,
@@ -83,16 +85,19 @@ def compiled_engine(path, cache, windows=(1, 3), keep=True, slots=2) -> TorchEng
     return engine
 
 
-def count_compiled_calls(engine: TorchEngine) -> dict:
+def count_compiled_calls(engine: TorchEngine, kv_lens: set | None = None) -> dict:
     """Wrap the compiled step so the test can see which shapes ran compiled: (rows, window)
-    of its ids and the kept logits of its gather index name the specialization."""
+    of its ids and the kept logits of its gather index name the specialization; kv_lens
+    collects the KV lengths the calls attended over."""
     used: dict = {}
     step = engine.compiled.step
 
-    def counted(ids, pos, slots, gather, kv_len):
+    def counted(ids, pos, slots, gather, kv_pos):
         spec = Specialization(*ids.shape, gather.shape[1])
         used[spec] = used.get(spec, 0) + 1
-        return step(ids, pos, slots, gather, kv_len)
+        if kv_lens is not None:
+            kv_lens.add(len(kv_pos))
+        return step(ids, pos, slots, gather, kv_pos)
     engine.compiled.step = counted
     return used
 
@@ -100,10 +105,12 @@ def count_compiled_calls(engine: TorchEngine) -> dict:
 def test_compiled_steps_match_transformers(tiny, cache):
     path, model = tiny
     engine = compiled_engine(path, cache)
-    used = count_compiled_calls(engine)
+    kv_lens: set[int] = set()
+    used = count_compiled_calls(engine, kv_lens)
+    graphs = counters["stats"]["unique_graphs"]   # as compiled at start-up
     rng = np.random.default_rng(3)
     a = rng.integers(2, VOCAB, size=12).tolist()
-    b = rng.integers(2, VOCAB, size=9).tolist()
+    b = rng.integers(2, VOCAB, size=44).tolist()
     # Prefill chunks run eager (no compiled kind holds them) ...
     engine.run(np.array([a[:8]]), np.arange(8)[None], np.array([1]), 1)
     engine.run(np.array([b[:6]]), np.arange(6)[None], np.array([0]), 1)
@@ -118,9 +125,18 @@ def test_compiled_steps_match_transformers(tiny, cache):
     out = engine.run(np.array([[a[11], 4]]), np.array([[11, 12]]), np.array([1]), 2)
     np.testing.assert_allclose(out[0], reference_logits(model, a + [4])[11:13], atol=ATOL)
     out = engine.run(np.array([[b[8]]]), np.array([[8]]), np.array([0]), 1)
-    np.testing.assert_allclose(out[0], reference_logits(model, b)[8:9], atol=ATOL)
+    np.testing.assert_allclose(out[0], reference_logits(model, b[:9])[8:9], atol=ATOL)
     assert used == {Specialization(2, 3, 3): 1, Specialization(1, 3, 3): 1,
                     Specialization(1, 1, 1): 1}
+    # The KV length is a dynamic dimension of the same graphs: past the first bucket (32 of
+    # ctx_len 48) the steps attend over all 48 positions, still compiled, still exact.
+    assert kv_lens == {KV_BUCKET}
+    want = reference_logits(model, b)
+    for p in range(9, len(b)):
+        out = engine.run(np.array([[b[p]]]), np.array([[p]]), np.array([0]), 1)
+        np.testing.assert_allclose(out[0], want[p:p + 1], atol=ATOL)
+    assert kv_lens == {KV_BUCKET, 48} and used[Specialization(1, 1, 1)] == len(b) - 8
+    assert counters["stats"]["unique_graphs"] == graphs   # no graph recompiled for a length
 
 
 def test_compiled_speculation_equals_greedy(tiny, cache, tmp_path_factory, monkeypatch):

@@ -12,6 +12,8 @@ from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig
 from specdec.proposers.pre_draft import (
     AcceptanceStats,
+    ConfidenceBins,
+    draft_confidence,
     observed_outcome,
     outcome_key,
     rank_outcomes,
@@ -47,6 +49,20 @@ def test_acceptance_stats():
     assert s.rate(3) == prior
 
 
+def test_confidence_bins_learn_acceptance_by_confidence():
+    """Sure drafts accepted and unsure ones rejected: the rates follow the confidence, and a
+    draft past the first rejection (never verified) counts nowhere."""
+    bins = ConfidenceBins()
+    prior = bins.rates(np.array([0.5]))[0]
+    for _ in range(50):
+        bins.observe(np.array([0.9, 0.85, 0.1, 0.95]), 2)   # 0.1 rejected; 0.95 never verified
+    sure, unsure, unseen = bins.rates(np.array([0.9, 0.1, 0.5]))
+    assert sure > 0.9 > prior > 0.1 > unsure
+    assert unseen == prior
+    logits = [np.log(np.array([0.7, 0.2, 0.1])), np.log(np.array([0.25, 0.25, 0.5]))]
+    assert np.allclose(draft_confidence(logits, [0, 2]), [0.7, 0.5], atol=1e-6)
+
+
 def test_ranking_follows_acceptance_and_excludes_the_rejected_draft():
     v, k = 8, 3
     draft = [1, 2, 3]
@@ -55,16 +71,10 @@ def test_ranking_follows_acceptance_and_excludes_the_rejected_draft():
         logits[i][d] = 5.0          # the draft was sure of its drafts ...
         logits[i][6] = 4.0          # ... and 6 its second choice everywhere
     logits[k][4] = 5.0              # after d_k it would say 4
-    sure = AcceptanceStats()
-    for _ in range(50):
-        sure.observe(k, k)
-    best = rank_outcomes(logits, draft, sure, 3)
+    best = rank_outcomes(logits, draft, np.full(k, 0.95), 3)   # drafts expected accepted
     assert best[0][:2] == (k, 4)                    # all accepted, bonus 4
     assert all(y != draft[a] for a, y, _ in best if a < k)
-    unsure = AcceptanceStats()
-    for _ in range(50):
-        unsure.observe(0, k)
-    best = rank_outcomes(logits, draft, unsure, 3)
+    best = rank_outcomes(logits, draft, np.full(k, 0.05), 3)   # ... expected rejected
     assert best[0][:2] == (0, 6)                    # rejected at once, corrected to 6
     assert [p for *_, p in best] == sorted((p for *_, p in best), reverse=True)
 

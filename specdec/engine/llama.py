@@ -9,8 +9,8 @@ cast to the activation dtype), which the tests compare against.
 
 The step is written for a fixed shape and no host syncs, so `torch.compile` can capture it
 whole (see `compiled.py`): KV writes go by index (padding writes land in a scratch position past
-`ctx_len` that no mask ever lets a query see), and the attended KV length is a Python int the
-caller picks, not something read back from the device.
+`ctx_len` that no mask ever lets a query see), and the attended KV length is the length of an
+input the caller picks (`kv_pos`), not something read back from the device.
 """
 
 from __future__ import annotations
@@ -187,8 +187,8 @@ class LlamaFamilyModel(nn.Module):
         cos_table: torch.Tensor,     # [ctx_len, hd] float32
         sin_table: torch.Tensor,
         caches: list[tuple[torch.Tensor, torch.Tensor]],  # [slots, kv, ctx_len + 1, hd] each
-        kv_len: int,                 # KV positions attended: > every query position, <= ctx_len
-    ) -> torch.Tensor:               # [B, S, D] before the final norm
+        kv_pos: torch.Tensor,        # [L] 0..L-1, the KV positions attended: L > every query
+    ) -> torch.Tensor:               # position, L <= ctx_len; [B, S, D] before the final norm
         scratch = caches[0][0].shape[2] - 1   # = ctx_len: padding writes land here, never read
         q_pos = position_ids.clamp(min=0)
         x = self.model.embed_tokens(input_ids)
@@ -196,7 +196,6 @@ class LlamaFamilyModel(nn.Module):
         sin = sin_table[q_pos].to(x.dtype).unsqueeze(1)
         w_slot = slots[:, None].expand_as(position_ids).reshape(-1)                 # [B*S]
         w_pos = torch.where(position_ids >= 0, position_ids, scratch).reshape(-1)   # [B*S]
-        kv_pos = torch.arange(kv_len, device=x.device)
         mask = (kv_pos[None, None, None, :] <= q_pos[:, None, :, None])  # [B, 1, S, L]
         for layer, (ck, cv) in zip(self.model.layers, caches):
             h = layer.input_layernorm(x)

@@ -76,6 +76,7 @@ class TorchEngine:
             self.turbo_heads = heads.to(device=config.device, dtype=self.dtype)
             self.num_heads = turbo.num_heads
         positions = torch.arange(config.ctx_len, dtype=torch.float32)
+        self.kv_positions = torch.arange(config.ctx_len, device=config.device)  # sliced per call
         freqs = torch.outer(positions, rope_inv_freq(mc))
         emb = torch.cat((freqs, freqs), dim=-1)   # [ctx_len, hd], float32 as in transformers
         self.cos = emb.cos().to(config.device)
@@ -116,12 +117,13 @@ class TorchEngine:
             raise ValueError(f"token ids must be in 0..{self.vocab_size - 1}")
 
     def step(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor,
-             gather: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """ids/pos [B, S], slots [B], gather [B, N] window positions to keep -> (float32 logits
+             gather: torch.Tensor, kv_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """ids/pos [B, S], slots [B], gather [B, N] window positions to keep, kv_pos [L] the KV
+        positions attended (0..L-1) -> (float32 logits
         [B, N, V], final hidden states [B, N, D], Turbo: [B, 1+H] int64 = per row, the kept
         column a greedy verifier drafts from next, then the heads' top-1 guesses there; None for
         a plain model). No host syncs: torch.compile captures it whole."""
-        h = self.model.hidden_states(ids, pos, slots, self.cos, self.sin, self.caches, kv_len)
+        h = self.model.hidden_states(ids, pos, slots, self.cos, self.sin, self.caches, kv_pos)
         h = h.gather(1, gather[:, :, None].expand(-1, -1, h.shape[-1]))    # [B, N, D]
         normed = self.model.model.norm(h)                                   # [B, N, D]
         logits = self.model.lm_head(normed).float()                         # [B, N, V]
@@ -165,13 +167,14 @@ class TorchEngine:
             heads = torch.stack([head(h) for head in self.turbo_heads], dim=1)  # [R, H, D]
             return self.model.lm_head(heads).float().cpu().numpy()           # [R, H, V]
 
-    def copy_slot(self, src: int, dst: int) -> None:
-        """KV of slot src -> slot dst, every position (a pre-drafted branch starts from a copy
-        of its session's slot). Safe beside a running step that touches neither slot."""
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        """KV of slot src -> slot dst, positions 0..length-1 (a pre-drafted branch starts from
+        a copy of its session's slot; past length, dst keeps stale entries, which no query
+        sees before it overwrites them). Safe beside a running step that touches neither slot."""
         with torch.inference_mode():
             for k, v in self.caches:
-                k[dst].copy_(k[src])
-                v[dst].copy_(v[src])
+                k[dst, :, :length].copy_(k[src, :, :length])
+                v[dst, :, :length].copy_(v[src, :, :length])
 
     def run(self, input_ids: np.ndarray, position_ids: np.ndarray, batch_index: np.ndarray,
             num_logits: int) -> np.ndarray:
@@ -186,14 +189,14 @@ class TorchEngine:
         else:              # a compiled specialization: padded to its fixed shape, full KV length
             ids, pos, slots = pad_call(spec, input_ids, position_ids, batch_index)
             assert self.compiled is not None  # fit() found a specialization
-            step, kv_len = self.compiled.step, self.ctx_len
+            step, kv_len = self.compiled.step, self.compiled.kv_len(int(pos.max()) + 1)
             gather = gather_index(pos, num_logits, spec.logits)
         dev = self.device
         with torch.inference_mode():
             out, hidden, guesses = step(torch.from_numpy(ids.astype(np.int64)).to(dev),
                                         torch.from_numpy(pos.astype(np.int64)).to(dev),
                                         torch.from_numpy(slots.astype(np.int64)).to(dev),
-                                        torch.from_numpy(gather).to(dev), kv_len)
+                                        torch.from_numpy(gather).to(dev), self.kv_positions[:kv_len])
             if guesses is not None:
                 # A copy: a CUDA graph's outputs are overwritten by its next replay.
                 self._keep(batch_index, np.take_along_axis(pos, gather, 1)[:b, :num_logits],

@@ -26,7 +26,13 @@ import numpy as np
 
 from specdec.batching import DECODE, Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
-from specdec.proposers.pre_draft import AcceptanceStats, observed_outcome, outcome_key, rank_outcomes
+from specdec.proposers.pre_draft import (
+    ConfidenceBins,
+    draft_confidence,
+    observed_outcome,
+    outcome_key,
+    rank_outcomes,
+)
 from specdec.sampling import (
     DRAFT_STREAM,
     SamplingParams,
@@ -60,6 +66,13 @@ class LastDraft:
     draft: list[int]                # d1..dk
     logits_at: list[np.ndarray]     # [V] the draft's logits at each draft position 0..k-1
     pre_drafted: bool = False       # its outcomes are drafted already
+    _confidence: np.ndarray | None = None
+
+    def confidence(self) -> np.ndarray:
+        """[k] the draft's probability of each draft (computed once: ranked, then observed)."""
+        if self._confidence is None:
+            self._confidence = draft_confidence(self.logits_at, self.draft)
+        return self._confidence
 
 
 @dataclass
@@ -72,7 +85,6 @@ class DraftSession:
     # Held by propose, by the pre-draft after it, and by close: one of them at a time (each
     # awaits engine rows in between), in the order they asked for it.
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
-    stats: AcceptanceStats = field(default_factory=AcceptanceStats)
 
 
 @dataclass
@@ -100,13 +112,15 @@ class DraftModelProposer:
         self.pre_draft_branches = pre_draft_branches
         # An executor that cannot copy a slot (a QPC's retained KV) pre-drafts only the branch
         # that extends the session's own slot, and has no scratch slots.
-        self.copy_slot: Callable[[int, int], None] | None = getattr(self.engine, "copy_slot", None)
+        self.copy_slot: Callable[[int, int, int], None] | None = getattr(self.engine, "copy_slot", None)
         can_copy = self.copy_slot is not None
         sessions = self.engine.slots // (1 + pre_draft_branches) if can_copy else self.engine.slots
         self.pool = SlotPool(sessions, admission)
         # Taken and returned on the event loop, between awaits: no lock needed.
         self._scratch = list(range(sessions, self.engine.slots)) if can_copy else []
         self.counters = PreDraftCounters()
+        # Expected acceptance by draft confidence, learned from every session's outcomes.
+        self.calibration = ConfidenceBins()
 
     def close(self) -> None:
         self.batcher.close()
@@ -133,8 +147,8 @@ class DraftModelProposer:
         if last is None:
             return None
         accepted = observed_outcome(last.prefix_len, last.draft, start, tokens)
-        if accepted is not None:
-            session.stats.observe(accepted, len(last.draft))
+        if accepted is not None and self.pre_draft_branches:
+            self.calibration.observe(last.confidence(), accepted)
         if not self.pre_draft_branches or sampled:
             return None
         self.counters.lookups += 1
@@ -146,7 +160,7 @@ class DraftModelProposer:
         seq = session.seq
         if branch.slot != seq.slot:
             assert self.copy_slot is not None  # scratch branches exist only where slots copy
-            await self.batcher.call(self.copy_slot, branch.slot, seq.slot)
+            await self.batcher.call(self.copy_slot, branch.slot, seq.slot, len(branch.tokens))
         # A smaller k (adaptive k) takes the branch's first k drafts; the session then holds
         # prefix + e1..e(k-1), and the KV of the rest is stale, masked and overwritten later.
         held = len(branch.tokens) - (len(branch.draft) - k)
@@ -257,8 +271,8 @@ class DraftModelProposer:
         # branch then starts from slot contents 0..L+k-1 = prefix + d1..dk.
         end = len(seq.tokens)                               # = L + k - 1
         after_dk = (await self.batcher.run_row([last.draft[-1]], [end], seq.slot, 1, DECODE, timings))[-1]
-        outcomes = rank_outcomes(last.logits_at + [after_dk], last.draft, session.stats,
-                                 self.pre_draft_branches)
+        outcomes = rank_outcomes(last.logits_at + [after_dk], last.draft,
+                                 self.calibration.rates(last.confidence()), self.pre_draft_branches)
         base = seq.tokens + [last.draft[-1]]               # prefix + d1..dk
         branches: list[tuple[tuple[int, tuple[int, ...]], Branch]] = []
         copies: list[int] = []                             # scratch slots to copy the slot to
@@ -277,7 +291,7 @@ class DraftModelProposer:
                              Branch(slot, tokens, [], (accepted, token))))
         # The copies run on the engine thread before the first depth's rows (jobs go first),
         # so they cost no extra round trip to the loop.
-        copied = self.batcher.start(self._copy_slot_to, seq.slot, copies) if copies else None
+        copied = self.batcher.start(self._copy_slot_to, seq.slot, copies, len(base)) if copies else None
         for depth in range(k):   # one engine call per depth, every branch a row
             rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
             for (_, b), logits in zip(branches, await self.batcher.run_rows(rows, DECODE, timings)):
@@ -290,11 +304,12 @@ class DraftModelProposer:
         session.branches = dict(branches)
         self.counters.drafted_tokens += k * len(branches)
 
-    def _copy_slot_to(self, src: int, dsts: list[int]) -> None:
-        """On the engine thread: slot src's KV into each of dsts (one job, not one each)."""
+    def _copy_slot_to(self, src: int, dsts: list[int], length: int) -> None:
+        """On the engine thread: slot src's KV, positions 0..length-1, into each of dsts (one
+        job, not one each)."""
         assert self.copy_slot is not None  # no scratch slots where slots don't copy
         for dst in dsts:
-            self.copy_slot(src, dst)
+            self.copy_slot(src, dst, length)
 
     def _scratch_slot(self, session: DraftSession) -> int | None:
         if not self._scratch:

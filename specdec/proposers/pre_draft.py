@@ -8,9 +8,16 @@ exactly, given what the proposer holds (the synced prefix, L tokens, plus d1..d(
   a = k:  start = L + k - 1,  tokens = [d_k, y]
 so a pre-drafted branch is keyed by that (start, tokens) and needs no extra message.
 
-Outcomes are ranked by P(a) * q(y): P(a) from running estimates of acceptance per draft position
+Outcomes are ranked by P(a) * q(y): P(a) from the acceptance each draft is expected to have
 (a = k: all accepted; a < k: accepted up to a, rejected at a), q(y) the draft's own probability of
 y at that position (a correction is never d_{a+1}, so it is excluded and q renormalised).
+
+A draft's expected acceptance is read off its confidence, the probability the draft gave it, by
+`ConfidenceBins`: the acceptance measured so far for drafts of that confidence, across the
+proposer's sessions. The raw probability is no estimate: a small draft is under-confident (it
+gives its draft ~0.4 where the target accepts ~0.7), and a rate per draft position ignores which
+drafts were easy. Ranked by position, the shipped pair hit 52% of outcomes with 4 branches and
+74% with 8; by binned confidence, 60% and 80% (232 rounds, bench and held-out prompts).
 Pure functions; the draft proposer runs the branches.
 """
 
@@ -42,13 +49,45 @@ class AcceptanceStats:
 
     def observe(self, accepted: int, k: int) -> None:
         """Drafts 0..accepted-1 were accepted; draft `accepted` (if < k) was rejected."""
-        need = min(accepted + 1, k)
+        for i in range(min(accepted + 1, k)):
+            self.count(i, i < accepted)
+
+    def count(self, i: int, accepted: bool) -> None:
+        """One draft counted under index i (a position, or a ConfidenceBins bin)."""
         for lst in (self.accepted, self.seen):
-            lst.extend([0.0] * (need - len(lst)))
-        for i in range(need):
-            self.seen[i] = self.seen[i] * self.decay + 1
-            self.accepted[i] *= self.decay
-            self.accepted[i] += i < accepted
+            lst.extend([0.0] * (i + 1 - len(lst)))
+        self.seen[i] = self.seen[i] * self.decay + 1
+        self.accepted[i] = self.accepted[i] * self.decay + accepted
+
+
+CONFIDENCE_EDGES = (0.2, 0.4, 0.6, 0.8)   # bins of the draft's probability of its own draft
+CONFIDENCE_DECAY = 0.999                  # a bin's past fades over ~1000 of its drafts
+
+
+@dataclass
+class ConfidenceBins:
+    """Acceptance of a draft as a function of its confidence q_i(d_{i+1}): a running rate per
+    confidence bin, shared by a proposer's sessions (the calibration belongs to the draft and
+    target pair, not to one prompt; per session, the rates start cold every generation)."""
+
+    edges: tuple[float, ...] = CONFIDENCE_EDGES
+    stats: AcceptanceStats = field(default_factory=lambda: AcceptanceStats(decay=CONFIDENCE_DECAY))
+
+    def rates(self, confidence: np.ndarray) -> np.ndarray:
+        """[k] confidences -> [k] expected acceptance of each draft."""
+        return np.array([self.stats.rate(int(b)) for b in np.searchsorted(self.edges, confidence)])
+
+    def observe(self, confidence: np.ndarray, accepted: int) -> None:
+        """The verifier accepted the first `accepted` of the drafts with these confidences [k]."""
+        for i, b in enumerate(np.searchsorted(self.edges, confidence[:accepted + 1])):
+            self.stats.count(int(b), i < accepted)
+
+
+def draft_confidence(logits_at: list[np.ndarray], draft: list[int]) -> np.ndarray:
+    """[k] the draft's probability of each of its drafts: softmax(logits_at[i])[draft[i]]."""
+    logits = np.stack(logits_at[:len(draft)]).astype(np.float32, copy=False)   # [k, V]
+    q = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return q[np.arange(len(draft)), draft] / q.sum(axis=1)
 
 
 def outcome_key(prefix_len: int, draft: list[int], accepted: int, token: int) -> tuple[int, tuple[int, ...]]:
@@ -73,13 +112,14 @@ def observed_outcome(prefix_len: int, draft: list[int], start: int, tokens: list
     return None
 
 
-def rank_outcomes(logits_at: list[np.ndarray], draft: list[int], stats: AcceptanceStats,
+def rank_outcomes(logits_at: list[np.ndarray], draft: list[int], rates: np.ndarray,
                   budget: int) -> list[tuple[int, int, float]]:
     """The `budget` likeliest outcomes (accepted, token, probability), best first.
 
     logits_at[i]: the draft's logits [V] at draft position i (the distribution d_{i+1} was
-    picked from), i = 0..k; logits_at[k] is the one after d_k (bonus guesses). All positions
-    in one pass over [k+1, V]: this runs on the critical path of a pre-draft."""
+    picked from), i = 0..k; logits_at[k] is the one after d_k (bonus guesses). rates [k]: each
+    draft's expected acceptance (ConfidenceBins). All positions in one pass over [k+1, V]: this
+    runs on the critical path of a pre-draft."""
     k = len(draft)
     # float32: [5, 4096] of float64 is over malloc's mmap threshold (128 KiB), and fresh pages
     # for every temporary cost more than the arithmetic.
@@ -89,7 +129,6 @@ def rank_outcomes(logits_at: list[np.ndarray], draft: list[int], stats: Acceptan
     q[rows, draft] = 0.0                    # a correction is never the rejected draft ...
     q /= np.maximum(q.sum(axis=1, keepdims=True), 1e-30)   # ... so q renormalises without it
     # P(the check stops at a): drafts 0..a-1 accepted, then a rejected (a < k) or a = k.
-    rates = np.array([stats.rate(a) for a in range(k)])
     reach = np.concatenate([[1.0], np.cumprod(rates)])     # [k+1] P(drafts 0..a-1 accepted)
     p_stop = reach * np.append(1.0 - rates, 1.0)           # [k+1]
     score = p_stop.astype(np.float32)[:, None] * q          # [k+1, V] P(outcome (a, y))
