@@ -47,17 +47,34 @@ class Row:
     # bare rows without one).
     future: asyncio.Future | None = None
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
+    # A greedy chain (Batcher.run_greedy): steps still to run after this one. The engine
+    # thread feeds the argmax of this step's last logits at the next position as a new row,
+    # batched with whatever else is pending; the loop is woken once, when the chain ends.
+    follow: int = 0
+    chain: Chain | None = None
+
+
+@dataclass
+class Chain:
+    """What a greedy chain has produced so far: per step, the last position's logits [V] and
+    its argmax, and the engine time it waited for and spent."""
+
+    logits: list[np.ndarray] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    queue_ns: int = 0
+    forward_ns: int = 0
 
 
 @dataclass(frozen=True)
 class Settled:
     """A row's result: its logits and what its engine call was."""
 
-    logits: np.ndarray   # [num_logits, V] float32
-    queue_ns: int        # submitted -> its engine call began
-    forward_ns: int      # the engine call
+    logits: np.ndarray   # [num_logits, V] float32; a greedy chain: [steps, V]
+    queue_ns: int        # submitted -> its engine call began (a chain: summed over its steps)
+    forward_ns: int      # the engine call (a chain: its calls)
     batch_rows: int      # rows in that call (this row and every other batched with it)
     batch_window: int    # the call's window: the widest row's length
+    tokens: list[int] | None = None   # a greedy chain: the argmax of each step [steps]
 
     def add_to(self, timings: StepTimings) -> None:
         timings.queue_ns += self.queue_ns
@@ -149,18 +166,24 @@ class Batcher:
         timings.forward_ns += settled.forward_ns
         return settled.logits
 
-    async def run_rows(self, rows: list[tuple[list[int], list[int], int]], phase: str,
-                       timings: StepTimings) -> list[np.ndarray]:
-        """Several one-logit rows (ids, positions, slot) submitted together, so they run in one
-        engine call (with whatever else is pending): [V] each."""
-        batch = [Row(ids, positions, slot, 1, phase) for ids, positions, slot in rows]
+    async def run_greedy(self, rows: list[tuple[list[int], list[int], int]], steps: int,
+                         phase: str, timings: StepTimings) -> list[tuple[np.ndarray, list[int]]]:
+        """Greedy drafting of `steps` tokens from each row (ids, positions, slot), rows
+        submitted together so that each step of every row runs in one engine call (with
+        whatever else is pending). Step 1 runs the row; each later step feeds the argmax of
+        the step before at the next position, on the engine thread: no round trip to the loop
+        between steps. Per row: the logits [steps, V] of each step's last position, and their
+        argmax [steps] (the tokens drafted; all but the last were fed)."""
+        batch = [Row(ids, positions, slot, 1, phase, follow=steps - 1, chain=Chain())
+                 for ids, positions, slot in rows]
         self._submit(batch)
         out = []
         for row in batch:
             settled = await _settled(row)
             settled.add_to(timings)
             timings.forward_ns = max(timings.forward_ns, settled.forward_ns)
-            out.append(settled.logits[-1])
+            assert settled.tokens is not None  # a chain settles with its tokens
+            out.append((settled.logits, settled.tokens))
         return out
 
     def close(self) -> None:
@@ -205,11 +228,28 @@ class Batcher:
             forward = time.perf_counter_ns() - start
             self.calls += 1
             self.rows += len(batch)
-            results = []
+            results, follow = [], []
+            rows, window = ids.shape
             for b, r in enumerate(batch):
                 real = sum(p >= 0 for p in r.positions)
                 out = logits[b, row_logit_slice(real, r.num_logits, n)]
-                results.append((r.future, Settled(out, start - r.submitted_ns, forward, *ids.shape)))
+                if r.chain is None:
+                    results.append((r.future, Settled(out, start - r.submitted_ns, forward, rows, window)))
+                    continue
+                chain = r.chain
+                chain.logits.append(out[-1])
+                chain.tokens.append(int(np.argmax(out[-1])))
+                chain.queue_ns += start - r.submitted_ns
+                chain.forward_ns += forward
+                if r.follow:
+                    follow.append(Row([chain.tokens[-1]], [r.positions[real - 1] + 1], r.slot, 1,
+                                      DECODE, r.future, follow=r.follow - 1, chain=chain))
+                else:
+                    results.append((r.future, Settled(np.stack(chain.logits), chain.queue_ns,
+                                                      chain.forward_ns, rows, window, chain.tokens)))
+            if follow:
+                with self._cv:   # the chains' next steps go first: they are the oldest work
+                    self._pending[:0] = follow
             _resolve_all(results)
 
 

@@ -38,16 +38,45 @@ class SlotSequence:
     async def feed(self, batcher: Batcher, timings: StepTimings) -> np.ndarray:
         """Run tokens[cached:] through the engine in chunks of prefill_seq_len.
         Returns the logits of the last fed token: [V] float32."""
+        s = await self._feed_head(batcher, timings)
+        end = len(self.tokens)
+        logits = await batcher.run_row(self.tokens[s:], list(range(s, end)), self.slot, 1,
+                                       _phase(end - s), timings)   # [1, V]
+        self.cached = end
+        return logits[-1]
+
+    async def feed_greedy(self, batcher: Batcher, timings: StepTimings,
+                          steps: int) -> tuple[np.ndarray, list[int]]:
+        """feed, then `steps` greedy drafts as one chain on the engine thread
+        (Batcher.run_greedy): the last chunk and the draft feeds after it need no round trip
+        to the loop. The drafts but the last are appended to tokens (and cached): the slot
+        then holds what a draft proposer holds after proposing. Returns the logits [steps, V]
+        each draft was picked from, and the drafts [steps]."""
+        s = await self._feed_head(batcher, timings)
+        end = len(self.tokens)
+        [(logits, drafts)] = await batcher.run_greedy(
+            [(self.tokens[s:], list(range(s, end)), self.slot)], steps, _phase(end - s), timings)
+        self.tokens += drafts[:-1]
+        self.cached = len(self.tokens)
+        return logits, drafts
+
+    async def _feed_head(self, batcher: Batcher, timings: StepTimings) -> int:
+        """Feed every prefill_seq_len chunk of tokens[cached:] but the last; return where the
+        last one starts."""
         end = len(self.tokens)
         if end <= self.cached:
             raise PreconditionFailed("nothing to feed: the session holds no new tokens")
         chunk = batcher.engine.prefill_seq_len
-        for s in range(self.cached, end, chunk):
-            e = min(s + chunk, end)
-            logits = await batcher.run_row(self.tokens[s:e], list(range(s, e)), self.slot, 1,
-                                     DECODE if e - s == 1 else PREFILL, timings)   # [1, V]
-        self.cached = end
-        return logits[-1]
+        last = self.cached + (end - 1 - self.cached) // chunk * chunk
+        for s in range(self.cached, last, chunk):
+            await batcher.run_row(self.tokens[s:s + chunk], list(range(s, s + chunk)), self.slot,
+                                  1, _phase(chunk), timings)
+        return last
+
+
+def _phase(tokens: int) -> str:
+    """A one-token row is a decode step; longer ones are prefill chunks (batching.py)."""
+    return DECODE if tokens == 1 else PREFILL
 
 
 def check_token_ids(tokens: list[int], vocab_size: int) -> None:

@@ -77,7 +77,7 @@ def test_rows_learn_the_batch_they_ran_in_and_a_started_job_runs_first(tiny_pair
         copied = batcher.start(lambda: order.append(("copy", batcher.calls)))
         timings = StepTimings()
         # Slot 1 drafts from slot 0's copy: the rows were submitted after the job.
-        await batcher.run_rows([([6], [3], 0), ([7, 8], [3, 4], 1)], DECODE, timings)
+        await batcher.run_greedy([([6], [3], 0), ([7, 8], [3, 4], 1)], 1, DECODE, timings)
         order.append(("rows", batcher.calls))
         await copied
         return timings
@@ -87,6 +87,41 @@ def test_rows_learn_the_batch_they_ran_in_and_a_started_job_runs_first(tiny_pair
     back = timings_from_pb(timings_to_pb(timings))
     assert (back.batch_rows, back.batch_window) == (2, 2)
     batcher.close()
+
+
+def test_greedy_chains_equal_steps_from_the_loop_and_share_calls(tiny_pair):
+    """run_greedy drafts on the engine thread what the loop would draft one step at a time
+    (feed the argmax at the next position), each step of both chains in one engine call."""
+    cfg = EngineConfig(model=str(tiny_pair[0]), ctx_len=64, prefill_seq_len=8, full_batch_size=2)
+    stepped, chained = Batcher(TorchEngine(cfg)), Batcher(TorchEngine(cfg))
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(2, VOCAB, size=n).tolist() for n in (5, 3)]
+    steps = 4
+
+    async def by_steps(slot: int, prompt: list[int]):
+        ids, pos, logits, tokens = prompt, list(range(len(prompt))), [], []
+        for _ in range(steps):
+            out = (await stepped.run_row(ids, pos, slot, 1, DECODE if len(ids) == 1 else PREFILL,
+                                         StepTimings()))[-1]
+            logits.append(out)
+            tokens.append(int(np.argmax(out)))
+            ids, pos = [tokens[-1]], [pos[-1] + 1]
+        return np.stack(logits), tokens
+
+    async def go():
+        want = [await by_steps(s, p) for s, p in enumerate(prompts)]
+        timings = StepTimings()
+        got = await chained.run_greedy([(p, list(range(len(p))), s) for s, p in enumerate(prompts)],
+                                       steps, PREFILL, timings)
+        return want, got, timings
+    want, got, timings = asyncio.run(go())
+    for (w_logits, w_tokens), (g_logits, g_tokens) in zip(want, got):
+        assert g_tokens == w_tokens
+        np.testing.assert_allclose(g_logits, w_logits, atol=1e-4)
+    assert (chained.calls, chained.rows) == (steps, 2 * steps)   # both chains in every call
+    assert timings.forward_ns > 0 and (timings.batch_rows, timings.batch_window) == (2, 1)
+    stepped.close()
+    chained.close()
 
 
 def test_concurrent_sessions_are_lossless_and_batched(tiny_pair, target_hf):

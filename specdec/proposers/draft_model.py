@@ -8,7 +8,8 @@ tokens, [dk, bonus] (QEfficient's bonus-token case), and the proposer runs both 
 
 With pre-drafting (pre_draft_branches F > 0), `pre_draft` runs after each proposal has
 been answered, while the verifier checks it: the next draft for the F likeliest verification
-outcomes (see pre_draft.py), batched across branches, one engine call per depth. The best
+outcomes (see pre_draft.py), batched across branches, one engine call per depth (the depths
+chained on the engine thread, Batcher.run_greedy, as a greedy proposal's steps are). The best
 all-accepted branch extends the session's own slot (stale positions are masked and overwritten,
 so a miss costs nothing there); the others start from a copy of it in scratch slots, where the
 engine can copy a slot. The next `propose` answers a branch whose (start, tokens) its sync
@@ -236,20 +237,20 @@ class DraftModelProposer:
         else:
             # The last token's logits are needed even if its KV is already in the slot.
             seq.cached = min(seq.cached, len(seq.tokens) - 1)
-            logits = await seq.feed(self.batcher, timings)             # [V]
-            while True:
-                if sampled:
+            if not sampled:   # the k steps chain on the engine thread
+                chain, draft = await seq.feed_greedy(self.batcher, timings, k)   # [k, V], [k]
+                logits_at = list(chain)
+            else:
+                logits = await seq.feed(self.batcher, timings)             # [V]
+                while True:   # on the loop: each draft is sampled with the session's generator
                     q = truncate_top_m(warp(logits, sampling), top_m)
                     probs.append(q)
                     assert session.rng is not None  # seeded above for a sampled proposal
                     draft.append(sample_sparse(q, session.rng))
-                else:
-                    draft.append(int(np.argmax(logits)))
-                    logits_at.append(logits)
-                if len(draft) == k:
-                    break
-                seq.tokens.append(draft[-1])
-                logits = await seq.feed(self.batcher, timings)
+                    if len(draft) == k:
+                        break
+                    seq.tokens.append(draft[-1])
+                    logits = await seq.feed(self.batcher, timings)
         if draft and not sampled:
             session.last = LastDraft(len(seq.tokens) - len(draft) + 1, draft, logits_at)
         timings.total_ns = time.perf_counter_ns() - t0
@@ -292,13 +293,11 @@ class DraftModelProposer:
         # The copies run on the engine thread before the first depth's rows (jobs go first),
         # so they cost no extra round trip to the loop.
         copied = self.batcher.start(self._copy_slot_to, seq.slot, copies, len(base)) if copies else None
-        for depth in range(k):   # one engine call per depth, every branch a row
-            rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
-            for (_, b), logits in zip(branches, await self.batcher.run_rows(rows, DECODE, timings)):
-                b.draft.append(int(np.argmax(logits)))
-                b.logits_at.append(logits)
-                if depth < k - 1:
-                    b.tokens.append(b.draft[-1])
+        # One engine call per depth, every branch a row; the depths chain on the engine thread.
+        rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
+        for (_, b), (logits, drafts) in zip(branches, await self.batcher.run_greedy(rows, k, DECODE, timings)):
+            b.draft, b.logits_at = drafts, list(logits)
+            b.tokens += drafts[:-1]
         if copied is not None:
             await copied   # done before the first rows ran; raises if the copy failed
         session.branches = dict(branches)
