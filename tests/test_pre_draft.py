@@ -125,7 +125,7 @@ def test_pre_drafting_equals_greedy_and_hits(pre_drafting, target_hf, k, use_bra
     assert backend.counters.hits >= hits
     # Every overlapped round's sync named its branch at the proposer, which counted a hit.
     assert (0 < overlapped <= hits) if use_branches else overlapped == 0
-    assert backend._scratch and len(backend._scratch) == 4 * 3   # every scratch slot back
+    assert sorted(backend._spare) == list(range(backend.engine.slots))   # every slot back, once
 
 
 def test_branches_come_back_with_the_proposal(tiny_pair):
@@ -136,6 +136,7 @@ def test_branches_come_back_with_the_proposal(tiny_pair):
     from tests.conftest import engine_config
 
     proposer = build_draft_proposer(engine_config(tiny_pair[1], 1), 4, pre_draft_branches=3)
+    fresh = build_draft_proposer(engine_config(tiny_pair[1], 1), 4)
 
     async def go() -> None:
         session = await proposer.open_session()
@@ -145,11 +146,22 @@ def test_branches_come_back_with_the_proposal(tiny_pair):
             assert len(first.branches) == 3
             assert len({(b.accepted, b.token) for b in first.branches}) == 3
             assert all(len(b.draft) == 3 and 0 <= b.accepted <= 3 for b in first.branches)
-            branch = first.branches[-1]
+            branch = next(b for b in first.branches if b.accepted < 3)   # in a scratch slot
             start, tokens = outcome_key(len(prompt), first.draft, branch.accepted, branch.token)
+            own = session.seq.slot
             hit = await proposer.propose(session, start, list(tokens), 3, return_branches=True)
             assert hit.pre_drafted and hit.draft == branch.draft and len(hit.branches) == 3
+            # The session adopted the branch's slot, and that slot holds the right KV: drafting
+            # on from it equals drafting the same sequence from scratch.
             await proposer.after_reply(session)  # the service calls it after each reply: no-op
+            assert session.seq.slot != own
+            # (d_k itself is never a branch's sync: this drafts from the slot.)
+            held = session.seq.tokens[:hit.held_len] + [hit.draft[-1]]
+            on = await proposer.propose(session, hit.held_len, held[-1:], 3)
+            assert not on.pre_drafted
+            fresh_session = await fresh.open_session()
+            assert on.draft == (await fresh.propose(fresh_session, 0, held, 3)).draft
+            await fresh.close_session(fresh_session)
             assert proposer.counters.drafted_tokens == 2 * 3 * 3
             plain = await proposer.propose(session, 0, prompt, 3)
             assert plain.branches == []                       # not asked: none
@@ -165,6 +177,7 @@ def test_branches_come_back_with_the_proposal(tiny_pair):
             await proposer.close_session(session)
     asyncio.run(go())
     proposer.batcher.close()
+    fresh.batcher.close()
 
 
 def test_sampling_is_untouched_by_pre_drafting(pre_drafting):

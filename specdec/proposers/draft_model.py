@@ -13,7 +13,8 @@ chained on the engine thread, Batcher.run_greedy, as a greedy proposal's steps a
 all-accepted branch extends the session's own slot (stale positions are masked and overwritten,
 so a miss costs nothing there); the others start from a copy of it in scratch slots, where the
 engine can copy a slot. The next `propose` answers a branch whose (start, tokens) its sync
-matches, and drops the rest.
+matches, and drops the rest; a hit in a scratch slot makes that slot the session's (no copy
+back on the hit's critical path), and the session's old slot becomes scratch.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class LastDraft:
 
 @dataclass
 class DraftSession:
-    seq: SlotSequence
+    seq: SlotSequence      # its slot: any engine slot (a hit adopts its branch's scratch slot)
+    ticket: int            # its admission (SlotPool), returned at close
     rng: np.random.Generator | None = None  # created by the first sampled proposal
     last: LastDraft | None = None
     branches: dict[tuple[int, tuple[int, ...]], Branch] = field(default_factory=dict)
@@ -104,8 +106,9 @@ class DraftModelProposer:
 
     def __init__(self, batcher: Batcher, max_k: int, tokenizer_fingerprint: str,
                  admission: Admission = Admission(), pre_draft_branches: int = 0) -> None:
-        """The engine has sessions * (1 + pre_draft_branches) slots: the first `sessions` are
-        the sessions' own, the rest scratch for pre-drafted branches."""
+        """The engine has sessions * (1 + pre_draft_branches) slots: one per session, the rest
+        scratch for pre-drafted branches. Which is which changes: a hit on a scratch branch
+        makes that slot the session's and frees its old one, instead of copying the KV back."""
         self.batcher = batcher
         self.engine = batcher.engine
         self.max_k = max_k
@@ -114,11 +117,13 @@ class DraftModelProposer:
         # An executor that cannot copy a slot (a QPC's retained KV) pre-drafts only the branch
         # that extends the session's own slot, and has no scratch slots.
         self.copy_slot: Callable[[int, int, int], None] | None = getattr(self.engine, "copy_slot", None)
-        can_copy = self.copy_slot is not None
-        sessions = self.engine.slots // (1 + pre_draft_branches) if can_copy else self.engine.slots
+        self.can_copy = self.copy_slot is not None
+        sessions = self.engine.slots // (1 + pre_draft_branches) if self.can_copy else self.engine.slots
         self.pool = SlotPool(sessions, admission)
-        # Taken and returned on the event loop, between awaits: no lock needed.
-        self._scratch = list(range(sessions, self.engine.slots)) if can_copy else []
+        # Engine slots no session holds, its own or a branch's. Taken and returned on the event
+        # loop, between awaits: no lock needed. A session holds at most 1 + F, so an admitted
+        # session always finds one.
+        self._spare = list(range(self.engine.slots - 1, -1, -1))   # pop() hands out slot 0 first
         self.counters = PreDraftCounters()
         # Expected acceptance by draft confidence, learned from every session's outcomes.
         self.calibration = ConfidenceBins()
@@ -127,18 +132,20 @@ class DraftModelProposer:
         self.batcher.close()
 
     async def open_session(self) -> DraftSession:
-        return DraftSession(SlotSequence(await self.pool.acquire()))
+        ticket = await self.pool.acquire()
+        return DraftSession(SlotSequence(self._spare.pop()), ticket)
 
     async def close_session(self, session: DraftSession) -> None:
         async with session.busy:   # a pre-draft still running owns slots of this session
             session.last = None  # and one not started yet must not start on a freed slot
             self._drop_branches(session)
-            self.pool.release(session.seq.slot)
+            self._spare.append(session.seq.slot)
+            self.pool.release(session.ticket)
 
     def _drop_branches(self, session: DraftSession) -> None:
         self.counters.wasted_tokens += sum(len(b.draft) for b in session.branches.values())
         session.branches.clear()
-        self._scratch += session.scratch
+        self._spare += session.scratch
         session.scratch = []
 
     async def _take_branch(self, session: DraftSession, start: int, tokens: list[int], k: int,
@@ -159,9 +166,9 @@ class DraftModelProposer:
             return None
         self.counters.hits += 1
         seq = session.seq
-        if branch.slot != seq.slot:
-            assert self.copy_slot is not None  # scratch branches exist only where slots copy
-            await self.batcher.call(self.copy_slot, branch.slot, seq.slot, len(branch.tokens))
+        if branch.slot != seq.slot:   # adopt the branch's slot; the old one goes with the rest
+            session.scratch[session.scratch.index(branch.slot)] = seq.slot
+            seq.slot = branch.slot
         # A smaller k (adaptive k) takes the branch's first k drafts; the session then holds
         # prefix + e1..e(k-1), and the KV of the rest is stale, masked and overwritten later.
         held = len(branch.tokens) - (len(branch.draft) - k)
@@ -311,8 +318,8 @@ class DraftModelProposer:
             self.copy_slot(src, dst, length)
 
     def _scratch_slot(self, session: DraftSession) -> int | None:
-        if not self._scratch:
+        if not self.can_copy or not self._spare:
             return None
-        slot = self._scratch.pop()
+        slot = self._spare.pop()
         session.scratch.append(slot)
         return slot
