@@ -116,7 +116,7 @@ class DraftModelProposer:
         self.pre_draft_branches = pre_draft_branches
         # An executor that cannot copy a slot (a QPC's retained KV) pre-drafts only the branch
         # that extends the session's own slot, and has no scratch slots.
-        self.copy_slot: Callable[[int, int, int], None] | None = getattr(self.engine, "copy_slot", None)
+        self.copy_slot: Callable[[int, list[int], int], None] | None = getattr(self.engine, "copy_slot", None)
         self.can_copy = self.copy_slot is not None
         sessions = self.engine.slots // (1 + pre_draft_branches) if self.can_copy else self.engine.slots
         self.pool = SlotPool(sessions, admission)
@@ -299,7 +299,10 @@ class DraftModelProposer:
                              Branch(slot, tokens, [], (accepted, token))))
         # The copies run on the engine thread before the first depth's rows (jobs go first),
         # so they cost no extra round trip to the loop.
-        copied = self.batcher.start(self._copy_slot_to, seq.slot, copies, len(base)) if copies else None
+        copied = None
+        if copies:
+            assert self.copy_slot is not None  # no scratch slots where slots don't copy
+            copied = self.batcher.start(self.copy_slot, seq.slot, copies, len(base))
         # One engine call per depth, every branch a row; the depths chain on the engine thread.
         rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
         for (_, b), (logits, drafts) in zip(branches, await self.batcher.run_greedy(rows, k, DECODE, timings)):
@@ -309,13 +312,6 @@ class DraftModelProposer:
             await copied   # done before the first rows ran; raises if the copy failed
         session.branches = dict(branches)
         self.counters.drafted_tokens += k * len(branches)
-
-    def _copy_slot_to(self, src: int, dsts: list[int], length: int) -> None:
-        """On the engine thread: slot src's KV, positions 0..length-1, into each of dsts (one
-        job, not one each)."""
-        assert self.copy_slot is not None  # no scratch slots where slots don't copy
-        for dst in dsts:
-            self.copy_slot(src, dst, length)
 
     def _scratch_slot(self, session: DraftSession) -> int | None:
         if not self.can_copy or not self._spare:
