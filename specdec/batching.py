@@ -177,13 +177,14 @@ class Batcher:
         batch = [Row(ids, positions, slot, 1, phase, follow=steps - 1, chain=Chain())
                  for ids, positions, slot in rows]
         self._submit(batch)
+        settled = [await _settled(row) for row in batch]
+        for one in settled:
+            one.add_to(timings)
+        timings.forward_ns += max(one.forward_ns for one in settled)   # the chains shared calls
         out = []
-        for row in batch:
-            settled = await _settled(row)
-            settled.add_to(timings)
-            timings.forward_ns = max(timings.forward_ns, settled.forward_ns)
-            assert settled.tokens is not None  # a chain settles with its tokens
-            out.append((settled.logits, settled.tokens))
+        for one in settled:
+            assert one.tokens is not None  # a chain settles with its tokens
+            out.append((one.logits, one.tokens))
         return out
 
     def close(self) -> None:
