@@ -47,18 +47,18 @@ class Row:
     # bare rows without one).
     future: asyncio.Future | None = None
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
-    # A greedy chain (Batcher.run_greedy): steps still to run after this one. The engine
-    # thread feeds the argmax of this step's last logits at the next position as a new row,
-    # batched with whatever else is pending; the loop is woken once, when the chain ends.
-    follow: int = 0
+    # A step of a greedy chain (Batcher.run_greedy): until the chain has all its steps, the
+    # engine thread feeds the argmax of this step's last logits at the next position as a new
+    # row, batched with whatever else is pending; the loop is woken once, when the chain ends.
     chain: Chain | None = None
 
 
 @dataclass
 class Chain:
-    """What a greedy chain has produced so far: per step, the last position's logits [V] and
-    its argmax, and the engine time it waited for and spent."""
+    """A greedy chain of `steps` steps and what it has produced so far: per step, the last
+    position's logits [V] and its argmax, and the engine time it waited for and spent."""
 
+    steps: int
     logits: list[np.ndarray] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     queue_ns: int = 0
@@ -174,7 +174,7 @@ class Batcher:
         the step before at the next position, on the engine thread: no round trip to the loop
         between steps. Per row: the logits [steps, V] of each step's last position, and their
         argmax [steps] (the tokens drafted; all but the last were fed)."""
-        batch = [Row(ids, positions, slot, 1, phase, follow=steps - 1, chain=Chain())
+        batch = [Row(ids, positions, slot, 1, phase, chain=Chain(steps))
                  for ids, positions, slot in rows]
         self._submit(batch)
         settled = [await _settled(row) for row in batch]
@@ -242,9 +242,9 @@ class Batcher:
                 chain.tokens.append(int(np.argmax(out[-1])))
                 chain.queue_ns += start - r.submitted_ns
                 chain.forward_ns += forward
-                if r.follow:
+                if len(chain.tokens) < chain.steps:
                     follow.append(Row([chain.tokens[-1]], [r.positions[real - 1] + 1], r.slot, 1,
-                                      DECODE, r.future, follow=r.follow - 1, chain=chain))
+                                      DECODE, r.future, chain=chain))
                 else:
                     results.append((r.future, Settled(np.stack(chain.logits), chain.queue_ns,
                                                       chain.forward_ns, rows, window, chain.tokens)))

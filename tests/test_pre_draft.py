@@ -14,6 +14,7 @@ from specdec.proposers.pre_draft import (
     AcceptanceStats,
     ConfidenceBins,
     draft_confidence,
+    draft_probs,
     observed_outcome,
     outcome_key,
     rank_outcomes,
@@ -60,7 +61,7 @@ def test_confidence_bins_learn_acceptance_by_confidence():
     assert sure > 0.9 > prior > 0.1 > unsure
     assert unseen == prior
     logits = [np.log(np.array([0.7, 0.2, 0.1])), np.log(np.array([0.25, 0.25, 0.5]))]
-    assert np.allclose(draft_confidence(logits, [0, 2]), [0.7, 0.5], atol=1e-6)
+    assert np.allclose(draft_confidence(draft_probs(logits), [0, 2]), [0.7, 0.5], atol=1e-6)
 
 
 def test_ranking_follows_acceptance_and_excludes_the_rejected_draft():
@@ -71,10 +72,10 @@ def test_ranking_follows_acceptance_and_excludes_the_rejected_draft():
         logits[i][d] = 5.0          # the draft was sure of its drafts ...
         logits[i][6] = 4.0          # ... and 6 its second choice everywhere
     logits[k][4] = 5.0              # after d_k it would say 4
-    best = rank_outcomes(logits, draft, np.full(k, 0.95), 3)   # drafts expected accepted
+    best = rank_outcomes(draft_probs(logits), draft, np.full(k, 0.95), 3)   # drafts expected accepted
     assert best[0][:2] == (k, 4)                    # all accepted, bonus 4
     assert all(y != draft[a] for a, y, _ in best if a < k)
-    best = rank_outcomes(logits, draft, np.full(k, 0.05), 3)   # ... expected rejected
+    best = rank_outcomes(draft_probs(logits), draft, np.full(k, 0.05), 3)   # ... expected rejected
     assert best[0][:2] == (0, 6)                    # rejected at once, corrected to 6
     assert [p for *_, p in best] == sorted((p for *_, p in best), reverse=True)
 

@@ -188,7 +188,8 @@ class TorchEngine:
             ids = np.where(position_ids >= 0, input_ids, 0)
             pos, slots, step, kv_len = position_ids, batch_index, self.step, int(position_ids.max()) + 1
             gather = gather_index(position_ids, num_logits, num_logits)
-        else:              # a compiled specialization: padded to its fixed shape, full KV length
+        else:              # a compiled specialization: padded to its fixed shape, the KV in use
+                           # rounded up to the graph's bucket
             ids, pos, slots = pad_call(spec, input_ids, position_ids, batch_index)
             assert self.compiled is not None  # fit() found a specialization
             step, kv_len = self.compiled.step, self.compiled.kv_len(int(pos.max()) + 1)

@@ -31,6 +31,7 @@ from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.pre_draft import (
     ConfidenceBins,
     draft_confidence,
+    draft_probs,
     observed_outcome,
     outcome_key,
     rank_outcomes,
@@ -70,10 +71,13 @@ class LastDraft:
     pre_drafted: bool = False       # its outcomes are drafted already
     _confidence: np.ndarray | None = None
 
-    def confidence(self) -> np.ndarray:
-        """[k] the draft's probability of each draft (computed once: ranked, then observed)."""
+    def confidence(self, probs: np.ndarray | None = None) -> np.ndarray:
+        """[k] the draft's probability of each draft (computed once: ranked, then observed);
+        probs: draft_probs of logits_at, where the caller has them already."""
         if self._confidence is None:
-            self._confidence = draft_confidence(self.logits_at, self.draft)
+            if probs is None:
+                probs = draft_probs(self.logits_at)
+            self._confidence = draft_confidence(probs, self.draft)
         return self._confidence
 
 
@@ -117,8 +121,8 @@ class DraftModelProposer:
         # An executor that cannot copy a slot (a QPC's retained KV) pre-drafts only the branch
         # that extends the session's own slot, and has no scratch slots.
         self.copy_slot: Callable[[int, list[int], int], None] | None = getattr(self.engine, "copy_slot", None)
-        self.can_copy = self.copy_slot is not None
-        sessions = self.engine.slots // (1 + pre_draft_branches) if self.can_copy else self.engine.slots
+        sessions = self.engine.slots // (1 + pre_draft_branches) if self.copy_slot is not None \
+            else self.engine.slots
         self.pool = SlotPool(sessions, admission)
         # Engine slots no session holds, its own or a branch's. Taken and returned on the event
         # loop, between awaits: no lock needed. A session holds at most 1 + F, so an admitted
@@ -152,12 +156,12 @@ class DraftModelProposer:
                      sampled: bool, timings: StepTimings) -> Proposal | None:
         """Answer from a pre-drafted branch when the sync names one (greedy, same k)."""
         last, session.last = session.last, None
-        if last is None:
+        if last is None or not self.pre_draft_branches:
             return None
         accepted = observed_outcome(last.prefix_len, last.draft, start, tokens)
-        if accepted is not None and self.pre_draft_branches:
+        if accepted is not None:
             self.calibration.observe(last.confidence(), accepted)
-        if not self.pre_draft_branches or sampled:
+        if sampled:
             return None
         self.counters.lookups += 1
         branch = session.branches.pop((start, tuple(tokens)), None)
@@ -279,8 +283,9 @@ class DraftModelProposer:
         # branch then starts from slot contents 0..L+k-1 = prefix + d1..dk.
         end = len(seq.tokens)                               # = L + k - 1
         after_dk = (await self.batcher.run_row([last.draft[-1]], [end], seq.slot, 1, DECODE, timings))[-1]
-        outcomes = rank_outcomes(last.logits_at + [after_dk], last.draft,
-                                 self.calibration.rates(last.confidence()), self.pre_draft_branches)
+        probs = draft_probs(last.logits_at + [after_dk])                 # [k+1, V]
+        outcomes = rank_outcomes(probs, last.draft, self.calibration.rates(last.confidence(probs)),
+                                 self.pre_draft_branches)
         base = seq.tokens + [last.draft[-1]]               # prefix + d1..dk
         branches: list[tuple[tuple[int, tuple[int, ...]], Branch]] = []
         copies: list[int] = []                             # scratch slots to copy the slot to
@@ -314,7 +319,7 @@ class DraftModelProposer:
         self.counters.drafted_tokens += k * len(branches)
 
     def _scratch_slot(self, session: DraftSession) -> int | None:
-        if not self.can_copy or not self._spare:
+        if self.copy_slot is None or not self._spare:
             return None
         slot = self._spare.pop()
         session.scratch.append(slot)

@@ -83,11 +83,19 @@ class ConfidenceBins:
             self.stats.count(int(b), i < accepted)
 
 
-def draft_confidence(logits_at: list[np.ndarray], draft: list[int]) -> np.ndarray:
-    """[k] the draft's probability of each of its drafts: softmax(logits_at[i])[draft[i]]."""
-    logits = np.stack(logits_at[:len(draft)]).astype(np.float32, copy=False)   # [k, V]
+def draft_probs(logits_at: list[np.ndarray]) -> np.ndarray:
+    """[n] logits [V] -> [n, V] float32, the softmax of each (one pass: a pre-draft ranks and
+    reads confidences off the same probabilities, on its critical path). float32: [5, 4096] of
+    float64 is over malloc's mmap threshold (128 KiB), and fresh pages for every temporary
+    cost more than the arithmetic."""
+    logits = np.stack(logits_at).astype(np.float32, copy=False)
     q = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return q[np.arange(len(draft)), draft] / q.sum(axis=1)
+    return q / q.sum(axis=1, keepdims=True)
+
+
+def draft_confidence(probs: np.ndarray, draft: list[int]) -> np.ndarray:
+    """[k] the draft's probability of each of its drafts, from draft_probs [>= k, V]."""
+    return probs[np.arange(len(draft)), draft]
 
 
 def outcome_key(prefix_len: int, draft: list[int], accepted: int, token: int) -> tuple[int, tuple[int, ...]]:
@@ -112,19 +120,16 @@ def observed_outcome(prefix_len: int, draft: list[int], start: int, tokens: list
     return None
 
 
-def rank_outcomes(logits_at: list[np.ndarray], draft: list[int], rates: np.ndarray,
+def rank_outcomes(probs: np.ndarray, draft: list[int], rates: np.ndarray,
                   budget: int) -> list[tuple[int, int, float]]:
     """The `budget` likeliest outcomes (accepted, token, probability), best first.
 
-    logits_at[i]: the draft's logits [V] at draft position i (the distribution d_{i+1} was
-    picked from), i = 0..k; logits_at[k] is the one after d_k (bonus guesses). rates [k]: each
+    probs [k+1, V] (draft_probs): row i the draft's distribution at draft position i (the one
+    d_{i+1} was picked from), i = 0..k; row k the one after d_k (bonus guesses). rates [k]: each
     draft's expected acceptance (ConfidenceBins). All positions in one pass over [k+1, V]: this
     runs on the critical path of a pre-draft."""
     k = len(draft)
-    # float32: [5, 4096] of float64 is over malloc's mmap threshold (128 KiB), and fresh pages
-    # for every temporary cost more than the arithmetic.
-    logits = np.stack(logits_at).astype(np.float32, copy=False)   # [k+1, V]
-    q = np.exp(logits - logits.max(axis=1, keepdims=True))
+    q = probs.copy()
     rows = np.arange(k)
     q[rows, draft] = 0.0                    # a correction is never the rejected draft ...
     q /= np.maximum(q.sum(axis=1, keepdims=True), 1e-30)   # ... so q renormalises without it
