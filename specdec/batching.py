@@ -231,19 +231,26 @@ class Batcher:
             self.rows += len(batch)
             results, follow = [], []
             rows, window = ids.shape
+            lasts = [sum(p >= 0 for p in r.positions) for r in batch]   # real length of each row
+            # Each chain's step: its last logits [V] and their argmax, for all chains at once.
+            chained = [b for b, r in enumerate(batch) if r.chain is not None]
+            if chained:
+                at = [row_logit_slice(lasts[b], batch[b].num_logits, n).stop - 1 for b in chained]
+                last_logits = logits[chained, at]                       # [chains, V]
+                drafted = iter(zip(last_logits, last_logits.argmax(axis=1).tolist()))
             for b, r in enumerate(batch):
-                real = sum(p >= 0 for p in r.positions)
-                out = logits[b, row_logit_slice(real, r.num_logits, n)]
                 if r.chain is None:
+                    out = logits[b, row_logit_slice(lasts[b], r.num_logits, n)]
                     results.append((r.future, Settled(out, start - r.submitted_ns, forward, rows, window)))
                     continue
                 chain = r.chain
-                chain.logits.append(out[-1])
-                chain.tokens.append(int(np.argmax(out[-1])))
+                step_logits, token = next(drafted)   # chained is in batch order
+                chain.logits.append(step_logits)
+                chain.tokens.append(token)
                 chain.queue_ns += start - r.submitted_ns
                 chain.forward_ns += forward
                 if len(chain.tokens) < chain.steps:
-                    follow.append(Row([chain.tokens[-1]], [r.positions[real - 1] + 1], r.slot, 1,
+                    follow.append(Row([chain.tokens[-1]], [r.positions[lasts[b] - 1] + 1], r.slot, 1,
                                       DECODE, r.future, chain=chain))
                 else:
                     results.append((r.future, Settled(np.stack(chain.logits), chain.queue_ns,

@@ -14,7 +14,7 @@ from specdec.proposers.pre_draft import (
     AcceptanceStats,
     ConfidenceBins,
     draft_confidence,
-    draft_probs,
+    draft_distributions,
     observed_outcome,
     outcome_key,
     rank_outcomes,
@@ -61,7 +61,7 @@ def test_confidence_bins_learn_acceptance_by_confidence():
     assert sure > 0.9 > prior > 0.1 > unsure
     assert unseen == prior
     logits = [np.log(np.array([0.7, 0.2, 0.1])), np.log(np.array([0.25, 0.25, 0.5]))]
-    assert np.allclose(draft_confidence(draft_probs(logits), [0, 2]), [0.7, 0.5], atol=1e-6)
+    assert np.allclose(draft_confidence(draft_distributions(logits), [0, 2]), [0.7, 0.5], atol=1e-6)
 
 
 def test_ranking_follows_acceptance_and_excludes_the_rejected_draft():
@@ -72,12 +72,35 @@ def test_ranking_follows_acceptance_and_excludes_the_rejected_draft():
         logits[i][d] = 5.0          # the draft was sure of its drafts ...
         logits[i][6] = 4.0          # ... and 6 its second choice everywhere
     logits[k][4] = 5.0              # after d_k it would say 4
-    best = rank_outcomes(draft_probs(logits), draft, np.full(k, 0.95), 3)   # drafts expected accepted
+    best = rank_outcomes(draft_distributions(logits), draft, np.full(k, 0.95), 3)   # drafts expected accepted
     assert best[0][:2] == (k, 4)                    # all accepted, bonus 4
     assert all(y != draft[a] for a, y, _ in best if a < k)
-    best = rank_outcomes(draft_probs(logits), draft, np.full(k, 0.05), 3)   # ... expected rejected
+    best = rank_outcomes(draft_distributions(logits), draft, np.full(k, 0.05), 3)   # ... expected rejected
     assert best[0][:2] == (0, 6)                    # rejected at once, corrected to 6
     assert [p for *_, p in best] == sorted((p for *_, p in best), reverse=True)
+
+
+def test_ranking_scores_are_outcome_probabilities():
+    """Every outcome's score is P(the check stops at a) times the draft's probability of y at
+    a, renormalised without the rejected draft: computed here the long way, from softmaxes."""
+    rng = np.random.default_rng(3)
+    v, k = 50, 4
+    logits = [rng.normal(0, 3, v).astype(np.float32) for _ in range(k + 1)]
+    draft = [int(np.argmax(x)) for x in logits[:k]]
+    rates = rng.uniform(0.2, 0.9, k)
+    probs = [np.exp(x - x.max()) / np.exp(x - x.max()).sum() for x in logits]
+    want = {}
+    for a in range(k + 1):
+        p_stop = np.prod(rates[:a]) * (1 - rates[a] if a < k else 1.0)
+        for y in range(v):
+            if a < k and y == draft[a]:
+                continue
+            q = probs[a][y] / (1 - probs[a][draft[a]]) if a < k else probs[a][y]
+            want[(a, y)] = p_stop * q
+    best = rank_outcomes(draft_distributions(logits), draft, rates, 10)
+    top = sorted(want.items(), key=lambda kv: -kv[1])[:10]
+    assert [(a, y) for a, y, _ in best] == [key for key, _ in top]
+    assert np.allclose([p for *_, p in best], [p for _, p in top], rtol=1e-4)
 
 
 def test_top_entries_are_the_largest_in_order():
@@ -87,9 +110,11 @@ def test_top_entries_are_the_largest_in_order():
         score = rng.random((int(rng.integers(1, 6)), int(rng.integers(1, 40))))
         score[0, :3] = score[0, 3] if score.shape[1] > 3 else score[0, 0]   # ties
         n = int(rng.integers(1, 2 * score.size))
+        before = score.copy()
         got = score.ravel()[top_entries(score, n)]
         want = np.sort(score.ravel())[::-1][:n]
         np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(score, before)   # what it masked, it restored
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +250,50 @@ def test_a_branch_serves_a_smaller_k(tiny_pair):
             await proposer.close_session(session)
     asyncio.run(go())
     proposer.batcher.close()
+
+
+def test_scratch_slots_get_only_the_positions_they_lack(tiny_pair):
+    """Round after round of hits in scratch slots: each pre-draft copies only the positions
+    its scratch slots lack (after the first, a few, not the whole prefix), and every branch
+    still drafts what a fresh proposer drafts from the branch's sequence."""
+    from specdec.build import build_draft_proposer
+    from tests.conftest import engine_config
+
+    k = 3
+    proposer = build_draft_proposer(engine_config(tiny_pair[1], 1), 4, pre_draft_branches=3)
+    fresh = build_draft_proposer(engine_config(tiny_pair[1], 1), 4)
+    copies: list[tuple[int, int]] = []
+    assert proposer.copy_slot is not None
+    copy_slot = proposer.copy_slot
+
+    def recorded(src: int, dsts: list[int], start: int, stop: int) -> None:
+        copies.append((start, stop))
+        copy_slot(src, dsts, start, stop)
+    proposer.copy_slot = recorded
+
+    async def go() -> None:
+        session, check = await proposer.open_session(), await fresh.open_session()
+        try:
+            prompt = np.random.default_rng(5).integers(2, VOCAB, size=12).tolist()
+            proposal = await proposer.propose(session, 0, prompt, k)
+            for _ in range(6):
+                await proposer.after_reply(session)
+                for branch in session.branches.values():
+                    synced = branch.tokens[:len(branch.tokens) - (k - 1)]   # prefix + outcome
+                    assert branch.draft == (await fresh.propose(check, 0, synced, k)).draft
+                # The next outcome: a correction, so the hit adopts a scratch slot.
+                (start, tokens), branch = next((key, b) for key, b in session.branches.items()
+                                               if b.outcome[0] < k and b.slot != session.seq.slot)
+                proposal = await proposer.propose(session, start, list(tokens), k)
+                assert proposal.pre_drafted and proposal.draft == branch.draft
+                assert session.seq.slot == branch.slot
+        finally:
+            await proposer.close_session(session)
+            await fresh.close_session(check)
+    asyncio.run(go())
+    proposer.batcher.close()
+    fresh.batcher.close()
+    assert len(copies) == 6 and copies[0][0] == 0
+    # Once every scratch slot has held a branch (the second pre-draft may take one never used),
+    # copies start past the prompt: the slots share the prefix up to the last outcomes.
+    assert all(start >= 12 and stop - start <= 2 * k for start, stop in copies[2:])

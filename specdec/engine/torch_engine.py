@@ -167,16 +167,17 @@ class TorchEngine:
             heads = torch.stack([head(h) for head in self.turbo_heads], dim=1)  # [R, H, D]
             return self.model.lm_head(heads).float().cpu().numpy()           # [R, H, V]
 
-    def copy_slot(self, src: int, dsts: list[int], length: int) -> None:
-        """KV of slot src -> each slot of dsts, positions 0..length-1 (pre-drafted branches
-        start from copies of their session's slot; past length, a dst keeps stale entries,
-        which no query sees before it overwrites them). One indexed write per cache tensor,
-        not one per destination. Safe beside a running step that touches none of the slots."""
+    def copy_slot(self, src: int, dsts: list[int], start: int, stop: int) -> None:
+        """KV of slot src -> each slot of dsts, positions start..stop-1 (pre-drafted branches
+        start from copies of their session's slot; the caller skips the positions every dst
+        holds already, and past stop a dst keeps stale entries, which no query sees before it
+        overwrites them). One indexed write per cache tensor, not one per destination. Safe
+        beside a running step that touches none of the slots."""
         index = torch.tensor(dsts, device=self.device)
         with torch.inference_mode():
             for k, v in self.caches:
-                k[index, :, :length] = k[src, :, :length]
-                v[index, :, :length] = v[src, :, :length]
+                k[index, :, start:stop] = k[src, :, start:stop]
+                v[index, :, start:stop] = v[src, :, start:stop]
 
     def run(self, input_ids: np.ndarray, position_ids: np.ndarray, batch_index: np.ndarray,
             num_logits: int) -> np.ndarray:

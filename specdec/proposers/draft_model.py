@@ -12,9 +12,11 @@ outcomes (see pre_draft.py), batched across branches, one engine call per depth 
 chained on the engine thread, Batcher.run_greedy, as a greedy proposal's steps are). The best
 all-accepted branch extends the session's own slot (stale positions are masked and overwritten,
 so a miss costs nothing there); the others start from a copy of it in scratch slots, where the
-engine can copy a slot. The next `propose` answers a branch whose (start, tokens) its sync
-matches, and drops the rest; a hit in a scratch slot makes that slot the session's (no copy
-back on the hit's critical path), and the session's old slot becomes scratch.
+engine can copy a slot: only the positions a scratch slot lacks (the proposer remembers what
+each slot no session owns holds, and after a hit that is all of the prefix but the last round's
+few positions). The next `propose` answers a branch whose (start, tokens) its sync matches,
+and drops the rest; a hit in a scratch slot makes that slot the session's (no copy back on the
+hit's critical path), and the session's old slot becomes scratch.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from specdec.batching import DECODE, Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.pre_draft import (
     ConfidenceBins,
+    DraftDistributions,
     draft_confidence,
-    draft_probs,
+    draft_distributions,
     observed_outcome,
     outcome_key,
     rank_outcomes,
@@ -45,7 +48,7 @@ from specdec.sampling import (
     truncate_top_m,
     warp,
 )
-from specdec.sequence import SlotSequence
+from specdec.sequence import SlotSequence, common_prefix_len
 from specdec.slots import Admission, SlotPool
 from specdec.types import DraftBranch, Proposal, StepTimings
 
@@ -71,13 +74,13 @@ class LastDraft:
     pre_drafted: bool = False       # its outcomes are drafted already
     _confidence: np.ndarray | None = None
 
-    def confidence(self, probs: np.ndarray | None = None) -> np.ndarray:
+    def confidence(self, dist: DraftDistributions | None = None) -> np.ndarray:
         """[k] the draft's probability of each draft (computed once: ranked, then observed);
-        probs: draft_probs of logits_at, where the caller has them already."""
+        dist: the distributions of logits_at, where the caller has them already."""
         if self._confidence is None:
-            if probs is None:
-                probs = draft_probs(self.logits_at)
-            self._confidence = draft_confidence(probs, self.draft)
+            if dist is None:
+                dist = draft_distributions(self.logits_at)
+            self._confidence = draft_confidence(dist, self.draft)
         return self._confidence
 
 
@@ -120,7 +123,8 @@ class DraftModelProposer:
         self.pre_draft_branches = pre_draft_branches
         # An executor that cannot copy a slot (a QPC's retained KV) pre-drafts only the branch
         # that extends the session's own slot, and has no scratch slots.
-        self.copy_slot: Callable[[int, list[int], int], None] | None = getattr(self.engine, "copy_slot", None)
+        self.copy_slot: Callable[[int, list[int], int, int], None] | None = \
+            getattr(self.engine, "copy_slot", None)
         sessions = self.engine.slots // (1 + pre_draft_branches) if self.copy_slot is not None \
             else self.engine.slots
         self.pool = SlotPool(sessions, admission)
@@ -128,6 +132,10 @@ class DraftModelProposer:
         # loop, between awaits: no lock needed. A session holds at most 1 + F, so an admitted
         # session always finds one.
         self._spare = list(range(self.engine.slots - 1, -1, -1))   # pop() hands out slot 0 first
+        # The tokens whose KV a slot no session owns holds, at positions 0..len-1 (no entry:
+        # nothing known). A pre-draft copies a scratch slot only the positions it lacks. A
+        # session's own slot is described by its SlotSequence instead.
+        self._held: dict[int, list[int]] = {}
         self.counters = PreDraftCounters()
         # Expected acceptance by draft confidence, learned from every session's outcomes.
         self.calibration = ConfidenceBins()
@@ -137,13 +145,17 @@ class DraftModelProposer:
 
     async def open_session(self) -> DraftSession:
         ticket = await self.pool.acquire()
-        return DraftSession(SlotSequence(self._spare.pop()), ticket)
+        slot = self._spare.pop()
+        self._held.pop(slot, None)
+        return DraftSession(SlotSequence(slot), ticket)
 
     async def close_session(self, session: DraftSession) -> None:
         async with session.busy:   # a pre-draft still running owns slots of this session
             session.last = None  # and one not started yet must not start on a freed slot
             self._drop_branches(session)
-            self._spare.append(session.seq.slot)
+            seq = session.seq
+            self._held[seq.slot] = seq.tokens[:seq.cached]
+            self._spare.append(seq.slot)
             self.pool.release(session.ticket)
 
     def _drop_branches(self, session: DraftSession) -> None:
@@ -172,6 +184,8 @@ class DraftModelProposer:
         seq = session.seq
         if branch.slot != seq.slot:   # adopt the branch's slot; the old one goes with the rest
             session.scratch[session.scratch.index(branch.slot)] = seq.slot
+            self._held[seq.slot] = seq.tokens[:seq.cached]
+            self._held.pop(branch.slot, None)
             seq.slot = branch.slot
         # A smaller k (adaptive k) takes the branch's first k drafts; the session then holds
         # prefix + e1..e(k-1), and the KV of the rest is stale, masked and overwritten later.
@@ -283,8 +297,8 @@ class DraftModelProposer:
         # branch then starts from slot contents 0..L+k-1 = prefix + d1..dk.
         end = len(seq.tokens)                               # = L + k - 1
         after_dk = (await self.batcher.run_row([last.draft[-1]], [end], seq.slot, 1, DECODE, timings))[-1]
-        probs = draft_probs(last.logits_at + [after_dk])                 # [k+1, V]
-        outcomes = rank_outcomes(probs, last.draft, self.calibration.rates(last.confidence(probs)),
+        dist = draft_distributions(last.logits_at + [after_dk])          # [k+1, V]
+        outcomes = rank_outcomes(dist, last.draft, self.calibration.rates(last.confidence(dist)),
                                  self.pre_draft_branches)
         base = seq.tokens + [last.draft[-1]]               # prefix + d1..dk
         branches: list[tuple[tuple[int, tuple[int, ...]], Branch]] = []
@@ -307,7 +321,11 @@ class DraftModelProposer:
         copied = None
         if copies:
             assert self.copy_slot is not None  # no scratch slots where slots don't copy
-            copied = self.batcher.start(self.copy_slot, seq.slot, copies, len(base))
+            # Positions every scratch slot holds already are not copied again: after a hit,
+            # each shares the prefix up to the last round's outcomes (their entries go now:
+            # the copy and the rows overwrite them, and a failure leaves them unknown).
+            start = min(common_prefix_len(self._held.pop(s, []), base) for s in copies)
+            copied = self.batcher.start(self.copy_slot, seq.slot, copies, start, len(base))
         # One engine call per depth, every branch a row; the depths chain on the engine thread.
         rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
         for (_, b), (logits, drafts) in zip(branches, await self.batcher.run_greedy(rows, k, DECODE, timings)):
@@ -315,6 +333,9 @@ class DraftModelProposer:
             b.tokens += drafts[:-1]
         if copied is not None:
             await copied   # done before the first rows ran; raises if the copy failed
+        for _, b in branches:
+            if b.slot != seq.slot:
+                self._held[b.slot] = b.tokens
         session.branches = dict(branches)
         self.counters.drafted_tokens += k * len(branches)
 

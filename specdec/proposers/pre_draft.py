@@ -83,19 +83,34 @@ class ConfidenceBins:
             self.stats.count(int(b), i < accepted)
 
 
-def draft_probs(logits_at: list[np.ndarray]) -> np.ndarray:
-    """[n] logits [V] -> [n, V] float32, the softmax of each (one pass: a pre-draft ranks and
-    reads confidences off the same probabilities, on its critical path). float32: [5, 4096] of
-    float64 is over malloc's mmap threshold (128 KiB), and fresh pages for every temporary
-    cost more than the arithmetic."""
-    logits = np.stack(logits_at).astype(np.float32, copy=False)
-    q = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return q / q.sum(axis=1, keepdims=True)
+@dataclass(frozen=True)
+class DraftDistributions:
+    """The draft's distributions at n positions, e / z, left unnormalised: ranking scales each
+    row by one factor anyway, and a confidence reads one entry per row. A pre-draft computes
+    them once, on its critical path, where each pass over [n, V] and each temporary counts."""
+
+    e: np.ndarray   # [n, V] float32 exp(logits - the row's max)
+    z: np.ndarray   # [n] the row sums of e
+
+    def probs(self) -> np.ndarray:
+        """[n, V] the softmax of each row."""
+        return self.e / self.z[:, None]
 
 
-def draft_confidence(probs: np.ndarray, draft: list[int]) -> np.ndarray:
-    """[k] the draft's probability of each of its drafts, from draft_probs [>= k, V]."""
-    return probs[np.arange(len(draft)), draft]
+def draft_distributions(logits_at: list[np.ndarray]) -> DraftDistributions:
+    """[n] logits [V] -> their DraftDistributions. float32, in one array: [5, 4096] of float64
+    is over malloc's mmap threshold (128 KiB), and fresh pages for every temporary cost more
+    than the arithmetic."""
+    e = np.stack(logits_at).astype(np.float32, copy=False)   # a new array: updated in place
+    e -= e.max(axis=1, keepdims=True)
+    np.exp(e, out=e)
+    return DraftDistributions(e, e.sum(axis=1))
+
+
+def draft_confidence(dist: DraftDistributions, draft: list[int]) -> np.ndarray:
+    """[k] the draft's probability of each of its drafts (dist: at >= k positions)."""
+    rows = np.arange(len(draft))
+    return dist.e[rows, draft] / dist.z[rows]
 
 
 def outcome_key(prefix_len: int, draft: list[int], accepted: int, token: int) -> tuple[int, tuple[int, ...]]:
@@ -120,23 +135,25 @@ def observed_outcome(prefix_len: int, draft: list[int], start: int, tokens: list
     return None
 
 
-def rank_outcomes(probs: np.ndarray, draft: list[int], rates: np.ndarray,
+def rank_outcomes(dist: DraftDistributions, draft: list[int], rates: np.ndarray,
                   budget: int) -> list[tuple[int, int, float]]:
     """The `budget` likeliest outcomes (accepted, token, probability), best first.
 
-    probs [k+1, V] (draft_probs): row i the draft's distribution at draft position i (the one
-    d_{i+1} was picked from), i = 0..k; row k the one after d_k (bonus guesses). rates [k]: each
-    draft's expected acceptance (ConfidenceBins). All positions in one pass over [k+1, V]: this
-    runs on the critical path of a pre-draft."""
+    dist [k+1, V]: row i the draft's distribution at draft position i (the one d_{i+1} was
+    picked from), i = 0..k; row k the one after d_k (bonus guesses). rates [k]: each draft's
+    expected acceptance (ConfidenceBins). All positions in one pass over [k+1, V]: this runs
+    on the critical path of a pre-draft."""
     k = len(draft)
-    q = probs.copy()
     rows = np.arange(k)
-    q[rows, draft] = 0.0                    # a correction is never the rejected draft ...
-    q /= np.maximum(q.sum(axis=1, keepdims=True), 1e-30)   # ... so q renormalises without it
     # P(the check stops at a): drafts 0..a-1 accepted, then a rejected (a < k) or a = k.
     reach = np.concatenate([[1.0], np.cumprod(rates)])     # [k+1] P(drafts 0..a-1 accepted)
     p_stop = reach * np.append(1.0 - rates, 1.0)           # [k+1]
-    score = p_stop.astype(np.float32)[:, None] * q          # [k+1, V] P(outcome (a, y))
+    # A correction is never the rejected draft, so its distribution renormalises without it:
+    # q_a(y) = e[a, y] / (z[a] - e[a, d_{a+1}]), a < k; the bonus's is e[k, y] / z[k].
+    total = dist.z.astype(np.float64)
+    total[:k] -= dist.e[rows, draft]
+    score = dist.e * (p_stop / np.maximum(total, 1e-30)).astype(np.float32)[:, None]  # [k+1, V]
+    score[rows, draft] = 0.0                                # P(outcome (a, y))
     best = top_entries(score, budget)
     return [(int(a), int(y), float(score[a, y])) for a, y in zip(*np.unravel_index(best, score.shape))]
 
@@ -146,14 +163,21 @@ def top_entries(score: np.ndarray, n: int) -> np.ndarray:
 
     Not an argpartition over all R*V entries (~0.15 ms at 5 x 4096, on the pre-draft's critical
     path): the smallest of n entries known to be large (each row's largest, then its second
-    largest, ...) bounds the n-th largest from below, and only the entries above it are sorted."""
-    flat = score.ravel()
+    largest, ...) bounds the n-th largest from below, and only the entries above it are sorted.
+    The entries found are masked in score while looking for the next ones, then restored (no
+    copy of score)."""
+    score = np.ascontiguousarray(score)
+    flat = score.reshape(-1)   # a view: the masking below is seen by argmax
     n = min(n, flat.size)
-    rest, rows, known = score.copy(), np.arange(score.shape[0]), np.empty(0, score.dtype)
-    while known.size < n:
-        col = rest.argmax(axis=1)
-        known = np.append(known, rest[rows, col])
-        rest[rows, col] = -np.inf
+    rows, width = np.arange(score.shape[0]), score.shape[1]
+    found: list[tuple[np.ndarray, np.ndarray]] = []   # (flat indices, their values)
+    while len(found) * len(rows) < n:
+        index = rows * width + score.argmax(axis=1)
+        found.append((index, flat[index]))   # fancy indexing: a copy of the values
+        flat[index] = -np.inf
+    for index, values in found:
+        flat[index] = values
+    known = np.concatenate([values for _, values in found])
     bound = np.sort(known)[-n]
     above = np.flatnonzero(flat >= bound)
     return above[np.argsort(-flat[above], kind="stable")[:n]]
