@@ -69,7 +69,9 @@ class Chain:
 class Settled:
     """A row's result: its logits and what its engine call was."""
 
-    logits: np.ndarray   # [num_logits, V] float32; a greedy chain: [steps, V]
+    # [num_logits, V] float32; a greedy chain: the [V] of each step (its callers want them
+    # one by one, and stacking copies every one of them on the engine thread)
+    logits: np.ndarray | list[np.ndarray]
     queue_ns: int        # submitted -> its engine call began (a chain: summed over its steps)
     forward_ns: int      # the engine call (a chain: its calls)
     batch_rows: int      # rows in that call (this row and every other batched with it)
@@ -164,16 +166,17 @@ class Batcher:
         settled = await _settled(row)
         settled.add_to(timings)
         timings.forward_ns += settled.forward_ns
+        assert isinstance(settled.logits, np.ndarray)   # not a chain
         return settled.logits
 
     async def run_greedy(self, rows: list[tuple[list[int], list[int], int]], steps: int,
-                         phase: str, timings: StepTimings) -> list[tuple[np.ndarray, list[int]]]:
+                         phase: str, timings: StepTimings) -> list[tuple[list[np.ndarray], list[int]]]:
         """Greedy drafting of `steps` tokens from each row (ids, positions, slot), rows
         submitted together so that each step of every row runs in one engine call (with
         whatever else is pending). Step 1 runs the row; each later step feeds the argmax of
         the step before at the next position, on the engine thread: no round trip to the loop
-        between steps. Per row: the logits [steps, V] of each step's last position, and their
-        argmax [steps] (the tokens drafted; all but the last were fed)."""
+        between steps. Per row: the logits [V] of each step's last position, and their argmax
+        [steps] (the tokens drafted; all but the last were fed)."""
         batch = [Row(ids, positions, slot, 1, phase, chain=Chain(steps))
                  for ids, positions, slot in rows]
         self._submit(batch)
@@ -183,7 +186,7 @@ class Batcher:
         timings.forward_ns += max(one.forward_ns for one in settled)   # the chains shared calls
         out = []
         for one in settled:
-            assert one.tokens is not None  # a chain settles with its tokens
+            assert one.tokens is not None and isinstance(one.logits, list)  # a chain's
             out.append((one.logits, one.tokens))
         return out
 
@@ -253,7 +256,7 @@ class Batcher:
                     follow.append(Row([chain.tokens[-1]], [r.positions[lasts[b] - 1] + 1], r.slot, 1,
                                       DECODE, r.future, chain=chain))
                 else:
-                    results.append((r.future, Settled(np.stack(chain.logits), chain.queue_ns,
+                    results.append((r.future, Settled(chain.logits, chain.queue_ns,
                                                       chain.forward_ns, rows, window, chain.tokens)))
             if follow:
                 with self._cv:   # the chains' next steps go first: they are the oldest work

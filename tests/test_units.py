@@ -59,6 +59,13 @@ def test_common_prefix_len():
     assert common_prefix_len([1, 2], [1, 2]) == 2
     assert common_prefix_len([1, 2, 3, 4], [1, 2, 3, 9], known=2) == 3  # scan starts after known
     assert common_prefix_len([1], [1, 2], known=5) == 1
+    rng = np.random.default_rng(2)   # against the token-by-token scan, at every length
+    for _ in range(300):
+        a = rng.integers(0, 3, int(rng.integers(0, 40))).tolist()
+        b = a[:int(rng.integers(0, len(a) + 1))] + rng.integers(0, 3, int(rng.integers(0, 5))).tolist()
+        want = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        assert common_prefix_len(a, b) == common_prefix_len(b, a) == want
+        assert common_prefix_len(a, b, known=int(rng.integers(0, want + 1))) == want
 
 
 def test_slot_pool():

@@ -263,8 +263,7 @@ class DraftModelProposer:
             # The last token's logits are needed even if its KV is already in the slot.
             seq.cached = min(seq.cached, len(seq.tokens) - 1)
             if not sampled:   # the k steps chain on the engine thread
-                chain, draft = await seq.feed_greedy(self.batcher, timings, k)   # [k, V], [k]
-                logits_at = list(chain)
+                logits_at, draft = await seq.feed_greedy(self.batcher, timings, k)   # k x [V], [k]
             else:
                 logits = await seq.feed(self.batcher, timings)             # [V]
                 while True:   # on the loop: each draft is sampled with the session's generator
@@ -329,7 +328,7 @@ class DraftModelProposer:
         # One engine call per depth, every branch a row; the depths chain on the engine thread.
         rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
         for (_, b), (logits, drafts) in zip(branches, await self.batcher.run_greedy(rows, k, DECODE, timings)):
-            b.draft, b.logits_at = drafts, list(logits)
+            b.draft, b.logits_at = drafts, logits
             b.tokens += drafts[:-1]
         if copied is not None:
             await copied   # done before the first rows ran; raises if the copy failed
