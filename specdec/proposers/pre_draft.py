@@ -92,10 +92,6 @@ class DraftDistributions:
     e: np.ndarray   # [n, V] float32 exp(logits - the row's max)
     z: np.ndarray   # [n] the row sums of e
 
-    def probs(self) -> np.ndarray:
-        """[n, V] the softmax of each row."""
-        return self.e / self.z[:, None]
-
 
 def draft_distributions(logits_at: list[np.ndarray]) -> DraftDistributions:
     """[n] logits [V] -> their DraftDistributions. float32, in one array: [5, 4096] of float64
