@@ -3,10 +3,11 @@
   (a) target-only: k = 0 steps through the verifier service over gRPC
   (b) speculative over gRPC: the services as separate processes, each pinned to its own CPU
       cores on a CPU host (for --method turbo the verifier alone, drafting with its heads)
-  (b+) as (b), with a proposer that pre-drafts the next round while the verifier verifies
-      (--method draft, --pre-draft-branches F); the client takes the next draft from the
-      branches and verifies it while the proposer drafts the branches after it
-  (b+r) as (b+), with the client asking for each draft, a hit answered from the branches
+  (b+r) as (b), with a proposer that pre-drafts the next round while the verifier verifies
+      (--method draft, --pre-draft-branches F); the client asks for each draft, and a hit is
+      answered from the branches at once (the client's default)
+  (b+) as (b+r), with the client taking the next draft from the branches and verifying it
+      while the proposer drafts the branches after it (GenerationConfig.use_branches)
   (b~) as (b), with k chosen each round (--num-speculative-tokens auto, up to --auto-max-k)
       (--method draft and ngram)
   (c) speculative in-process: the same library and generation loop, no gRPC, one process
@@ -228,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(grpc_row(f"(b~) k auto up to {auto_k}, gRPC", spec_v, spec_p, auto))
         if len(services) > 2:
             rows += [grpc_row(f"(b+r) pre-drafting {args.pre_draft_branches}, hits on request, gRPC",
-                              plain, services[2].address, replace(config, use_branches=False)),
-                     grpc_row(f"(b+) pre-drafting {args.pre_draft_branches}, gRPC", plain,
-                              services[2].address, config)]
+                              plain, services[2].address, config),
+                     grpc_row(f"(b+) pre-drafting {args.pre_draft_branches}, client takes branches, gRPC",
+                              plain, services[2].address, replace(config, use_branches=True))]
         results = measured_in_turn(rows, args.repeats)
         (rec_a, a), (rec_b, b) = results[:2]
         if auto_k:
@@ -302,12 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speculative b/e (gRPC vs transformers' own, same k): "
               f"{figures['speculative_vs_transformers_b_over_e']:.2f}x")
     if pre:
-        print("pre-drafting b+/b (vs sequential, both gRPC):      "
+        assert pre_on_request is not None  # measured with pre
+        print("pre-drafting, hits on request b+r/b (default):  "
+              f"{figures['pre_draft_on_request_vs_sequential_bplusr_over_b']:.2f}x"
+              f"  (hit rate {pre_on_request[1].pre_draft_hit_rate:.0%})")
+        print("pre-drafting, client takes branches b+/b:       "
               f"{figures['pre_draft_vs_sequential_bplus_over_b']:.2f}x"
               f"  (hit rate {pre[1].pre_draft_hit_rate:.0%}, {pre[1].pre_draft_overlapped} rounds "
               "verified alongside the next pre-draft)")
-        print("pre-drafting, hits on request b+r/b:              "
-              f"{figures['pre_draft_on_request_vs_sequential_bplusr_over_b']:.2f}x")
         print("pre-drafting b+/c (split vs sequential in-process): "
               f"{figures['pre_draft_split_vs_inprocess_bplus_over_c']:.2f}x")
     if rec_auto:
