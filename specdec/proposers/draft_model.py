@@ -153,10 +153,13 @@ class DraftModelProposer:
         async with session.busy:   # a pre-draft still running owns slots of this session
             session.last = None  # and one not started yet must not start on a freed slot
             self._drop_branches(session)
-            seq = session.seq
-            self._held[seq.slot] = seq.tokens[:seq.cached]
-            self._spare.append(seq.slot)
+            self._leave(session.seq)
+            self._spare.append(session.seq.slot)
             self.pool.release(session.ticket)
+
+    def _leave(self, seq: SlotSequence) -> None:
+        """The session gives up its slot (closed, or a hit moved it): remember what it holds."""
+        self._held[seq.slot] = seq.tokens[:seq.cached]
 
     def _drop_branches(self, session: DraftSession) -> None:
         self.counters.wasted_tokens += sum(len(b.draft) for b in session.branches.values())
@@ -184,8 +187,8 @@ class DraftModelProposer:
         seq = session.seq
         if branch.slot != seq.slot:   # adopt the branch's slot; the old one goes with the rest
             session.scratch[session.scratch.index(branch.slot)] = seq.slot
-            self._held[seq.slot] = seq.tokens[:seq.cached]
-            self._held.pop(branch.slot, None)
+            self._leave(seq)
+            self._held.pop(branch.slot, None)   # the session's now: seq describes it
             seq.slot = branch.slot
         # A smaller k (adaptive k) takes the branch's first k drafts; the session then holds
         # prefix + e1..e(k-1), and the KV of the rest is stale, masked and overwritten later.
