@@ -45,8 +45,9 @@ class ProposerServiceConfig(ServiceOptions):
     max_ngram_size: int = flag(3, help="`ngram`: longest n-gram matched")
     pre_draft_branches: int = flag(
         DEFAULT_PRE_DRAFT_BRANCHES, help="`draft`: after answering, draft the next round for this many likely "
-                "verification outcomes while the verifier works (see \"Pre-drafting\"); a "
-                "matching next request is answered at once; `0` = sequential")
+                "verification outcomes while the verifier works, shared by the open sessions "
+                "(at least one each; see \"Pre-drafting\"); a matching next request is "
+                "answered at once; `0` = sequential")
     qaic: QaicOptions | None        # compile settings for --executor qaic, else None
 
 

@@ -24,6 +24,14 @@ from specdec.round_model import Policy, best_policy, choose_window
 EXPLORE_EVERY = 24       # one round in this many tries a neighbouring k (each costs: a
 #                          verify at another window size, and the switch between compiled windows)
 START_K = 4              # k before anything has been measured (capped at max_k)
+# In a batch, the k in use (shared by the client's sessions, as the estimates are) is kept
+# until another is expected to yield this much more. The
+# estimates are noisy, and there a switch costs what the model does not price: sessions that
+# disagree pad each other's windows, and a pre-drafted branch of the old length cannot
+# answer a longer request. With 8 sessions, choosing afresh each round flipped between
+# neighbours. (Alone, a session follows the estimates: its optimum is flat, and a margin
+# would hold it short of it while the next position's acceptance is still a prior.)
+SWITCH_MARGIN = 0.03
 
 
 @dataclass
@@ -53,10 +61,11 @@ class AdaptiveK:
         return best_policy(self.estimates.rates(True, self.max_k),
                            self.estimates.rates(False, self.max_k), self.estimates.costs(),
                            self.max_k, self.estimates.rows(self.occupancy), self.after_hit,
-                           common=self.batched)
+                           common=self.batched, keep=self.estimates.policy_in_use,
+                           margin=SWITCH_MARGIN if self.batched else 0.0)
 
     def best_k(self) -> int:
-        self.chosen = self.policy()
+        self.chosen = self.estimates.policy_in_use = self.policy()
         return self.chosen.k(self.after_hit)
 
     def next_k(self) -> int:

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from specdec.proposers.pre_draft import AcceptanceStats
-from specdec.round_model import RoundCosts
+from specdec.round_model import Policy, RoundCosts
 
 RECENT = 16              # calls each cost estimate keeps (its median is the estimate)
 ACCEPTANCE_DECAY = 0.98  # weight of the past in acceptance estimates, per observation of a position
@@ -146,6 +146,9 @@ class RoundEstimates:
     verify_fixed: RecentMedian = field(default_factory=RecentMedian)
     verify_forward: WindowCosts = field(default_factory=WindowCosts)
     verify_rows: RecentMedian = field(default_factory=RecentMedian)  # rows per verify call
+    # The policy the sessions on these estimates chose last: in a batch they keep it together
+    # until another clearly pays more (adaptive_k.SWITCH_MARGIN).
+    policy_in_use: Policy | None = None
 
     def measured(self) -> bool:
         """Both calls have been timed (the proposer's only matters when there is one)."""

@@ -110,7 +110,8 @@ Yields = tuple[Sequence[float], Sequence[float] | None]  # (acceptance, supply) 
 
 
 def best_policy(after_hit: Yields, after_miss: Yields, costs: RoundCosts,
-                max_k: int, occupancy: int, now_after_hit: bool, common: bool = False) -> Policy:
+                max_k: int, occupancy: int, now_after_hit: bool, common: bool = False,
+                keep: Policy | None = None, margin: float = 0.0) -> Policy:
     """The pair of draft lengths (after a round that accepted a draft, after one that did not)
     with the most expected tokens per second over the long run; each state's (acceptance,
     supply) per position. A round that asks for drafts finds out which stretch the generation
@@ -121,7 +122,8 @@ def best_policy(after_hit: Yields, after_miss: Yields, costs: RoundCosts,
     Over the two-state chain: P(hit next) = s_1 alpha_1 of the state's yields (k > 0), the
     stationary share of hit states mu = to_hit / (1 - stay_hit + to_hit), and the rate is
     (mu T_hit + (1 - mu) T_miss) / (mu D_hit + (1 - mu) D_miss) for tokens T and seconds D of
-    each state's round. common: one k for both states."""
+    each state's round. common: one k for both states. keep: the policy in use, kept (at its
+    rate now) unless another is expected to yield more than `margin` (a fraction) more."""
     def rounds(acceptance: Sequence[float],
                supply: Sequence[float] | None) -> list[tuple[float, float, float]]:
         rates = chain(acceptance, supply)
@@ -129,7 +131,7 @@ def best_policy(after_hit: Yields, after_miss: Yields, costs: RoundCosts,
                  rates[0] if k else -1.0) for k in range(max_k + 1)]
 
     hit, miss = rounds(*after_hit), rounds(*after_miss)
-    best = Policy(0, 0, 0.0)
+    best, kept = Policy(0, 0, 0.0), None
     for kh, (t_h, d_h, p_h) in enumerate(hit):
         for km, (t_m, d_m, p_m) in enumerate(miss):
             if common and km != kh:
@@ -144,7 +146,9 @@ def best_policy(after_hit: Yields, after_miss: Yields, costs: RoundCosts,
             rate = (mu * t_h + (1 - mu) * t_m) / time if time > 0 else float("inf")
             if rate > best.rate * (1 + 1e-9):
                 best = Policy(kh, km, rate)
-    return best
+            if keep is not None and (kh, km) == (keep.k_after_hit, keep.k_after_miss):
+                kept = Policy(kh, km, rate)
+    return kept if kept is not None and best.rate <= kept.rate * (1 + margin) else best
 
 
 def best_rate(acceptance: Sequence[float], costs: RoundCosts, max_k: int, occupancy: int,

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from specdec.adaptive_k import EXPLORE_EVERY, AdaptiveK
+from specdec.adaptive_k import EXPLORE_EVERY, SWITCH_MARGIN, AdaptiveK
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
@@ -17,6 +17,7 @@ from specdec.metrics import batch_metrics, generation_metrics
 from specdec.proposers.pre_draft import AcceptanceStats
 from specdec.round_estimates import RECENT, RoundEstimates, RoundReport, WindowCosts
 from specdec.round_model import (
+    Policy,
     RoundCosts,
     best_policy,
     best_rate,
@@ -254,6 +255,49 @@ def test_sessions_in_a_batch_share_one_k_and_verify_every_draft():
     auto.observe(RoundReport(4, 4, 4, 4, 1e-3, 0.1e-3, 8e-3, 7e-3, 2))   # now in a batch
     auto.next_k()
     assert auto.window(4) == 4
+
+
+def test_a_policy_in_use_is_kept_within_the_margin():
+    yields = ([0.8] * 8, None)
+    best = best_policy(yields, yields, CHEAP_DRAFT, 8, 1, True, common=True)
+    k = best.k_after_hit
+    near = Policy(k - 1, k - 1, 0.0)
+    kept = best_policy(yields, yields, CHEAP_DRAFT, 8, 1, True, common=True, keep=near, margin=0.5)
+    assert (kept.k_after_hit, kept.k_after_miss) == (k - 1, k - 1) and 0 < kept.rate < best.rate
+    gap = best.rate / kept.rate - 1
+    assert best_policy(yields, yields, CHEAP_DRAFT, 8, 1, True, common=True, keep=near,
+                       margin=gap / 2) == best
+
+
+def test_sessions_in_a_batch_switch_k_together():
+    """Sessions on one client's estimates keep the k in use until another is clearly better,
+    all of them: in a batch, sessions that disagree pad each other's windows."""
+    estimates = RoundEstimates()
+    a, b = AdaptiveK(4, estimates), AdaptiveK(4, estimates)
+
+    def report(accepted: int) -> RoundReport:
+        return RoundReport(4, 4, 4, accepted, 1.2e-3, 1e-3, 6e-3, 5e-3, 8, batch_rows=4, batch_window=5)
+    for i in range(40):
+        for auto in (a, b):
+            auto.observe(report([1, 2, 0, 3][i % 4]))
+    ks = {a.best_k(), b.best_k()}
+    best = estimates.policy_in_use
+    assert len(ks) == 1 and best is not None and best.k(True) in ks
+    # A neighbour within the margin of the best, in use: both sessions keep it.
+    def rate(k: int) -> float:
+        return best_policy(estimates.rates(True, 4), estimates.rates(False, 4),
+                           estimates.costs(), 4, estimates.rows(8), True, common=True,
+                           keep=Policy(k, k, 0.0), margin=1.0).rate
+    k = next(k for k in (best.k(True) - 1, best.k(True) + 1)
+             if 0 <= k <= 4 and rate(k) > best.rate / (1 + SWITCH_MARGIN))
+    near = Policy(k, k, rate(k))
+    estimates.policy_in_use = near
+    assert a.best_k() == b.best_k() == near.k(True) != best.k(True)
+    # Acceptance collapses: a smaller k pays by far more than the margin, and both move.
+    for _ in range(150):
+        for auto in (a, b):
+            auto.observe(report(0))
+    assert a.best_k() == b.best_k() < min(near.k(True), best.k(True))
 
 
 def test_rows_per_verify_call_set_the_cost_of_k_in_a_batch():

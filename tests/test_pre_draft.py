@@ -297,3 +297,33 @@ def test_scratch_slots_get_only_the_positions_they_lack(tiny_pair):
     # Once every scratch slot has held a branch (the second pre-draft may take one never used),
     # copies start past the prompt: the slots share the prefix up to the last outcomes.
     assert all(start >= 12 and stop - start <= 2 * k for start, stop in copies[2:])
+
+
+def test_open_sessions_share_the_branch_budget(tiny_pair):
+    """--pre-draft-branches F is the proposer's budget: a lone session's pre-draft drafts F
+    branches, each of n open sessions F // n (at least one), so the proposer's pre-draft work
+    does not grow with its load."""
+    from specdec.build import build_draft_proposer
+    from tests.conftest import engine_config
+
+    proposer = build_draft_proposer(engine_config(tiny_pair[1], 3), 4, pre_draft_branches=4)
+
+    async def branches(session) -> int:
+        await proposer.propose(session, 0, [5, 9, 14, 3, 22], 3)
+        await proposer.after_reply(session)
+        return len(session.branches)
+
+    async def go() -> None:
+        a = await proposer.open_session()
+        assert await branches(a) == 4
+        b = await proposer.open_session()
+        assert await branches(a) == 2 and await branches(b) == 2
+        c = await proposer.open_session()
+        assert await branches(c) == 1
+        for s in (b, c):
+            await proposer.close_session(s)
+        assert await branches(a) == 4
+        await proposer.close_session(a)
+        assert sorted(proposer._spare) == list(range(proposer.engine.slots))
+    asyncio.run(go())
+    proposer.batcher.close()
