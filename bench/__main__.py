@@ -121,13 +121,13 @@ def measured_peer(label: str, run, prompts: list[list[int]]) -> tuple[list[list[
     return [ids for ids, _ in outs], tokens / wall, per_step
 
 
-def service_flags(args: argparse.Namespace, max_k: int,
-                  windows: list[int]) -> tuple[list[str], list[str], list[str]]:
-    """(common, verifier, proposer) service flags from the benchmark's engine flags; the
-    verifier compiles these verify window sizes. As the client's launcher does: on a CPU the
-    two services get disjoint cores."""
+def service_flags(args: argparse.Namespace, max_k: int, windows: list[int],
+                  sessions: int = 1) -> tuple[list[str], list[str], list[str]]:
+    """(common, verifier, proposer) service flags from the benchmark's engine flags, for this
+    many concurrent sessions; the verifier compiles these verify window sizes. As the client's
+    launcher does: on a CPU the two services get disjoint cores."""
     flags = ["--device", args.device, "--dtype", args.dtype, "--prefill-seq-len",
-             str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len), "--full-batch-size", "1",
+             str(args.prefill_seq_len), "--ctx-len", str(args.ctx_len), "--full-batch-size", str(sessions),
              "--max-k", str(max_k), "--compile", args.compile]
     v_cores, p_cores = split_cores(available_cores()) if args.device == "cpu" else (None, None)
     v_flags = [*flags, "--window-sizes", ",".join(map(str, windows))] \

@@ -6,12 +6,13 @@ Acceptance comes in runs (prompt lookup matches a repeated passage for a few rou
 nothing), so the yields are kept apart after a round that accepted a draft and after one that
 did not, and `best_policy` picks k for both states at once over the long run: a round at k = 0
 never learns that a run has begun, which choosing per round would not count. In a batch the
-sessions' rows are padded to the widest window, so there one k serves both states and drafts
-are not trimmed (`AdaptiveK.batched`).
+sessions' rows are padded to the widest window, so there one k serves both states, drafts
+are not trimmed (`AdaptiveK.batched`), and the client's sessions change k together, only for a
+clear gain (SWITCH_MARGIN).
 
-Every `EXPLORE_EVERY` rounds one round tries a neighbouring k, alternately above (verifying
-every draft it gets) and below, so the estimates for lengths not in use (acceptance at the next
-position, the cost of each window) stay alive.
+Every `EXPLORE_EVERY` rounds (of all the sessions on the estimates) one round tries a
+neighbouring k, alternately above (verifying every draft it gets) and below, so the estimates
+for lengths not in use (acceptance at the next position, the cost of each window) stay alive.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ class AdaptiveK:
     max_k: int
     estimates: RoundEstimates = field(default_factory=RoundEstimates)
     occupancy: int = 1
-    rounds: int = 0
     explore_up: bool = False   # this round tries a larger k and verifies all of its drafts
     after_hit: bool = True     # the last round that asked for drafts accepted one
     chosen: Policy | None = None  # this round's policy (next_k): one evaluation per round
@@ -70,16 +70,18 @@ class AdaptiveK:
 
     def next_k(self) -> int:
         """This round's k: the best, or every EXPLORE_EVERY rounds a neighbour of it."""
-        self.rounds += 1
+        self.estimates.rounds += 1
+        rounds = self.estimates.rounds
         self.explore_up, self.chosen = False, None
         if self.max_k > 0 and not self.estimates.measured():
             return min(START_K, self.max_k)  # nothing measured yet
         k = self.best_k()
-        # In a batch each session explores n times less often: the batch as a whole then
-        # explores as often as a lone session does.
-        every = EXPLORE_EVERY * self.occupancy
-        if self.rounds % every == 0:
-            self.explore_up = (self.rounds // every) % 2 == 1 or k == 0
+        # The rounds counted are those of every session on the estimates: in a batch of n each
+        # session then explores n times less often, and the batch as a whole as often as a
+        # lone session does. (Counted per session, a short generation in a batch of 8 would
+        # never explore, and a k = 0 chosen from its first rounds would never be revisited.)
+        if rounds % EXPLORE_EVERY == 0:
+            self.explore_up = (rounds // EXPLORE_EVERY) % 2 == 1 or k == 0
             k = min(k + 1, self.max_k) if self.explore_up else k - 1
         return k
 

@@ -332,6 +332,24 @@ def test_exploration_leaves_k_zero_now_and_then():
     assert 0 < ks.count(1) <= len(ks) // EXPLORE_EVERY + 1
 
 
+def test_a_batch_of_short_generations_still_explores():
+    """Eight sessions of 30 rounds each in a batch, drafts never accepted: k settles at 0, and
+    the batch as a whole still tries k = 1 once in EXPLORE_EVERY rounds (counted per session,
+    none of them would ever reach its turn, and k = 0 would never be revisited)."""
+    estimates = RoundEstimates()
+    sessions = [AdaptiveK(4, estimates) for _ in range(8)]
+    ks = []
+    for _ in range(30):
+        for auto in sessions:
+            k = auto.next_k()
+            ks.append(k)
+            auto.observe(RoundReport(k, k, k, 0, 1e-3 if k else None, 0.5e-3 * k, 6e-3, 5e-3, 8,
+                                     batch_rows=4, batch_window=k + 1))
+    settled = ks[len(ks) // 2:]
+    assert settled.count(0) >= 0.8 * len(settled)
+    assert len(settled) // EXPLORE_EVERY - 1 <= settled.count(1) <= len(settled) // EXPLORE_EVERY + 1
+
+
 def test_verifier_reports_occupancy_and_it_crosses_the_wire(tiny_pair):
     verifier = build_verifier(engine_config(tiny_pair[0]), tuple(range(5)))
 
@@ -384,8 +402,8 @@ class ScheduledK(AdaptiveK):
     schedule = [0, 0, 3, 0, 2, 0, 0, 0, 4, 1]
 
     def next_k(self) -> int:
-        self.rounds += 1
-        return self.schedule[(self.rounds - 1) % len(self.schedule)]
+        self.estimates.rounds += 1
+        return self.schedule[(self.estimates.rounds - 1) % len(self.schedule)]
 
 
 def test_proposer_stays_synced_through_k_zero_rounds(tiny_pair, target_hf, monkeypatch):

@@ -116,3 +116,14 @@ def test_alpha_pools_drafts_that_were_reached():
     rec = GenerationRecord(prompt_len=1, accepted_at=[1, 1, 1], drafted_at=[2, 2, 2])
     assert alpha([rec]) == pytest.approx(3 / 4)
     assert alpha([GenerationRecord(prompt_len=1)]) is None
+
+
+def test_auto_k_bench_rotates_rows_and_compares_auto_with_each_repeats_best():
+    from bench.auto_k import AUTO, rotated, summary
+    names = ["k=1", "k=2", AUTO]
+    orders = [rotated(names, r) for r in range(3)]
+    assert [o[0] for o in orders] == names and all(sorted(o) == sorted(names) for o in orders)
+    s = summary({"k=1": [100.0, 90.0, 120.0], "k=2": [110.0, 130.0, 100.0], AUTO: [99.0, 117.0, 126.0]})
+    assert s["best_fixed"] == "k=2" and s["tokens_per_s"]["k=2"] == 110.0
+    assert s["auto_over_best_fixed"] == pytest.approx(117.0 / 110.0)
+    assert s["auto_over_best_fixed_per_repeat"] == pytest.approx([0.9, 0.9, 1.05])
