@@ -63,6 +63,9 @@ class Chain:
     tokens: list[int] = field(default_factory=list)
     queue_ns: int = 0
     forward_ns: int = 0
+    # Set from the loop to end the chain early: it settles after the step it is at, with the
+    # steps it has (a pre-draft's branch that the next request has ruled out).
+    stop: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,15 +173,18 @@ class Batcher:
         return settled.logits
 
     async def run_greedy(self, rows: list[tuple[list[int], list[int], int]], steps: int,
-                         phase: str, timings: StepTimings) -> list[tuple[list[np.ndarray], list[int]]]:
+                         phase: str, timings: StepTimings,
+                         chains: list[Chain] | None = None) -> list[tuple[list[np.ndarray], list[int]]]:
         """Greedy drafting of `steps` tokens from each row (ids, positions, slot), rows
         submitted together so that each step of every row runs in one engine call (with
         whatever else is pending). Step 1 runs the row; each later step feeds the argmax of
         the step before at the next position, on the engine thread: no round trip to the loop
         between steps. Per row: the logits [V] of each step's last position, and their argmax
-        [steps] (the tokens drafted; all but the last were fed)."""
-        batch = [Row(ids, positions, slot, 1, phase, chain=Chain(steps))
-                 for ids, positions, slot in rows]
+        [steps] (the tokens drafted; all but the last were fed). chains: the rows' Chain(steps),
+        where the caller may stop one early (Chain.stop; it then returns 1..steps tokens)."""
+        chains = chains or [Chain(steps) for _ in rows]
+        batch = [Row(ids, positions, slot, 1, phase, chain=chain)
+                 for (ids, positions, slot), chain in zip(rows, chains)]
         self._submit(batch)
         settled = [await _settled(row) for row in batch]
         for one in settled:
@@ -252,7 +258,7 @@ class Batcher:
                 chain.tokens.append(token)
                 chain.queue_ns += start - r.submitted_ns
                 chain.forward_ns += forward
-                if len(chain.tokens) < chain.steps:
+                if len(chain.tokens) < chain.steps and not chain.stop:
                     follow.append(Row([chain.tokens[-1]], [r.positions[lasts[b] - 1] + 1], r.slot, 1,
                                       DECODE, r.future, chain=chain))
                 else:

@@ -13,7 +13,7 @@ import pytest
 
 from client.api import SpecDecClient
 from client.links import ServiceError
-from specdec.batching import DECODE, PREFILL, Batcher, Row, pad_rows, row_logit_slice
+from specdec.batching import DECODE, PREFILL, Batcher, Chain, Row, pad_rows, row_logit_slice
 from specdec.config import EngineConfig
 from specdec.engine.torch_engine import TorchEngine
 from specdec.generation import GenerationConfig
@@ -122,6 +122,25 @@ def test_greedy_chains_equal_steps_from_the_loop_and_share_calls(tiny_pair):
     assert timings.forward_ns > 0 and (timings.batch_rows, timings.batch_window) == (2, 1)
     stepped.close()
     chained.close()
+
+
+def test_a_stopped_chain_settles_early_with_the_steps_it_has(tiny_pair):
+    """Chain.stop ends a chain after its current step; the others run on, and each step it
+    has is what the unstopped chain drafts."""
+    cfg = EngineConfig(model=str(tiny_pair[0]), ctx_len=64, prefill_seq_len=8, full_batch_size=3)
+    batcher = Batcher(TorchEngine(cfg))
+    prompt = [5, 9, 14, 3]
+    rows = [(prompt, list(range(4)), s) for s in range(3)]
+
+    async def go():
+        full = await batcher.run_greedy(rows[:1], 4, PREFILL, StepTimings())
+        chains = [Chain(4), Chain(4, stop=True), Chain(4)]
+        return full, await batcher.run_greedy(rows, 4, PREFILL, StepTimings(), chains), chains
+    full, got, chains = asyncio.run(go())
+    assert [len(tokens) for _, tokens in got] == [4, 1, 4]
+    assert got[0][1] == got[2][1] == full[0][1] and got[1][1] == full[0][1][:1]
+    np.testing.assert_allclose(got[1][0][0], full[0][0][0], atol=1e-4)
+    batcher.close()
 
 
 def test_concurrent_sessions_are_lossless_and_batched(tiny_pair, target_hf):

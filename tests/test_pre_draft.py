@@ -327,3 +327,38 @@ def test_open_sessions_share_the_branch_budget(tiny_pair):
         assert sorted(proposer._spare) == list(range(proposer.engine.slots))
     asyncio.run(go())
     proposer.batcher.close()
+
+
+@pytest.mark.parametrize("hit", [True, False])
+def test_a_request_arriving_during_the_pre_draft_waits_for_its_own_branch_only(tiny_pair, hit):
+    """The next request names its outcome while the pre-draft runs: the pre-draft drafts that
+    outcome's branch only (none on a miss), and the answer is what a full pre-draft gives."""
+    from specdec.build import build_draft_proposer
+    from tests.conftest import engine_config
+
+    def proposer():
+        return build_draft_proposer(engine_config(tiny_pair[1], 1), 4, pre_draft_branches=4)
+    full, pruned = proposer(), proposer()
+    prompt = [5, 9, 14, 3, 22]
+
+    async def go():
+        a, b = await full.open_session(), await pruned.open_session()
+        await full.propose(a, 0, prompt, 3)
+        await full.after_reply(a)
+        # Outcome: the second-ranked branch (a hit), or a sync no branch was drafted for.
+        (start, tokens), branch = list(a.branches.items())[1]
+        if not hit:
+            start, tokens = len(prompt), (max(t for _, ts in a.branches for t in ts) + 1,)
+        want = await full.propose(a, start, list(tokens), 3)
+        await pruned.propose(b, 0, prompt, 3)
+        # The service calls after_reply once the reply is out; the request arrives meanwhile.
+        pre_draft = asyncio.create_task(pruned.after_reply(b))
+        await asyncio.sleep(0)   # it holds the session and is drafting d_k's row
+        got = await pruned.propose(b, start, list(tokens), 3)
+        await pre_draft
+        assert got.draft == want.draft and got.pre_drafted == want.pre_drafted == hit
+        return pruned.counters.drafted_tokens
+    drafted = asyncio.run(go())
+    assert drafted == (3 if hit else 0)   # one branch of k = 3, or none
+    for p in (full, pruned):
+        p.batcher.close()

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specdec.batching import DECODE, Batcher
+from specdec.batching import DECODE, Batcher, Chain
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.pre_draft import (
     ConfidenceBins,
+    OutcomeKey,
     DraftDistributions,
     draft_confidence,
     draft_distributions,
@@ -90,8 +91,13 @@ class DraftSession:
     ticket: int            # its admission (SlotPool), returned at close
     rng: np.random.Generator | None = None  # created by the first sampled proposal
     last: LastDraft | None = None
-    branches: dict[tuple[int, tuple[int, ...]], Branch] = field(default_factory=dict)
+    branches: dict[OutcomeKey, Branch] = field(default_factory=dict)
     scratch: list[int] = field(default_factory=list)   # scratch slots this session's branches hold
+    # The outcome the next request names, (start, tokens), once it has arrived (it waits for
+    # the pre-draft running meanwhile), and that pre-draft's chains by outcome: the request
+    # stops every chain but its own (all of them on a miss), so it waits for its own only.
+    named: OutcomeKey | None = None
+    drafting: dict[OutcomeKey, Chain] = field(default_factory=dict)
     # Held by propose, by the pre-draft after it, and by close: one of them at a time (each
     # awaits engine rows in between), in the order they asked for it.
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -208,7 +214,10 @@ class DraftModelProposer:
         its sync alongside the verify. With k = 0 and no tokens it syncs and drafts nothing:
         the reply is the last proposal with its branches (waiting for their pre-draft)."""
         t0 = time.perf_counter_ns()
+        if not (return_branches and k == 0 and not tokens):
+            self._name_outcome(session, (start, tuple(tokens)))
         async with session.busy:   # after the last proposal's pre-draft, if it started first
+            session.named = None
             if return_branches and k == 0 and not tokens:
                 proposal = self._last_proposal(session, start)
             else:
@@ -219,6 +228,16 @@ class DraftModelProposer:
                                      for b in session.branches.values()]
             proposal.timings.total_ns = time.perf_counter_ns() - t0
             return proposal
+
+    @staticmethod
+    def _name_outcome(session: DraftSession, key: OutcomeKey) -> None:
+        """A request names the outcome of the proposal being verified: a pre-draft still
+        running for it stops every branch but that outcome's, now (all of them on a miss),
+        instead of finishing branches nobody will take while the request waits."""
+        session.named = key
+        for other, chain in session.drafting.items():
+            if other != key:
+                chain.stop = True
 
     def _last_proposal(self, session: DraftSession, start: int) -> Proposal:
         held = len(session.seq.tokens)
@@ -303,10 +322,13 @@ class DraftModelProposer:
         outcomes = rank_outcomes(dist, last.draft, self.calibration.rates(last.confidence(dist)),
                                  self.branch_budget())
         base = seq.tokens + [last.draft[-1]]               # prefix + d1..dk
-        branches: list[tuple[tuple[int, tuple[int, ...]], Branch]] = []
+        branches: list[tuple[OutcomeKey, Branch]] = []
         copies: list[int] = []                             # scratch slots to copy the slot to
         own_taken = False
         for accepted, token, _ in outcomes:
+            key = outcome_key(last.prefix_len, last.draft, accepted, token)
+            if session.named is not None and key != session.named:
+                continue   # the next request has arrived, and named another outcome
             if accepted == k and not own_taken:
                 slot, own_taken = seq.slot, True           # extends the session's own slot
             else:
@@ -316,8 +338,9 @@ class DraftModelProposer:
                 slot = scratch
                 copies.append(scratch)
             tokens = base[:last.prefix_len + accepted] + [token]
-            branches.append((outcome_key(last.prefix_len, last.draft, accepted, token),
-                             Branch(slot, tokens, [], (accepted, token))))
+            branches.append((key, Branch(slot, tokens, [], (accepted, token))))
+        if not branches:
+            return   # the next request named an outcome none of them was
         # The copies run on the engine thread before the first depth's rows (jobs go first),
         # so they cost no extra round trip to the loop.
         copied = None
@@ -329,8 +352,15 @@ class DraftModelProposer:
             start = min(common_prefix_len(self._held.pop(s, []), base) for s in copies)
             copied = self.batcher.start(self.copy_slot, seq.slot, copies, start, len(base))
         # One engine call per depth, every branch a row; the depths chain on the engine thread.
+        # A branch the next request rules out while they run stops early, with 1..k drafts.
         rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
-        for (_, b), (logits, drafts) in zip(branches, await self.batcher.run_greedy(rows, k, DECODE, timings)):
+        session.drafting = {key: Chain(k) for key, _ in branches}
+        try:
+            drafted = await self.batcher.run_greedy(rows, k, DECODE, timings,
+                                                    list(session.drafting.values()))
+        finally:
+            session.drafting = {}
+        for (_, b), (logits, drafts) in zip(branches, drafted):
             b.draft, b.logits_at = drafts, logits
             b.tokens += drafts[:-1]
         if copied is not None:
@@ -339,7 +369,7 @@ class DraftModelProposer:
             if b.slot != seq.slot:
                 self._held[b.slot] = b.tokens
         session.branches = dict(branches)
-        self.counters.drafted_tokens += k * len(branches)
+        self.counters.drafted_tokens += sum(len(b.draft) for _, b in branches)
 
     def branch_budget(self) -> int:
         """Branches per pre-draft: F shared by the open sessions, at least one each. A lone

@@ -109,7 +109,10 @@ def draft_confidence(dist: DraftDistributions, draft: list[int]) -> np.ndarray:
     return dist.e[rows, draft] / dist.z[rows]
 
 
-def outcome_key(prefix_len: int, draft: list[int], accepted: int, token: int) -> tuple[int, tuple[int, ...]]:
+OutcomeKey = tuple[int, tuple[int, ...]]   # a verification outcome's sync: (start, tokens)
+
+
+def outcome_key(prefix_len: int, draft: list[int], accepted: int, token: int) -> OutcomeKey:
     """The (start, tokens) sync that reports outcome (accepted, token) of a k-token draft made
     after prefix_len synced tokens."""
     k = len(draft)
