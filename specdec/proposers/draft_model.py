@@ -32,8 +32,8 @@ from specdec.batching import DECODE, Batcher, Chain
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.pre_draft import (
     ConfidenceBins,
-    OutcomeKey,
     DraftDistributions,
+    OutcomeKey,
     draft_confidence,
     draft_distributions,
     observed_outcome,
