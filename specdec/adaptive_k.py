@@ -26,12 +26,12 @@ EXPLORE_EVERY = 24       # one round in this many tries a neighbouring k (each c
 #                          verify at another window size, and the switch between compiled windows)
 START_K = 4              # k before anything has been measured (capped at max_k)
 # In a batch, the k in use (shared by the client's sessions, as the estimates are) is kept
-# until another is expected to yield this much more. The
-# estimates are noisy, and there a switch costs what the model does not price: sessions that
-# disagree pad each other's windows, and a pre-drafted branch of the old length cannot
-# answer a longer request. With 8 sessions, choosing afresh each round flipped between
-# neighbours. (Alone, a session follows the estimates: its optimum is flat, and a margin
-# would hold it short of it while the next position's acceptance is still a prior.)
+# until another is expected to yield this much more. The estimates are noisy, and there a
+# switch costs what the model does not price: sessions that disagree pad each other's
+# windows, and a pre-drafted branch of the old length cannot answer a longer request. With 8
+# sessions, choosing afresh each round flipped between neighbours. (Alone, a session follows
+# the estimates: its optimum is flat, and a margin would hold it short of it while the next
+# position's acceptance is still a prior.)
 SWITCH_MARGIN = 0.03
 
 
