@@ -26,10 +26,10 @@ generate with `python -m client.multi_projection --verifier HOST:PORT`, or let
 
 
 # Measured on the shipped models with compiled steps (CPU, batch 1, k = 4, `python -m bench`,
-# the client asking for each draft): 8 branches ran at 1.21-1.40x of sequential drafting in
-# four runs (hit rate 75-78%), 6 at 1.36x, 4 at 1.22-1.25x. 6 and 8 rows take the same batch
-# bucket of the draft's compiled steps, so 8 costs no more per depth. Each session then holds
-# 1 + 8 KV slots of the draft.
+# the client asking for each draft): 8 branches ran at 1.29-1.33x of sequential drafting in
+# three runs (hit rate 76%), 12 at 1.32x (86%, but no faster), 6 at 1.36x and 4 at 1.22-1.25x
+# in earlier runs. 6 and 8 rows take the same batch bucket of the draft's compiled steps, so 8
+# costs no more per depth. Each session then holds 1 + 8 KV slots of the draft.
 DEFAULT_PRE_DRAFT_BRANCHES = 8
 
 
