@@ -25,6 +25,11 @@ from specdec.round_model import Policy, best_policy, choose_window
 EXPLORE_EVERY = 24       # one round in this many tries a neighbouring k (each costs: a
 #                          verify at another window size, and the switch between compiled windows)
 START_K = 4              # k before anything has been measured (capped at max_k)
+# At k = 0 nothing but exploration brings news of acceptance, and trying costs little (prompt
+# lookup: a proposer round trip; a window of 2). Once in EXPLORE_EVERY rounds, prompt lookup
+# that settled on k = 0 over a prompt's first unmatched rounds stayed there for hundreds of
+# rounds while k = 3 paid: its acceptance estimates fade over ~50 observations.
+EXPLORE_AT_ZERO = 6
 # In a batch, the k in use (shared by the client's sessions, as the estimates are) is kept
 # until another is expected to yield this much more. The estimates are noisy, and there a
 # switch costs what the model does not price: sessions that disagree pad each other's
@@ -69,7 +74,8 @@ class AdaptiveK:
         return self.chosen.k(self.after_hit)
 
     def next_k(self) -> int:
-        """This round's k: the best, or every EXPLORE_EVERY rounds a neighbour of it."""
+        """This round's k: the best, or every EXPLORE_EVERY rounds a neighbour of it (at k = 0,
+        k = 1 every EXPLORE_AT_ZERO rounds)."""
         self.estimates.rounds += 1
         rounds = self.estimates.rounds
         self.explore_up, self.chosen = False, None
@@ -80,8 +86,10 @@ class AdaptiveK:
         # session then explores n times less often, and the batch as a whole as often as a
         # lone session does. (Counted per session, a short generation in a batch of 8 would
         # never explore, and a k = 0 chosen from its first rounds would never be revisited.)
-        if rounds % EXPLORE_EVERY == 0:
-            self.explore_up = (rounds // EXPLORE_EVERY) % 2 == 1 or k == 0
+        if k == 0 and self.max_k > 0 and rounds % EXPLORE_AT_ZERO == 0:
+            self.explore_up, k = True, 1
+        elif k > 0 and rounds % EXPLORE_EVERY == 0:
+            self.explore_up = (rounds // EXPLORE_EVERY) % 2 == 1
             k = min(k + 1, self.max_k) if self.explore_up else k - 1
         return k
 

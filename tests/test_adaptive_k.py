@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from specdec.adaptive_k import EXPLORE_EVERY, SWITCH_MARGIN, AdaptiveK
+from specdec.adaptive_k import EXPLORE_AT_ZERO, SWITCH_MARGIN, AdaptiveK
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
@@ -326,15 +326,15 @@ def test_estimates_fall_back_to_occupancy_without_batch_rows():
 
 
 def test_exploration_leaves_k_zero_now_and_then():
-    # Drafts never accepted: k settles at 0 but one round in EXPLORE_EVERY still tries k = 1.
+    # Drafts never accepted: k settles at 0 but one round in EXPLORE_AT_ZERO still tries k = 1.
     ks = [k for k, _ in simulate(CHEAP_DRAFT, 0.0, 1, 160)[40:]]
     assert ks.count(0) >= 0.8 * len(ks)
-    assert 0 < ks.count(1) <= len(ks) // EXPLORE_EVERY + 1
+    assert len(ks) // EXPLORE_AT_ZERO - 1 <= ks.count(1) <= len(ks) // EXPLORE_AT_ZERO + 1
 
 
 def test_a_batch_of_short_generations_still_explores():
     """Eight sessions of 30 rounds each in a batch, drafts never accepted: k settles at 0, and
-    the batch as a whole still tries k = 1 once in EXPLORE_EVERY rounds (counted per session,
+    the batch as a whole still tries k = 1 once in EXPLORE_AT_ZERO rounds (counted per session,
     none of them would ever reach its turn, and k = 0 would never be revisited)."""
     estimates = RoundEstimates()
     sessions = [AdaptiveK(4, estimates) for _ in range(8)]
@@ -347,7 +347,7 @@ def test_a_batch_of_short_generations_still_explores():
                                      batch_rows=4, batch_window=k + 1))
     settled = ks[len(ks) // 2:]
     assert settled.count(0) >= 0.8 * len(settled)
-    assert len(settled) // EXPLORE_EVERY - 1 <= settled.count(1) <= len(settled) // EXPLORE_EVERY + 1
+    assert len(settled) // EXPLORE_AT_ZERO - 1 <= settled.count(1) <= len(settled) // EXPLORE_AT_ZERO + 1
 
 
 def test_verifier_reports_occupancy_and_it_crosses_the_wire(tiny_pair):
