@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
     args = p.parse_args(argv)
+    if args.max_k < 1:
+        p.error("--max-k must be >= 1 (the fixed rows are k = 1..max k)")
 
     tok = load_tokenizer(args.target_model)
     prompts = [tok(t)["input_ids"] for t in BENCH_PROMPTS]
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr, flush=True)
             result = summary(rates)
             result["auto_k_histogram"] = histogram
-            result["identical"] = all(o == outputs["k=1"] for o in outputs.values())
+            first = next(iter(outputs.values()))
+            result["identical"] = all(o == first for o in outputs.values())
             figures["sessions"][n] = result
             print(f"{args.method}, {n} session(s), tokens/s (median of {args.repeats}): "
                   + "  ".join(f"{name} {t:.0f}" for name, t in result["tokens_per_s"].items())

@@ -214,11 +214,12 @@ class DraftModelProposer:
         its sync alongside the verify. With k = 0 and no tokens it syncs and drafts nothing:
         the reply is the last proposal with its branches (waiting for their pre-draft)."""
         t0 = time.perf_counter_ns()
-        if not (return_branches and k == 0 and not tokens):
+        last_only = return_branches and k == 0 and not tokens   # syncs nothing: names no outcome
+        if not last_only:
             self._name_outcome(session, (start, tuple(tokens)))
         async with session.busy:   # after the last proposal's pre-draft, if it started first
             session.named = None
-            if return_branches and k == 0 and not tokens:
+            if last_only:
                 proposal = self._last_proposal(session, start)
             else:
                 proposal = await self._propose(session, start, tokens, k, sampling, top_m, t0)
