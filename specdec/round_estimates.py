@@ -149,6 +149,7 @@ class RoundEstimates:
     # The policy the sessions on these estimates chose last: in a batch they keep it together
     # until another clearly pays more (adaptive_k.SWITCH_MARGIN).
     policy_in_use: Policy | None = None
+    policy_at: int = 0   # `rounds` when it was chosen
     rounds: int = 0   # rounds chosen on these estimates, by every session: when to explore
 
     def measured(self) -> bool:

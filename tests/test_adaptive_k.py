@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from specdec import adaptive_k
 from specdec.adaptive_k import EXPLORE_AT_ZERO, SWITCH_MARGIN, AdaptiveK
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.generation import GenerationConfig, generate
@@ -298,6 +299,35 @@ def test_sessions_in_a_batch_switch_k_together():
         for auto in (a, b):
             auto.observe(report(0))
     assert a.best_k() == b.best_k() < min(near.k(True), best.k(True))
+
+
+def test_a_batch_chooses_its_policy_once_per_round_of_the_batch(monkeypatch):
+    """Alone, a session chooses its policy every round; 8 sessions on one client's estimates
+    choose it once in 8 rounds in all (a choice costs the client's CPU, which the batch
+    shares with the services), and still follow the estimates when they change."""
+    calls = []
+    real = adaptive_k.best_policy
+    monkeypatch.setattr(adaptive_k, "best_policy", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    def run(sessions: list[AdaptiveK], rounds: int, accepted: int) -> list[int]:
+        ks = []
+        for _ in range(rounds):
+            for auto in sessions:
+                ks.append(k := auto.next_k())
+                auto.observe(RoundReport(k, k, k, min(accepted, k), 1e-3 if k else None, 0.2e-3 * k,
+                                         6e-3, 5e-3, len(sessions), batch_rows=4, batch_window=k + 1))
+        return ks
+    run([AdaptiveK(4)], 40, 4)
+    assert 38 <= len(calls) <= 40   # the first round, before anything is measured, chooses none
+    calls.clear()
+    estimates = RoundEstimates()
+    batch = [AdaptiveK(4, estimates) for _ in range(8)]
+    run(batch, 1, 4)   # each session learns the occupancy from its first round
+    calls.clear()
+    run(batch, 40, 4)
+    assert 39 <= len(calls) <= 41
+    assert run(batch, 10, 4)[-16:].count(4) >= 14   # all but an exploring round or so
+    assert run(batch, 60, 0)[-16:].count(0) >= 12   # acceptance collapses: they follow
 
 
 def test_rows_per_verify_call_set_the_cost_of_k_in_a_batch():
