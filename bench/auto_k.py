@@ -11,7 +11,8 @@ starts from no estimates). The rows are k = 1..--max-k fixed and k auto (0..--ma
 measured --repeats times, and every repeat starts at the next row, so no row always runs first
 or after the same one (a shared CPU drifts by 10-20% over minutes). Reports each row's median
 tokens/s, auto over the best fixed k (of the medians, and per repeat against that repeat's
-best), auto's rounds by k, and whether every row produced the same tokens (greedy: lossless).
+best; and held out: per repeat against the k the other repeats measure best), auto's rounds
+by k, and whether every row produced the same tokens (greedy: lossless).
 """
 
 from __future__ import annotations
@@ -53,11 +54,21 @@ def summary(rates: dict[str, list[float]]) -> dict:
     medians = {name: statistics.median(r) for name, r in rates.items()}
     fixed = [name for name in rates if name != AUTO]
     best = max(fixed, key=medians.__getitem__)
-    per_repeat = [rates[AUTO][i] / max(rates[name][i] for name in fixed)
-                  for i in range(len(rates[AUTO]))]
+    repeats = range(len(rates[AUTO]))
+    per_repeat = [rates[AUTO][i] / max(rates[name][i] for name in fixed) for i in repeats]
+    # The best of several noisy medians is itself a high draw: on the development machine an
+    # auto that matches the best k reads ~0.93-0.95 against it. Held out, each repeat compares
+    # auto with the k that the other repeats measure best (the k a user would pick by
+    # measuring), which that repeat's noise did not choose.
+    held_out = []
+    for i in repeats:
+        others = {name: statistics.median(r[:i] + r[i + 1:]) for name, r in rates.items()}
+        held_out.append(rates[AUTO][i] / rates[max(fixed, key=others.__getitem__)][i])
     return {"tokens_per_s": medians, "best_fixed": best,
             "auto_over_best_fixed": medians[AUTO] / medians[best],
-            "auto_over_best_fixed_per_repeat": per_repeat}
+            "auto_over_best_fixed_per_repeat": per_repeat,
+            "auto_over_held_out_best": statistics.median(held_out) if len(held_out) > 1 else None,
+            "auto_over_held_out_best_per_repeat": held_out}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
                   + "  ".join(f"{name} {t:.0f}" for name, t in result["tokens_per_s"].items())
                   + f"\n  auto / best fixed ({result['best_fixed']}): {result['auto_over_best_fixed']:.3f}"
                   f"  per repeat: {' '.join(f'{x:.2f}' for x in result['auto_over_best_fixed_per_repeat'])}"
-                  f"\n  auto's rounds by k: {histogram}  identical outputs: "
+                  + (f"\n  auto / held-out best fixed: {result['auto_over_held_out_best']:.3f}  per repeat: "
+                     f"{' '.join(f'{x:.2f}' for x in result['auto_over_held_out_best_per_repeat'])}"
+                     if result["auto_over_held_out_best"] is not None else "")
+                  + f"\n  auto's rounds by k: {histogram}  identical outputs: "
                   f"{'yes' if result['identical'] else 'NO'}", flush=True)
     finally:
         for s in services:

@@ -127,3 +127,6 @@ def test_auto_k_bench_rotates_rows_and_compares_auto_with_each_repeats_best():
     assert s["best_fixed"] == "k=2" and s["tokens_per_s"]["k=2"] == 110.0
     assert s["auto_over_best_fixed"] == pytest.approx(117.0 / 110.0)
     assert s["auto_over_best_fixed_per_repeat"] == pytest.approx([0.9, 0.9, 1.05])
+    # Held out: repeat 2's best k by the other repeats is k=1 (medians 110 against 105).
+    assert s["auto_over_held_out_best_per_repeat"] == pytest.approx([99 / 110, 117 / 90, 126 / 100])
+    assert s["auto_over_held_out_best"] == pytest.approx(1.26)
