@@ -11,8 +11,9 @@ are not trimmed (`AdaptiveK.batched`), and the client's sessions change k togeth
 clear gain (SWITCH_MARGIN), choosing once per round of the batch.
 
 Every `EXPLORE_EVERY` rounds (of all the sessions on the estimates) one round tries a
-neighbouring k, alternately above (verifying every draft it gets) and below, so the estimates
-for lengths not in use (acceptance at the next position, the cost of each window) stay alive.
+neighbouring k, alternately above (verifying every draft it gets; two rounds with
+pre-drafting, as only the second can hit) and below, so the estimates for lengths not in use
+(acceptance at the next position, the cost of each window, the hit rate) stay alive.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class AdaptiveK:
     explore_up: bool = False   # this round tries a larger k and verifies all of its drafts
     after_hit: bool = True     # the last round that asked for drafts accepted one
     chosen: Policy | None = None  # this round's policy (next_k): one evaluation per round
+    asked_last: int = 0        # drafts the last round asked for (its branches' length)
+    explore_again: int = 0     # > 0: the next round explores this k again (pre-drafting)
 
     @property
     def batched(self) -> bool:
@@ -64,7 +67,7 @@ class AdaptiveK:
 
     def policy(self) -> Policy:
         return best_policy(self.estimates.rates(True, self.max_k),
-                           self.estimates.rates(False, self.max_k), self.estimates.costs(),
+                           self.estimates.rates(False, self.max_k), self.estimates.costs(self.max_k),
                            self.max_k, self.estimates.rows(self.occupancy), self.after_hit,
                            common=self.batched, keep=self.estimates.policy_in_use,
                            margin=SWITCH_MARGIN if self.batched else 0.0)
@@ -82,6 +85,9 @@ class AdaptiveK:
         self.explore_up, self.chosen = False, None
         if self.max_k > 0 and not self.estimates.measured():
             return min(START_K, self.max_k)  # nothing measured yet
+        if self.explore_again:   # an upward exploration's second round: this one can hit
+            k, self.explore_up, self.explore_again = self.explore_again, True, 0
+            return k
         # In a batch of n, the policy is chosen afresh once in n rounds (of all its sessions),
         # so the batch as a whole chooses as often as a lone session, which does every round.
         # A choice costs the client's CPU ~0.1 ms: with 8 sessions on the 2-core development
@@ -100,6 +106,10 @@ class AdaptiveK:
         elif k > 0 and rounds % EXPLORE_EVERY == 0:
             self.explore_up = (rounds // EXPLORE_EVERY) % 2 == 1
             k = min(k + 1, self.max_k) if self.explore_up else k - 1
+        if self.explore_up and len(self.estimates.propose_hit):
+            # With pre-drafting, the first round at a larger k cannot hit (its branches were
+            # drafted for the smaller one): only a second round at it tells its hit rate.
+            self.explore_again = k
         return k
 
     def window(self, drafted: int) -> int:
@@ -109,11 +119,12 @@ class AdaptiveK:
             return drafted
         acceptance, _ = self.estimates.rates(self.after_hit, self.max_k)
         rate = (self.chosen or self.policy()).rate   # this round's, from next_k
-        return choose_window(acceptance, self.estimates.costs(), drafted,
+        return choose_window(acceptance, self.estimates.costs(self.max_k), drafted,
                              self.estimates.rows(self.occupancy), rate)
 
     def observe(self, r: RoundReport) -> None:
         self.occupancy = max(r.occupancy, 1)
-        self.estimates.observe(r, self.occupancy, self.after_hit)
+        self.estimates.observe(r, self.occupancy, self.after_hit, 0 < r.asked <= self.asked_last)
+        self.asked_last = r.asked
         if r.asked > 0:
             self.after_hit = r.accepted > 0

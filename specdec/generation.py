@@ -127,6 +127,7 @@ class _Generation:
         self.reopen_verifier, self.reopen_proposer, self.policy = reopen_verifier, reopen_proposer, policy
         self.proposer_down_at: float | None = None
         self.propose_forward_ns = 0       # engine time the last proposal reported
+        self.pre_drafted = False          # ... and whether it was a pre-drafted branch (a hit)
         self.synced = 0                   # tokens the last proposal's sync carried
         self.branches: dict[tuple[int, int], list[int]] = {}  # (accepted, token) -> next draft
         self.ahead: list[int] = []        # the branch draft for the outcome just committed
@@ -160,7 +161,7 @@ class _Generation:
                       expect: list[int] | None = None) -> tuple[list[int], list[Sparse] | None]:
         """expect: the draft already taken from a branch, verified meanwhile; the branches that
         come back are kept only if the proposer drafted them for that same draft."""
-        self.branches = {}
+        self.branches, self.pre_drafted = {}, False
         if self.proposer is None and self.reopen_proposer is not None and self.proposer_down_at \
                 and time.monotonic() - self.proposer_down_at >= self.policy.proposer_retry_s:
             try:
@@ -179,6 +180,7 @@ class _Generation:
             return [], None
         self.held = (self.seq + proposal.draft)[:proposal.held_len]
         self.propose_forward_ns = proposal.timings.forward_ns
+        self.pre_drafted = proposal.pre_drafted
         self.rec.proposals += bool(proposal.draft)
         self.rec.pre_draft_hits += proposal.pre_drafted
         self.held_agrees = min(len(self.seq), proposal.held_len)
@@ -306,7 +308,7 @@ async def generate(
                 k, returned, step.drafted, step.accepted, propose_ns / 1e9 if propose_ns else None,
                 g.propose_forward_ns / 1e9, (rec.verifier_ns - verifier_ns) / 1e9,
                 step.timings.forward_ns / 1e9, step.sessions_active, g.synced,
-                step.timings.batch_rows, step.timings.batch_window))
+                step.timings.batch_rows, step.timings.batch_window, g.pre_drafted))
         rec.verify_steps += 1
         rec.step_tokens += len(step.tokens)
         rec.drafted += step.drafted

@@ -96,6 +96,9 @@ class RoundReport:
     # and its window, padded to the widest row; 0 = not reported (an older verifier).
     batch_rows: int = 0
     batch_window: int = 0
+    # The proposal was a branch the proposer pre-drafted during the last verify (a hit): the
+    # call cost no draft forwards, which says nothing of what drafting costs.
+    pre_drafted: bool = False
 
 
 @dataclass
@@ -146,6 +149,14 @@ class RoundEstimates:
     verify_fixed: RecentMedian = field(default_factory=RecentMedian)
     verify_forward: WindowCosts = field(default_factory=WindowCosts)
     verify_rows: RecentMedian = field(default_factory=RecentMedian)  # rows per verify call
+    # Pre-drafting: a hit's proposer call, and the share of calls that hit, by the k asked
+    # (counted where a hit was possible: the last proposal drafted at least k), each k's rate
+    # starting from the rate over all of them. Without pre-drafting both stay at none.
+    propose_hit: RecentMedian = field(default_factory=RecentMedian)
+    hits: AcceptanceStats = field(
+        default_factory=lambda: AcceptanceStats(decay=ACCEPTANCE_DECAY, prior=0.0))
+    hits_pooled: AcceptanceStats = field(
+        default_factory=lambda: AcceptanceStats(decay=ACCEPTANCE_DECAY, prior=0.0))
     # The policy the sessions on these estimates chose last: in a batch they keep it together
     # until another clearly pays more (adaptive_k.SWITCH_MARGIN).
     policy_in_use: Policy | None = None
@@ -156,10 +167,14 @@ class RoundEstimates:
         """Both calls have been timed (the proposer's only matters when there is one)."""
         return bool(len(self.verify_fixed) and len(self.draft_step))
 
-    def costs(self) -> RoundCosts:
+    def costs(self, max_k: int) -> RoundCosts:
+        """The costs of rounds asking for 0..max_k drafts."""
         a, b = self.verify_forward.line()
+        pooled = self.hits_pooled.rate(0)
         return RoundCosts(self.propose_fixed.value(), self.draft_step.value(),
-                          self.verify_fixed.value(), a + b, b, self.verify_forward.measured())
+                          self.verify_fixed.value(), a + b, b, self.verify_forward.measured(),
+                          self.propose_hit.value(),
+                          [self.hits.rate(k, pooled) for k in range(max_k + 1)])
 
     def rows(self, occupancy: int) -> int:
         """Rows a verify call carries: the recent median where the verifier reports it, else
@@ -171,10 +186,17 @@ class RoundEstimates:
         """(acceptance, supply) per draft position after a hit or a miss."""
         return (self.after_hit if after_hit else self.after_miss).rates(max_k, self.pooled)
 
-    def observe(self, r: RoundReport, occupancy: int, after_hit: bool) -> None:
+    def observe(self, r: RoundReport, occupancy: int, after_hit: bool, hit_possible: bool = False) -> None:
+        """hit_possible: the session's last proposal drafted at least r.asked (a pre-drafted
+        branch of it could have answered this one)."""
         (self.after_hit if after_hit else self.after_miss).observe(r)
         self.pooled.observe(r)
-        if r.asked > 0 and (r.propose_s is None or r.synced <= 2):
+        if hit_possible and r.propose_s is not None:
+            self.hits.count(r.asked, r.pre_drafted)
+            self.hits_pooled.count(0, r.pre_drafted)
+        if r.pre_drafted and r.propose_s is not None:
+            self.propose_hit.observe(r.propose_s)
+        elif r.asked > 0 and (r.propose_s is None or r.synced <= 2):
             # No proposer call at k > 0: Turbo's drafts come with the verify, free
             self.draft_step.observe(r.propose_forward_s / r.asked if r.propose_s is not None else 0.0)
             self.propose_fixed.observe(max(r.propose_s - r.propose_forward_s, 0.0)
