@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from specdec import adaptive_k
-from specdec.adaptive_k import EXPLORE_AT_ZERO, SWITCH_MARGIN, AdaptiveK
+from specdec.adaptive_k import EXPLORE_AT_ZERO, EXPLORE_EVERY, SWITCH_MARGIN, AdaptiveK
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
@@ -201,6 +201,24 @@ def test_pre_drafted_hits_do_not_make_drafting_look_free():
     assert costs.draft_step_s == pytest.approx(step_s) and costs.propose_hit_s == pytest.approx(hit_s)
     used = max(set(settled), key=settled.count)
     assert costs.hit_rate[used] == pytest.approx(hit_rate[used], abs=0.1)
+
+
+@pytest.mark.parametrize("pre_drafting", [True, False])
+def test_with_pre_drafting_an_upward_exploration_runs_two_rounds(pre_drafting):
+    """The first round at a larger k cannot hit (the branches were drafted for the smaller
+    one), so with pre-drafting the round after it explores the same k, and can hit."""
+    auto = AdaptiveK(max_k=8)
+    rounds = []   # (k, exploring upwards)
+    while len(rounds) < 3 * EXPLORE_EVERY:
+        k = auto.next_k()
+        rounds.append((k, auto.explore_up))
+        hit = pre_drafting and 0 < k <= auto.asked_last
+        auto.observe(RoundReport(k, k, k, min(k, 3), 1e-3 if hit else 1e-3 + k * 3e-3,
+                                 0.0 if hit else k * 3e-3, 7e-3, 6e-3, 1, pre_drafted=hit))
+    firsts = [i for i, (_, up) in enumerate(rounds[:-1]) if up and i and not rounds[i - 1][1]]
+    assert firsts
+    for i in firsts:
+        assert rounds[i + 1] == rounds[i] if pre_drafting else not rounds[i + 1][1], rounds
 
 
 # Prompt lookup: drafting is free, but a 5-token window costs far more than a 4-token one (as
