@@ -168,7 +168,7 @@ def test_estimates_from_rounds_find_the_best_k(alpha, occupancy):
 def test_pre_drafted_hits_do_not_make_drafting_look_free():
     """With pre-drafting most proposals are hits, which cost no draft forwards. Counted as
     drafts, they made the median draft step 0, and k climbed until misses were the majority:
-    here k = 5-6, where hits are rarer and a miss drafts k tokens at 3 ms each, at ~70% of
+    here k = 5-6, where hits are rarer and a miss drafts k tokens at 3 ms each, at ~80% of
     the best rate. Hits are counted apart, by the k asked, and the miss's drafts priced: within
     10% of the best rate (seeds 0-11: 92-100%; before, 78-84%)."""
     alpha, hit_s, fixed_s, step_s = 0.8, 0.5e-3, 0.5e-3, 3e-3
