@@ -13,7 +13,8 @@ clear gain (SWITCH_MARGIN), choosing once per round of the batch.
 Every `EXPLORE_EVERY` rounds (of all the sessions on the estimates) one round tries a
 neighbouring k, alternately above (verifying every draft it gets; two rounds with
 pre-drafting, as only the second can hit) and below, so the estimates for lengths not in use
-(acceptance at the next position, the cost of each window, the hit rate) stay alive.
+(acceptance at the next position, the cost of each window, the hit rate) stay alive. At k = 0
+one round in `EXPLORE_AT_ZERO` asks for the k that would pay best if asking did.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ EXPLORE_EVERY = 24       # one round in this many tries a neighbouring k (each c
 #                          verify at another window size, and the switch between compiled windows)
 START_K = 4              # k before anything has been measured (capped at max_k)
 # At k = 0 nothing but exploration brings news of acceptance, and trying costs little (prompt
-# lookup: a proposer round trip; a window of 2). Once in EXPLORE_EVERY rounds, prompt lookup
+# lookup: a proposer round trip and a wider window). Once in EXPLORE_EVERY rounds, prompt lookup
 # that settled on k = 0 over a prompt's first unmatched rounds stayed there for hundreds of
 # rounds while k = 3 paid: its acceptance estimates fade over ~50 observations.
 EXPLORE_AT_ZERO = 6
@@ -65,12 +66,13 @@ class AdaptiveK:
         less often (a wider exploring window costs every row of the batch)."""
         return self.occupancy > 1
 
-    def policy(self) -> Policy:
+    def policy(self, least_k: int = 0) -> Policy:
+        """least_k = 1: the best policy that always asks for drafts."""
         return best_policy(self.estimates.rates(True, self.max_k),
                            self.estimates.rates(False, self.max_k), self.estimates.costs(self.max_k),
                            self.max_k, self.estimates.rows(self.occupancy), self.after_hit,
                            common=self.batched, keep=self.estimates.policy_in_use,
-                           margin=SWITCH_MARGIN if self.batched else 0.0)
+                           margin=SWITCH_MARGIN if self.batched else 0.0, least_k=least_k)
 
     def best_k(self) -> int:
         self.chosen = self.estimates.policy_in_use = self.policy()
@@ -79,7 +81,7 @@ class AdaptiveK:
 
     def next_k(self) -> int:
         """This round's k: the best, or every EXPLORE_EVERY rounds a neighbour of it (at k = 0,
-        k = 1 every EXPLORE_AT_ZERO rounds)."""
+        every EXPLORE_AT_ZERO rounds, the k that would pay best if asking did)."""
         self.estimates.rounds += 1
         rounds = self.estimates.rounds
         self.explore_up, self.chosen = False, None
@@ -102,7 +104,12 @@ class AdaptiveK:
         # lone session does. (Counted per session, a short generation in a batch of 8 would
         # never explore, and a k = 0 chosen from its first rounds would never be revisited.)
         if k == 0 and self.max_k > 0 and rounds % EXPLORE_AT_ZERO == 0:
-            self.explore_up, k = True, 1
+            # The k that would pay best if asking did (the larger of its two states). k = 1
+            # only refreshed the first position: prompt lookup then stayed at k = 0 over a
+            # prompt's first ~170 rounds, while the later positions' estimates stayed where
+            # they were when k fell (bench.auto_k: auto 0.94 of the best fixed k; 0.96 now).
+            asking = self.policy(least_k=1)
+            self.explore_up, k = True, max(asking.k_after_hit, asking.k_after_miss)
         elif k > 0 and rounds % EXPLORE_EVERY == 0:
             self.explore_up = (rounds // EXPLORE_EVERY) % 2 == 1
             k = min(k + 1, self.max_k) if self.explore_up else k - 1

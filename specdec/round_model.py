@@ -122,7 +122,7 @@ Yields = tuple[Sequence[float], Sequence[float] | None]  # (acceptance, supply) 
 
 def best_policy(after_hit: Yields, after_miss: Yields, costs: RoundCosts,
                 max_k: int, occupancy: int, now_after_hit: bool, common: bool = False,
-                keep: Policy | None = None, margin: float = 0.0) -> Policy:
+                keep: Policy | None = None, margin: float = 0.0, least_k: int = 0) -> Policy:
     """The pair of draft lengths (after a round that accepted a draft, after one that did not)
     with the most expected tokens per second over the long run; each state's (acceptance,
     supply) per position. A round that asks for drafts finds out which stretch the generation
@@ -134,7 +134,8 @@ def best_policy(after_hit: Yields, after_miss: Yields, costs: RoundCosts,
     stationary share of hit states mu = to_hit / (1 - stay_hit + to_hit), and the rate is
     (mu T_hit + (1 - mu) T_miss) / (mu D_hit + (1 - mu) D_miss) for tokens T and seconds D of
     each state's round. common: one k for both states. keep: the policy in use, kept (at its
-    rate now) unless another is expected to yield more than `margin` (a fraction) more."""
+    rate now) unless another is expected to yield more than `margin` (a fraction) more.
+    least_k: the smallest k either state may use (1: the best policy that always asks)."""
     def rounds(acceptance: Sequence[float],
                supply: Sequence[float] | None) -> list[tuple[float, float, float]]:
         rates = chain(acceptance, supply)
@@ -145,7 +146,7 @@ def best_policy(after_hit: Yields, after_miss: Yields, costs: RoundCosts,
     best, kept = Policy(0, 0, 0.0), None
     for kh, (t_h, d_h, p_h) in enumerate(hit):
         for km, (t_m, d_m, p_m) in enumerate(miss):
-            if common and km != kh:
+            if (common and km != kh) or min(kh, km) < least_k:
                 continue
             stay_hit = p_h if kh else 1.0
             to_hit = p_m if km else 0.0

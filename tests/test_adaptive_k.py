@@ -412,10 +412,32 @@ def test_estimates_fall_back_to_occupancy_without_batch_rows():
 
 
 def test_exploration_leaves_k_zero_now_and_then():
-    # Drafts never accepted: k settles at 0 but one round in EXPLORE_AT_ZERO still tries k = 1.
+    # Drafts never accepted: k settles at 0 but one round in EXPLORE_AT_ZERO still tries k = 1
+    # (with nothing accepted, the k that would pay best if asking did).
     ks = [k for k, _ in simulate(CHEAP_DRAFT, 0.0, 1, 160)[40:]]
     assert ks.count(0) >= 0.8 * len(ks)
     assert len(ks) // EXPLORE_AT_ZERO - 1 <= ks.count(1) <= len(ks) // EXPLORE_AT_ZERO + 1
+
+
+def test_exploration_from_k_zero_asks_for_the_k_that_would_pay_if_asking_did():
+    """First drafts rarely accepted, later ones often (prompt lookup between matches), and a
+    window of 2 costing a step more than 1 while further tokens are cheap (a CPU's shapes):
+    k = 0 pays most, and if a round asks at all, k = 4 does. Exploring with k = 1 would only
+    refresh the first position: the later ones' estimates would stay where they were when k
+    fell to 0, however well they would pay once a match begins."""
+    est = RoundEstimates()
+    for tokens, seconds in {1: 5e-3, 2: 7e-3, 3: 7.2e-3, 4: 7.4e-3, 5: 7.6e-3}.items():
+        est.verify_forward.observe(tokens, seconds)
+    est.verify_fixed.observe(1e-3)
+    est.propose_fixed.observe(1e-3)
+    est.draft_step.observe(0.05e-3)
+    for state in (est.after_hit, est.after_miss, est.pooled):
+        state.acceptance = AcceptanceStats([200, 700, 700, 700], [1000] * 4)
+    auto = AdaptiveK(4, est, after_hit=False)
+    assert (auto.policy().k_after_hit, auto.policy().k_after_miss) == (0, 0)
+    rounds = [(auto.next_k(), auto.explore_up) for _ in range(2 * EXPLORE_AT_ZERO)]
+    assert rounds.count((4, True)) == 2
+    assert all(k == 0 for k, up in rounds if not up)
 
 
 def test_a_batch_of_short_generations_still_explores():
