@@ -47,16 +47,23 @@ class Row:
     # bare rows without one).
     future: asyncio.Future | None = None
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
-    # A step of a greedy chain (Batcher.run_greedy): until the chain has all its steps, the
-    # engine thread feeds the argmax of this step's last logits at the next position as a new
-    # row, batched with whatever else is pending; the loop is woken once, when the chain ends.
+    # A step of a chain (Batcher.run_greedy): until the chain has all its steps, the engine
+    # thread feeds the argmax of this step's last logits (or the chain's pick of them) at the
+    # next position as a new row, batched with whatever else is pending; the loop is woken
+    # once, when the chain ends.
     chain: Chain | None = None
+
+
+# A chain's choice of its next token: (the step's last logits [V], the position that token
+# takes in the sequence) -> the token. Runs on the engine thread.
+Pick = Callable[[np.ndarray, int], int]
 
 
 @dataclass
 class Chain:
-    """A greedy chain of `steps` steps and what it has produced so far: per step, the last
-    position's logits [V] and its argmax, and the engine time it waited for and spent."""
+    """A chain of `steps` steps and what it has produced so far: per step, the last
+    position's logits [V] and the token picked from them (the argmax, or `pick`'s: a sampled
+    pre-draft draws there), and the engine time it waited for and spent."""
 
     steps: int
     logits: list[np.ndarray] = field(default_factory=list)
@@ -66,6 +73,7 @@ class Chain:
     # Set from the loop to end the chain early: it settles after the step it is at, with the
     # steps it has (a pre-draft's branch that the next request has ruled out).
     stop: bool = False
+    pick: Pick | None = None
 
 
 @dataclass(frozen=True)
@@ -178,10 +186,11 @@ class Batcher:
         """Greedy drafting of `steps` tokens from each row (ids, positions, slot), rows
         submitted together so that each step of every row runs in one engine call (with
         whatever else is pending). Step 1 runs the row; each later step feeds the argmax of
-        the step before at the next position, on the engine thread: no round trip to the loop
-        between steps. Per row: the logits [V] of each step's last position, and their argmax
-        [steps] (the tokens drafted; all but the last were fed). chains: the rows' Chain(steps),
-        where the caller may stop one early (Chain.stop; it then returns 1..steps tokens)."""
+        the step before (or its chain's pick) at the next position, on the engine thread: no
+        round trip to the loop between steps. Per row: the logits [V] of each step's last
+        position, and the tokens picked [steps] (the tokens drafted; all but the last were
+        fed). chains: the rows' Chain(steps), where the caller may stop one early (Chain.stop;
+        it then returns 1..steps tokens) or pick tokens otherwise (Chain.pick)."""
         chains = chains or [Chain(steps) for _ in rows]
         batch = [Row(ids, positions, slot, 1, phase, chain=chain)
                  for (ids, positions, slot), chain in zip(rows, chains)]
@@ -238,7 +247,8 @@ class Batcher:
             forward = time.perf_counter_ns() - start
             self.calls += 1
             self.rows += len(batch)
-            results, follow = [], []
+            results: list[tuple[asyncio.Future | None, Settled | BaseException]] = []
+            follow: list[Row] = []
             rows, window = ids.shape
             lasts = [sum(p >= 0 for p in r.positions) for r in batch]   # real length of each row
             # Each chain's step: its last logits [V] and their argmax, for all chains at once.
@@ -254,6 +264,12 @@ class Batcher:
                     continue
                 chain = r.chain
                 step_logits, token = next(drafted)   # chained is in batch order
+                if chain.pick is not None:
+                    try:
+                        token = chain.pick(step_logits, r.positions[lasts[b] - 1] + 1)
+                    except BaseException as exc:  # a bug: fail this chain, keep serving
+                        results.append((r.future, exc))
+                        continue
                 chain.logits.append(step_logits)
                 chain.tokens.append(token)
                 chain.queue_ns += start - r.submitted_ns

@@ -101,6 +101,31 @@ def sample_sparse(q: Sparse, rng: np.random.Generator) -> int:
     return int(ids[rng.choice(ids.shape[0], p=p)])
 
 
+def draw_draft(q: Sparse, seed: int | None, position: int) -> int:
+    """A draft token drawn from q with the numbers of the draft stream at its sequence
+    position, not with the next numbers of one generator: a branch pre-drafted for a position
+    then draws what a request drafting it would (same seed, same tokens, pre-drafting on or
+    off), however many branches were drafted. Still independent of the target's stream, as the
+    rejection rule needs: a position's numbers are only seen by a verify once every draft
+    before it was kept, and then the position is never drafted again (kept, or replaced by the
+    target's correction); a position drafted again draws on numbers no verify has looked at."""
+    return sample_sparse(q, seeded_rng(seed, DRAFT_STREAM, position))
+
+
+@dataclass(frozen=True)
+class DraftSampling:
+    """How a draft model samples its drafts: from the top m tokens of its warped distribution
+    (truncate_top_m), with draw_draft's numbers."""
+
+    params: SamplingParams
+    top_m: int
+
+    def draw(self, logits: np.ndarray, position: int) -> tuple[int, Sparse]:
+        """logits [V] -> (the draft for that sequence position, the q it was drawn from)."""
+        q = truncate_top_m(warp(logits, self.params), self.top_m)
+        return draw_draft(q, self.params.seed, position), q
+
+
 def dense(q: Sparse | None, token: int, vocab: int) -> np.ndarray:
     """A proposal as a [V] vector; None is the deterministic draft: a point mass on token."""
     out = np.zeros(vocab, dtype=np.float64)

@@ -143,6 +143,37 @@ def test_a_stopped_chain_settles_early_with_the_steps_it_has(tiny_pair):
     batcher.close()
 
 
+def test_a_chain_picks_its_tokens_and_a_failing_pick_fails_its_chain_only(tiny_pair):
+    """Chain.pick chooses each next token from the step's logits and the position it takes
+    (a sampled pre-draft draws there); a pick that raises fails its own chain, and the engine
+    thread goes on serving."""
+    cfg = EngineConfig(model=str(tiny_pair[0]), ctx_len=64, prefill_seq_len=8, full_batch_size=2)
+    batcher = Batcher(TorchEngine(cfg))
+    prompt = [5, 9, 14, 3]
+    seen: list[int] = []
+
+    def pick(logits: np.ndarray, position: int) -> int:
+        assert logits.shape == (VOCAB,)
+        seen.append(position)
+        return position * 7 % VOCAB
+
+    def broken(logits: np.ndarray, position: int) -> int:
+        raise ValueError("a bug in a pick")
+
+    async def go():
+        picked = await batcher.run_greedy([(prompt, list(range(4)), 0)], 3, PREFILL, StepTimings(),
+                                          [Chain(3, pick=pick)])
+        with pytest.raises(ValueError, match="a bug in a pick"):
+            await batcher.run_greedy([(prompt, list(range(4)), 1)], 3, PREFILL, StepTimings(),
+                                     [Chain(3, pick=broken)])
+        after = await batcher.run_greedy([(prompt, list(range(4)), 1)], 2, PREFILL, StepTimings())
+        return picked, after
+    picked, after = asyncio.run(go())
+    assert seen == [4, 5, 6] and picked[0][1] == [p * 7 % VOCAB for p in (4, 5, 6)]
+    assert len(after[0][1]) == 2
+    batcher.close()
+
+
 def test_concurrent_sessions_are_lossless_and_batched(tiny_pair, target_hf):
     v_server, verifier = start_verifier(tiny_pair[0], slots=6)
     p_server, proposer = start_proposer(tiny_pair[1], slots=6)

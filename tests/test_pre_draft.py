@@ -206,15 +206,19 @@ def test_branches_come_back_with_the_proposal(tiny_pair):
     fresh.batcher.close()
 
 
-def test_sampling_is_untouched_by_pre_drafting(pre_drafting):
-    """Sampled drafts are drafted on request only: a seeded generation through a pre-drafting
-    proposer equals the same through a sequential one, token for token."""
+@pytest.mark.parametrize("top_m", [16, 0])   # sampled drafts (a q each); greedy drafts
+def test_sampled_pre_drafts_draw_what_requests_would(pre_drafting, top_m):
+    """A sampled branch draws each draft with the numbers of its position (draw_draft), as a
+    request drafting it would: a seeded generation through a pre-drafting proposer equals the
+    same through a sequential one, token for token, and some of its drafts were pre-drafted.
+    (With the sequential proposer's own sampling shown exact by test_sampling's chi-square
+    tests, so is the pre-drafting one's; test_sampling runs them with pre-drafting too.)"""
     verifier, pre, seq, _ = pre_drafting
-    config = GenerationConfig(3, 24, True, SamplingParams(1.0, top_k=20, seed=3))
+    config = GenerationConfig(3, 40, True, SamplingParams(0.7, top_k=20, seed=3), top_m)
     prompt = [5, 9, 14, 3, 22]
     a = generate(verifier, pre, prompt, config)
     b = generate(verifier, seq, prompt, config)
-    assert a.tokens == b.tokens and a.pre_draft_hits == 0
+    assert a.tokens == b.tokens and a.pre_draft_hits > 0
 
 
 def test_pre_drafting_under_adaptive_k_equals_greedy(pre_drafting, target_hf):

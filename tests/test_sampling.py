@@ -128,10 +128,12 @@ def exact_joint(target_path) -> dict[tuple[int, ...], float]:
     return joint
 
 
-def sampled_runs(target, draft, k: int, top_m: int) -> list[tuple[int, ...]]:
+def sampled_runs(target, draft, k: int, top_m: int, branches: int = 0,
+                 hits: list[int] | None = None) -> list[tuple[int, ...]]:
+    """branches: the proposer pre-drafts this many outcomes; hits: gets its pre-draft hits."""
     cfg = lambda m: EngineConfig(model=str(m), ctx_len=32, prefill_seq_len=8, full_batch_size=1)
     verifier = build_verifier(cfg(target), tuple(range(k + 1)))
-    proposer = build_draft_proposer(cfg(draft), max(k, 1)) if k else None
+    proposer = build_draft_proposer(cfg(draft), max(k, 1), pre_draft_branches=branches) if k else None
 
     async def run_all():
         out = []
@@ -144,6 +146,8 @@ def sampled_runs(target, draft, k: int, top_m: int) -> list[tuple[int, ...]]:
             if d:
                 await d.close()
             out.append(tuple(rec.tokens))
+            if hits is not None:
+                hits.append(rec.pre_draft_hits)
         return out
 
     return asyncio.run(run_all())
@@ -173,15 +177,20 @@ def target_only(small_vocab):
     return sampled_runs(small_vocab[0], None, 0, 0)
 
 
-@pytest.mark.parametrize("draft_kind, k, top_m", [
-    ("close", 3, 16),   # sampled drafts, sparse q on the wire (top 16 >= vocab: the full q)
-    ("far", 3, 3),      # sampled from a top-3 truncation: q is that truncation, still exact
-    ("far", 2, 0),      # greedy drafts under sampling: the point-mass case, many rejections
+@pytest.mark.parametrize("draft_kind, k, top_m, branches", [
+    ("close", 3, 16, 0),   # sampled drafts, sparse q on the wire (top 16 >= vocab: the full q)
+    ("far", 3, 3, 0),      # sampled from a top-3 truncation: q is that truncation, still exact
+    ("far", 2, 0, 0),      # greedy drafts under sampling: the point-mass case, many rejections
+    ("close", 3, 16, 4),   # pre-drafted: a hit's drafts were drawn during the last verify
+    ("far", 3, 3, 4),
 ])
-def test_speculative_sampling_matches_target(small_vocab, target_only, draft_kind, k, top_m):
+def test_speculative_sampling_matches_target(small_vocab, target_only, draft_kind, k, top_m,
+                                             branches):
     target, close, far = small_vocab
     joint = exact_joint(target)
-    spec = sampled_runs(target, close if draft_kind == "close" else far, k, top_m)
+    hits: list[int] = []
+    spec = sampled_runs(target, close if draft_kind == "close" else far, k, top_m, branches, hits)
+    assert (sum(hits) > 0) == (branches > 0)
     # Positions 2..4 are the ones speculation decides; per position and jointly.
     for pos in (slice(1, 2), slice(2, 3), slice(3, 4), slice(1, 4)):
         assert_matches(spec, joint, pos)

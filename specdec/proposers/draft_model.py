@@ -9,7 +9,9 @@ tokens, [dk, bonus] (QEfficient's bonus-token case), and the proposer runs both 
 With pre-drafting (pre_draft_branches F > 0), `pre_draft` runs after each proposal has
 been answered, while the verifier checks it: the next draft for the F likeliest verification
 outcomes (see pre_draft.py), batched across branches, one engine call per depth (the depths
-chained on the engine thread, Batcher.run_greedy, as a greedy proposal's steps are). The best
+chained on the engine thread, Batcher.run_greedy, as a greedy proposal's steps are; a sampled
+proposal's branches draw each draft there, Chain.pick, by its position as a request drafting it
+would, sampling.draw_draft). The best
 all-accepted branch extends the session's own slot (stale positions are masked and overwritten,
 so a miss costs nothing there); the others start from a copy of it in scratch slots, where the
 engine can copy a slot: only the positions a scratch slot lacks (the proposer remembers what
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specdec.batching import DECODE, Batcher, Chain
+from specdec.batching import DECODE, Batcher, Chain, Pick
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.pre_draft import (
     ConfidenceBins,
@@ -40,15 +42,7 @@ from specdec.proposers.pre_draft import (
     outcome_key,
     rank_outcomes,
 )
-from specdec.sampling import (
-    DRAFT_STREAM,
-    SamplingParams,
-    Sparse,
-    sample_sparse,
-    seeded_rng,
-    truncate_top_m,
-    warp,
-)
+from specdec.sampling import DraftSampling, SamplingParams, Sparse
 from specdec.sequence import SlotSequence, common_prefix_len
 from specdec.slots import Admission, SlotPool
 from specdec.types import DraftBranch, Proposal, StepTimings
@@ -63,33 +57,40 @@ class Branch:
     draft: list[int]     # e1..ek
     outcome: tuple[int, int]  # (accepted a, token y) of the verification it was drafted for
     logits_at: list[np.ndarray] = field(default_factory=list)  # [V] per depth, as LastDraft
+    probs: list[Sparse] = field(default_factory=list)  # sampled: the q of each draft
 
 
 @dataclass
 class LastDraft:
-    """The greedy proposal now being verified, kept to pre-draft its outcomes."""
+    """The proposal now being verified, kept to pre-draft its outcomes."""
 
     prefix_len: int                 # synced tokens it was drafted after
     draft: list[int]                # d1..dk
     logits_at: list[np.ndarray]     # [V] the draft's logits at each draft position 0..k-1
+    sampled: DraftSampling | None = None   # how its drafts were drawn; None: greedy
     pre_drafted: bool = False       # its outcomes are drafted already
     _confidence: np.ndarray | None = None
 
     def confidence(self, dist: DraftDistributions | None = None) -> np.ndarray:
         """[k] the draft's probability of each draft (computed once: ranked, then observed);
-        dist: the distributions of logits_at, where the caller has them already."""
+        dist: its distributions(), where the caller has them already."""
         if self._confidence is None:
-            if dist is None:
-                dist = draft_distributions(self.logits_at)
-            self._confidence = draft_confidence(dist, self.draft)
+            self._confidence = draft_confidence(dist or self.distributions(), self.draft)
         return self._confidence
+
+    def distributions(self, after: list[np.ndarray] | None = None) -> DraftDistributions:
+        """The draft's distributions at its positions, then at `after` ([V] logits each), as
+        it drew from them: a sampled draft at its temperature (the outcomes' tokens are drawn
+        at the target's, the same)."""
+        logits = self.logits_at + (after or [])
+        t = self.sampled.params.temperature if self.sampled else 1.0
+        return draft_distributions(logits if t == 1.0 else [x / t for x in logits])
 
 
 @dataclass
 class DraftSession:
     seq: SlotSequence      # its slot: any engine slot (a hit adopts its branch's scratch slot)
     ticket: int            # its admission (SlotPool), returned at close
-    rng: np.random.Generator | None = None  # created by the first sampled proposal
     last: LastDraft | None = None
     branches: dict[OutcomeKey, Branch] = field(default_factory=dict)
     scratch: list[int] = field(default_factory=list)   # scratch slots this session's branches hold
@@ -108,7 +109,7 @@ class PreDraftCounters:
     """Pre-draft figures of the whole proposer, for tests and debugging (Prometheus counts hits
     from the replies: specdec_pre_drafted over specdec_proposals)."""
 
-    lookups: int = 0        # greedy proposals that could have been answered from a branch
+    lookups: int = 0        # proposals that could have been answered from a branch
     hits: int = 0           # ... and were
     drafted_tokens: int = 0  # tokens pre-drafted
     wasted_tokens: int = 0   # ... in branches that missed
@@ -143,8 +144,10 @@ class DraftModelProposer:
         # session's own slot is described by its SlotSequence instead.
         self._held: dict[int, list[int]] = {}
         self.counters = PreDraftCounters()
-        # Expected acceptance by draft confidence, learned from every session's outcomes.
+        # Expected acceptance by draft confidence, learned from every session's outcomes:
+        # greedy drafts, and sampled ones.
         self.calibration = ConfidenceBins()
+        self.sampled_calibration = ConfidenceBins()
 
     def close(self) -> None:
         self.batcher.close()
@@ -174,19 +177,18 @@ class DraftModelProposer:
         session.scratch = []
 
     async def _take_branch(self, session: DraftSession, start: int, tokens: list[int], k: int,
-                     sampled: bool, timings: StepTimings) -> Proposal | None:
-        """Answer from a pre-drafted branch when the sync names one (greedy, same k)."""
+                     sampled: DraftSampling | None, timings: StepTimings) -> Proposal | None:
+        """Answer from a pre-drafted branch when the sync names one, drafted as this request
+        drafts (greedy, or sampled alike) and at least k long."""
         last, session.last = session.last, None
         if last is None or not self.pre_draft_branches:
             return None
         accepted = observed_outcome(last.prefix_len, last.draft, start, tokens)
         if accepted is not None:
-            self.calibration.observe(last.confidence(), accepted)
-        if sampled:
-            return None
+            self._calibration(last.sampled).observe(last.confidence(), accepted)
         self.counters.lookups += 1
         branch = session.branches.pop((start, tuple(tokens)), None)
-        if branch is None or not 1 <= k <= len(branch.draft):
+        if branch is None or last.sampled != sampled or not 1 <= k <= len(branch.draft):
             self._drop_branches(session)
             return None
         self.counters.hits += 1
@@ -201,15 +203,21 @@ class DraftModelProposer:
         held = len(branch.tokens) - (len(branch.draft) - k)
         seq.tokens, seq.cached = branch.tokens[:held], held
         self._drop_branches(session)
-        session.last = LastDraft(held - k + 1, branch.draft[:k], branch.logits_at[:k])
-        return Proposal(branch.draft[:k], held, timings, None, pre_drafted=True)
+        session.last = LastDraft(held - k + 1, branch.draft[:k], branch.logits_at[:k], sampled)
+        return Proposal(branch.draft[:k], held, timings, branch.probs[:k] if sampled else None,
+                        pre_drafted=True)
+
+    def _calibration(self, sampled: DraftSampling | None) -> ConfidenceBins:
+        """Sampled drafts are kept at another rate than greedy ones of the same confidence."""
+        return self.calibration if sampled is None else self.sampled_calibration
 
     async def propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
                       sampling: SamplingParams = SamplingParams(), top_m: int = 0,
                       return_branches: bool = False) -> Proposal:
         """Greedy drafts, or with sampling.temperature > 0 and top_m > 0 drafts sampled from the
         top m tokens of the warped draft distribution (returned as the exact proposal q).
-        return_branches (with pre-drafting on, greedy): also return this proposal's branches,
+        return_branches (with pre-drafting on, greedy drafts: a branch carries no q): also
+        return this proposal's branches,
         pre-drafted before returning; the client then picks the next draft itself and sends
         its sync alongside the verify. With k = 0 and no tokens it syncs and drafts nothing:
         the reply is the last proposal with its branches (waiting for their pre-draft)."""
@@ -223,7 +231,7 @@ class DraftModelProposer:
                 proposal = self._last_proposal(session, start)
             else:
                 proposal = await self._propose(session, start, tokens, k, sampling, top_m, t0)
-            if return_branches:
+            if return_branches and (sampling.greedy or top_m == 0):
                 await self._ensure_pre_drafted(session)
                 proposal.branches = [DraftBranch(*b.outcome, b.draft)
                                      for b in session.branches.values()]
@@ -246,7 +254,8 @@ class DraftModelProposer:
         if start != held:
             raise InvalidRequest(f"a request for the last proposal's branches must sync nothing: "
                                  f"start {start} is not the {held} tokens this session holds")
-        return Proposal(last.draft if last else [], held)
+        # A sampled draft would need its q, which is not kept: as for branches, greedy only.
+        return Proposal(last.draft if last and last.sampled is None else [], held)
 
     async def _ensure_pre_drafted(self, session: DraftSession) -> None:
         """Pre-draft the pending proposal's outcomes now unless done already (after_reply)."""
@@ -260,11 +269,9 @@ class DraftModelProposer:
                  sampling: SamplingParams, top_m: int, t0: int) -> Proposal:
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
-        sampled = not sampling.greedy and top_m > 0
+        sampled = DraftSampling(sampling, top_m) if not sampling.greedy and top_m > 0 else None
         if sampled:
             sampling.validate()
-            if session.rng is None:
-                session.rng = seeded_rng(sampling.seed, DRAFT_STREAM)
         seq = session.seq
         timings = StepTimings()
         if hit := await self._take_branch(session, start, tokens, k, sampled, timings):
@@ -289,17 +296,17 @@ class DraftModelProposer:
                 logits_at, draft = await seq.feed_greedy(self.batcher, timings, k)   # k x [V], [k]
             else:
                 logits = await seq.feed(self.batcher, timings)             # [V]
-                while True:   # on the loop: each draft is sampled with the session's generator
-                    q = truncate_top_m(warp(logits, sampling), top_m)
+                while True:   # on the loop: each draft drawn for its position (draw_draft)
+                    logits_at.append(logits)
+                    token, q = sampled.draw(logits, len(seq.tokens))
+                    draft.append(token)
                     probs.append(q)
-                    assert session.rng is not None  # seeded above for a sampled proposal
-                    draft.append(sample_sparse(q, session.rng))
                     if len(draft) == k:
                         break
                     seq.tokens.append(draft[-1])
                     logits = await seq.feed(self.batcher, timings)
-        if draft and not sampled:
-            session.last = LastDraft(len(seq.tokens) - len(draft) + 1, draft, logits_at)
+        if draft:
+            session.last = LastDraft(len(seq.tokens) - len(draft) + 1, draft, logits_at, sampled)
         timings.total_ns = time.perf_counter_ns() - t0
         return Proposal(draft, len(seq.tokens), timings, probs if sampled else None)
 
@@ -319,8 +326,9 @@ class DraftModelProposer:
         # branch then starts from slot contents 0..L+k-1 = prefix + d1..dk.
         end = len(seq.tokens)                               # = L + k - 1
         after_dk = (await self.batcher.run_row([last.draft[-1]], [end], seq.slot, 1, DECODE, timings))[-1]
-        dist = draft_distributions(last.logits_at + [after_dk])          # [k+1, V]
-        outcomes = rank_outcomes(dist, last.draft, self.calibration.rates(last.confidence(dist)),
+        dist = last.distributions([after_dk])                            # [k+1, V]
+        outcomes = rank_outcomes(dist, last.draft,
+                                 self._calibration(last.sampled).rates(last.confidence(dist)),
                                  self.branch_budget())
         base = seq.tokens + [last.draft[-1]]               # prefix + d1..dk
         branches: list[tuple[OutcomeKey, Branch]] = []
@@ -355,7 +363,8 @@ class DraftModelProposer:
         # One engine call per depth, every branch a row; the depths chain on the engine thread.
         # A branch the next request rules out while they run stops early, with 1..k drafts.
         rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
-        session.drafting = {key: Chain(k) for key, _ in branches}
+        session.drafting = {key: Chain(k, pick=self._pick(last.sampled, b) if last.sampled else None)
+                            for key, b in branches}
         try:
             drafted = await self.batcher.run_greedy(rows, k, DECODE, timings,
                                                     list(session.drafting.values()))
@@ -371,6 +380,16 @@ class DraftModelProposer:
                 self._held[b.slot] = b.tokens
         session.branches = dict(branches)
         self.counters.drafted_tokens += sum(len(b.draft) for _, b in branches)
+
+    @staticmethod
+    def _pick(sampled: DraftSampling, branch: Branch) -> Pick:
+        """A sampled branch's chain draws each draft as a request drafting it would
+        (draw_draft: by its position), on the engine thread, and keeps its q."""
+        def pick(logits: np.ndarray, position: int) -> int:   # logits [V]
+            token, q = sampled.draw(logits, position)
+            branch.probs.append(q)
+            return token
+        return pick
 
     def branch_budget(self) -> int:
         """Branches per pre-draft: F shared by the open sessions, at least one each. A lone
