@@ -19,9 +19,14 @@ Prints tokens/s of each, the ratios b/a (what speculation buys), b/c (what the s
 a/d and b/e (against transformers), and mean accepted tokens per target step. Every row must
 produce identical tokens.
 
+With --temperature T > 0 every row samples, seeded: the rows (a), (b), (b+r) and (c) only. The
+speculative ones must give the same tokens (the same seed draws the same numbers however the
+drafts came about, pre-drafted or not); (a) and transformers draw differently.
+
     python -m bench --method draft --k 4
     python -m bench --method ngram --k 3
     python -m bench --method turbo
+    python -m bench --method draft --temperature 0.5
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.metrics import BatchMetrics, batch_metrics
+from specdec.sampling import SamplingParams
 
 BENCH_PROMPTS = DEFAULT_PROMPTS + [
     "class Stack:\n    def __init__(self):\n",
@@ -172,6 +178,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", default=os.environ.get("SPECDEC_COMPILE", "on"), choices=["on", "off"],
                    help="compile the torch steps, services and in-process (on; as the services, "
                         "SPECDEC_COMPILE sets the default)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sample at this temperature, seeded (the draft from its top 16): rows a, "
+                        "b, b+r and c only; 0 = greedy (0)")
     p.add_argument("--prompts", action="append", default=None)
     p.add_argument("--repeats", type=int, default=5,
                    help="times each gRPC row is measured, the rows in turn; each reports its "
@@ -190,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         args.k = 4
     tok = load_tokenizer(args.target_model)
     prompts = [tok(t)["input_ids"] for t in (args.prompts or BENCH_PROMPTS)]
-    config = GenerationConfig(args.k, args.max_new_tokens, ignore_eos=True)
-    auto_k = args.k if args.auto_max_k is None else args.auto_max_k
+    sampling = SamplingParams(args.temperature, seed=0)   # greedy at 0
+    sampled = not sampling.greedy
+    config = GenerationConfig(args.k, args.max_new_tokens, ignore_eos=True, sampling=sampling)
+    auto_k = 0 if sampled else args.k if args.auto_max_k is None else args.auto_max_k
     auto = GenerationConfig(auto_k, args.max_new_tokens, ignore_eos=True, adaptive_k=True)
     max_k = max(args.k, auto_k)
-    target_only = GenerationConfig(0, args.max_new_tokens, ignore_eos=True)
+    target_only = GenerationConfig(0, args.max_new_tokens, ignore_eos=True, sampling=sampling)
     warm = [prompts[0]]
     engine = EngineConfig(model=args.target_model, device=args.device, dtype=args.dtype,
                           prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
@@ -228,16 +239,18 @@ def main(argv: list[str] | None = None) -> int:
         if auto_k:
             rows.append(grpc_row(f"(b~) k auto up to {auto_k}, gRPC", spec_v, spec_p, auto))
         if len(services) > 2:
-            rows += [grpc_row(f"(b+r) pre-drafting {args.pre_draft_branches}, hits on request, gRPC",
-                              plain, services[2].address, config),
-                     grpc_row(f"(b+) pre-drafting {args.pre_draft_branches}, client takes branches, gRPC",
-                              plain, services[2].address, replace(config, use_branches=True))]
+            rows.append(grpc_row(f"(b+r) pre-drafting {args.pre_draft_branches}, hits on request, gRPC",
+                                 plain, services[2].address, config))
+            if not sampled:   # branches go back to the client as greedy drafts only
+                rows.append(grpc_row(f"(b+) pre-drafting {args.pre_draft_branches}, client takes "
+                                     "branches, gRPC", plain, services[2].address,
+                                     replace(config, use_branches=True)))
         results = measured_in_turn(rows, args.repeats)
         (rec_a, a), (rec_b, b) = results[:2]
         if auto_k:
             rec_auto, m_auto = results[2]
         if len(services) > 2:
-            pre_on_request, pre = results[-2:]
+            pre_on_request, pre = (results[-1], None) if sampled else results[-2:]
     finally:
         for svc in services:
             svc.stop()
@@ -250,29 +263,31 @@ def main(argv: list[str] | None = None) -> int:
     rec_c, c = measured("(c) speculative, in-process", lambda warmup: asyncio.run(
         run_inprocess(verifier, proposer, warm if warmup else prompts, config)))
 
-    hf = load_hf(args.target_model)
-    new = args.max_new_tokens
-    out_d, d, _ = measured_peer("(d) transformers generate()", lambda p: hf_generate(hf, p, new), prompts)
-    peer = None
-    if args.method == "draft":
-        hf_draft = load_hf(args.draft_model)
-        peer = measured_peer("(e) transformers assisted", lambda p: hf_assisted(hf, hf_draft, p, new, args.k),
-                             prompts)
-    elif args.method == "ngram":
-        peer = measured_peer("(e) transformers prompt lookup",
-                             lambda p: hf_prompt_lookup(hf, p, new, args.k, args.max_ngram_size), prompts)
-
-    same = [r.tokens for r in rec_a] == [r.tokens for r in rec_b] == [r.tokens for r in rec_c] \
-        == out_d == (peer[0] if peer else out_d) == ([r.tokens for r in pre[0]] if pre else out_d) \
-        == ([r.tokens for r in rec_auto] if rec_auto else out_d) \
-        == ([r.tokens for r in pre_on_request[0]] if pre_on_request else out_d)
+    # The speculative rows' tokens; greedy, also target-only's and transformers' (sampled, those
+    # draw other numbers from the same seed).
+    outputs = [[r.tokens for r in records] for records in
+               [rec_b, rec_c] + [x[0] for x in (pre, pre_on_request) if x] + ([rec_auto] if rec_auto else [])]
+    d = peer = None
+    if not sampled:
+        hf = load_hf(args.target_model)
+        new = args.max_new_tokens
+        out_d, d, _ = measured_peer("(d) transformers generate()", lambda p: hf_generate(hf, p, new), prompts)
+        if args.method == "draft":
+            hf_draft = load_hf(args.draft_model)
+            peer = measured_peer("(e) transformers assisted",
+                                 lambda p: hf_assisted(hf, hf_draft, p, new, args.k), prompts)
+        elif args.method == "ngram":
+            peer = measured_peer("(e) transformers prompt lookup",
+                                 lambda p: hf_prompt_lookup(hf, p, new, args.k, args.max_ngram_size), prompts)
+        outputs += [[r.tokens for r in rec_a], out_d] + ([peer[0]] if peer else [])
+    same = all(o == outputs[0] for o in outputs)
     figures = {
         "tokens_per_s": {"target_only_grpc": a.e2e_throughput, "speculative_grpc": b.e2e_throughput,
                          "speculative_inprocess": c.e2e_throughput, "transformers_generate": d,
                          "transformers_speculative": peer[1] if peer else None},
         "speedup_b_over_a": b.e2e_throughput / a.e2e_throughput,
         "split_ratio_b_over_c": b.e2e_throughput / c.e2e_throughput,
-        "target_only_vs_transformers_a_over_d": a.e2e_throughput / d,
+        "target_only_vs_transformers_a_over_d": a.e2e_throughput / d if d else None,
         "pre_draft_tokens_per_s": pre[1].e2e_throughput if pre else None,
         "pre_draft_vs_sequential_bplus_over_b": pre[1].e2e_throughput / b.e2e_throughput if pre else None,
         "pre_draft_split_vs_inprocess_bplus_over_c": pre[1].e2e_throughput / c.e2e_throughput if pre else None,
@@ -280,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         "pre_draft_overlapped_rounds": pre[1].pre_draft_overlapped if pre else None,
         "pre_draft_on_request_vs_sequential_bplusr_over_b":
             pre_on_request[1].e2e_throughput / b.e2e_throughput if pre_on_request else None,
+        "pre_draft_on_request_hit_rate": pre_on_request[1].pre_draft_hit_rate if pre_on_request else None,
+        "pre_draft_on_request_split_vs_inprocess_bplusr_over_c":
+            pre_on_request[1].e2e_throughput / c.e2e_throughput if pre_on_request else None,
         "pre_draft_vs_transformers_bplus_over_e": pre[1].e2e_throughput / peer[1] if pre and peer else None,
         "auto_tokens_per_s": m_auto.e2e_throughput if rec_auto else None,
         "auto_vs_fixed_bauto_over_b": m_auto.e2e_throughput / b.e2e_throughput if rec_auto else None,
@@ -292,21 +310,25 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"method": args.method, "k": args.k, "auto_max_k": auto_k, "prompts": len(prompts),
                   "max_new_tokens": args.max_new_tokens, "device": args.device,
                   "dtype": args.dtype, "compile": args.compile, "target": args.target_model,
-                  "draft": args.draft_model},
+                  "draft": args.draft_model, "temperature": args.temperature},
     }
     print(f"\nspeedup b/a (speculative vs target-only, both gRPC): {figures['speedup_b_over_a']:.2f}x")
     print(f"split  b/c (gRPC services vs in-process):          {figures['split_ratio_b_over_c']:.2f}x")
     print(f"mean accepted tokens per target step: {b.mean_accepted_tokens:.2f} "
           f"(acceptance rate {b.acceptance_rate:.1%})")
-    print(f"target-only a/d (gRPC vs transformers generate()): {figures['target_only_vs_transformers_a_over_d']:.2f}x")
+    if d:
+        print(f"target-only a/d (gRPC vs transformers generate()): "
+              f"{figures['target_only_vs_transformers_a_over_d']:.2f}x")
     if peer:
         print(f"speculative b/e (gRPC vs transformers' own, same k): "
               f"{figures['speculative_vs_transformers_b_over_e']:.2f}x")
-    if pre:
-        assert pre_on_request is not None  # measured with pre
+    if pre_on_request:
         print("pre-drafting, hits on request b+r/b (default):  "
               f"{figures['pre_draft_on_request_vs_sequential_bplusr_over_b']:.2f}x"
               f"  (hit rate {pre_on_request[1].pre_draft_hit_rate:.0%})")
+        print("pre-drafting b+r/c (split vs sequential in-process): "
+              f"{figures['pre_draft_on_request_split_vs_inprocess_bplusr_over_c']:.2f}x")
+    if pre:
         print("pre-drafting, client takes branches b+/b:       "
               f"{figures['pre_draft_vs_sequential_bplus_over_b']:.2f}x"
               f"  (hit rate {pre[1].pre_draft_hit_rate:.0%}, {pre[1].pre_draft_overlapped} rounds "
