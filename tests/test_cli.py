@@ -75,3 +75,19 @@ def test_bench_modes_agree(tiny_pair, tmp_path):
     assert figures["tokens_per_s"]["speculative_grpc"] > 0
     assert figures["pre_draft_tokens_per_s"] > 0 and figures["tokens_per_s"]["transformers_speculative"] > 0
     assert figures["auto_vs_fixed_bauto_over_b"] > 0 and sum(figures["auto_k_histogram"]) > 0
+
+
+def test_sampled_bench_rows_give_the_same_tokens(tiny_pair, tmp_path):
+    """--temperature: the speculative rows (sequential, pre-drafting, in-process) sample the
+    same tokens for the same seed, and transformers' rows, which draw otherwise, are skipped."""
+    target, draft = tiny_pair
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "bench", "--target-model", str(target), "--draft-model", str(draft),
+           "--prompts", "t5 t6 t7", "--max-new-tokens", "12", "--ctx-len", "64", "--json", str(out),
+           "--temperature", "0.8", "--repeats", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["identical_outputs"] is True and figures["setup"]["temperature"] == 0.8
+    assert figures["pre_draft_on_request_vs_sequential_bplusr_over_b"] > 0
+    assert figures["tokens_per_s"]["transformers_generate"] is None and figures["pre_draft_tokens_per_s"] is None
