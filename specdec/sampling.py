@@ -120,6 +120,12 @@ class DraftSampling:
     params: SamplingParams
     top_m: int
 
+    @staticmethod
+    def of(params: SamplingParams, top_m: int) -> DraftSampling | None:
+        """How a request's drafts are drawn: None = greedy drafts (the argmax; a greedy
+        session, or top_m = 0)."""
+        return DraftSampling(params, top_m) if not params.greedy and top_m > 0 else None
+
     def draw(self, logits: np.ndarray, position: int) -> tuple[int, Sparse]:
         """logits [V] -> (the draft for that sequence position, the q it was drawn from)."""
         q = truncate_top_m(warp(logits, self.params), self.top_m)

@@ -30,61 +30,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specdec.batching import DECODE, Batcher, Chain, Pick
+from specdec.batching import DECODE, Batcher, Chain
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.pre_draft import (
+    Branch,
     ConfidenceBins,
-    DraftDistributions,
+    LastDraft,
     OutcomeKey,
-    draft_confidence,
-    draft_distributions,
+    PreDraftCounters,
     observed_outcome,
     outcome_key,
     rank_outcomes,
+    sampled_pick,
 )
 from specdec.sampling import DraftSampling, SamplingParams, Sparse
 from specdec.sequence import SlotSequence, common_prefix_len
 from specdec.slots import Admission, SlotPool
 from specdec.types import DraftBranch, Proposal, StepTimings
-
-
-@dataclass
-class Branch:
-    """A pre-drafted next proposal for one verification outcome."""
-
-    slot: int            # where its KV is: the session's own slot or a scratch slot
-    tokens: list[int]    # what that slot then holds: prefix + outcome + e1..e(k-1)
-    draft: list[int]     # e1..ek
-    outcome: tuple[int, int]  # (accepted a, token y) of the verification it was drafted for
-    logits_at: list[np.ndarray] = field(default_factory=list)  # [V] per depth, as LastDraft
-    probs: list[Sparse] = field(default_factory=list)  # sampled: the q of each draft
-
-
-@dataclass
-class LastDraft:
-    """The proposal now being verified, kept to pre-draft its outcomes."""
-
-    prefix_len: int                 # synced tokens it was drafted after
-    draft: list[int]                # d1..dk
-    logits_at: list[np.ndarray]     # [V] the draft's logits at each draft position 0..k-1
-    sampled: DraftSampling | None = None   # how its drafts were drawn; None: greedy
-    pre_drafted: bool = False       # its outcomes are drafted already
-    _confidence: np.ndarray | None = None
-
-    def confidence(self, dist: DraftDistributions | None = None) -> np.ndarray:
-        """[k] the draft's probability of each draft (computed once: ranked, then observed);
-        dist: its distributions(), where the caller has them already."""
-        if self._confidence is None:
-            self._confidence = draft_confidence(dist or self.distributions(), self.draft)
-        return self._confidence
-
-    def distributions(self, after: list[np.ndarray] | None = None) -> DraftDistributions:
-        """The draft's distributions at its positions, then at `after` ([V] logits each), as
-        it drew from them: a sampled draft at its temperature (the outcomes' tokens are drawn
-        at the target's, the same)."""
-        logits = self.logits_at + (after or [])
-        t = self.sampled.params.temperature if self.sampled else 1.0
-        return draft_distributions(logits if t == 1.0 else [x / t for x in logits])
 
 
 @dataclass
@@ -102,17 +64,6 @@ class DraftSession:
     # Held by propose, by the pre-draft after it, and by close: one of them at a time (each
     # awaits engine rows in between), in the order they asked for it.
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-@dataclass
-class PreDraftCounters:
-    """Pre-draft figures of the whole proposer, for tests and debugging (Prometheus counts hits
-    from the replies: specdec_pre_drafted over specdec_proposals)."""
-
-    lookups: int = 0        # proposals that could have been answered from a branch
-    hits: int = 0           # ... and were
-    drafted_tokens: int = 0  # tokens pre-drafted
-    wasted_tokens: int = 0   # ... in branches that missed
 
 
 class DraftModelProposer:
@@ -231,7 +182,7 @@ class DraftModelProposer:
                 proposal = self._last_proposal(session, start)
             else:
                 proposal = await self._propose(session, start, tokens, k, sampling, top_m, t0)
-            if return_branches and (sampling.greedy or top_m == 0):
+            if return_branches and DraftSampling.of(sampling, top_m) is None:
                 await self._ensure_pre_drafted(session)
                 proposal.branches = [DraftBranch(*b.outcome, b.draft)
                                      for b in session.branches.values()]
@@ -269,7 +220,7 @@ class DraftModelProposer:
                  sampling: SamplingParams, top_m: int, t0: int) -> Proposal:
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
-        sampled = DraftSampling(sampling, top_m) if not sampling.greedy and top_m > 0 else None
+        sampled = DraftSampling.of(sampling, top_m)
         if sampled:
             sampling.validate()
         seq = session.seq
@@ -363,8 +314,9 @@ class DraftModelProposer:
         # One engine call per depth, every branch a row; the depths chain on the engine thread.
         # A branch the next request rules out while they run stops early, with 1..k drafts.
         rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
-        session.drafting = {key: Chain(k, pick=self._pick(last.sampled, b) if last.sampled else None)
-                            for key, b in branches}
+        session.drafting = {
+            key: Chain(k, pick=sampled_pick(last.sampled, b.probs) if last.sampled else None)
+            for key, b in branches}
         try:
             drafted = await self.batcher.run_greedy(rows, k, DECODE, timings,
                                                     list(session.drafting.values()))
@@ -380,16 +332,6 @@ class DraftModelProposer:
                 self._held[b.slot] = b.tokens
         session.branches = dict(branches)
         self.counters.drafted_tokens += sum(len(b.draft) for _, b in branches)
-
-    @staticmethod
-    def _pick(sampled: DraftSampling, branch: Branch) -> Pick:
-        """A sampled branch's chain draws each draft as a request drafting it would
-        (draw_draft: by its position), on the engine thread, and keeps its q."""
-        def pick(logits: np.ndarray, position: int) -> int:   # logits [V]
-            token, q = sampled.draw(logits, position)
-            branch.probs.append(q)
-            return token
-        return pick
 
     def branch_budget(self) -> int:
         """Branches per pre-draft: F shared by the open sessions, at least one each. A lone

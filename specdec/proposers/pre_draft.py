@@ -18,7 +18,8 @@ proposer's sessions. The raw probability is no estimate: a small draft is under-
 gives its draft ~0.4 where the target accepts ~0.7), and a rate per draft position ignores which
 drafts were easy. Ranked by position, the shipped pair hit 52% of outcomes with 4 branches and
 74% with 8; by binned confidence, 60% and 80% (232 rounds, bench and held-out prompts).
-Pure functions; the draft proposer runs the branches.
+Pure functions, and the records of a pre-draft (LastDraft, Branch); the draft proposer runs
+the branches.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from specdec.batching import Pick
+from specdec.sampling import DraftSampling, Sparse
 
 PRIOR_ACCEPTANCE = 0.6   # per-position acceptance assumed before anything is observed
 PRIOR_WEIGHT = 4.0       # the prior counts as this many observations per position
@@ -180,3 +184,63 @@ def top_entries(score: np.ndarray, n: int) -> np.ndarray:
     bound = np.sort(known)[-n]
     above = np.flatnonzero(flat >= bound)
     return above[np.argsort(-flat[above], kind="stable")[:n]]
+
+
+@dataclass
+class Branch:
+    """A pre-drafted next proposal for one verification outcome."""
+
+    slot: int            # where its KV is: the session's own slot or a scratch slot
+    tokens: list[int]    # what that slot then holds: prefix + outcome + e1..e(k-1)
+    draft: list[int]     # e1..ek
+    outcome: tuple[int, int]  # (accepted a, token y) of the verification it was drafted for
+    logits_at: list[np.ndarray] = field(default_factory=list)  # [V] per depth, as LastDraft
+    probs: list[Sparse] = field(default_factory=list)  # sampled: the q of each draft
+
+
+@dataclass
+class LastDraft:
+    """The proposal now being verified, kept to pre-draft its outcomes."""
+
+    prefix_len: int                 # synced tokens it was drafted after
+    draft: list[int]                # d1..dk
+    logits_at: list[np.ndarray]     # [V] the draft's logits at each draft position 0..k-1
+    sampled: DraftSampling | None = None   # how its drafts were drawn; None: greedy
+    pre_drafted: bool = False       # its outcomes are drafted already
+    _confidence: np.ndarray | None = None
+
+    def confidence(self, dist: DraftDistributions | None = None) -> np.ndarray:
+        """[k] the draft's probability of each draft (computed once: ranked, then observed);
+        dist: its distributions(), where the caller has them already."""
+        if self._confidence is None:
+            self._confidence = draft_confidence(dist or self.distributions(), self.draft)
+        return self._confidence
+
+    def distributions(self, after: list[np.ndarray] | None = None) -> DraftDistributions:
+        """The draft's distributions at its positions, then at `after` ([V] logits each), as
+        it drew from them: a sampled draft at its temperature (the outcomes' tokens are drawn
+        at the target's, the same)."""
+        logits = self.logits_at + (after or [])
+        t = self.sampled.params.temperature if self.sampled else 1.0
+        return draft_distributions(logits if t == 1.0 else [x / t for x in logits])
+
+
+@dataclass
+class PreDraftCounters:
+    """Pre-draft figures of the whole proposer, for tests and debugging (Prometheus counts hits
+    from the replies: specdec_pre_drafted over specdec_proposals)."""
+
+    lookups: int = 0        # proposals that could have been answered from a branch
+    hits: int = 0           # ... and were
+    drafted_tokens: int = 0  # tokens pre-drafted
+    wasted_tokens: int = 0   # ... in branches that missed
+
+
+def sampled_pick(sampled: DraftSampling, probs: list[Sparse]) -> Pick:
+    """A sampled branch's Chain.pick: draws each draft as a request drafting it would
+    (draw_draft: by its position), on the engine thread, and keeps its q in probs."""
+    def pick(logits: np.ndarray, position: int) -> int:   # logits [V]
+        token, q = sampled.draw(logits, position)
+        probs.append(q)
+        return token
+    return pick
