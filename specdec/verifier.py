@@ -103,17 +103,20 @@ class TargetVerifier:
         are deterministic (point masses). Only used when the session samples.
         """
         t0 = time.perf_counter_ns()
-        if session.params is None:
-            raise PreconditionFailed("verify before prefill: the first request of a session "
-                                     "must be a Prefill")
-        if session.finish:
-            raise PreconditionFailed(f"session already finished ({session.finish.name})")
+        # The request's own faults come before the session's state, so that a malformed Verify
+        # gets INVALID_ARGUMENT whatever the session's last token happened to be (a sampled
+        # prefill may have drawn EOS).
         if len(draft) > self.max_k:
             raise InvalidRequest(f"draft of {len(draft)} tokens exceeds this verifier's max k "
                                  f"{self.max_k}")
         check_token_ids(draft, self.engine.vocab_size)
         if draft_probs is not None:
             check_proposals(draft, draft_probs, self.engine.vocab_size)
+        if session.params is None:
+            raise PreconditionFailed("verify before prefill: the first request of a session "
+                                     "must be a Prefill")
+        if session.finish:
+            raise PreconditionFailed(f"session already finished ({session.finish.name})")
         seq = session.seq
         n_seq = len(seq.tokens)
         # Drafts past ctx_len or past the remaining budget could never be emitted.

@@ -90,10 +90,18 @@ def assert_still_serves(services, target_hf):
       pb.VerifierRequest(verify=pb.Verify(draft_tokens=[3], draft_probs=[
           pb.TokenDistribution(token_ids=[3, 3], probs=[0.5, 0.0])]))],
      grpc.StatusCode.INVALID_ARGUMENT, "twice"),
+    # CI flake: a sampled prefill that drew EOS answered this with FAILED_PRECONDITION. The
+    # request's own fault comes first, whatever state the session is in.
+    ([prefill(PROMPT, max_new_tokens=1, sampling=pb.SamplingParams(temperature=1)),
+      pb.VerifierRequest(verify=pb.Verify(draft_tokens=[3], draft_probs=[
+          pb.TokenDistribution(token_ids=[4], probs=[1.0])]))],
+     grpc.StatusCode.INVALID_ARGUMENT, "probability 0"),
+    ([prefill(PROMPT, max_new_tokens=1), verify([3])],
+     grpc.StatusCode.FAILED_PRECONDITION, "already finished"),
 ], ids=["token-over-vocab", "prompt-over-ctx", "empty-prompt", "step-before-prefill",
         "k-over-max", "draft-over-vocab", "tokenizer-mismatch", "empty-request",
         "negative-temperature", "nan-temperature", "top-p-over-1", "probs-count", "probs-miss-draft",
-        "probs-duplicate-ids"])
+        "probs-duplicate-ids", "bad-probs-after-finish", "verify-after-finish"])
 def test_verifier_rejects(services, target_hf, requests_, code, match):
     expect_status(services["verifier"], pb_grpc.VerifierStub, requests_, code, match)
     assert_still_serves(services, target_hf)
