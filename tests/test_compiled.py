@@ -17,6 +17,7 @@ from torch._dynamo.utils import counters
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import EngineConfig
 from specdec.engine.compiled import KV_BUCKET
+from specdec.engine.shared_constants import ConstantPool
 from specdec.engine.specializations import (
     Specialization,
     batch_buckets,
@@ -108,6 +109,9 @@ def test_compiled_steps_match_transformers(tiny, cache):
     kv_lens: set[int] = set()
     used = count_compiled_calls(engine, kv_lens)
     graphs = counters["stats"]["unique_graphs"]   # as compiled at start-up
+    # The specializations share one copy of each frozen weight (shared_constants); the
+    # parity below is then through the shared copies.
+    assert engine.compiled.shared > 0
     rng = np.random.default_rng(3)
     a = rng.integers(2, VOCAB, size=12).tolist()
     b = rng.integers(2, VOCAB, size=44).tolist()
@@ -242,3 +246,17 @@ def test_small_gemm_tiles_reach_the_generated_kernel():
     assert tiles and all(m * n // 16 <= 12 for m, n in tiles), tiles
     torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-5)
     assert mg.micro_gemm_configs[mg.CppMicroGemmFP32Vec] == stock
+
+
+def test_the_constant_pool_returns_an_equal_constant_it_holds():
+    pool = ConstantPool()
+    w = torch.arange(12.0).reshape(3, 4)
+    assert pool.share(w) is w                              # the first of its kind is kept
+    assert pool.share(w.clone()) is w and pool.shared == 1 and pool.shared_bytes == 48
+    assert pool.share(w) is w and pool.shared == 1         # the same tensor is no copy
+    other = w + 1
+    assert pool.share(other) is other                      # other values: its own
+    assert pool.share(w.t().contiguous()) is not w         # another layout: its own
+    assert pool.share(w.double()) is not w                 # another dtype: its own
+    assert pool.share(other.clone()) is other and pool.shared == 2
+    assert pool.share("not a tensor") == "not a tensor"

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from specdec.engine.cpu_gemm_tiles import small_gemm_tiles
+from specdec.engine.shared_constants import ConstantPool, shared_constants
 from specdec.engine.specializations import Specialization, by_size, fit, gather_index, pad_call
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class CompiledSteps:
     step: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]  # the compiled engine.step
     ctx_len: int
     kv_bucket: int                            # 0: every step attends over all of ctx_len
+    shared: int = 0                           # constants shared with an earlier graph (CPU)
 
     def fit(self, batch: int, window: int, logits: int) -> Specialization | None:
         return fit(self.specs, batch, window, logits)
@@ -95,8 +97,12 @@ def compile_steps(engine: TorchEngine, specs: tuple[Specialization, ...],
     started = time.monotonic()
     tiles: contextlib.AbstractContextManager[dict[str, Any]] = \
         contextlib.nullcontext({}) if cuda else small_gemm_tiles()
+    # CPU graphs hold the frozen weights: one copy for all of them (shared_constants).
+    constants: contextlib.AbstractContextManager[ConstantPool] = \
+        contextlib.nullcontext(ConstantPool()) if cuda else shared_constants()
     try:
-        with tiles as salt, torch._inductor.config.patch({} if cuda else {**CPU_INDUCTOR, **salt}):
+        with tiles as salt, constants as pool, \
+                torch._inductor.config.patch({} if cuda else {**CPU_INDUCTOR, **salt}):
             for i, spec in enumerate(specs, 1):
                 t0 = time.monotonic()
                 warm_up(engine, fn, spec, kv_bucket)
@@ -108,8 +114,10 @@ def compile_steps(engine: TorchEngine, specs: tuple[Specialization, ...],
                     "(slower, same results). Pass --compile off to skip trying.",
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return None
-    log.info("compiled %d step specializations in %.1f s", len(specs), time.monotonic() - started)
-    return CompiledSteps(by_size(specs), fn, engine.ctx_len, kv_bucket)
+    log.info("compiled %d step specializations in %.1f s; %d constants (%.0f MB) shared "
+             "between them", len(specs), time.monotonic() - started, pool.shared,
+             pool.shared_bytes / 2**20)
+    return CompiledSteps(by_size(specs), fn, engine.ctx_len, kv_bucket, pool.shared)
 
 
 def warm_up(engine: TorchEngine, fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
