@@ -9,7 +9,9 @@ prints step time / floor:
 
 Bandwidth is measured by summing a tensor far larger than the caches, with the thread count the
 steps run with (--threads, 1 by default: on a CPU each service owns its cores, one each on a
-2-core machine). Times are medians of --steps calls, after warm-up.
+2-core machine). Times are medians of --steps calls, after warm-up. Per batch size, a last line
+times the windows called in turn, each call after one at another window: compiled, that is
+another graph (a round of k auto that explores or trims its window does it).
 """
 
 from __future__ import annotations
@@ -67,6 +69,25 @@ def time_step(engine: TorchEngine, batch: int, window: int, start: int, steps: i
     return statistics.median(_timed(lambda: engine.run(ids, pos, slots, window)) for _ in range(steps))
 
 
+def time_alternating(engine: TorchEngine, batch: int, windows: tuple[int, ...], start: int,
+                     steps: int) -> dict[int, float]:
+    """Median seconds of run() per window when calls take the windows in turn: each call
+    follows one at another window (compiled, another graph; with its own weights it read them
+    cold, see specdec.engine.shared_constants)."""
+    calls = {}
+    for window in windows:
+        ids = np.full((batch, window), 5, dtype=np.int64)
+        pos = np.tile(np.arange(start, start + window), (batch, 1))
+        calls[window] = (ids, pos, np.arange(batch), window)
+    times: dict[int, list[float]] = {w: [] for w in windows}
+    for i in range(3 * len(windows) + steps * len(windows)):
+        w = windows[i % len(windows)]
+        t = _timed(lambda: engine.run(*calls[w]))
+        if i >= 3 * len(windows):
+            times[w].append(t)
+    return {w: statistics.median(ts) for w, ts in times.items()}
+
+
 def probe(model: str, dtype: str, args: argparse.Namespace, bandwidth: float) -> list[dict]:
     windows = (1, args.k + 1)
     batches = sorted({1, args.full_batch_size})
@@ -89,6 +110,12 @@ def probe(model: str, dtype: str, args: argparse.Namespace, bandwidth: float) ->
                 print(f"{Path(model).name:<8} {dtype:<9} {mode:<9} batch {batch:<3} window {window:<3}"
                       f" step {t * 1e3:7.2f} ms  floor {floor * 1e3:6.2f} ms  step/floor "
                       f"{t / floor:5.2f}", flush=True)
+            alternating = time_alternating(engine, batch, windows, start, args.steps)
+            rows.append({"model": model, "dtype": dtype, "mode": mode, "batch": batch,
+                         "alternating_ms": {w: t * 1e3 for w, t in alternating.items()}})
+            print(f"{Path(model).name:<8} {dtype:<9} {mode:<9} batch {batch:<3} windows "
+                  f"{' and '.join(map(str, windows))} in turn: step "
+                  + "  ".join(f"{t * 1e3:.2f} ms" for t in alternating.values()), flush=True)
     return rows
 
 
@@ -117,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"bandwidth_gb_s": bandwidth / 1e9, "steps": rows}, indent=2))
     print("step/floor, target, batch 1, window 1: " + ", ".join(
         f"{r['mode']} {r['dtype']} {r['ratio']:.2f}" for r in rows
-        if r["model"] == args.target_model and r["batch"] == 1 and r["window"] == 1), file=sys.stderr)
+        if r["model"] == args.target_model and r["batch"] == 1 and r.get("window") == 1), file=sys.stderr)
     return 0
 
 
