@@ -2,19 +2,22 @@
 
 Why: on CPU, inductor freezes the weights into each compiled graph and prepacks them for its
 C++ GEMM (compiled.CPU_INDUCTOR), so every specialization held a copy of every weight of its
-own. A call at another specialization than the engine's last then read its copy cold. Measured
-on the development machine (the shipped target, compiled, one core, windows 1-5 at batch 1):
-runs of 3- or 5-token windows cost 3.6 and 4.6 ms a call, alternating them 6.4 and 7.4 ms. Every
-round of `--num-speculative-tokens auto` that explores or trims its window paid that, as does a
-batch whose row count moves between batch sizes. The packing is deterministic, so the graphs'
-packed weights are equal tensor for tensor: while an engine compiles, a constant equal to one
-that an earlier graph registered is replaced by it. Shared, the alternation costs 3.9 and 4.7 ms,
-and the process holds ~100 MB less.
+own. A call at another specialization than the engine's last then read its copy cold:
+`python -m bench.floor --compile on --full-batch-size 1` on the development machine (the
+shipped target, one core) timed windows of 1 and 5 tokens at 3.1 and 4.8 ms a call alone, and
+4.6 and 6.9 ms called in turn. Every round of `--num-speculative-tokens auto` that explores or
+trims its window paid that, as does a batch whose rows move between batch buckets. The packing
+is deterministic, so the graphs' packed weights are equal tensor for tensor: while an engine
+compiles, a constant equal to one that an earlier graph registered is replaced by it. Shared,
+the windows called in turn cost 3.4 and 4.6 ms (3.3 and 4.5 alone), and a verifier with
+windows 1-5 held 40-100 MB less.
 
 Constants are read-only (freezing inlines only parameters that are never mutated), so sharing
 one changes no result. The hook is inductor's registry of a graph's constants
 (GraphLowering.allocate_non_dup_const_name), a private method: where it is not as expected,
-nothing is shared. A graph that inductor loads from its on-disk cache keeps its own constants.
+nothing is shared. A graph that inductor would load from its on-disk cache instead of
+lowering it keeps constants of its own (as before; the services' graphs were lowered at every
+start on the development machine).
 """
 
 from __future__ import annotations
