@@ -59,14 +59,19 @@ def step_bytes(engine: TorchEngine, batch: int, window: int, kv_len: int) -> int
     return (weights + kv) * item
 
 
-def time_step(engine: TorchEngine, batch: int, window: int, start: int, steps: int) -> float:
-    """Median seconds of run() on [batch, window] rows at positions start..start+window-1."""
+def step_call(batch: int, window: int, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """run()'s arguments for [batch, window] rows at positions start..start+window-1."""
     ids = np.full((batch, window), 5, dtype=np.int64)
     pos = np.tile(np.arange(start, start + window), (batch, 1))
-    slots = np.arange(batch)
+    return ids, pos, np.arange(batch), window
+
+
+def time_step(engine: TorchEngine, batch: int, window: int, start: int, steps: int) -> float:
+    """Median seconds of run() on [batch, window] rows at positions start..start+window-1."""
+    call = step_call(batch, window, start)
     for _ in range(3):
-        engine.run(ids, pos, slots, window)
-    return statistics.median(_timed(lambda: engine.run(ids, pos, slots, window)) for _ in range(steps))
+        engine.run(*call)
+    return statistics.median(_timed(lambda: engine.run(*call)) for _ in range(steps))
 
 
 def time_alternating(engine: TorchEngine, batch: int, windows: tuple[int, ...], start: int,
@@ -74,11 +79,7 @@ def time_alternating(engine: TorchEngine, batch: int, windows: tuple[int, ...], 
     """Median seconds of run() per window when calls take the windows in turn: each call
     follows one at another window (compiled, another graph; with its own weights it read them
     cold, see specdec.engine.shared_constants)."""
-    calls = {}
-    for window in windows:
-        ids = np.full((batch, window), 5, dtype=np.int64)
-        pos = np.tile(np.arange(start, start + window), (batch, 1))
-        calls[window] = (ids, pos, np.arange(batch), window)
+    calls = {window: step_call(batch, window, start) for window in windows}
     times: dict[int, list[float]] = {w: [] for w in windows}
     for i in range(3 * len(windows) + steps * len(windows)):
         w = windows[i % len(windows)]

@@ -213,7 +213,8 @@ class LastDraft:
         """[k] the draft's probability of each draft (computed once: ranked, then observed);
         dist: its distributions(), where the caller has them already."""
         if self._confidence is None:
-            self._confidence = draft_confidence(dist or self.distributions(), self.draft)
+            self._confidence = draft_confidence(self.distributions() if dist is None else dist,
+                                                self.draft)
         return self._confidence
 
     def distributions(self, after: list[np.ndarray] | None = None) -> DraftDistributions:
