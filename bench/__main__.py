@@ -142,18 +142,18 @@ def service_flags(args: argparse.Namespace, max_k: int, windows: list[int],
 
 
 def start_verifier(args: argparse.Namespace, flags: list[str], turbo: bool = False,
-                   wait: bool = True, timeout_s: float = 300.0) -> ServiceProcess:
+                   wait: bool = True) -> ServiceProcess:
     extra = ["--speculative-model-type", "turbo"] if turbo else []
     return start_service("verifier", "verifier_service", ["--model", args.target_model, *flags, *extra],
-                         timeout_s, wait=wait)
+                         wait=wait)
 
 
 def start_proposer(args: argparse.Namespace, flags: list[str], method: str, pre_draft_branches: int = 0,
-                   wait: bool = True, timeout_s: float = 300.0) -> ServiceProcess:
+                   wait: bool = True) -> ServiceProcess:
     """method "ngram" (prompt lookup) or "draft" (pre-drafting this many branches; 0 = sequential)."""
     extra = ["--method", "ngram", "--max-ngram-size", str(args.max_ngram_size)] if method == "ngram" \
         else ["--method", "draft", "--model", args.draft_model, "--pre-draft-branches", str(pre_draft_branches)]
-    return start_service("proposer", "proposer_service", [*extra, *flags], timeout_s, wait=wait)
+    return start_service("proposer", "proposer_service", [*extra, *flags], wait=wait)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

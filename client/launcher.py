@@ -1,7 +1,10 @@
 """Start the services as subprocesses on free loopback ports, and stop them after.
 
 Each service prints "specdec-ready HOST:PORT" on stdout once its model is loaded and it
-listens; the launcher waits for that line, so no port is guessed and nothing races.
+listens; the launcher waits for that line, so no port is guessed and nothing races. Start-up
+fails when the service exits first, or goes `timeout_s` without a line of output: a service
+compiling many step specializations logs each one, so a long start-up that makes progress is
+never cut short, and a hung one still fails.
 """
 
 from __future__ import annotations
@@ -26,16 +29,18 @@ class ServiceProcess:
     stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
     ready: threading.Event = field(default_factory=threading.Event)
     cmd: list[str] = field(default_factory=list)
-    deadline: float = 0.0
+    timeout_s: float = 300.0   # start-up fails after this long without a line of output
+    last_output: float = field(default_factory=time.monotonic)  # time.monotonic() of the last line
 
     def wait_ready(self) -> None:
         """Block until the service printed its ready line; raise with its log tail if it
-        exits or the start-up deadline passes first."""
+        exits, or goes `timeout_s` without printing a line, first."""
         while not self.ready.wait(0.1):
-            if self.proc.poll() is not None or time.monotonic() > self.deadline:
+            if self.proc.poll() is not None or time.monotonic() - self.last_output > self.timeout_s:
+                # (before stop(), which gives a timed-out service a return code too)
+                why = "exited" if self.proc.returncode is not None else "timed out"
                 self.stop()
                 time.sleep(0.2)  # let the stderr reader catch the last lines
-                why = "exited" if self.proc.returncode is not None else "timed out"
                 tail = "\n".join(self.stderr_tail) or "(no output)"
                 raise RuntimeError(f"{self.name} {why} before it was ready: {' '.join(self.cmd)}\n{tail}")
 
@@ -54,16 +59,18 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = 30
                   echo_stderr: bool = False, port: int = 0, wait_for: str = READY_PREFIX,
                   env: dict[str, str] | None = None, wait: bool = True) -> ServiceProcess:
     """wait_for: READY_PREFIX (model loaded, SERVING) or LISTENING_PREFIX (bound, loading).
+    timeout_s: the longest start-up may go without a line of output (stdout or stderr).
     wait=False returns at once; call `svc.wait_ready()` later (services then load and compile
     side by side, each on its own cores)."""
     cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    svc = ServiceProcess(name, proc)
+    svc = ServiceProcess(name, proc, timeout_s=timeout_s)
 
     def drain_stderr() -> None:
         assert proc.stderr is not None  # stderr=PIPE
         for line in proc.stderr:
+            svc.last_output = time.monotonic()
             svc.stderr_tail.append(line.rstrip())
             if echo_stderr:
                 print(f"[{name}] {line.rstrip()}", file=sys.stderr)
@@ -74,6 +81,7 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = 30
     def read_stdout() -> None:
         assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
+            svc.last_output = time.monotonic()
             prefix, _, rest = line.strip().partition(" ")
             if prefix == METRICS_PREFIX:
                 svc.metrics_address = rest
@@ -83,7 +91,7 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = 30
                     ready.set()
 
     threading.Thread(target=read_stdout, daemon=True).start()
-    svc.ready, svc.cmd, svc.deadline = ready, cmd, time.monotonic() + timeout_s
+    svc.ready, svc.cmd = ready, cmd
     if wait:
         svc.wait_ready()
     return svc

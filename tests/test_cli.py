@@ -59,6 +59,21 @@ def test_service_reports_a_bad_model_path(tmp_path):
         start_service("verifier", "verifier_service", ["--model", str(tmp_path / "missing")])
 
 
+@pytest.mark.parametrize("every_s, ready", [(0.1, True), (0.0, False)])
+def test_start_up_deadline_counts_silence(every_s, ready):
+    """The start-up deadline is time without output, not since the start: a start-up three
+    times the deadline that logs as it goes is waited for (a service compiling its steps), a
+    silent one fails."""
+    env = {"SLOW_START_S": "1.5", "SLOW_START_EVERY_S": str(every_s)}
+    if ready:
+        svc = start_service("slow", "tests.slow_start", [], timeout_s=0.5, env=env)
+        assert svc.address.startswith("127.0.0.1:") and len(svc.stderr_tail) >= 5
+        svc.stop()
+    else:
+        with pytest.raises(RuntimeError, match="slow timed out before it was ready"):
+            start_service("slow", "tests.slow_start", [], timeout_s=0.5, env=env)
+
+
 def test_bench_modes_agree(tiny_pair, tmp_path):
     """The benchmark's modes (target-only, gRPC, pre-drafting, in-process, transformers' own)
     produce identical tokens."""

@@ -1,0 +1,33 @@
+"""A process that starts the way a service does, for the launcher's tests
+(tests/test_cli.py): it takes `--host`/`--port`, takes SLOW_START_S seconds to start, printing
+a log line to stderr every SLOW_START_EVERY_S seconds meanwhile (0: none, a silent start-up),
+then prints the ready line and waits to be stopped. It stands in for a service compiling many
+step specializations, which takes minutes on a real model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from specdec_rpc.server import READY_PREFIX
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    args = p.parse_args()
+    start_s, every_s = float(os.environ["SLOW_START_S"]), float(os.environ["SLOW_START_EVERY_S"])
+    end = time.monotonic() + start_s
+    while time.monotonic() < end:
+        time.sleep(every_s or start_s)
+        if every_s:
+            print("compiled a step", file=sys.stderr, flush=True)
+    print(f"{READY_PREFIX} {args.host}:{args.port or 1}", flush=True)
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+    main()
