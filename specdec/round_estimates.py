@@ -22,9 +22,6 @@ ACCEPTANCE_DECAY = 0.98  # weight of the past in acceptance estimates, per obser
 # Before the verifier's cost slope has been seen (all rounds at one window size), this share of
 # a forward is assumed to grow with the window's tokens.
 PRIOR_TOKEN_SHARE = 0.25
-# A window is in use, and its own calls' median its cost, when IN_USE of the last IN_USE_OF
-# verify calls were at it; not when only explorations visit it (one round in EXPLORE_EVERY).
-IN_USE, IN_USE_OF = 4, 2 * RECENT
 
 
 class RecentMedian:
@@ -51,37 +48,21 @@ class WindowCosts:
     median at each x seen, and for the others a line through those medians, weighted by how
     many calls each has (from a single x, a slope of PRIOR_TOKEN_SHARE of it per token).
 
-    A window rarely used is not timed by its own calls: on a CPU a call after calls of another
-    shape runs colder (the development machine: 4.4-5.1 ms for a 3-token window called once
-    among 5-token ones, 2.8-3.4 ms in use), and k auto kept the window it used, which its own
-    calls had timed in use (bench.auto_k, compile on). Where the verifier reports its calls
-    timed back to back at start-up (`reference`), such a window costs the lesser of its own
-    median and its reference times how the recent calls compare with theirs (`scale`: the
-    machine's load, the context's length). The lesser: a window's rare calls run no faster
-    than it would in use, and the one scale for all windows is itself off by 5-10% for some
-    (prompt lookup, eager: windows of 2-4 tokens priced from the reference alone cost auto
-    ~5% of its tokens/s). A window in use keeps its own median, which counts what its mix of
-    shapes costs (prompt lookup's windows vary from round to round)."""
+    Where the verifier reports its calls timed back to back at start-up (`reference`), a window
+    costs its reference times how the recent calls compare with theirs (`scale`: the machine's
+    load, the context's length). A window rarely used is not timed by its own calls then: on a
+    CPU a call after calls of another shape runs colder (the development machine: 4.4-5.1 ms
+    for a 3-token window called once among 5-token ones, 2.8-3.4 ms in use), and k auto kept
+    the window it used, which its own calls had timed in use (bench.auto_k, compile on)."""
 
     sizes: dict[int, RecentMedian] = field(default_factory=dict)
     reference: dict[tuple[int, int], float] = field(default_factory=dict)  # (rows, window) -> s
     scale: RecentMedian = field(default_factory=RecentMedian)  # recent calls / their reference
-    calls: int = 0   # observed so far
-    # by x, the `calls` count of its last RECENT calls: which windows are in use
-    seen_at: dict[int, deque[int]] = field(default_factory=dict)
 
     def observe(self, rows: int, window: int, y: float) -> None:
-        x = rows * window
-        self.calls += 1
-        self.sizes.setdefault(x, RecentMedian()).observe(y)
-        self.seen_at.setdefault(x, deque(maxlen=RECENT)).append(self.calls)
+        self.sizes.setdefault(rows * window, RecentMedian()).observe(y)
         if ref := self.reference_at(rows, window):
             self.scale.observe(y / ref)
-
-    def in_use(self, x: int) -> bool:
-        """At least IN_USE of the last IN_USE_OF calls were at x."""
-        recent = self.seen_at.get(x, ())
-        return sum(1 for i in recent if i > self.calls - IN_USE_OF) >= IN_USE
 
     def reference_at(self, rows: int, window: int) -> float:
         """The reference of a call of `rows` rows: that of the smallest batch bucket that holds
@@ -92,16 +73,13 @@ class WindowCosts:
         return self.reference[(next((b for b in buckets if b >= rows), buckets[-1]), window)]
 
     def measured(self, rows: int = 1) -> dict[int, float]:
-        """Seconds by x: the recent medians, and where there is a reference, for each window
-        not in use at `rows` rows (x = rows x window) the lesser of that and its reference
-        scaled."""
+        """Seconds by x: the recent medians, and where there is a reference, each window's at
+        `rows` rows (x = rows x window) scaled."""
         out = {x: m.value() for x, m in self.sizes.items()}
         if len(self.scale):
             scale = self.scale.value()
             for window in {w for _, w in self.reference}:
-                x = rows * window
-                if not self.in_use(x):
-                    out[x] = min(out.get(x, float("inf")), self.reference_at(rows, window) * scale)
+                out[rows * window] = self.reference_at(rows, window) * scale
         return out
 
     def line(self) -> tuple[float, float]:
