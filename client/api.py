@@ -23,7 +23,6 @@ from specdec.inprocess import InProcessProposerLink
 from specdec.proposers.base import Proposer
 from specdec.recovery import RecoveryPolicy
 from specdec.round_estimates import RoundEstimates
-from specdec_rpc.convert import forward_costs_from_pb
 from specdec_rpc.security import ClientSecurity, speaks_tls
 from specdec_rpc.server import message_limits
 from specdec_rpc.v1 import specdec_pb2 as pb
@@ -94,8 +93,6 @@ class SpecDecClient:
     async def connect(self) -> None:
         """Fetch both Infos and check that the pair can work together."""
         self.verifier_info = await self._info(self.verifier, "verifier")
-        self.k_estimates.verify_forward.reference = {
-            (c.rows, c.window): c.seconds for c in forward_costs_from_pb(self.verifier_info)}
         if self.proposer is not None:
             self.proposer_info = await self._info(self.proposer, "proposer")
             v, p = self.verifier_info, self.proposer_info

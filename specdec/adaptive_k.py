@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from specdec.round_estimates import RoundEstimates, RoundReport
-from specdec.round_model import Policy, RoundCosts, best_policy, choose_window
+from specdec.round_model import Policy, best_policy, choose_window
 
 EXPLORE_EVERY = 24       # one round in this many tries a neighbouring k (each costs: a
 #                          verify at another window size, and the switch between compiled windows)
@@ -56,7 +56,6 @@ class AdaptiveK:
     chosen: Policy | None = None  # this round's policy (next_k): one evaluation per round
     asked_last: int = 0        # drafts the last round asked for (its branches' length)
     explore_again: int = 0     # > 0: the next round explores this k again (pre-drafting)
-    round_costs: RoundCosts | None = None   # this round's, computed once (next_k resets it)
 
     @property
     def batched(self) -> bool:
@@ -67,17 +66,10 @@ class AdaptiveK:
         less often (a wider exploring window costs every row of the batch)."""
         return self.occupancy > 1
 
-    def costs(self) -> RoundCosts:
-        """This round's cost estimates: computed once a round (next_k, window), as computing
-        them is most of auto's own time (~0.1 ms a round on the development machine)."""
-        if self.round_costs is None:
-            self.round_costs = self.estimates.costs(self.max_k, self.estimates.rows(self.occupancy))
-        return self.round_costs
-
     def policy(self, least_k: int = 0) -> Policy:
         """least_k = 1: the best policy that always asks for drafts."""
         return best_policy(self.estimates.rates(True, self.max_k),
-                           self.estimates.rates(False, self.max_k), self.costs(),
+                           self.estimates.rates(False, self.max_k), self.estimates.costs(self.max_k),
                            self.max_k, self.estimates.rows(self.occupancy), self.after_hit,
                            common=self.batched, keep=self.estimates.policy_in_use,
                            margin=SWITCH_MARGIN if self.batched else 0.0, least_k=least_k)
@@ -92,7 +84,7 @@ class AdaptiveK:
         every EXPLORE_AT_ZERO rounds, the k that would pay best if asking did)."""
         self.estimates.rounds += 1
         rounds = self.estimates.rounds
-        self.explore_up, self.chosen, self.round_costs = False, None, None
+        self.explore_up, self.chosen = False, None
         if self.max_k > 0 and not self.estimates.measured():
             return min(START_K, self.max_k)  # nothing measured yet
         if self.explore_again:   # an upward exploration's second round: this one can hit
@@ -121,9 +113,9 @@ class AdaptiveK:
         elif k > 0 and rounds % EXPLORE_EVERY == 0:
             self.explore_up = (rounds // EXPLORE_EVERY) % 2 == 1
             k = min(k + 1, self.max_k) if self.explore_up else k - 1
-        if self.explore_up and self.estimates.pre_drafting():
+        if self.explore_up and len(self.estimates.propose_hit):
             # With pre-drafting, the first round at a larger k cannot hit (its branches were
-            # drafted for the smaller one): only a second round at it tells its hits.
+            # drafted for the smaller one): only a second round at it tells its hit rate.
             self.explore_again = k
         return k
 
@@ -134,11 +126,12 @@ class AdaptiveK:
             return drafted
         acceptance, _ = self.estimates.rates(self.after_hit, self.max_k)
         rate = (self.chosen or self.policy()).rate   # this round's, from next_k
-        return choose_window(acceptance, self.costs(), drafted, self.estimates.rows(self.occupancy), rate)
+        return choose_window(acceptance, self.estimates.costs(self.max_k), drafted,
+                             self.estimates.rows(self.occupancy), rate)
 
     def observe(self, r: RoundReport) -> None:
         self.occupancy = max(r.occupancy, 1)
-        self.estimates.observe(r, self.occupancy, self.after_hit, self.asked_last)
+        self.estimates.observe(r, self.occupancy, self.after_hit, 0 < r.asked <= self.asked_last)
         self.asked_last = r.asked
         if r.asked > 0:
             self.after_hit = r.accepted > 0

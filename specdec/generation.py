@@ -127,7 +127,6 @@ class _Generation:
         self.reopen_verifier, self.reopen_proposer, self.policy = reopen_verifier, reopen_proposer, policy
         self.proposer_down_at: float | None = None
         self.propose_forward_ns = 0       # engine time the last proposal reported
-        self.propose_service_ns = 0       # ... and the proposer's own time on it
         self.pre_drafted = False          # ... and whether it was a pre-drafted branch (a hit)
         self.synced = 0                   # tokens the last proposal's sync carried
         self.branches: dict[tuple[int, int], list[int]] = {}  # (accepted, token) -> next draft
@@ -181,7 +180,6 @@ class _Generation:
             return [], None
         self.held = (self.seq + proposal.draft)[:proposal.held_len]
         self.propose_forward_ns = proposal.timings.forward_ns
-        self.propose_service_ns = proposal.timings.total_ns
         self.pre_drafted = proposal.pre_drafted
         self.rec.proposals += bool(proposal.draft)
         self.rec.pre_draft_hits += proposal.pre_drafted
@@ -310,8 +308,7 @@ async def generate(
                 k, returned, step.drafted, step.accepted, propose_ns / 1e9 if propose_ns else None,
                 g.propose_forward_ns / 1e9, (rec.verifier_ns - verifier_ns) / 1e9,
                 step.timings.forward_ns / 1e9, step.sessions_active, g.synced,
-                step.timings.batch_rows, step.timings.batch_window, g.pre_drafted,
-                g.propose_service_ns / 1e9))
+                step.timings.batch_rows, step.timings.batch_window, g.pre_drafted))
         rec.verify_steps += 1
         rec.step_tokens += len(step.tokens)
         rec.drafted += step.drafted

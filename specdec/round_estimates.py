@@ -46,41 +46,15 @@ class RecentMedian:
 class WindowCosts:
     """The verifier's engine call by x = window tokens x sessions sharing it: the recent
     median at each x seen, and for the others a line through those medians, weighted by how
-    many calls each has (from a single x, a slope of PRIOR_TOKEN_SHARE of it per token).
-
-    Where the verifier reports its calls timed back to back at start-up (`reference`), a window
-    costs its reference times how the recent calls compare with theirs (`scale`: the machine's
-    load, the context's length). A window rarely used is not timed by its own calls then: on a
-    CPU a call after calls of another shape runs colder (the development machine: 4.4-5.1 ms
-    for a 3-token window called once among 5-token ones, 2.8-3.4 ms in use), and k auto kept
-    the window it used, which its own calls had timed in use (bench.auto_k, compile on)."""
+    many calls each has (from a single x, a slope of PRIOR_TOKEN_SHARE of it per token)."""
 
     sizes: dict[int, RecentMedian] = field(default_factory=dict)
-    reference: dict[tuple[int, int], float] = field(default_factory=dict)  # (rows, window) -> s
-    scale: RecentMedian = field(default_factory=RecentMedian)  # recent calls / their reference
 
-    def observe(self, rows: int, window: int, y: float) -> None:
-        self.sizes.setdefault(rows * window, RecentMedian()).observe(y)
-        if ref := self.reference_at(rows, window):
-            self.scale.observe(y / ref)
+    def observe(self, x: int, y: float) -> None:
+        self.sizes.setdefault(x, RecentMedian()).observe(y)
 
-    def reference_at(self, rows: int, window: int) -> float:
-        """The reference of a call of `rows` rows: that of the smallest batch bucket that holds
-        them (the engine pads a call to it); 0: none for this window."""
-        buckets = sorted(r for r, w in self.reference if w == window)
-        if not buckets:
-            return 0.0
-        return self.reference[(next((b for b in buckets if b >= rows), buckets[-1]), window)]
-
-    def measured(self, rows: int = 1) -> dict[int, float]:
-        """Seconds by x: the recent medians, and where there is a reference, each window's at
-        `rows` rows (x = rows x window) scaled."""
-        out = {x: m.value() for x, m in self.sizes.items()}
-        if len(self.scale):
-            scale = self.scale.value()
-            for window in {w for _, w in self.reference}:
-                out[rows * window] = self.reference_at(rows, window) * scale
-        return out
+    def measured(self) -> dict[int, float]:
+        return {x: m.value() for x, m in self.sizes.items()}
 
     def line(self) -> tuple[float, float]:
         """(a, b), y ~ a + b x with a, b >= 0; (0, 0) before any call."""
@@ -125,9 +99,6 @@ class RoundReport:
     # The proposal was a branch the proposer pre-drafted during the last verify (a hit): the
     # call cost no draft forwards, which says nothing of what drafting costs.
     pre_drafted: bool = False
-    # The proposer's own time on the call (StepTimings.total_ns); on a hit, mostly the wait for
-    # the rest of its branch's pre-draft. 0 = not reported.
-    propose_service_s: float = 0.0
 
 
 @dataclass
@@ -178,16 +149,10 @@ class RoundEstimates:
     verify_fixed: RecentMedian = field(default_factory=RecentMedian)
     verify_forward: WindowCosts = field(default_factory=WindowCosts)
     verify_rows: RecentMedian = field(default_factory=RecentMedian)  # rows per verify call
-    # Pre-drafting. A hit's proposer call is the round trip (`hit_trip`: the call less the
-    # proposer's own time) and the wait for the rest of its branch's pre-draft (the proposer's
-    # time), which is longer at a larger k: `hit_wait` by k. The share of calls that hit, by
-    # k, starts from the share over all of them. Both depend on the branches the last
-    # proposal left, drafted at its k, so a k's own are counted in steady rounds only, where
-    # the last proposal asked the same k (a round that changes k measures the last k's
-    # branches). Without pre-drafting all stay at none.
-    hit_trip: RecentMedian = field(default_factory=RecentMedian)
-    hit_wait: dict[int, RecentMedian] = field(default_factory=dict)
-    hit_wait_pooled: RecentMedian = field(default_factory=RecentMedian)
+    # Pre-drafting: a hit's proposer call, and the share of calls that hit, by the k asked
+    # (counted where a hit was possible: the last proposal drafted at least k), each k's rate
+    # starting from the rate over all of them. Without pre-drafting both stay at none.
+    propose_hit: RecentMedian = field(default_factory=RecentMedian)
     hits: AcceptanceStats = field(
         default_factory=lambda: AcceptanceStats(decay=ACCEPTANCE_DECAY, prior=0.0))
     hits_pooled: AcceptanceStats = field(
@@ -202,31 +167,14 @@ class RoundEstimates:
         """Both calls have been timed (the proposer's only matters when there is one)."""
         return bool(len(self.verify_fixed) and len(self.draft_step))
 
-    def costs(self, max_k: int, rows: int = 1) -> RoundCosts:
-        """The costs of rounds asking for 0..max_k drafts, verified in calls of `rows` rows."""
+    def costs(self, max_k: int) -> RoundCosts:
+        """The costs of rounds asking for 0..max_k drafts."""
         a, b = self.verify_forward.line()
         pooled = self.hits_pooled.rate(0)
         return RoundCosts(self.propose_fixed.value(), self.draft_step.value(),
-                          self.verify_fixed.value(), a + b, b, self.verify_forward.measured(rows),
-                          [self.hit_cost(k) for k in range(max_k + 1)],
+                          self.verify_fixed.value(), a + b, b, self.verify_forward.measured(),
+                          self.propose_hit.value(),
                           [self.hits.rate(k, pooled) for k in range(max_k + 1)])
-
-    def hit_cost(self, k: int) -> float:
-        """A hit's proposer call at k: the round trip, and the wait measured at k, else at the
-        nearest k measured, one draft step less per depth fewer (more per depth more): a
-        pre-draft runs depth by depth (else over all hits)."""
-        if k in self.hit_wait:
-            wait = self.hit_wait[k].value()
-        elif self.hit_wait:
-            near = min(self.hit_wait, key=lambda j: (abs(j - k), j))
-            wait = max(self.hit_wait[near].value() + (k - near) * self.draft_step.value(), 0.0)
-        else:
-            wait = self.hit_wait_pooled.value()
-        return self.hit_trip.value() + wait
-
-    def pre_drafting(self) -> bool:
-        """A proposal has been answered from a pre-drafted branch."""
-        return bool(len(self.hit_trip))
 
     def rows(self, occupancy: int) -> int:
         """Rows a verify call carries: the recent median where the verifier reports it, else
@@ -238,21 +186,16 @@ class RoundEstimates:
         """(acceptance, supply) per draft position after a hit or a miss."""
         return (self.after_hit if after_hit else self.after_miss).rates(max_k, self.pooled)
 
-    def observe(self, r: RoundReport, occupancy: int, after_hit: bool, asked_last: int = 0) -> None:
-        """asked_last: the k the session's last proposal asked for (its branches' length)."""
+    def observe(self, r: RoundReport, occupancy: int, after_hit: bool, hit_possible: bool = False) -> None:
+        """hit_possible: the session's last proposal drafted at least r.asked (a pre-drafted
+        branch of it could have answered this one)."""
         (self.after_hit if after_hit else self.after_miss).observe(r)
         self.pooled.observe(r)
-        steady = r.asked == asked_last
-        if 0 < r.asked <= asked_last and r.propose_s is not None:   # a branch could answer it
-            if steady:
-                self.hits.count(r.asked, r.pre_drafted)
+        if hit_possible and r.propose_s is not None:
+            self.hits.count(r.asked, r.pre_drafted)
             self.hits_pooled.count(0, r.pre_drafted)
         if r.pre_drafted and r.propose_s is not None:
-            wait = min(r.propose_service_s, r.propose_s)
-            self.hit_trip.observe(r.propose_s - wait)
-            if steady:
-                self.hit_wait.setdefault(r.asked, RecentMedian()).observe(wait)
-            self.hit_wait_pooled.observe(wait)
+            self.propose_hit.observe(r.propose_s)
         elif r.asked > 0 and (r.propose_s is None or r.synced <= 2):
             # No proposer call at k > 0: Turbo's drafts come with the verify, free
             self.draft_step.observe(r.propose_forward_s / r.asked if r.propose_s is not None else 0.0)
@@ -263,6 +206,6 @@ class RoundEstimates:
             # What the call ran, other sessions' rows and padding included: in a batch, one
             # session's narrower window saves nothing while another's is wider.
             self.verify_rows.observe(r.batch_rows)
-            self.verify_forward.observe(r.batch_rows, r.batch_window, r.verify_forward_s)
+            self.verify_forward.observe(r.batch_rows * r.batch_window, r.verify_forward_s)
         else:
-            self.verify_forward.observe(occupancy, r.verified + 1, r.verify_forward_s)
+            self.verify_forward.observe(occupancy * (r.verified + 1), r.verify_forward_s)

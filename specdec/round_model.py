@@ -11,11 +11,10 @@ them, as some are proposing meanwhile, see RoundEstimates.rows):
       (Leviathan et al.'s (1 - a^(k+1)) / (1 - a), per draft position: s_j = P(draft j is
       returned | draft j-1 was), alpha_j = P(d_j accepted | d_1..d_(j-1) accepted); the 1 is
       the target's token)
-  time(k)   = [k > 0] * (h_k * propose_hit_k + (1 - h_k) * (propose_fixed + k * draft_step))
+  time(k)   = [k > 0] * (h_k * propose_hit + (1 - h_k) * (propose_fixed + k * draft_step))
             + verify_fixed + E_m[verify_forward(n * (m + 1))]
       (the proposer call, skipped at k = 0: with pre-drafting a share h_k of the calls asking
-      for k is answered from a branch drafted during the last verify, costing the call alone,
-      and the wait for a pre-draft of k depths that outlasted the verify;
+      for k is answered from a branch drafted during the last verify, costing the call alone;
       the others cost the round trip and sync, then k draft forwards. The verifier call: round
       trip and queueing, then one engine call whose rows the n sessions share, so a window
       token costs n times as much of the verifier's time as at n = 1)
@@ -49,17 +48,15 @@ class RoundCosts:
     verify_token_s: float    # each further window token per session sharing the engine call
     # The engine call by window tokens x sessions, where measured (else the line above).
     measured: Mapping[int, float] = field(default_factory=dict)
-    # Pre-drafting, by the k asked: a proposer call answered from a pre-drafted branch (a hit;
-    # it waits for the rest of a pre-draft that outlasted the verify, longer at a larger k),
-    # and the share of calls that are (none listed: no hits, as without pre-drafting).
-    propose_hit_s: Sequence[float] = ()
+    # Pre-drafting: a proposer call answered from a pre-drafted branch (a hit), and the share
+    # of calls asking for k that are, by k (none listed: no hits, as without pre-drafting).
+    propose_hit_s: float = 0.0
     hit_rate: Sequence[float] = ()
 
     def propose(self, k: int) -> float:
         """The proposer call asking for k > 0 drafts: a hit, or k draft forwards."""
         h = self.hit_rate[k] if k < len(self.hit_rate) else 0.0
-        hit_s = self.propose_hit_s[k] if k < len(self.propose_hit_s) else 0.0
-        return h * hit_s + (1 - h) * (self.propose_fixed_s + k * self.draft_step_s)
+        return h * self.propose_hit_s + (1 - h) * (self.propose_fixed_s + k * self.draft_step_s)
 
     def forward(self, tokens: int) -> float:
         """The verifier's engine call for `tokens` = window tokens x sessions sharing it."""

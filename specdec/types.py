@@ -24,16 +24,6 @@ class StepTimings:
 
 
 @dataclass(frozen=True)
-class ForwardCost:
-    """The verifier's engine call at one verify shape, timed back to back at start-up (Info):
-    what a window costs once in use, which a call now and then at it does not show."""
-
-    rows: int
-    window: int
-    seconds: float   # median of several calls in a row
-
-
-@dataclass(frozen=True)
 class DraftBranch:
     """The next draft for one outcome of verifying a proposal d1..dk: `accepted` drafts kept,
     then the target's `token` (the correction, or the bonus when accepted = k)."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from specdec.config import EngineConfig
 from specdec.engine import Engine
 from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import FinishReason
-from specdec.types import DraftBranch, ForwardCost, Proposal, StepOutcome, StepTimings
+from specdec.types import DraftBranch, Proposal, StepOutcome, StepTimings
 from specdec_rpc.v1 import specdec_pb2 as pb
 
 
@@ -70,9 +68,8 @@ def sparse_from_pb(dists) -> list[Sparse] | None:
 
 
 def model_info(engine: Engine | None, config: EngineConfig, fingerprint: str, max_k: int,
-               method: str, executor: str, forward_costs: Sequence[ForwardCost] = ()) -> pb.ModelInfo:
-    """engine None: a proposer without a model (n-gram), sized by config alone.
-    forward_costs: a verifier's, timed at start-up (specdec.warm_up.measure_forward_costs)."""
+               method: str, executor: str) -> pb.ModelInfo:
+    """engine None: a proposer without a model (n-gram), sized by config alone."""
     if engine is None:
         return pb.ModelInfo(model_id=method, ctx_len=config.ctx_len, max_k=max_k,
                             full_batch_size=config.full_batch_size, method=method,
@@ -81,10 +78,4 @@ def model_info(engine: Engine | None, config: EngineConfig, fingerprint: str, ma
                         tokenizer_fingerprint=fingerprint, ctx_len=engine.ctx_len, max_k=max_k,
                         eos_token_ids=engine.eos_token_ids,
                         prefill_seq_len=engine.prefill_seq_len, full_batch_size=engine.slots,
-                        method=method, executor=executor, device=engine.device,
-                        forward_costs=[pb.ForwardCost(rows=c.rows, window=c.window, seconds=c.seconds)
-                                       for c in forward_costs])
-
-
-def forward_costs_from_pb(info: pb.ModelInfo) -> list[ForwardCost]:
-    return [ForwardCost(c.rows, c.window, c.seconds) for c in info.forward_costs]
+                        method=method, executor=executor, device=engine.device)

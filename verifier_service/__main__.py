@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from specdec.build import build_verifier
 from specdec.verifier import TargetVerifier
-from specdec.warm_up import measure_forward_costs, warm_up_verifier
+from specdec.warm_up import warm_up_verifier
 from specdec_rpc.convert import model_info
 from specdec_rpc.hosting import host_backend
 from specdec_rpc.server import ServerConfig, run_service, setup_logging
@@ -27,11 +27,8 @@ def build(cfg: VerifierServiceConfig) -> tuple[TargetVerifier, pb.ModelInfo]:
     verifier = build_verifier(cfg.engine, cfg.window_sizes, cfg.executor, cfg.batching,
                               cfg.admission, cfg.qaic)
     asyncio.run(warm_up_verifier(verifier))  # on the load thread: a loop of its own, until done
-    costs = asyncio.run(measure_forward_costs(verifier))
-    log.info("engine call by verify shape (rows x window: ms, back to back): %s",
-             ", ".join(f"{c.rows}x{c.window}: {c.seconds * 1e3:.2f}" for c in costs))
     return verifier, model_info(verifier.engine, cfg.engine, verifier.fingerprint, verifier.max_k,
-                                cfg.speculative_model_type, cfg.executor, costs)
+                                cfg.speculative_model_type, cfg.executor)
 
 
 async def run(cfg: VerifierServiceConfig) -> bool:

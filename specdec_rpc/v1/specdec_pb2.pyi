@@ -23,7 +23,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "vocab_size", "tokenizer_fingerprint", "ctx_len", "max_k", "eos_token_ids", "prefill_seq_len", "full_batch_size", "method", "executor", "device", "forward_costs")
+    __slots__ = ("model_id", "vocab_size", "tokenizer_fingerprint", "ctx_len", "max_k", "eos_token_ids", "prefill_seq_len", "full_batch_size", "method", "executor", "device")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -35,7 +35,6 @@ class ModelInfo(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
-    FORWARD_COSTS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     vocab_size: int
     tokenizer_fingerprint: str
@@ -47,18 +46,7 @@ class ModelInfo(_message.Message):
     method: str
     executor: str
     device: str
-    forward_costs: _containers.RepeatedCompositeFieldContainer[ForwardCost]
-    def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., ctx_len: _Optional[int] = ..., max_k: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., prefill_seq_len: _Optional[int] = ..., full_batch_size: _Optional[int] = ..., method: _Optional[str] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ..., forward_costs: _Optional[_Iterable[_Union[ForwardCost, _Mapping]]] = ...) -> None: ...
-
-class ForwardCost(_message.Message):
-    __slots__ = ("rows", "window", "seconds")
-    ROWS_FIELD_NUMBER: _ClassVar[int]
-    WINDOW_FIELD_NUMBER: _ClassVar[int]
-    SECONDS_FIELD_NUMBER: _ClassVar[int]
-    rows: int
-    window: int
-    seconds: float
-    def __init__(self, rows: _Optional[int] = ..., window: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., ctx_len: _Optional[int] = ..., max_k: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., prefill_seq_len: _Optional[int] = ..., full_batch_size: _Optional[int] = ..., method: _Optional[str] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class StepTimings(_message.Message):
     __slots__ = ("queue_ns", "forward_ns", "total_ns", "batch_rows", "batch_window")
