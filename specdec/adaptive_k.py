@@ -68,10 +68,12 @@ class AdaptiveK:
         return self.occupancy > 1
 
     def costs(self) -> RoundCosts:
-        """This round's cost estimates, computed once a round (next_k resets them; nothing is
-        observed until the round ends): next_k and window both price rounds with them. Once
-        instead of twice, auto's own CPU time a round went from ~96 to ~84 us on the
-        development machine (medians of the recent calls, a line through the window costs)."""
+        """This round's cost estimates, computed once a round (next_k resets them): next_k and
+        window both price rounds with them. This session observes only at the round's end;
+        other sessions on the same estimates may meanwhile, but in a batch window() prices
+        nothing. Once instead of twice, auto's own CPU time a round went from ~96 to ~84 us
+        on the development machine (medians of the recent calls, a line through the window
+        costs)."""
         if self.round_costs is None:
             self.round_costs = self.estimates.costs(self.max_k)
         return self.round_costs
