@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from specdec_rpc.server import LISTENING_PREFIX, METRICS_PREFIX, READY_PREFIX
 
+QUIET_TIMEOUT_S = 300.0   # start-up fails after this long without a line of output
+
 
 @dataclass
 class ServiceProcess:
@@ -29,7 +31,7 @@ class ServiceProcess:
     stderr_tail: deque = field(default_factory=lambda: deque(maxlen=40))
     ready: threading.Event = field(default_factory=threading.Event)
     cmd: list[str] = field(default_factory=list)
-    timeout_s: float = 300.0   # start-up fails after this long without a line of output
+    timeout_s: float = QUIET_TIMEOUT_S
     last_output: float = field(default_factory=time.monotonic)  # time.monotonic() of the last line
 
     def wait_ready(self) -> None:
@@ -55,7 +57,7 @@ class ServiceProcess:
         return self.proc.returncode
 
 
-def start_service(name: str, module: str, args: list[str], timeout_s: float = 300.0,
+def start_service(name: str, module: str, args: list[str], timeout_s: float = QUIET_TIMEOUT_S,
                   echo_stderr: bool = False, port: int = 0, wait_for: str = READY_PREFIX,
                   env: dict[str, str] | None = None, wait: bool = True) -> ServiceProcess:
     """wait_for: READY_PREFIX (model loaded, SERVING) or LISTENING_PREFIX (bound, loading).
