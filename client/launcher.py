@@ -33,6 +33,7 @@ class ServiceProcess:
     cmd: list[str] = field(default_factory=list)
     timeout_s: float = QUIET_TIMEOUT_S
     last_output: float = field(default_factory=time.monotonic)  # time.monotonic() of the last line
+    stopped: bool = False           # stop() has run
 
     def wait_ready(self) -> None:
         """Block until the service printed its ready line; raise with its log tail if it
@@ -47,6 +48,9 @@ class ServiceProcess:
                 raise RuntimeError(f"{self.name} {why} before it was ready: {' '.join(self.cmd)}\n{tail}")
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
+        """Stop the service. One that had exited on its own after it was ready (a crash
+        mid-run, which its clients see only as an unreachable service) has its log tail
+        printed first."""
         if self.proc.poll() is None:
             self.proc.terminate()  # SIGTERM: the service drains and exits 0
             try:
@@ -54,6 +58,12 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        elif self.ready.is_set() and not self.stopped:
+            time.sleep(0.2)  # let the stderr reader catch the last lines
+            tail = "\n".join(self.stderr_tail) or "(no output)"
+            print(f"{self.name} had exited with code {self.proc.returncode} before it was "
+                  f"stopped: {' '.join(self.cmd)}\n{tail}", file=sys.stderr)
+        self.stopped = True
         return self.proc.returncode
 
 

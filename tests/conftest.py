@@ -20,7 +20,7 @@ from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.server import ServerConfig
 from specdec_rpc.sessions import SessionPolicy
 from specdec_rpc.v1 import specdec_pb2 as pb
-from tests.tiny_models import hf_model, save_tiny, save_truncated, save_word_tokenizer
+from tests.tiny_models import TEST_DEVICE, hf_model, save_tiny, save_truncated, save_word_tokenizer
 
 # Services the tests start run eager: compiling every step shape would cost minutes per start.
 # The compiled path has its own tests (test_compiled.py), which turn it on explicitly.
@@ -90,8 +90,8 @@ class HostedServer:
 
 
 def engine_config(path: Path, slots: int = 4) -> EngineConfig:
-    return EngineConfig(model=str(path), ctx_len=CTX_LEN, prefill_seq_len=PREFILL,
-                        full_batch_size=slots)
+    return EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=CTX_LEN,
+                        prefill_seq_len=PREFILL, full_batch_size=slots)
 
 
 def start_verifier(path: Path, slots: int = 4, window_sizes: tuple[int, ...] | None = None,

@@ -1,8 +1,9 @@
 """A process that starts the way a service does, for the launcher's tests
 (tests/test_cli.py): it takes `--host`/`--port`, takes SLOW_START_S seconds to start, printing
 a log line to stderr every SLOW_START_EVERY_S seconds meanwhile (0: none, a silent start-up),
-then prints the ready line and waits to be stopped. It stands in for a service compiling many
-step specializations, which takes minutes on a real model."""
+then prints the ready line and waits to be stopped (or, with SLOW_START_CRASH=N, logs a last
+line and exits with code N, a service crashing mid-run). It stands in for a service compiling
+many step specializations, which takes minutes on a real model."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ def main() -> None:
         if every_s:
             print("compiled a step", file=sys.stderr, flush=True)
     print(f"{READY_PREFIX} {args.host}:{args.port or 1}", flush=True)
+    if crash := int(os.environ.get("SLOW_START_CRASH", "0")):
+        time.sleep(0.2)
+        print("RuntimeError: the last words", file=sys.stderr, flush=True)
+        sys.exit(crash)
     time.sleep(60)
 
 

@@ -74,6 +74,18 @@ def test_start_up_deadline_counts_silence(every_s, ready):
             start_service("slow", "tests.slow_start", [], timeout_s=0.5, env=env)
 
 
+def test_a_service_that_crashed_mid_run_is_reported_when_stopped(capsys):
+    """A service that exits on its own after it was ready reaches its clients only as
+    DEADLINE_EXCEEDED or UNAVAILABLE; stop() then says it had exited, with its last lines."""
+    env = {"SLOW_START_S": "0.1", "SLOW_START_EVERY_S": "0", "SLOW_START_CRASH": "3"}
+    svc = start_service("slow", "tests.slow_start", [], env=env)
+    svc.proc.wait(10)
+    assert svc.stop() == 3
+    err = capsys.readouterr().err
+    assert "slow had exited with code 3 before it was stopped" in err and "the last words" in err
+    assert svc.stop() == 3 and capsys.readouterr().err == ""   # said once
+
+
 def test_bench_modes_agree(tiny_pair, tmp_path):
     """The benchmark's modes (target-only, gRPC, pre-drafting, in-process, transformers' own)
     produce identical tokens."""

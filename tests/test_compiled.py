@@ -109,9 +109,10 @@ def test_compiled_steps_match_transformers(tiny, cache):
     kv_lens: set[int] = set()
     used = count_compiled_calls(engine, kv_lens)
     graphs = counters["stats"]["unique_graphs"]   # as compiled at start-up
-    # The specializations share one copy of each frozen weight (shared_constants); the
-    # parity below is then through the shared copies.
-    assert engine.compiled.shared > 0
+    # On CPU the specializations share one copy of each frozen weight (shared_constants); the
+    # parity below is then through the shared copies. On CUDA the weights are not frozen into
+    # the graphs (freezing is CPU_INDUCTOR's), so there is nothing to share.
+    assert (engine.compiled.shared > 0) == (TEST_DEVICE == "cpu")
     rng = np.random.default_rng(3)
     a = rng.integers(2, VOCAB, size=12).tolist()
     b = rng.integers(2, VOCAB, size=44).tolist()
@@ -132,14 +133,16 @@ def test_compiled_steps_match_transformers(tiny, cache):
     np.testing.assert_allclose(out[0], reference_logits(model, b[:9])[8:9], atol=ATOL)
     assert used == {Specialization(2, 3, 3): 1, Specialization(1, 3, 3): 1,
                     Specialization(1, 1, 1): 1}
-    # The KV length is a dynamic dimension of the same graphs: past the first bucket (32 of
-    # ctx_len 48) the steps attend over all 48 positions, still compiled, still exact.
-    assert kv_lens == {KV_BUCKET}
+    # On CPU the KV length is a dynamic dimension of the same graphs: past the first bucket (32
+    # of ctx_len 48) the steps attend over all 48 positions, still compiled, still exact. CUDA
+    # graphs replay fixed addresses, so there every step attends over the whole context.
+    assert kv_lens == ({KV_BUCKET} if TEST_DEVICE == "cpu" else {48})
     want = reference_logits(model, b)
     for p in range(9, len(b)):
         out = engine.run(np.array([[b[p]]]), np.array([[p]]), np.array([0]), 1)
         np.testing.assert_allclose(out[0], want[p:p + 1], atol=ATOL)
-    assert kv_lens == {KV_BUCKET, 48} and used[Specialization(1, 1, 1)] == len(b) - 8
+    assert kv_lens == ({KV_BUCKET, 48} if TEST_DEVICE == "cpu" else {48})
+    assert used[Specialization(1, 1, 1)] == len(b) - 8
     assert counters["stats"]["unique_graphs"] == graphs   # no graph recompiled for a length
 
 
@@ -171,6 +174,8 @@ def test_compiled_speculation_equals_greedy(tiny, cache, tmp_path_factory, monke
     assert rec.tokens == greedy_reference(model, prompt, 20)
 
 
+@pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the C++ compiler is the CPU backend's; "
+                                                 "CUDA kernels compile through Triton")
 def test_missing_compiler_warns_and_runs_eager(tiny, tmp_path, caplog):
     import torch._inductor.config as inductor
 
