@@ -7,7 +7,7 @@ Starts a verifier and a proposer (the draft model, with the proposer's default p
 or prompt lookup) with as many slots as the largest session count. For each session count N,
 every row runs the prompts: one after another through one client at N = 1 (its estimates
 carried from prompt to prompt, as a client's are), N at once otherwise (each row's client
-starts from no estimates). The rows are k = 1..--max-k fixed and k auto (0..--max-k); each is
+starts from no estimates). The rows are k = 0..--max-k fixed and k auto (0..--max-k); each is
 measured --repeats times, and every repeat starts at the next row, so no row always runs first
 or after the same one (a shared CPU drifts by 10-20% over minutes). Reports each row's median
 tokens/s, auto over the best fixed k (of the medians, and per repeat against that repeat's
@@ -37,8 +37,9 @@ AUTO = "auto"
 
 
 def rows(max_k: int, max_new_tokens: int) -> dict[str, GenerationConfig]:
-    """The fixed k rows, then k auto (one row per name)."""
-    fixed = {f"k={k}": GenerationConfig(k, max_new_tokens, ignore_eos=True) for k in range(1, max_k + 1)}
+    """The fixed k rows (k = 0, target-only, too: auto's range includes it), then k auto (one
+    row per name)."""
+    fixed = {f"k={k}": GenerationConfig(k, max_new_tokens, ignore_eos=True) for k in range(max_k + 1)}
     return {**fixed, AUTO: GenerationConfig(max_k, max_new_tokens, ignore_eos=True, adaptive_k=True)}
 
 
@@ -61,7 +62,7 @@ def summary(rates: dict[str, list[float]]) -> dict:
     # auto with the k that the other repeats measure best (the k a user would pick by
     # measuring), which that repeat's noise did not choose.
     held_out = []
-    for i in repeats:
+    for i in repeats if len(repeats) > 1 else ():   # one repeat: nothing to hold out
         others = {name: statistics.median(r[:i] + r[i + 1:]) for name, r in rates.items()}
         held_out.append(rates[AUTO][i] / rates[max(fixed, key=others.__getitem__)][i])
     return {"tokens_per_s": medians, "best_fixed": best,
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="draft", choices=["draft", "ngram"])
     p.add_argument("--target-model", default="models/target")
     p.add_argument("--draft-model", default="models/draft")
-    p.add_argument("--max-k", type=int, default=4, help="fixed rows k = 1..this; auto in 0..this (4)")
+    p.add_argument("--max-k", type=int, default=4, help="fixed rows k = 0..this; auto in 0..this (4)")
     p.add_argument("--sessions", type=parse_sizes, default=(1, 8), help="session counts (1,8)")
     p.add_argument("--max-ngram-size", type=int, default=3)
     p.add_argument("--pre-draft-branches", type=int, default=DEFAULT_PRE_DRAFT_BRANCHES,
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
     args = p.parse_args(argv)
     if args.max_k < 1:
-        p.error("--max-k must be >= 1 (the fixed rows are k = 1..max k)")
+        p.error("--max-k must be >= 1 (auto needs a k > 0 to choose from)")
 
     tok = load_tokenizer(args.target_model)
     prompts = [tok(t)["input_ids"] for t in BENCH_PROMPTS]

@@ -130,3 +130,5 @@ def test_auto_k_bench_rotates_rows_and_compares_auto_with_each_repeats_best():
     # Held out: repeat 2's best k by the other repeats is k=1 (medians 110 against 105).
     assert s["auto_over_held_out_best_per_repeat"] == pytest.approx([99 / 110, 117 / 90, 126 / 100])
     assert s["auto_over_held_out_best"] == pytest.approx(1.26)
+    one = summary({"k=0": [50.0], "k=1": [100.0], AUTO: [90.0]})   # one repeat: none held out
+    assert one["best_fixed"] == "k=1" and one["auto_over_held_out_best"] is None
