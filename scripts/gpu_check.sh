@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The GPU check, in one run of a few minutes on a CUDA machine: the torch executor's parity with
-# transformers and lossless speculation on CUDA (eager and compiled), then the floor probe and
-# the benchmark there. Each stage has its own time limit and the check goes on past a failed
-# one, so a run always reports every stage (the summary at the end, and $OUT_DIR/*.txt).
+# The GPU check, in one run of ~10 minutes on a CUDA machine: the torch executor's parity with
+# transformers and lossless speculation on CUDA (eager and compiled), the floor probe, the
+# benchmark (eager), k auto against every fixed k alone and with 8 sessions, and last the
+# benchmark with compiled services. Each stage has its own time limit and the check goes on
+# past a failed one, so a run always reports every stage (the summary at the end, and
+# $OUT_DIR/*.txt).
 # Usage: bash scripts/gpu_check.sh [OUT_DIR]
 # Environment:
 #   PYTHON       a python that already has a CUDA torch (default: make .venv and pip-install)
 #   WHEELS       a folder of wheels to install offline into a scratch site first (for machines
 #                with no package index; e.g. grpcio and protobuf at the versions pyproject pins)
 #   STAGE_S      each stage's limit in seconds (300)
-#   BENCH_FLAGS  extra flags for `python -m bench` (e.g. "--compile off --repeats 3")
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-out/gpu_check}}
@@ -50,7 +51,10 @@ stage tests "$PYTHON" -m pytest -q tests/test_torch_engine.py tests/test_compile
   tests/test_lossless_grpc.py
 stage floor "$PYTHON" -m bench.floor --device cuda:0 --target-model models/target \
   --draft-model models/draft --full-batch-size 4 --json "$OUT/floor.json"
-# shellcheck disable=SC2086  # BENCH_FLAGS is a list of flags
-stage bench_draft "$PYTHON" -m bench --method draft --k 4 --device cuda:0 \
-  --json "$OUT/bench_draft.json" ${BENCH_FLAGS:-}
+stage bench_draft "$PYTHON" -m bench --method draft --k 4 --device cuda:0 --compile off --repeats 3 \
+  --json "$OUT/bench_draft.json"
+stage auto_k "$PYTHON" -m bench.auto_k --method draft --device cuda:0 --sessions 1,8 --repeats 3 \
+  --json "$OUT/auto_k.json"
+stage bench_draft_compiled "$PYTHON" -m bench --method draft --k 4 --device cuda:0 --compile on \
+  --repeats 2 --json "$OUT/bench_draft_compiled.json"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
