@@ -43,9 +43,12 @@ class ServiceProcess:
                 # (before stop(), which gives a timed-out service a return code too)
                 why = "exited" if self.proc.returncode is not None else "timed out"
                 self.stop()
-                time.sleep(0.2)  # let the stderr reader catch the last lines
-                tail = "\n".join(self.stderr_tail) or "(no output)"
-                raise RuntimeError(f"{self.name} {why} before it was ready: {' '.join(self.cmd)}\n{tail}")
+                raise RuntimeError(f"{self.name} {why} before it was ready: {self._last_words()}")
+
+    def _last_words(self) -> str:
+        """The command line and the log tail of a service that has exited."""
+        time.sleep(0.2)  # let the stderr reader catch the last lines
+        return f"{' '.join(self.cmd)}\n" + ("\n".join(self.stderr_tail) or "(no output)")
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """Stop the service. One that had exited on its own after it was ready (a crash
@@ -59,10 +62,8 @@ class ServiceProcess:
                 self.proc.kill()
                 self.proc.wait()
         elif self.ready.is_set() and not self.stopped:
-            time.sleep(0.2)  # let the stderr reader catch the last lines
-            tail = "\n".join(self.stderr_tail) or "(no output)"
             print(f"{self.name} had exited with code {self.proc.returncode} before it was "
-                  f"stopped: {' '.join(self.cmd)}\n{tail}", file=sys.stderr)
+                  f"stopped: {self._last_words()}", file=sys.stderr)
         self.stopped = True
         return self.proc.returncode
 
