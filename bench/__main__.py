@@ -51,6 +51,7 @@ from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.build import build_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
 from specdec.cpu_cores import available_cores, split_cores
+from specdec.engine.torch_engine import TorchEngine
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     warm = [prompts[0]]
     engine = EngineConfig(model=args.target_model, device=args.device, dtype=args.dtype,
                           prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
-                          full_batch_size=1, compile=args.compile == "on")
+                          full_batch_size=1, compile=args.compile)
     # 0 and k, and with k auto every size up to its max (each size is compiled at start-up).
     # Turbo: (a)'s verifier only runs k = 0; the Turbo verifier compiles the windows of its heads.
     windows = [0] if args.method == "turbo" else sorted({0, args.k, *range(auto_k + 1)})
@@ -260,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         verifier = build_verifier(engine, (0, args.k) if args.method == "draft" else tuple(range(args.k + 1)))
         proposer = build_proposer(args.method, replace(engine, model=args.draft_model), args.k,
                                   args.max_ngram_size)
+    for built in (verifier, proposer):   # timed with every step shape compiled, as the services
+        engine_of = getattr(built, "engine", None)
+        if isinstance(engine_of, TorchEngine):
+            engine_of.wait_compiled()
     rec_c, c = measured("(c) speculative, in-process", lambda warmup: asyncio.run(
         run_inprocess(verifier, proposer, warm if warmup else prompts, config)))
 

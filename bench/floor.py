@@ -93,10 +93,11 @@ def probe(model: str, dtype: str, args: argparse.Namespace, bandwidth: float) ->
     windows = (1, args.k + 1)
     batches = sorted({1, args.full_batch_size})
     rows = []
-    for compiled in ([False, True] if args.compile == "both" else [args.compile == "on"]):
+    for compiled in (["off", "on"] if args.compile == "both" else [args.compile]):
         engine = TorchEngine(EngineConfig(model=model, device=args.device, dtype=dtype, ctx_len=args.ctx_len,
                                           full_batch_size=args.full_batch_size, compile=compiled),
                              windows, keep_window_logits=True)
+        engine.wait_compiled()   # on this thread where CUDA graphs must be (it times the steps)
         mode = "compiled" if engine.compiled else "eager"
         start = args.ctx_len // 2
         for batch in batches:

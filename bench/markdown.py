@@ -30,6 +30,23 @@ class Setup:
     k: int                    # the headline k
 
 
+# Not measured by the report (a run of its own, minutes per shape): said here so the generated
+# page keeps it. bench/scale.py's docstring has the details.
+SCALE_SECTION = """## At published model shapes: `bench.scale`
+
+`python -m bench.scale --family llama-3.2-1b --layers 2` builds a random-weight checkpoint of a
+published shape (`bench.families`: llama-3.2-1b, tinyllama-1.1b, qwen2.5-0.5b, qwen3-0.6b,
+mistral-7b; `--layers` of them, cached in `out/scale-models/`) and measures, in one run on one
+machine, eager services and then compiled ones (`--compile on`): each service's start-up to ready
+and to compiled, on a fresh `--compile-dir` and again on the same one; each service's peak RSS
+(VmHWM), compiled / eager; target-only tokens/s over gRPC / transformers' `generate()`; draft ==
+target speculation at k = 4 / target-only, with tokens per target step (acceptance is ~100%, so
+this is the mechanics' cost); the decode time per token at batch 1 / `bench.floor`'s floor; and
+the time to first token of a 1,500-token prompt (`--ctx-len 2048 --prefill-seq-len 256`) over
+gRPC / transformers' prefill of it. It prints a markdown table and writes `out/scale.json`;
+`--quick --shrink --compile off` (what the test runs) takes about a minute."""
+
+
 def headline_rows(rows: list[Row], k: int) -> list[Row]:
     """One row per mode: the fixed-k methods and their peers at the headline k."""
     keep = []
@@ -129,6 +146,7 @@ def render(setup: Setup, rows: list[Row], table: dict[str, dict[int, float]],
         if r.round_ms:
             out.append(f"| {r.mode} | {_k(r)} | " + " | ".join(f"{r.round_ms[p]:.2f}" for p in TIME_PARTS)
                        + f" | {sum(r.round_ms.values()):.2f} |")
+    out += ["", SCALE_SECTION]
     return "\n".join(out) + "\n"
 
 

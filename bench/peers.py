@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 
 
-def load_hf(path: str):
+def load_hf(path: str, dtype: str = "float32"):
+    """dtype: the services' --dtype, so both sides compute alike (float32 as they default)."""
     import transformers
 
-    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
 
 
 def hf_generate(model, ids: list[int], new: int, **kw) -> tuple[list[int], int]:
@@ -42,3 +43,14 @@ def hf_assisted(model, draft, ids: list[int], new: int, k: int) -> tuple[list[in
 
 def hf_prompt_lookup(model, ids: list[int], new: int, k: int, ngram: int) -> tuple[list[int], int]:
     return hf_generate(model, ids, new, prompt_lookup_num_tokens=k, max_matching_ngram_size=ngram)
+
+
+def hf_prefill_s(model, ids: list[int]) -> float:
+    """Seconds of one forward over the prompt as generate()'s prefill runs it: the KV cache
+    built, logits of the last position only."""
+    import time
+
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model(torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+        return time.perf_counter() - t0

@@ -14,11 +14,13 @@ from typing import Any, Callable, TypeVar
 
 from client.api import SpecDecClient
 from client.compare import format_comparison
-from client.launcher import start_service
+from client.launcher import QUIET_TIMEOUT_S, ServiceStartError, start_service, wait_all_ready
 from client.links import ServiceError
+from specdec import tokenizer_fingerprint
 from specdec.config import EngineConfig, QaicOptions
 from specdec.cpu_cores import available_cores, split_cores
-from specdec.errors import InvalidRequest
+from specdec.engine.checkpoint import resolve_model_path
+from specdec.errors import START_ERRORS, InvalidRequest, exit_with
 from specdec.flags import add_flag, add_flags, declared, to_argv
 from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.metrics import batch_metrics, format_metrics, generation_metrics
@@ -139,14 +141,20 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     try:
         params.validate()
     except InvalidRequest as exc:
-        raise SystemExit(f"error: {exc}") from None
+        exit_with(exc)
     return params
 
 
 def load_tokenizer(model: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model)
+    """The tokenizer of a checkpoint directory or hub id, found as the services find their
+    models (resolve_model_path: never a hub id handed to transformers); a hub id fetches the
+    tokenizer's files only."""
+    tok = tokenizer_fingerprint.load_tokenizer(resolve_model_path(model, weights=False))
+    if tok is None:
+        raise FileNotFoundError(f"model {model!r} has no tokenizer files (any of "
+                                f"{', '.join(tokenizer_fingerprint.TOKENIZER_FILES)}), which the "
+                                "client encodes prompts with")
+    return tok
 
 
 def client_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,23 +187,38 @@ async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]
 def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, ServiceSpec],
             addresses: dict[str, str | None], config: GenerationConfig,
             default_prompts: list[str] = DEFAULT_PROMPTS, local_proposer: Proposer | None = None) -> int:
-    """Start whatever services have no address, generate every prompt, print and save."""
-    tok = load_tokenizer(tokenizer_model)
+    """Start whatever services have no address, generate every prompt, print and save. A model
+    that cannot be loaded, here or in a service started here, ends the process with its one
+    line (exit_with)."""
+    try:
+        tok = load_tokenizer(tokenizer_model)
+    except START_ERRORS as exc:
+        exit_with(exc)
     texts = args.prompts or default_prompts
     prompts = [tok(t)["input_ids"] for t in texts]
     with ExitStack() as stack:
         started = {}
         for key, spec in services.items():   # all at once: they load and compile side by side
             if addresses.get(key) is None:
-                print(f"starting {spec.name} (a first start compiles its steps: a minute or "
-                      "more; --compile off skips it) ...", file=sys.stderr, flush=True)
+                print(f"starting {spec.name} ...", file=sys.stderr, flush=True)
                 started[key] = start_service(spec.name, spec.module, spec.args,
                                              echo_stderr=not args.quiet_services, wait=False)
                 stack.callback(started[key].stop)
+        try:
+            wait_all_ready(list(started.values()))
+        except ServiceStartError as exc:
+            stack.close()   # the others stopped first: the error is the last line
+            exit_with(exc)
         for key, svc in started.items():
-            svc.wait_ready()
             addresses[key] = svc.address
             print(f"{svc.name} ready on {svc.address}", file=sys.stderr, flush=True)
+        if args.compare_target_only and started:
+            # Timings are compared: the services' step graphs, compiled in the background
+            # after ready, must all be in use first (a start with a warm cache is quick).
+            print("waiting for the services' compiled steps (--compile off skips them) ...",
+                  file=sys.stderr, flush=True)
+            for svc in started.values():
+                svc.wait_compiled(QUIET_TIMEOUT_S)
         try:
             records = asyncio.run(_run_prompts(addresses, prompts, config, concurrency(args),
                                                local_proposer, client_options(args)))

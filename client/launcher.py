@@ -4,7 +4,12 @@ Each service prints "specdec-ready HOST:PORT" on stdout once its model is loaded
 listens; the launcher waits for that line, so no port is guessed and nothing races. Start-up
 fails when the service exits first, or goes `timeout_s` without a line of output: a service
 compiling many step specializations logs each one, so a long start-up that makes progress is
-never cut short, and a hung one still fails.
+never cut short, and a hung one still fails. A service that cannot start as asked (a model
+that is not there) prints one line "error: ..." and exits: start-up then fails with that line,
+which the launcher does not echo, so that its caller reports it once. A service that compiles
+its step graphs after it is ready prints "specdec-compiled HOST:PORT" when they are done (or
+skipped); waiting for that is optional (`ServiceProcess.wait_compiled`), and the times of both
+lines are kept.
 """
 
 from __future__ import annotations
@@ -17,9 +22,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from specdec_rpc.server import LISTENING_PREFIX, METRICS_PREFIX, READY_PREFIX
+from specdec.errors import ERROR_PREFIX
+from specdec_rpc.server import COMPILED_PREFIX, LISTENING_PREFIX, METRICS_PREFIX, READY_PREFIX
 
 QUIET_TIMEOUT_S = 300.0   # start-up fails after this long without a line of output
+STDERR_EOF_WAIT_S = 2.0   # for the last lines of a service that has exited
+
+
+class ServiceStartError(RuntimeError):
+    """A service exited, or went silent, before it was ready."""
 
 
 @dataclass
@@ -34,20 +45,43 @@ class ServiceProcess:
     timeout_s: float = QUIET_TIMEOUT_S
     last_output: float = field(default_factory=time.monotonic)  # time.monotonic() of the last line
     stopped: bool = False           # stop() has run
+    compiled: threading.Event = field(default_factory=threading.Event)
+    # time.monotonic() of the process start and of its ready and compiled lines (None: not yet)
+    started_at: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None
+    compiled_at: float | None = None
+    error: str = ""                 # the service's own "error: ..." line, without the prefix
+    stderr_done: threading.Event = field(default_factory=threading.Event)  # its stderr ended
 
     def wait_ready(self) -> None:
-        """Block until the service printed its ready line; raise with its log tail if it
+        """Block until the service printed its ready line; raise ServiceStartError if it
         exits, or goes `timeout_s` without printing a line, first."""
-        while not self.ready.wait(0.1):
-            if self.proc.poll() is not None or time.monotonic() - self.last_output > self.timeout_s:
-                # (before stop(), which gives a timed-out service a return code too)
-                why = "exited" if self.proc.returncode is not None else "timed out"
-                self.stop()
-                raise RuntimeError(f"{self.name} {why} before it was ready: {self._last_words()}")
+        wait_all_ready([self])
+
+    def check_start(self) -> None:
+        """Raise ServiceStartError if the service has exited, or gone `timeout_s` without a
+        line of output: with its own error line where it printed one, else its log tail."""
+        if self.proc.poll() is None and time.monotonic() - self.last_output <= self.timeout_s:
+            return
+        # (before stop(), which gives a timed-out service a return code too)
+        why = "exited" if self.proc.returncode is not None else "timed out"
+        self.stop()   # (which waits for the last lines: the error line may still be in the pipe)
+        if self.error:
+            raise ServiceStartError(f"{self.name} could not start: {self.error}")
+        raise ServiceStartError(f"{self.name} {why} before it was ready: {self._last_words()}")
+
+    def wait_compiled(self, timeout_s: float) -> bool:
+        """Block until the service printed its compiled line: True; False when it exits, or
+        goes `timeout_s` without a line of output, first (a service that compiles before it is
+        ready prints no such line, and says nothing more once ready)."""
+        while not self.compiled.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() - self.last_output > timeout_s:
+                return False
+        return True
 
     def _last_words(self) -> str:
         """The command line and the log tail of a service that has exited."""
-        time.sleep(0.2)  # let the stderr reader catch the last lines
+        self.stderr_done.wait(STDERR_EOF_WAIT_S)  # let the stderr reader catch the last lines
         return f"{' '.join(self.cmd)}\n" + ("\n".join(self.stderr_tail) or "(no output)")
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
@@ -64,6 +98,7 @@ class ServiceProcess:
         elif self.ready.is_set() and not self.stopped:
             print(f"{self.name} had exited with code {self.proc.returncode} before it was "
                   f"stopped: {self._last_words()}", file=sys.stderr)
+        self.stderr_done.wait(STDERR_EOF_WAIT_S)   # its last lines are echoed before we go on
         self.stopped = True
         return self.proc.returncode
 
@@ -76,17 +111,21 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = QU
     wait=False returns at once; call `svc.wait_ready()` later (services then load and compile
     side by side, each on its own cores)."""
     cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args]
+    started_at = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    svc = ServiceProcess(name, proc, timeout_s=timeout_s)
+    svc = ServiceProcess(name, proc, timeout_s=timeout_s, started_at=started_at)
 
     def drain_stderr() -> None:
         assert proc.stderr is not None  # stderr=PIPE
         for line in proc.stderr:
             svc.last_output = time.monotonic()
             svc.stderr_tail.append(line.rstrip())
-            if echo_stderr:
+            if line.startswith(ERROR_PREFIX):
+                svc.error = line[len(ERROR_PREFIX):].strip()   # reported by whoever waits
+            elif echo_stderr:
                 print(f"[{name}] {line.rstrip()}", file=sys.stderr)
+        svc.stderr_done.set()
 
     threading.Thread(target=drain_stderr, daemon=True).start()
     ready = threading.Event()
@@ -94,17 +133,31 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = QU
     def read_stdout() -> None:
         assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
-            svc.last_output = time.monotonic()
+            now = svc.last_output = time.monotonic()
             prefix, _, rest = line.strip().partition(" ")
             if prefix == METRICS_PREFIX:
                 svc.metrics_address = rest
             elif prefix in (LISTENING_PREFIX, READY_PREFIX):
                 svc.address = rest
+                if prefix == READY_PREFIX:
+                    svc.ready_at = now
                 if prefix == wait_for:
                     ready.set()
+            elif prefix == COMPILED_PREFIX:
+                svc.compiled_at = now
+                svc.compiled.set()
 
     threading.Thread(target=read_stdout, daemon=True).start()
     svc.ready, svc.cmd = ready, cmd
     if wait:
         svc.wait_ready()
     return svc
+
+
+def wait_all_ready(services: list[ServiceProcess]) -> None:
+    """Block until every service printed its ready line. The first to fail raises at once, so
+    a proposer whose model is not there ends the wait while the verifier is still loading."""
+    while pending := [svc for svc in services if not svc.ready.is_set()]:
+        for svc in pending:
+            svc.check_start()
+        pending[0].ready.wait(0.1)

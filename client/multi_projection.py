@@ -8,11 +8,11 @@ the next round's drafts, so a round costs one target forward and no proposer cal
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from client.cli_common import ServiceSpec, add_common_args, engine_args, run_cli, sampling_params
-from specdec.engine.turbo import NotATurboModel, read_turbo_config
+from specdec.engine.checkpoint import resolve_model_path
+from specdec.engine.turbo import read_turbo_config
+from specdec.errors import START_ERRORS, exit_with
 from specdec.flags import add_flag, to_argv
 from specdec.generation import GenerationConfig
 from specdec_rpc.service_cli import ServiceOptions
@@ -37,11 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model = args.pretrained_model_name_or_path
-    try:
-        heads = read_turbo_config(Path(model)).num_heads   # k comes from the speculator config
-    except NotATurboModel as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    try:   # k comes from the speculator config
+        heads = read_turbo_config(resolve_model_path(model, weights=False)).num_heads
+    except START_ERRORS as exc:   # no such model, or not a Turbo model
+        exit_with(exc)
     services = {"verifier": ServiceSpec(
         "verifier", "verifier_service",
         [*engine_args(args, model, args.device_group, heads),

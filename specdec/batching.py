@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from specdec.engine import Engine
+from specdec.engine.contract import CompilesWhenIdle
 from specdec.types import StepTimings
 
 PREFILL, DECODE = "prefill", "decode"
@@ -103,6 +104,13 @@ class Job:
     future: asyncio.Future
 
 
+class Idle:
+    """What the engine thread takes when nothing is pending and its engine compiles when idle."""
+
+
+IDLE = Idle()
+
+
 def row_logit_slice(real_len: int, n: int, batch_n: int) -> slice:
     """Where a row's own logits sit in a call that kept batch_n >= n logits per row.
 
@@ -141,8 +149,13 @@ class Batcher:
         self._closed = False
         self.calls = 0          # engine calls made
         self.rows = 0           # rows they carried (rows / calls = mean batch size)
+        # An engine that compiles on its own thread (CUDA graphs) does so when idle.
+        self._compiles_when_idle = isinstance(engine, CompilesWhenIdle)
         self._worker = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._worker.start()
+        if isinstance(engine, CompilesWhenIdle):
+            assert self._worker.ident is not None   # started
+            engine.compile_on(self._worker.ident)
 
     def _submit(self, rows: Sequence[Row] = (), job: Job | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -211,9 +224,11 @@ class Batcher:
             self._cv.notify()
         self._worker.join(10)
 
-    def _take(self) -> list[Row] | Job | None:
+    def _take(self) -> list[Row] | Job | Idle | None:
         with self._cv:
             while not self._pending and not self._jobs and not self._closed:
+                if self._compiles_when_idle:
+                    return IDLE
                 self._cv.wait()
             if self._jobs:
                 return self._jobs.pop(0)
@@ -230,6 +245,11 @@ class Batcher:
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
+            if isinstance(batch, Idle):
+                assert isinstance(self.engine, CompilesWhenIdle)
+                # One compiled shape at a time, so rows that arrive meanwhile wait for one only.
+                self._compiles_when_idle = self.engine.idle_step()
+                continue
             if isinstance(batch, Job):
                 try:
                     result = batch.fn(*batch.args)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from specdec.flags import flag
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")   # auto: specdec.engine.dtypes
+COMPILE_MODES = ("auto", "on", "off")
 # --executor qaic: where a compiled QPC runs. "device": QAICInferenceSession on Cloud AI 100;
 # "onnxruntime": QEfficient's exported ONNX graph on the CPU behind the same session surface.
 QAIC_SESSIONS = ("device", "onnxruntime")
@@ -28,17 +29,23 @@ class EngineConfig:
                            "proposer's --method ngram needs none", cli_default=None, shown="required")
     device: str = flag("cpu", cli_default=None, shown="from --device-group",
                        help="torch device: cpu or cuda:N")
-    dtype: str = flag("float32", choices=DTYPES, help="weights and compute")
+    dtype: str = flag("auto", choices=DTYPES,
+                      help="weights and compute; `auto`: the checkpoint's own where the device "
+                           "computes it natively and (on a CPU) measurably faster, else float32; "
+                           "the choice is logged")
     prefill_seq_len: int = flag(32, help="prefill chunk length (a QPC's prefill specialization)")
     ctx_len: int = flag(128, help="KV positions per session; a prompt must leave room to generate")
     full_batch_size: int = flag(4, help="concurrent sessions (KV slots)")
     turbo: bool = False           # also evaluate the Turbo heads beside the checkpoint
-    # torch: compile one graph per step specialization at load. The library defaults to eager
-    # (tests build many engines); the services compile, as a deployment wants.
-    compile: bool = flag(False, on_off=True, cli_default=True,
-                         help="torch: compile one step graph per shape specialization (batch "
-                              "bucket x window) at start-up, with progress in the log; a warning "
-                              "and the eager step where the compiler is missing; off = eager")
+    # torch: compile one graph per step specialization, in the background. The library
+    # defaults to eager (tests build many engines); the services decide, as a deployment wants.
+    compile: str = flag("off", choices=COMPILE_MODES, cli_default="auto",
+                        help="torch: compile one step graph per shape specialization (batch "
+                             "bucket x window) in the background while serving eagerly, most "
+                             "used shapes first, with progress in the log; `auto` times the "
+                             "first graph against the eager step and stops where compiling gains "
+                             "under 10%; a warning and the eager step where the compiler is "
+                             "missing; `off` = eager")
     compile_dir: Path | None = flag(None, shown="the tool's cache",
                                     help="where compiled steps are cached: QPCs (qaic), inductor "
                                          "kernels (torch); an unchanged one is reused")
@@ -47,6 +54,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if self.prefill_seq_len < 1 or self.ctx_len < 2 or self.full_batch_size < 1:
             raise ValueError(
                 "prefill_seq_len >= 1, ctx_len >= 2 and full_batch_size >= 1 are required, got "

@@ -1,7 +1,11 @@
 """Domain errors. The gRPC layer maps each class to one status code, in one place
-(`specdec_rpc.status`); everything else that escapes is a bug and becomes INTERNAL."""
+(`specdec_rpc.status`); everything else that escapes is a bug and becomes INTERNAL. A process
+that cannot start as asked maps its error to one exit code and one line, here (exit_with)."""
 
 from __future__ import annotations
+
+import sys
+from typing import NoReturn
 
 ECHO_LIMIT = 64  # characters of a client-sent value that an error message may repeat
 
@@ -36,3 +40,24 @@ class NotReady(SpecDecError):
 
 class SessionIdle(SpecDecError):
     """A session sent nothing for longer than the idle timeout; it was closed. DEADLINE_EXCEEDED."""
+
+
+# A service or client CLI that cannot start as asked (a model that is not there or not
+# supported, a bad flag value, an unavailable executor) ends with one line "error: ..." on
+# stderr and this exit code, never a traceback; 2, as argparse exits on a bad command line.
+# The services (specdec_rpc.server.run_service) and the client CLIs (client.cli_common) map
+# START_ERRORS to it here, in one place.
+EXIT_START_ERROR = 2
+START_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, RuntimeError)
+ERROR_PREFIX = "error: "   # how that line starts: a launcher picks a service's reason out by it
+
+
+def error_line(problem: BaseException | str) -> str:
+    """The one line a process ends with: a message over several lines (the hub's,
+    transformers') is joined, so whoever reads the line (a launcher, a log search) has all of it."""
+    return ERROR_PREFIX + " ".join(part.strip() for part in str(problem).splitlines() if part.strip())
+
+
+def exit_with(problem: BaseException | str) -> NoReturn:
+    print(error_line(problem), file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_START_ERROR)

@@ -10,8 +10,9 @@ from typing import Any, Callable
 import grpc
 
 from specdec.backend import Backend
+from specdec.engine.contract import CompilesInBackground
 from specdec_rpc.metrics import ServiceMetrics
-from specdec_rpc.server import Lifecycle, ServerConfig, serve
+from specdec_rpc.server import COMPILED_PREFIX, Lifecycle, ServerConfig, serve
 from specdec_rpc.sessions import AttachedBackend, SessionPolicy, SessionRunner
 from specdec_rpc.v1 import specdec_pb2 as pb
 
@@ -40,5 +41,17 @@ async def host_backend(server: ServerConfig, name: str, service_name: str,
     def close() -> None:
         servicer.backend.close()
 
+    def ready(address: str) -> None:
+        # A torch engine compiles its steps after it is ready (compiled.py): the line says
+        # when they are all built, for a launcher that times steady state. Others: at once.
+        engine = getattr(servicer.backend, "engine", None)
+        announce = lambda: print(f"{COMPILED_PREFIX} {address}", flush=True)
+        if isinstance(engine, CompilesInBackground):
+            engine.when_compiled(announce)
+        else:
+            announce()
+        if on_ready is not None:
+            on_ready(address)
+
     return await serve(server, name, service_name, lifecycle, metrics,
-                       lambda s: add_servicer(servicer, s), load, close, stop, on_ready)
+                       lambda s: add_servicer(servicer, s), load, close, stop, ready)

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from specdec.errors import START_ERRORS, exit_with
 from specdec.flags import flag
 from specdec_rpc.interceptors import AuthInterceptor, MetricsInterceptor, ParseInterceptor
 from specdec_rpc.metrics import ServiceMetrics
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 LISTENING_PREFIX = "specdec-listening"  # "specdec-listening <host:port>": bound, model loading
 READY_PREFIX = "specdec-ready"    # the line a launcher waits for: "specdec-ready <host:port>"
+# "specdec-compiled <host:port>": the step graphs compiled after ready are done (or were skipped)
+COMPILED_PREFIX = "specdec-compiled"
 METRICS_PREFIX = "specdec-metrics"  # "specdec-metrics <host:port>" when metrics are served
 MAX_MESSAGE_MB = 16  # both ends of a link: a window of k tokens is bytes; 16 MiB bounds abuse
 
@@ -139,7 +142,13 @@ async def serve(cfg: ServerConfig, name: str, service_full_name: str, lifecycle:
     await asyncio.wait({loading, asyncio.ensure_future(stop.wait())},
                        return_when=asyncio.FIRST_COMPLETED)
     if loading.done():
-        loading.result()  # a failed load raises here: the process exits non-zero
+        error = loading.exception()
+        if error is not None:
+            # Stopped here, on its loop: a grpc.aio server left to the garbage collector schedules
+            # its shutdown on the closed loop ("Event loop is closed", "coroutine
+            # 'AioServer.shutdown' was never awaited") after run_service printed the error.
+            await server.stop(None)
+            raise error  # run_service turns it into one line and the exit code
         lifecycle.ready = True
         await lifecycle.set_serving(True)
         log.info("%s ready", name)
@@ -190,10 +199,8 @@ def run_service(main: Callable[[], Coroutine[Any, Any, bool]]) -> None:
     still be running (reading weights, compiling), and the process exits now without it."""
     try:
         loaded = asyncio.run(main())
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Bad configuration or model: say it in one line, exit non-zero.
-        log.error("%s", exc)
-        sys.exit(1)
+    except START_ERRORS as exc:   # a model that is not there or not supported, a bad setting
+        exit_with(exc)
     if loaded is False:
         logging.shutdown()
         sys.stdout.flush()

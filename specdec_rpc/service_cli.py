@@ -19,6 +19,7 @@ from specdec.config import (
     device_for_group,
     parse_device_group,
 )
+from specdec.errors import exit_with
 from specdec.flags import add_flags, flag, is_secret, values
 from specdec.slots import Admission
 from specdec_rpc.security import ServerSecurity
@@ -97,13 +98,22 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
         device = device_for_group(args.device_group or "0", torch.cuda.is_available())
     if args.max_k < 0:
-        raise SystemExit("--max-k must be >= 0")
+        exit_with("--max-k must be >= 0")
     try:
         cores = parse_device_group(args.device_group) if args.device_group and device == "cpu" else ()
     except ValueError as exc:
-        raise SystemExit(f"--device-group: {exc}") from None
+        exit_with(f"--device-group: {exc}")
     return EngineConfig(**values(EngineConfig, args, skip=("model", "device")),
                         model=args.model or "", device=device or "cpu", cpu_cores=cores)
+
+
+def check_model(model: str) -> None:
+    """Find the model and read its config.json: one that is not there or not supported fails
+    here, in a second, rather than after the engine's imports (torch.compile's take seconds).
+    The first thing a service's load does; the engine then finds the same directory."""
+    from specdec.engine.checkpoint import read_config, resolve_model_path
+
+    read_config(resolve_model_path(model))
 
 
 def qaic_options(args: argparse.Namespace) -> QaicOptions | None:

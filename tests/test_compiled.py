@@ -80,8 +80,9 @@ def cache(tmp_path_factory):
 
 def compiled_engine(path, cache, windows=(1, 3), keep=True, slots=2) -> TorchEngine:
     engine = TorchEngine(EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48, prefill_seq_len=8,
-                                      full_batch_size=slots, compile=True, compile_dir=cache),
+                                      full_batch_size=slots, compile="on", compile_dir=cache),
                          windows, keep_window_logits=keep)
+    engine.wait_compiled()
     assert engine.compiled is not None, "torch.compile failed on this machine"
     return engine
 
@@ -111,7 +112,7 @@ def test_compiled_steps_match_transformers(tiny, cache):
     graphs = counters["stats"]["unique_graphs"]   # as compiled at start-up
     # On CPU the specializations share one copy of each frozen weight (shared_constants); the
     # parity below is then through the shared copies. On CUDA the weights are not frozen into
-    # the graphs (freezing is CPU_INDUCTOR's), so there is nothing to share.
+    # the graphs (freezing is CPU_FROZEN_INDUCTOR's), so there is nothing to share.
     assert (engine.compiled.shared > 0) == (TEST_DEVICE == "cpu")
     rng = np.random.default_rng(3)
     a = rng.integers(2, VOCAB, size=12).tolist()
@@ -152,13 +153,15 @@ def test_compiled_speculation_equals_greedy(tiny, cache, tmp_path_factory, monke
     here: the tuned CPU build costs minutes per engine and has its parity test above."""
     import specdec.engine.compiled as compiled
 
-    monkeypatch.setattr(compiled, "CPU_INDUCTOR", {})
+    monkeypatch.setattr(compiled, "CPU_FROZEN_INDUCTOR", {})
     path, model = tiny
     cfg = EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48, prefill_seq_len=8, full_batch_size=2,
-                       compile=True, compile_dir=cache)
+                       compile="on", compile_dir=cache)
     draft_path = save_tiny(tmp_path_factory.mktemp("draft"), "llama", seed=5, num_hidden_layers=2)
     verifier = build_verifier(cfg, (0, 2))
     proposer = build_draft_proposer(replace(cfg, model=str(draft_path)), 2)
+    verifier.engine.wait_compiled()
+    proposer.engine.wait_compiled()
     assert verifier.engine.compiled is not None and proposer.engine.compiled is not None
     prompt = np.random.default_rng(9).integers(2, VOCAB, size=10).tolist()
 
@@ -176,16 +179,19 @@ def test_compiled_speculation_equals_greedy(tiny, cache, tmp_path_factory, monke
 
 @pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the C++ compiler is the CPU backend's; "
                                                  "CUDA kernels compile through Triton")
-def test_missing_compiler_warns_and_runs_eager(tiny, tmp_path, caplog):
-    import torch._inductor.config as inductor
+def test_missing_compiler_warns_and_runs_eager(tiny, tmp_path, caplog, monkeypatch):
+    import specdec.engine.compiled as compiled
 
     path, model = tiny
     torch._dynamo.reset()
-    # inductor's own patch: monkeypatch's undo would delete the config entry (the module serves
-    # it through __getattr__), and every later compile in the process would fail.
-    with caplog.at_level(logging.WARNING), inductor.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+    # The compiling thread's settings (torch's config patches are per thread); no cache either:
+    # a graph an earlier test compiled would load without the compiler.
+    monkeypatch.setattr(compiled, "CPU_FROZEN_INDUCTOR", {"cpp.cxx": ("/nonexistent/c++",),
+                                                          "force_disable_caches": True})
+    with caplog.at_level(logging.WARNING):
         engine = TorchEngine(EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48, full_batch_size=1,
-                                          compile=True, compile_dir=tmp_path))
+                                          compile="on", compile_dir=tmp_path))
+        engine.wait_compiled()
     assert engine.compiled is None
     assert "torch.compile is unavailable" in caplog.text
     out = engine.run(np.array([[5, 6, 7]]), np.arange(3)[None], np.array([0]), 3)
@@ -200,13 +206,14 @@ def test_compiled_turbo_is_lossless(tiny, cache, tmp_path_factory, monkeypatch):
     import specdec.engine.compiled as compiled
     from tests.tiny_models import save_turbo
 
-    monkeypatch.setattr(compiled, "CPU_INDUCTOR", {})
+    monkeypatch.setattr(compiled, "CPU_FROZEN_INDUCTOR", {})
     path, model = tiny
     turbo = shutil.copytree(path, tmp_path_factory.mktemp("turbo") / "target")
     save_turbo(turbo, heads=2, layers=1, zero_heads=(0,))
     cfg = EngineConfig(model=str(turbo), device=TEST_DEVICE, ctx_len=48, prefill_seq_len=8,
-                       full_batch_size=1, compile=True, compile_dir=cache, turbo=True)
+                       full_batch_size=1, compile="on", compile_dir=cache, turbo=True)
     verifier = build_verifier(cfg, (0,))
+    verifier.engine.wait_compiled()
     assert verifier.engine.compiled is not None and verifier.heads is not None
     used = count_compiled_calls(verifier.engine)
     prompt = np.random.default_rng(11).integers(2, VOCAB, size=10).tolist()

@@ -80,7 +80,7 @@ def test_the_services_defaults_are_the_dataclasses_fields():
         assert (cfg.executor, cfg.device_group, cfg.max_k, cfg.batching) == ("torch", None, 8, True)
         e = cfg.engine
         assert (e.dtype, e.prefill_seq_len, e.ctx_len, e.full_batch_size, e.compile) == \
-            ("float32", 32, 128, 4, True)
+            ("auto", 32, 128, 4, "auto")
     assert v.window_sizes == tuple(range(9)) and v.speculative_model_type == "target"
     assert (p.max_ngram_size, p.pre_draft_branches) == (3, DEFAULT_PRE_DRAFT_BRANCHES)
 
@@ -107,7 +107,7 @@ def test_a_client_passes_its_engine_flags_on_as_the_services_parse_them(executor
     for cfg in (target, draft):
         e = cfg.engine
         assert (e.ctx_len, e.prefill_seq_len, e.full_batch_size, e.compile, e.compile_dir) == \
-            (96, 16, 3, False, Path("/tmp/c"))
+            (96, 16, 3, "off", Path("/tmp/c"))
         assert (cfg.executor, cfg.max_k) == (executor, 5)
     assert (target.engine.model, draft.engine.model) == ("t", "d")
     if executor == "qaic":
@@ -123,7 +123,7 @@ def test_environment_overrides_and_secrets_stay_secret(monkeypatch):
     monkeypatch.setenv("SPECDEC_QUEUE_TIMEOUT", "2.5")
     monkeypatch.setenv("SPECDEC_AUTH_TOKEN", "s3cret-token")
     cfg = verifier_config(["--model", "m", "--queue-timeout", "4"])   # the command line wins
-    assert cfg.engine.compile is False and cfg.admission.wait_s == 4.0
+    assert cfg.engine.compile == "off" and cfg.admission.wait_s == 4.0
     assert cfg.server.security.auth_token == "s3cret-token"
     text = describe(cfg)
     assert "s3cret-token" not in text and json.loads(text)["server"]["security"]["auth_token"] == "***"
@@ -136,7 +136,7 @@ def test_help_states_each_default_once_and_the_table_reads_it():
         ("128", "KV positions per session; a prompt must leave room to generate")
     assert default_and_meaning(actions["mxfp6"])[0] == "off"
     assert default_and_meaning(actions["auth_token"])[0] == "off"
-    assert "one of `float32`" in default_and_meaning(actions["dtype"])[1]
+    assert "one of `auto`, `float32`" in default_and_meaning(actions["dtype"])[1]
     assert {a.dest for a in proposer_parser()._actions} >= {"method", "max_ngram_size", "max_queue"}
     with pytest.raises(ValueError, match="flags:nowhere"):
         replace_block("no markers here", "nowhere", "| x |")

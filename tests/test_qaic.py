@@ -17,6 +17,7 @@ import pytest
 from client.api import SpecDecClient
 from specdec.config import EngineConfig
 from specdec.engine.qaic_engine import QaicEngine, QaicOptions
+from specdec.errors import EXIT_START_ERROR
 from specdec.generation import GenerationConfig
 from specdec.proposers.ngram import NgramProposer
 from tests.conftest import CTX_LEN, start_proposer, start_verifier
@@ -138,7 +139,7 @@ def test_executor_qaic_without_qefficient_fails_clearly(tiny_pair):
     proc = subprocess.run([sys.executable, "-m", "verifier_service", "--model", str(tiny_pair[0]),
                            "--executor", "qaic"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == EXIT_START_ERROR and "Traceback" not in proc.stderr
     assert "QEfficient" in proc.stderr and "Cloud AI 100" in proc.stderr and "--executor torch" in proc.stderr
 
 

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import torch
 
+# Re-exported for the tests that import them from here; their home is bench/families.py.
+from bench.families import save_truncated as save_truncated
+from bench.families import save_word_tokenizer as save_word_tokenizer
+
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 VOCAB = 96
 # Where engine tests run: cpu here; scripts/gpu_check.sh sets cuda:0 on a GPU machine.
@@ -54,36 +58,6 @@ def hf_model(path: Path):
     import transformers
 
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-
-def save_word_tokenizer(path: Path, prefix: str = "t", vocab: int = VOCAB) -> None:
-    """A word-level tokenizer over tokens '<prefix>0'..: lets the services fingerprint it and
-    the client encode text, at no training cost. Another prefix gives another tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = {f"{prefix}{i}": i for i in range(vocab)}
-    words["<s>"], words["</s>"] = 0, 1
-    del words[f"{prefix}0"], words[f"{prefix}1"]
-    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="</s>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                            unk_token="</s>").save_pretrained(path)
-
-
-def save_truncated(src: Path, dst: Path, layers: int) -> Path:
-    """A draft that shares the target's first layers, embeddings and head: it agrees with the
-    target often but not always, so acceptance and rejection are both exercised."""
-    import transformers
-
-    model = hf_model(src)
-    model.model.layers = model.model.layers[:layers]
-    model.config.num_hidden_layers = layers
-    if hasattr(model.config, "layer_types") and model.config.layer_types:
-        model.config.layer_types = model.config.layer_types[:layers]
-    model.save_pretrained(dst, safe_serialization=True)
-    transformers.AutoTokenizer.from_pretrained(src).save_pretrained(dst)
-    return dst
 
 
 def greedy_reference(model, prompt: list[int], max_new_tokens: int) -> list[int]:

@@ -20,6 +20,7 @@ QEfficient QPC, so the torch and the Cloud AI 100 executors are interchangeable:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -62,4 +63,27 @@ class HeadsOnDemand(Protocol):
         """The heads' top-1 guesses [H] at `position` when the slot's last run() already
         evaluated them there (the executor may guess where a greedy verifier drafts from);
         None: ask head_logits. Cheap, no engine call."""
+        ...
+
+
+@runtime_checkable
+class CompilesWhenIdle(Protocol):
+    """Optional capability of an engine whose compiling must run on the thread that runs it
+    (CUDA graphs replay on the thread that recorded them): its owner names that thread, then
+    calls idle_step() there whenever it has nothing else to run."""
+
+    def compile_on(self, thread_id: int) -> None:
+        ...
+
+    def idle_step(self) -> bool:
+        """Do one piece of compiling; False when there is none to do on this thread."""
+        ...
+
+
+@runtime_checkable
+class CompilesInBackground(Protocol):
+    """Optional capability of an engine that serves before its compiled steps are all built."""
+
+    def when_compiled(self, callback: Callable[[], None]) -> None:
+        """callback() once compiling has ended (at once if it has), from any thread."""
         ...

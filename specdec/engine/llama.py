@@ -10,7 +10,9 @@ cast to the activation dtype), which the tests compare against.
 The step is written for a fixed shape and no host syncs, so `torch.compile` can capture it
 whole (see `compiled.py`): KV writes go by index (padding writes land in a scratch position past
 `ctx_len` that no mask ever lets a query see), and the attended KV length is the length of an
-input the caller picks (`kv_pos`), not something read back from the device.
+input the caller picks (`kv_pos`), not something read back from the device. A sliding window
+(Mistral; Qwen2/3 where enabled) is one more term of the same mask, as in transformers: the cache
+still holds every position, and a query just does not see keys older than its window.
 """
 
 from __future__ import annotations
@@ -196,7 +198,13 @@ class LlamaFamilyModel(nn.Module):
         sin = sin_table[q_pos].to(x.dtype).unsqueeze(1)
         w_slot = slots[:, None].expand_as(position_ids).reshape(-1)                 # [B*S]
         w_pos = torch.where(position_ids >= 0, position_ids, scratch).reshape(-1)   # [B*S]
-        mask = (kv_pos[None, None, None, :] <= q_pos[:, None, :, None])  # [B, 1, S, L]
+        kv, q = kv_pos[None, None, None, :], q_pos[:, None, :, None]
+        mask = kv <= q                                                   # [B, 1, S, L]
+        window = self.cfg.sliding_window
+        if window is not None:
+            # transformers' sliding_window_overlay: a query at p sees the W keys p-W+1..p, itself
+            # included. A Python int: the mask stays one graph, no host sync.
+            mask = mask & (kv > q - window)
         for layer, (ck, cv) in zip(self.model.layers, caches):
             h = layer.input_layernorm(x)
             x = x + layer.self_attn(h, cos, sin, w_slot, w_pos, slots, mask, ck, cv)

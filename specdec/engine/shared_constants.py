@@ -1,7 +1,7 @@
 """One copy of each frozen weight across an engine's compiled graphs.
 
 Why: on CPU, inductor freezes the weights into each compiled graph and prepacks them for its
-C++ GEMM (compiled.CPU_INDUCTOR), so every specialization held a copy of every weight of its
+C++ GEMM (compiled.CPU_FROZEN_INDUCTOR), so every specialization held a copy of every weight of its
 own. A call at another specialization than the engine's last then read its copy cold:
 `python -m bench.floor --compile on --full-batch-size 1` on the development machine (the
 shipped target, one core) timed windows of 1 and 5 tokens at 3.1 and 4.8 ms a call alone, and
@@ -15,9 +15,8 @@ windows 1-5 held 40-100 MB less.
 Constants are read-only (freezing inlines only parameters that are never mutated), so sharing
 one changes no result. The hook is inductor's registry of a graph's constants
 (GraphLowering.allocate_non_dup_const_name), a private method: where it is not as expected,
-nothing is shared. A graph that inductor would load from its on-disk cache instead of
-lowering it keeps constants of its own (as before; the services' graphs were lowered at every
-start on the development machine).
+nothing is shared. A graph that inductor loads from its on-disk cache instead of
+lowering it keeps constants of its own.
 """
 
 from __future__ import annotations
@@ -62,9 +61,10 @@ class ConstantPool:
 
 
 @contextlib.contextmanager
-def shared_constants() -> Iterator[ConstantPool]:
-    """While open, graphs compiled in this process share their equal constants (one pool)."""
-    pool = ConstantPool()
+def shared_constants(pool: ConstantPool | None = None) -> Iterator[ConstantPool]:
+    """While open, graphs compiled in this process share their equal constants with `pool`
+    (a new one by default; an engine that builds its graphs one at a time passes its own)."""
+    pool = pool if pool is not None else ConstantPool()
     try:
         from torch._inductor.graph import GraphLowering
         original = GraphLowering.allocate_non_dup_const_name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -10,14 +11,13 @@ import torch
 from specdec.config import EngineConfig
 from specdec.cpu_cores import pin_threads
 from specdec.engine.checkpoint import LlamaFamilyConfig, load_state_dict, read_config, resolve_model_path
-from specdec.engine.compiled import CompiledSteps, compile_steps
+from specdec.engine.compiled import CompiledSteps, StepCompiler
+from specdec.engine.dtypes import TORCH_DTYPES, choose_dtype, gemv_faster, natively_computed
 from specdec.engine.llama import LlamaFamilyModel, fuse_state_dict, rope_inv_freq
-from specdec.engine.specializations import gather_index, pad_call, plan
+from specdec.engine.specializations import by_size, gather_index, pad_call, plan
 from specdec.engine.turbo import load_turbo_heads
 
 log = logging.getLogger(__name__)
-
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_model(cfg: LlamaFamilyConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,
@@ -47,18 +47,19 @@ class TorchEngine:
                  keep_window_logits: bool = False) -> None:
         """windows: positions per decode step to compile for (a verifier: k + 1 for each verify
         window; a draft: 1, and 2 for the bonus sync); keep_window_logits: a target keeps the
-        logits of every window position. Used only with config.compile."""
+        logits of every window position. Used only where config.compile is not "off"."""
         if config.cpu_cores and config.device == "cpu":
             pin_threads(config.cpu_cores)
         path = resolve_model_path(config.model)
         self.model_config = read_config(path)
         mc = self.model_config
-        if mc.sliding_window is not None and config.ctx_len > mc.sliding_window:
-            raise ValueError(f"ctx_len {config.ctx_len} exceeds the model's sliding window "
-                             f"{mc.sliding_window}, which the torch executor does not implement")
         self.path = path
         self.device = config.device
-        self.dtype = TORCH_DTYPES[config.dtype]
+        dtype, why = choose_dtype(
+            config.dtype, mc.torch_dtype, config.device,
+            lambda d: natively_computed(config.device, d),
+            lambda d: gemv_faster(d, mc.hidden_size, mc.intermediate_size))
+        self.dtype = TORCH_DTYPES[dtype]
         self.vocab_size = mc.vocab_size
         self.ctx_len = config.ctx_len
         self.slots = config.full_batch_size
@@ -87,14 +88,42 @@ class TorchEngine:
              torch.zeros(shape, dtype=self.dtype, device=config.device))
             for _ in range(mc.num_layers)
         ]
-        log.info("loaded %s (%s, %d layers, vocab %d) on %s%s as %s; KV %d slots x %d positions",
-                 path, mc.model_type, mc.num_layers, mc.vocab_size, config.device,
+        log.info("loaded %s (%s, %d layers, vocab %d) on %s%s as %s (%s); KV %d slots x %d "
+                 "positions", path, mc.model_type, mc.num_layers, mc.vocab_size, config.device,
                  f" (cores {','.join(map(str, config.cpu_cores))}, {torch.get_num_threads()} threads)"
-                 if config.device == "cpu" else "", config.dtype, self.slots, config.ctx_len)
+                 if config.device == "cpu" else "", dtype, why, self.slots, config.ctx_len)
+        # Compiled steps join as they are built (compiled.py); None: every step runs eager.
         self.compiled: CompiledSteps | None = None
-        if config.compile:
-            self.compiled = compile_steps(self, plan(self.slots, windows, keep_window_logits),
-                                          config.compile_dir)
+        self.compiler: StepCompiler | None = None
+        if config.compile != "off":
+            self.compiler = StepCompiler(self, by_size(plan(self.slots, windows, keep_window_logits)),
+                                         config.compile_dir, auto=config.compile == "auto",
+                                         on_engine_thread=str(config.device).startswith("cuda"))
+            self.compiled = self.compiler.steps
+            self.compiler.start()
+
+    def wait_compiled(self, timeout_s: float | None = None) -> bool:
+        """Block until every planned step shape is compiled, or compiling ended otherwise (it
+        failed, or --compile auto found it does not pay): True when it has ended."""
+        return self.compiler is None or self.compiler.wait(timeout_s)
+
+    def when_compiled(self, callback: Callable[[], None]) -> None:
+        """callback() once compiling has ended (at once where there is none)."""
+        if self.compiler is None:
+            callback()
+        else:
+            self.compiler.when_done(callback)
+
+    def compile_on(self, thread_id: int) -> None:
+        """contract.CompilesWhenIdle: the thread that runs this engine compiles it where the
+        graphs must be recorded on it (CUDA)."""
+        if self.compiler is not None:
+            self.compiler.compile_on(thread_id)
+
+    def idle_step(self) -> bool:
+        """contract.CompilesWhenIdle: one piece of compiling on the engine thread; False when
+        there is none to do here."""
+        return self.compiler is not None and self.compiler.idle_step()
 
     def _check(self, input_ids: np.ndarray, position_ids: np.ndarray, batch_index: np.ndarray,
                num_logits: int) -> None:
@@ -185,6 +214,8 @@ class TorchEngine:
         self._check(input_ids, position_ids, batch_index, num_logits)
         b, s = input_ids.shape
         spec = self.compiled.fit(b, s, num_logits) if self.compiled else None
+        if spec is None and self.compiler is not None and not self.compiler.done.is_set():
+            self.compiler.note_use(b, s, num_logits)
         if spec is None:   # uncompiled: exactly this shape, attending only as far as needed
             ids = np.where(position_ids >= 0, input_ids, 0)
             pos, slots, step, kv_len = position_ids, batch_index, self.step, int(position_ids.max()) + 1
