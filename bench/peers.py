@@ -12,11 +12,13 @@ from __future__ import annotations
 import torch
 
 
-def load_hf(path: str, dtype: str = "float32"):
-    """dtype: the services' --dtype, so both sides compute alike (float32 as they default)."""
+def load_hf(path: str, dtype: str = "float32", device: str = "cpu"):
+    """dtype and device: the services', so both sides compute alike (float32 on the CPU as the
+    benchmarks default)."""
     import transformers
 
-    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+    model: torch.nn.Module = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    return model.to(device).eval()
 
 
 def hf_generate(model, ids: list[int], new: int, **kw) -> tuple[list[int], int]:
@@ -25,7 +27,8 @@ def hf_generate(model, ids: list[int], new: int, **kw) -> tuple[list[int], int]:
     hook = model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     try:
         with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            out = model.generate(torch.tensor([ids], device=model.device),
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
                                  max_new_tokens=new, min_new_tokens=new, do_sample=False,
                                  pad_token_id=0, **kw)
     finally:
@@ -52,5 +55,7 @@ def hf_prefill_s(model, ids: list[int]) -> float:
 
     with torch.no_grad():
         t0 = time.perf_counter()
-        model(torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+        model(torch.tensor([ids], device=model.device), use_cache=True, logits_to_keep=1)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
         return time.perf_counter() - t0

@@ -151,11 +151,10 @@ class Batcher:
         self.rows = 0           # rows they carried (rows / calls = mean batch size)
         # An engine that compiles on its own thread (CUDA graphs) does so when idle.
         self._compiles_when_idle = isinstance(engine, CompilesWhenIdle)
+        self._running = threading.Event()   # set once the engine thread has claimed the engine
         self._worker = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._worker.start()
-        if isinstance(engine, CompilesWhenIdle):
-            assert self._worker.ident is not None   # started
-            engine.compile_on(self._worker.ident)
+        self._running.wait()
 
     def _submit(self, rows: Sequence[Row] = (), job: Job | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -244,6 +243,9 @@ class Batcher:
             return batch
 
     def _loop(self) -> None:
+        if isinstance(self.engine, CompilesWhenIdle):   # before anyone else may compile it
+            self.engine.compile_on(threading.get_ident())
+        self._running.set()
         while (batch := self._take()) is not None:
             if isinstance(batch, Idle):
                 assert isinstance(self.engine, CompilesWhenIdle)

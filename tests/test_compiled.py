@@ -272,3 +272,91 @@ def test_the_constant_pool_returns_an_equal_constant_it_holds():
     assert pool.share(w.double()) is not w                 # another dtype: its own
     assert pool.share(other.clone()) is other and pool.shared == 2
     assert pool.share("not a tensor") == "not a tensor"
+
+
+def plain_inductor(monkeypatch) -> None:
+    """Plain inductor settings: the tuned CPU build costs minutes per engine and has its own
+    parity test above."""
+    import specdec.engine.compiled as compiled
+
+    monkeypatch.setattr(compiled, "CPU_FROZEN_INDUCTOR", {})
+
+
+def test_an_engine_serves_eagerly_while_it_compiles_the_shapes_used_most_first(tiny, cache, monkeypatch):
+    plain_inductor(monkeypatch)
+    path, model = tiny
+    engine = TorchEngine(EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48, prefill_seq_len=8,
+                                      full_batch_size=1, compile="on", compile_dir=cache),
+                         (1, 3, 5), keep_window_logits=True)
+    assert engine.compiler is not None and not engine.compiler.done.is_set()
+    # Served at once, eager, while the first graph builds: a 5-token window, again and again.
+    prompt = np.random.default_rng(5).integers(2, VOCAB, size=13).tolist()
+    want = reference_logits(model, prompt)
+    engine.run(np.array([prompt[:8]]), np.arange(8)[None], np.array([0]), 1)
+    for _ in range(3):
+        out = engine.run(np.array([prompt[8:13]]), np.arange(8, 13)[None], np.array([0]), 5)
+        np.testing.assert_allclose(out[0], want[8:13], atol=ATOL)
+    assert engine.wait_compiled(600)
+    built = engine.compiler.built
+    assert set(built) == set(plan(1, (1, 3, 5), True))
+    # The one shape used goes first, or second where the first was picked before any call.
+    assert built.index(Specialization(1, 5, 5)) <= 1, built
+    used = count_compiled_calls(engine)
+    out = engine.run(np.array([prompt[8:13]]), np.arange(8, 13)[None], np.array([0]), 5)
+    np.testing.assert_allclose(out[0], want[8:13], atol=ATOL)
+    assert used == {Specialization(1, 5, 5): 1}
+
+
+def test_compile_auto_runs_eager_where_compiling_does_not_pay(tiny, cache, monkeypatch, caplog):
+    import specdec.engine.compiled as compiled
+
+    plain_inductor(monkeypatch)
+    monkeypatch.setattr(compiled, "COMPILE_MIN_GAIN", 1e6)   # no graph is a million times faster
+    path, model = tiny
+    with caplog.at_level(logging.INFO):
+        engine = TorchEngine(EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48,
+                                          full_batch_size=2, compile="auto", compile_dir=cache),
+                             (1, 3), keep_window_logits=True)
+        assert engine.wait_compiled(600)
+    assert engine.compiled is None and len(engine.compiler.built) == 1   # gave up after one
+    assert "compiling does not pay for this model" in caplog.text
+    out = engine.run(np.array([[5, 6, 7]]), np.arange(3)[None], np.array([0]), 3)
+    np.testing.assert_allclose(out[0], reference_logits(model, [5, 6, 7]), atol=ATOL)
+
+
+def test_an_engine_that_compiles_on_its_own_thread_does_so_when_idle(tiny, cache, monkeypatch):
+    """CUDA graphs must be recorded on the thread that replays them: there the Batcher's engine
+    thread compiles between batches (on_engine_thread, forced here on the CPU), and nobody else
+    does, not even a caller waiting for it."""
+    import threading
+
+    import specdec.engine.compiled as compiled
+    from specdec.batching import Batcher
+    from specdec.engine.compiled import StepCompiler
+
+    plain_inductor(monkeypatch)
+    threads: list[str] = []
+    warm_up = compiled.warm_up
+    monkeypatch.setattr(compiled, "warm_up", lambda *a: (threads.append(threading.current_thread().name),
+                                                         warm_up(*a))[1])
+    path, model = tiny
+    engine = TorchEngine(EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48, full_batch_size=1))
+    engine.compiler = StepCompiler(engine, by_size(plan(1, (1, 2), False)), cache, auto=False,
+                                   on_engine_thread=True)
+    engine.compiled = engine.compiler.steps
+    engine.compiler.start()
+    batcher = Batcher(engine)
+    try:
+        assert engine.wait_compiled(600)
+        assert threads == ["engine", "engine"]
+        used = count_compiled_calls(engine)
+
+        async def step():
+            from specdec.types import StepTimings
+            return await batcher.run_row([5, 6], [0, 1], 0, 1, "decode", StepTimings())
+
+        out = asyncio.run(step())
+        np.testing.assert_allclose(out, reference_logits(model, [5, 6])[1:], atol=ATOL)
+        assert used == {Specialization(1, 2, 1): 1}
+    finally:
+        batcher.close()
