@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check, in one run of ~10 minutes on a CUDA machine: the torch executor's parity with
-# transformers and lossless speculation on CUDA (eager and compiled), the floor probe, the
+# The GPU check, in one run of ~12 minutes on a CUDA machine: the torch executor's parity with
+# transformers and lossless speculation on CUDA (eager and compiled, the compiled steps built on
+# the engine thread that replays them), the published families, the scale benchmark, the floor probe, the
 # benchmark (eager), k auto against every fixed k alone and with 8 sessions, and last the
 # benchmark with compiled services. Each stage has its own time limit and the check goes on
 # past a failed one, so a run always reports every stage (the summary at the end, and
@@ -49,6 +50,13 @@ stage() {  # stage NAME CMD...: run CMD under the stage limit, its output to $OU
 }
 stage tests "$PYTHON" -m pytest -q tests/test_torch_engine.py tests/test_compiled.py \
   tests/test_lossless_grpc.py
+# The published families (Llama-3.2, TinyLlama, Qwen2.5, Qwen3, Mistral; shrunk): lossless over
+# gRPC, eager and compiled, long contexts, sliding windows, and bfloat16 against transformers'.
+stage families "$PYTHON" -m pytest -q tests/test_families.py
+# The Llama-3.2-1B shape (4 layers) in the checkpoint's bfloat16 (--dtype auto on CUDA): start-up,
+# peak memory, target-only and draft == target against transformers, TTFT of 1,500 tokens.
+stage scale "$PYTHON" -m bench.scale --family llama-3.2-1b --layers 4 --device cuda:0 \
+  --out "$OUT/scale.json"
 stage floor "$PYTHON" -m bench.floor --device cuda:0 --target-model models/target \
   --draft-model models/draft --full-batch-size 4 --json "$OUT/floor.json"
 stage bench_draft "$PYTHON" -m bench --method draft --k 4 --device cuda:0 --compile off --repeats 3 \

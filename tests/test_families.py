@@ -62,8 +62,10 @@ def pattern_prompt(family: str, seed: int) -> list[int]:
 
 
 def engine_config(path: Path, ctx_len: int = 96, prefill: int = 8, **kw) -> EngineConfig:
-    return EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=ctx_len,
-                        prefill_seq_len=prefill, full_batch_size=kw.pop("slots", 2), **kw)
+    # float32 unless a test says otherwise: the checkpoints are bfloat16, which --dtype auto
+    # keeps or not by device and measurement, and the references here are float32.
+    return EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=ctx_len, prefill_seq_len=prefill,
+                        full_batch_size=kw.pop("slots", 2), dtype=kw.pop("dtype", "float32"), **kw)
 
 
 class Services:

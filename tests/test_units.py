@@ -143,3 +143,31 @@ def test_config_validation():
     assert device_for_group("0", cuda_available=False) == "cpu"
     with pytest.raises(ValueError):
         device_for_group("a", cuda_available=False)
+
+
+@pytest.mark.parametrize("requested, checkpoint, device, native, faster, chosen", [
+    ("float16", "bfloat16", "cpu", True, True, "float16"),     # asked for: taken as asked
+    ("auto", None, "cuda:0", True, True, "float32"),           # no dtype in config.json
+    ("auto", "float32", "cuda:0", True, True, "float32"),
+    ("auto", "bfloat16", "cuda:0", True, False, "bfloat16"),   # CUDA: native is enough
+    ("auto", "bfloat16", "cuda:0", False, True, "float32"),    # a GPU without bf16
+    ("auto", "bfloat16", "cpu", False, True, "float32"),       # no AVX512-BF16 / AMX
+    ("auto", "bfloat16", "cpu", True, False, "float32"),       # native, but measured slower
+    ("auto", "bfloat16", "cpu", True, True, "bfloat16"),
+    ("auto", "float16", "cpu", True, True, "float16"),
+])
+def test_dtype_auto_keeps_the_checkpoints_where_the_device_computes_it_fast(
+        requested, checkpoint, device, native, faster, chosen):
+    from specdec.engine.dtypes import choose_dtype
+
+    asked: list[str] = []
+
+    def measured(dtype: str) -> bool:
+        asked.append(dtype)
+        return faster
+
+    dtype, why = choose_dtype(requested, checkpoint, device, lambda d: native, measured)
+    assert dtype == chosen and why
+    # Only a CPU that computes the checkpoint's dtype natively pays for the measurement.
+    assert asked == ([checkpoint] if requested == "auto" and device == "cpu" and native
+                     and checkpoint not in (None, "float32") else [])
