@@ -19,7 +19,7 @@ from client.links import ServiceError
 from specdec import tokenizer_fingerprint
 from specdec.config import EngineConfig, QaicOptions
 from specdec.cpu_cores import available_cores, split_cores
-from specdec.engine.checkpoint import resolve_model_path
+from specdec.engine.hub import resolve_model_path
 from specdec.errors import START_ERRORS, InvalidRequest, exit_with
 from specdec.flags import add_flag, add_flags, declared, to_argv
 from specdec.generation import GenerationConfig, GenerationRecord

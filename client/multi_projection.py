@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from client.cli_common import ServiceSpec, add_common_args, engine_args, run_cli, sampling_params
-from specdec.engine.checkpoint import resolve_model_path
+from specdec.engine.hub import resolve_model_path
 from specdec.engine.turbo import read_turbo_config
 from specdec.errors import START_ERRORS, exit_with
 from specdec.flags import add_flag, to_argv

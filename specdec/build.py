@@ -46,7 +46,7 @@ def build_verifier(config: EngineConfig, window_sizes: tuple[int, ...], executor
     A Turbo target (config.turbo) drafts with its H heads: its windows are 0..H."""
     if config.turbo and executor == "torch":
         # Compile every verify window the heads draft, before the engine is built.
-        from specdec.engine.checkpoint import resolve_model_path
+        from specdec.engine.hub import resolve_model_path
         from specdec.engine.turbo import read_turbo_config
 
         heads = read_turbo_config(resolve_model_path(config.model)).num_heads

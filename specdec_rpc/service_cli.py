@@ -111,7 +111,8 @@ def check_model(model: str) -> None:
     """Find the model and read its config.json: one that is not there or not supported fails
     here, in a second, rather than after the engine's imports (torch.compile's take seconds).
     The first thing a service's load does; the engine then finds the same directory."""
-    from specdec.engine.checkpoint import read_config, resolve_model_path
+    from specdec.engine.checkpoint import read_config
+    from specdec.engine.hub import resolve_model_path
 
     read_config(resolve_model_path(model))
 

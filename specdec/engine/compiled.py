@@ -19,8 +19,8 @@ Why the weights are frozen into the graphs of small models only: freezing lets i
 each weight for its C++ GEMM, which pays where dispatch dominates, but each graph then holds a
 copy of every weight besides the engine's own (shared between graphs: shared_constants), which
 doubles a large model's memory. Above FREEZE_MAX_BYTES the graphs take the engine's weights as
-inputs: no copy. `--compile auto` times the first batch-1 graph against the eager step and keeps
-compiling only when it pays (COMPILE_MIN_GAIN).
+inputs: no copy. `--compile auto` times the first graph built (the most used shape) against the
+eager step and keeps compiling only when it pays (COMPILE_MIN_GAIN).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ CPU_SHARED_INDUCTOR = {"cpp_wrapper": True}
 # Weights up to this size are frozen into CPU graphs; the copy then costs at most this much
 # memory, and such models are the ones bound by dispatch.
 FREEZE_MAX_BYTES = 256 * 2**20
-# --compile auto keeps compiling where a batch-1 graph is at least this much faster than eager.
+# --compile auto keeps compiling where the first graph is at least this much faster than eager.
 COMPILE_MIN_GAIN = 0.10
 
 # The attended KV length is a dynamic dimension of every CPU graph, rounded up to this many
@@ -108,8 +108,8 @@ def weight_bytes(engine: TorchEngine) -> int:
 @dataclass
 class StepCompiler:
     """Builds an engine's planned specializations one at a time, most-used first, and adds each
-    to `engine.compiled` when built. `auto`: stop, and run eager, where the first batch-1 graph
-    does not pay (COMPILE_MIN_GAIN)."""
+    to `engine.compiled` when built. `auto`: stop, and run eager, where the first graph built
+    (the most used shape) does not pay (COMPILE_MIN_GAIN)."""
 
     engine: TorchEngine
     planned: tuple[Specialization, ...]       # smallest first: the order among equally used ones

@@ -10,9 +10,10 @@ import torch
 
 from specdec.config import EngineConfig
 from specdec.cpu_cores import pin_threads
-from specdec.engine.checkpoint import LlamaFamilyConfig, load_state_dict, read_config, resolve_model_path
+from specdec.engine.checkpoint import LlamaFamilyConfig, load_state_dict, read_config
 from specdec.engine.compiled import CompiledSteps, StepCompiler
 from specdec.engine.dtypes import TORCH_DTYPES, choose_dtype, gemv_faster, natively_computed
+from specdec.engine.hub import resolve_model_path
 from specdec.engine.llama import LlamaFamilyModel, fuse_state_dict, rope_inv_freq
 from specdec.engine.specializations import by_size, gather_index, pad_call, plan
 from specdec.engine.turbo import load_turbo_heads
