@@ -360,3 +360,24 @@ def test_an_engine_that_compiles_on_its_own_thread_does_so_when_idle(tiny, cache
         assert used == {Specialization(1, 2, 1): 1}
     finally:
         batcher.close()
+
+
+def test_two_engines_of_one_shape_compute_with_their_own_weights(tiny, tmp_path_factory, monkeypatch):
+    """Dynamo keeps graphs per code object, and the guards on module attributes are dropped:
+    each engine compiles its own copy of the step's code, or the second engine would run the
+    first one's graph, with the first one's frozen weights."""
+    import specdec.engine.compiled as compiled
+
+    monkeypatch.setattr(compiled, "CPU_FROZEN_INDUCTOR", {"freezing": True})
+    path, model = tiny
+    other = save_tiny(tmp_path_factory.mktemp("other"), "llama", seed=3, num_hidden_layers=2)
+    engines = [TorchEngine(EngineConfig(model=str(p), device=TEST_DEVICE, ctx_len=48, full_batch_size=1,
+                                        compile="on"), (1,)) for p in (path, other)]
+    used = []
+    for engine in engines:
+        engine.wait_compiled()
+        used.append(count_compiled_calls(engine))
+    for engine, reference, calls in zip(engines, (model, hf_model(other)), used):
+        out = engine.run(np.array([[5]]), np.array([[0]]), np.array([0]), 1)
+        np.testing.assert_allclose(out[0], reference_logits(reference, [5]), atol=ATOL)
+        assert calls == {Specialization(1, 1, 1): 1}

@@ -31,6 +31,7 @@ import os
 import statistics
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,18 @@ class CompiledSteps:
         return min(self.ctx_len, max(1, -(-needed // self.kv_bucket)) * self.kv_bucket)
 
 
+def own_step(engine: TorchEngine) -> Step:
+    """engine.step on a code object of this engine's own. Dynamo keeps its graphs per code
+    object, and with the guards on module attributes dropped (see StepCompiler) a graph another
+    engine built for the same input shapes would pass for this one's, computing with that
+    engine's weights (engines of two models in one process, or an engine built where a freed
+    one stood)."""
+    step = type(engine).step
+    own = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__,
+                             step.__defaults__, step.__closure__)
+    return types.MethodType(own, engine)
+
+
 def weight_bytes(engine: TorchEngine) -> int:
     return sum(p.numel() * p.element_size() for p in engine.model.parameters())
 
@@ -145,7 +158,7 @@ class StepCompiler:
         # step). CUDA adds mode="reduce-overhead"'s one option (CUDA graphs): torch.compile
         # takes a mode or options, not both.
         options: dict[str, Any] = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-        fn = torch.compile(engine.step, dynamic=False, fullgraph=True,
+        fn = torch.compile(own_step(engine), dynamic=False, fullgraph=True,
                            options={**options, "triton.cudagraphs": True} if cuda else options)
         kv_bucket = 0 if cuda or engine.ctx_len <= KV_BUCKET else KV_BUCKET
         self.steps = CompiledSteps(fn, engine.ctx_len, kv_bucket)
