@@ -22,7 +22,9 @@ COPY bench ./bench
 RUN pip install .
 COPY models ./models
 
-RUN useradd --uid 1000 --create-home specdec
+RUN useradd --uid 1000 --create-home specdec \
+    && mkdir -p /cache/compiled /cache/qpc && chown -R specdec /cache
+# (a named volume mounted there starts with these owners: docker-compose.yml's compile caches)
 USER specdec
 # Ports: verifier 50051, proposer 50052; Prometheus 9100 (verifier), 9101 (proposer).
 EXPOSE 50051 50052 9100 9101
