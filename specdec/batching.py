@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from specdec.engine import Engine
-from specdec.engine.contract import CompilesWhenIdle
+from specdec.engine.contract import CompilesInBackground, CompilesWhenIdle
 from specdec.types import StepTimings
 
 PREFILL, DECODE = "prefill", "decode"
@@ -218,6 +218,8 @@ class Batcher:
         return out
 
     def close(self) -> None:
+        if isinstance(self.engine, CompilesInBackground):   # no graphs for a closing engine
+            self.engine.stop_compiling()
         with self._cv:
             self._closed = True
             self._cv.notify()

@@ -381,3 +381,16 @@ def test_two_engines_of_one_shape_compute_with_their_own_weights(tiny, tmp_path_
         out = engine.run(np.array([[5]]), np.array([[0]]), np.array([0]), 1)
         np.testing.assert_allclose(out[0], reference_logits(reference, [5]), atol=ATOL)
         assert calls == {Specialization(1, 1, 1): 1}
+
+
+def test_a_closing_engine_builds_no_more_graphs(tiny, cache, monkeypatch):
+    from specdec.batching import Batcher
+
+    plain_inductor(monkeypatch)
+    path, _ = tiny
+    engine = TorchEngine(EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48, full_batch_size=4,
+                                      compile="on", compile_dir=cache), (1, 2, 3))
+    Batcher(engine).close()   # as a service's backend closes, seconds into the first graph
+    assert engine.wait_compiled(600)
+    assert len(engine.compiler.built) <= 1 < len(engine.compiler.planned)
+    assert "compiling stopped" in engine.compiler.outcome

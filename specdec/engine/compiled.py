@@ -134,6 +134,7 @@ class StepCompiler:
     done: threading.Event = field(default_factory=threading.Event)
     outcome: str = ""                         # what the compile came to, for logs and Info
     _owner: int | None = None                 # the thread that compiles (on_engine_thread)
+    _stopped: bool = False                    # stop(): build no more
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _callbacks: list[Callable[[], None]] = field(default_factory=list)
     _pool: ConstantPool = field(default_factory=ConstantPool)
@@ -211,6 +212,10 @@ class StepCompiler:
                 return
         callback()
 
+    def stop(self) -> None:
+        """Build no more graphs; the one being built (if any) finishes first."""
+        self._stopped = True
+
     def _compile_all(self) -> None:
         while self._compile_next():
             pass
@@ -224,6 +229,10 @@ class StepCompiler:
     def _compile_next(self) -> bool:
         """Build the next specialization; False when there is none left (or compiling ended)."""
         if self.done.is_set():
+            return False
+        if self._stopped:
+            self._finish(f"compiling stopped after {len(self.built)} of {len(self.planned)} step "
+                         "specializations: the engine is closing")
             return False
         spec = self._next()
         if spec is None:

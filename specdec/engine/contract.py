@@ -87,3 +87,7 @@ class CompilesInBackground(Protocol):
     def when_compiled(self, callback: Callable[[], None]) -> None:
         """callback() once compiling has ended (at once if it has), from any thread."""
         ...
+
+    def stop_compiling(self) -> None:
+        """Build no more graphs (the one being built finishes): its owner is closing."""
+        ...

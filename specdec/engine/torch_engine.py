@@ -115,6 +115,11 @@ class TorchEngine:
         else:
             self.compiler.when_done(callback)
 
+    def stop_compiling(self) -> None:
+        """contract.CompilesInBackground: build no more graphs (the Batcher is closing)."""
+        if self.compiler is not None:
+            self.compiler.stop()
+
     def compile_on(self, thread_id: int) -> None:
         """contract.CompilesWhenIdle: the thread that runs this engine compiles it where the
         graphs must be recorded on it (CUDA)."""
