@@ -57,6 +57,7 @@ from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.metrics import BatchMetrics, batch_metrics
 from specdec.sampling import SamplingParams
+from specdec_rpc.server import COMPILED_PREFIX
 
 BENCH_PROMPTS = DEFAULT_PROMPTS + [
     "class Stack:\n    def __init__(self):\n",
@@ -146,7 +147,7 @@ def start_verifier(args: argparse.Namespace, flags: list[str], turbo: bool = Fal
                    wait: bool = True) -> ServiceProcess:
     extra = ["--speculative-model-type", "turbo"] if turbo else []
     return start_service("verifier", "verifier_service", ["--model", args.target_model, *flags, *extra],
-                         wait=wait)
+                         wait=wait, wait_for=COMPILED_PREFIX)
 
 
 def start_proposer(args: argparse.Namespace, flags: list[str], method: str, pre_draft_branches: int = 0,
@@ -154,7 +155,8 @@ def start_proposer(args: argparse.Namespace, flags: list[str], method: str, pre_
     """method "ngram" (prompt lookup) or "draft" (pre-drafting this many branches; 0 = sequential)."""
     extra = ["--method", "ngram", "--max-ngram-size", str(args.max_ngram_size)] if method == "ngram" \
         else ["--method", "draft", "--model", args.draft_model, "--pre-draft-branches", str(pre_draft_branches)]
-    return start_service("proposer", "proposer_service", [*extra, *flags], wait=wait)
+    return start_service("proposer", "proposer_service", [*extra, *flags], wait=wait,
+                         wait_for=COMPILED_PREFIX)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -24,6 +24,7 @@ from client.cli_common import load_tokenizer
 from client.launcher import start_service
 from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.windows import parse_sizes
+from specdec_rpc.server import COMPILED_PREFIX
 
 
 async def generate_concurrently(verifier: str, proposer: str | None, prompts: list[list[int]],
@@ -57,9 +58,11 @@ def measure(target: str, draft: str, prompts: list[list[int]], config: Generatio
     for mode in ("on", "off"):
         services = [
             start_service("verifier", "verifier_service",
-                          ["--model", target, "--batching", mode, *flags, *verifier_flags], wait=False),
+                          ["--model", target, "--batching", mode, *flags, *verifier_flags], wait=False,
+                          wait_for=COMPILED_PREFIX),
             start_service("proposer", "proposer_service",
-                          ["--method", "draft", "--model", draft, "--batching", mode, *flags], wait=False),
+                          ["--method", "draft", "--model", draft, "--batching", mode, *flags], wait=False,
+                          wait_for=COMPILED_PREFIX),
         ]
         try:
             for svc in services:

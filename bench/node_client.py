@@ -25,6 +25,7 @@ from client.cli_common import load_tokenizer
 from client.launcher import start_service
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig
+from specdec_rpc.server import COMPILED_PREFIX
 
 NODE_CLIENT = Path(__file__).resolve().parent.parent / "examples" / "node" / "generate.mjs"
 
@@ -94,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
              "--max-k", str(args.k)]
     target = ["--model", args.target_model, *flags]
     services = [start_service("verifier", "verifier_service", target + (
-        ["--speculative-model-type", "turbo"] if args.method == "turbo" else []))]
+        ["--speculative-model-type", "turbo"] if args.method == "turbo" else []), wait_for=COMPILED_PREFIX)]
     if args.method != "turbo":
         model = ["--model", args.draft_model] if args.method == "draft" else []
         services.append(start_service("proposer", "proposer_service",
-                                      ["--method", args.method, *model, *flags]))
+                                      ["--method", args.method, *model, *flags], wait_for=COMPILED_PREFIX))
     try:
         figures = asyncio.run(compare(node, services[0].address,
                                       services[1].address if len(services) > 1 else None,

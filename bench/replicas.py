@@ -28,6 +28,7 @@ from client.cli_common import load_tokenizer
 from client.launcher import start_service
 from specdec.generation import GenerationConfig
 from specdec.windows import parse_sizes
+from specdec_rpc.server import COMPILED_PREFIX
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     table: dict[int, float] = {}
     for n in args.replicas:
         services = [start_service(f"verifier-{i}", "verifier_service",
-                                  [*flags, "--device-group", str(core)])
+                                  [*flags, "--device-group", str(core)], wait_for=COMPILED_PREFIX)
                     for i, core in zip(range(n), cores)]
         try:
             target = ",".join(s.address for s in services)

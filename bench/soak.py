@@ -33,6 +33,7 @@ from client.launcher import ServiceProcess, start_service
 from client.links import ServiceError
 from specdec.generation import GenerationConfig
 from specdec_rpc.healthcheck import check
+from specdec_rpc.server import COMPILED_PREFIX
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
@@ -237,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
              "--max-k", str(args.k), "--metrics-port", "0", "--max-queue", str(args.sessions),
              "--queue-timeout", "60"]
     verifier = start_service("verifier", "verifier_service", ["--model", args.target_model, *flags],
-                             echo_stderr=args.service_logs)
+                             echo_stderr=args.service_logs, wait_for=COMPILED_PREFIX)
     proposer = start_service("proposer", "proposer_service",
                              ["--method", "draft", "--model", args.draft_model, *flags],
-                             echo_stderr=args.service_logs)
+                             echo_stderr=args.service_logs, wait_for=COMPILED_PREFIX)
     try:
         print(f"soak: {args.sessions} sessions ({args.hostile_fraction:.0%} hostile) for "
               f"{args.minutes:g} min", file=sys.stderr)

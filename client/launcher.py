@@ -106,7 +106,8 @@ class ServiceProcess:
 def start_service(name: str, module: str, args: list[str], timeout_s: float = QUIET_TIMEOUT_S,
                   echo_stderr: bool = False, port: int = 0, wait_for: str = READY_PREFIX,
                   env: dict[str, str] | None = None, wait: bool = True) -> ServiceProcess:
-    """wait_for: READY_PREFIX (model loaded, SERVING) or LISTENING_PREFIX (bound, loading).
+    """wait_for: READY_PREFIX (model loaded, SERVING), LISTENING_PREFIX (bound, loading) or
+    COMPILED_PREFIX (ready, and its step graphs built: what a benchmark times).
     timeout_s: the longest start-up may go without a line of output (stdout or stderr).
     wait=False returns at once; call `svc.wait_ready()` later (services then load and compile
     side by side, each on its own cores)."""
@@ -146,6 +147,8 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = QU
             elif prefix == COMPILED_PREFIX:
                 svc.compiled_at = now
                 svc.compiled.set()
+                if prefix == wait_for:
+                    ready.set()
 
     threading.Thread(target=read_stdout, daemon=True).start()
     svc.ready, svc.cmd = ready, cmd
