@@ -3,9 +3,11 @@
     python -m client.prompt_lookup --target-model-name models/target --num-speculative-tokens 0,3
 
 The n-gram search runs in a proposer service (`--method ngram`), or inside the client with
---local-proposer (no proposer round trip). --num-speculative-tokens takes a comma list, as
-QEfficient's multi-K does: the verify window sizes (compiled specializations on Cloud AI 100,
-any size on torch); each step uses the smallest that holds its draft, and the largest is k.
+--local-proposer (no proposer round trip). `--method suffix` looks up suffix decoding's tries
+instead: this session's sequence and those of the sessions the proposer finished before.
+--num-speculative-tokens takes a comma list, as QEfficient's multi-K does: the verify window
+sizes (compiled specializations on Cloud AI 100, any size on torch); each step uses the
+smallest that holds its draft, and the largest is k.
 `--num-speculative-tokens auto` picks k each step (the verifier's default window sizes).
 """
 
@@ -24,11 +26,13 @@ from client.cli_common import (
     run_cli,
     sampling_params,
 )
-from proposer_service.config import ProposerServiceConfig
+from proposer_service.config import ProposerServiceConfig, check_suffix_args, suffix_options
 from specdec.build import build_proposer
 from specdec.config import EngineConfig
 from specdec.flags import add_flag, to_argv
 from specdec.generation import GenerationConfig
+from specdec.proposers.ngram import NgramProposer
+from specdec.proposers.suffix import SuffixProposer
 from specdec.windows import parse_sizes
 from specdec_rpc.service_cli import ServiceOptions
 from verifier_service.config import VerifierServiceConfig
@@ -49,10 +53,16 @@ def parser() -> argparse.ArgumentParser:
                    help="verify window sizes, e.g. 0,3; the largest is k; auto = each step picks "
                         f"the k in 0..max k with the most expected tokens per second (max k "
                         f"{AUTO_MAX_K} in services started here) (default: 3)")
+    p.add_argument("--method", choices=(NgramProposer.method, SuffixProposer.method),
+                   default=NgramProposer.method,
+                   help="the lookup: `ngram` (prompt lookup) or `suffix` (suffix decoding) "
+                        "(default: ngram)")
     add_flag(p, ProposerServiceConfig, "max_ngram_size")
+    for field in ("suffix_cache_requests", "max_spec_factor", "min_token_prob"):
+        add_flag(p, ProposerServiceConfig, field)
     add_flag(p, ServiceOptions, "device_group", prefix="verifier: ")
     p.add_argument("--local-proposer", action="store_true",
-                   help="run the n-gram search inside the client, without a proposer service")
+                   help="run the lookup (--method) inside the client, without a proposer service")
     add_common_args(p, prefill_seq_len=256, ctx_len=1024)
     return p
 
@@ -62,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_ngram_size < 1:
         p.error("--max-ngram-size must be >= 1")
+    check_suffix_args(p, args)
     return args
 
 
@@ -78,12 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     if k and args.local_proposer:
         sessions = EngineConfig(args.target_model_name, ctx_len=args.ctx_len,
                                 full_batch_size=concurrency(args))
-        local = build_proposer("ngram", sessions, k, args.max_ngram_size)
+        local = build_proposer(args.method, sessions, k, args.max_ngram_size,
+                               suffix=suffix_options(args))
     elif k:
         services["proposer"] = ServiceSpec(
             "proposer", "proposer_service",
-            [*to_argv(ProposerServiceConfig, "method", "ngram"),
+            [*to_argv(ProposerServiceConfig, "method", args.method),
              *to_argv(ProposerServiceConfig, "max_ngram_size", args.max_ngram_size),
+             *(a for field in ("suffix_cache_requests", "max_spec_factor", "min_token_prob")
+               for a in to_argv(ProposerServiceConfig, field, getattr(args, field))),
              *to_argv(ProposerServiceConfig, "max_k", k),
              *to_argv(EngineConfig, "ctx_len", args.ctx_len),
              *to_argv(EngineConfig, "full_batch_size", concurrency(args))])

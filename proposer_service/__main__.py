@@ -1,4 +1,4 @@
-"""python -m proposer_service --method draft --model PATH | --method ngram [flags]
+"""python -m proposer_service --method draft --model PATH | --method ngram | --method suffix [flags]
 (flags also as SPECDEC_* variables)"""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-from proposer_service.config import ProposerServiceConfig, from_args
+from proposer_service.config import ProposerServiceConfig, from_args, suffix_options
 from proposer_service.servicer import ProposerServicer
 from specdec.build import build_proposer
 from specdec.proposers.base import Proposer
@@ -30,7 +30,7 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
         check_model(e.model)
     proposer = build_proposer(cfg.method, e, cfg.max_k, cfg.max_ngram_size, cfg.executor,
                               cfg.batching, cfg.admission, cfg.qaic,
-                              pre_draft_branches=cfg.pre_draft_branches)
+                              pre_draft_branches=cfg.pre_draft_branches, suffix=suffix_options(cfg))
     asyncio.run(warm_up_proposer(proposer))  # on the load thread: a loop of its own
     executor = cfg.executor if proposer.engine else "none"
     return proposer, model_info(proposer.engine, e, proposer.fingerprint, cfg.max_k, cfg.method,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from specdec.config import EngineConfig, QaicOptions
 from specdec.flags import flag, values
+from specdec.proposers.suffix import DEFAULT_CACHE_REQUESTS, SuffixOptions, SuffixProposer
+from specdec.proposers.suffix_trie import SpecParams
 from specdec.slots import Admission
 from specdec_rpc.server import ServerConfig
 from specdec_rpc.service_cli import ServiceOptions, add_service_args, held_configs, parse_with_env
@@ -35,14 +37,23 @@ DEFAULT_PRE_DRAFT_BRANCHES = 8
 
 @dataclass(frozen=True, kw_only=True)
 class ProposerServiceConfig(ServiceOptions):
-    method: str = flag("draft", choices=("draft", "ngram", "turbo"),
-                       help="`draft` (a small draft model) or `ngram` (prompt lookup); `turbo` "
-                            "explains that the heads run in the verifier")
+    method: str = flag("draft", choices=("draft", "ngram", SuffixProposer.method, "turbo"),
+                       help="`draft` (a small draft model), `ngram` (prompt lookup) or `suffix` "
+                            "(suffix decoding: this session's and finished sessions' sequences); "
+                            "`turbo` explains that the heads run in the verifier")
     engine: EngineConfig            # draft: the draft model; ngram: only ctx_len and sessions
     server: ServerConfig
     admission: Admission
     sessions: SessionPolicy
     max_ngram_size: int = flag(3, help="`ngram`: longest n-gram matched")
+    suffix_cache_requests: int = flag(
+        DEFAULT_CACHE_REQUESTS, help="`suffix`: finished sessions whose sequences the global cache "
+                                     "keeps (the least recently finished leave first); `0` = none")
+    max_spec_factor: float = flag(SpecParams.max_spec_factor,
+                                  help="`suffix`: draft at most this many tokens per matched token")
+    min_token_prob: float = flag(SpecParams.min_token_prob,
+                                 help="`suffix`: stop a draft where its estimated probability "
+                                      "(from the counts) falls below this")
     pre_draft_branches: int = flag(
         DEFAULT_PRE_DRAFT_BRANCHES, help="`draft`: after answering, draft the next round for this many likely "
                 "verification outcomes while the verifier works, shared by the open sessions "
@@ -70,4 +81,20 @@ def from_args(argv: list[str] | None = None) -> ProposerServiceConfig:
         p.error("--max-ngram-size must be >= 1")
     if args.pre_draft_branches < 0:
         p.error("--pre-draft-branches must be >= 0")
+    check_suffix_args(p, args)
     return ProposerServiceConfig(**values(ProposerServiceConfig, args), **held_configs(args))
+
+
+def check_suffix_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The suffix flags' ranges (the service's and the prompt-lookup client's)."""
+    if args.suffix_cache_requests < 0:
+        p.error("--suffix-cache-requests must be >= 0")
+    if args.max_spec_factor <= 0:
+        p.error("--max-spec-factor must be > 0")
+    if not 0 <= args.min_token_prob <= 1:
+        p.error("--min-token-prob must be in 0..1")
+
+
+def suffix_options(cfg: ProposerServiceConfig | argparse.Namespace) -> SuffixOptions:
+    """From the service's config, or a client's parsed flags of the same names."""
+    return SuffixOptions(cfg.suffix_cache_requests, SpecParams(cfg.max_spec_factor, cfg.min_token_prob))

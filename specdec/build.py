@@ -11,12 +11,14 @@ from specdec.engine import Engine
 from specdec.proposers.base import Proposer
 from specdec.proposers.draft_model import DraftModelProposer
 from specdec.proposers.ngram import NgramProposer
+from specdec.proposers.suffix import SuffixOptions, SuffixProposer
 from specdec.slots import Admission
 from specdec.tokenizer_fingerprint import tokenizer_fingerprint
 from specdec.verifier import TargetVerifier
 
 EXECUTORS = ("torch", "qaic")
-PROPOSER_METHODS = ("draft", "ngram")  # Turbo heads run inside the verifier (build_verifier)
+# Turbo heads run inside the verifier (build_verifier)
+PROPOSER_METHODS = ("draft", NgramProposer.method, SuffixProposer.method)
 
 
 def build_engine(config: EngineConfig, executor: str = "torch", tlm: bool = False,
@@ -77,12 +79,16 @@ def build_draft_proposer(config: EngineConfig, max_k: int, executor: str = "torc
 def build_proposer(method: str, config: EngineConfig, max_k: int, max_ngram_size: int = 3,
                    executor: str = "torch", batching: bool = True,
                    admission: Admission = Admission(), qaic: Any = None, qaic_backend: Any = None,
-                   pre_draft_branches: int = 0) -> Proposer:
+                   pre_draft_branches: int = 0,
+                   suffix: SuffixOptions = SuffixOptions()) -> Proposer:
     """The proposer a service, a client's local mode or a benchmark hosts. draft: a model from
-    config.model; ngram: no model, config gives only ctx_len and full_batch_size (sessions)."""
-    if method == "ngram":
+    config.model; ngram, suffix: no model, config gives only ctx_len and full_batch_size
+    (sessions)."""
+    if method == NgramProposer.method:
         return NgramProposer(max_k, max_ngram_size, config.ctx_len, config.full_batch_size,
                              admission)
+    if method == SuffixProposer.method:
+        return SuffixProposer(max_k, config.ctx_len, config.full_batch_size, suffix, admission)
     if method == "draft":
         return build_draft_proposer(config, max_k, executor, batching, admission, qaic,
                                     qaic_backend, pre_draft_branches)

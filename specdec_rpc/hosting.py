@@ -11,6 +11,7 @@ import grpc
 
 from specdec.backend import Backend
 from specdec.engine.contract import CompilesInBackground
+from specdec.proposers.suffix import SuffixProposer
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.server import COMPILED_PREFIX, Lifecycle, ServerConfig, serve
 from specdec_rpc.sessions import AttachedBackend, SessionPolicy, SessionRunner
@@ -37,6 +38,8 @@ async def host_backend(server: ServerConfig, name: str, service_name: str,
         backend, info = build()
         servicer.attach(backend, info)
         metrics.track_pool(lambda: backend.pool.in_use, lambda: backend.pool.waiting)
+        if isinstance(backend, SuffixProposer):
+            metrics.track_suffix(backend.stats)
 
     def close() -> None:
         servicer.backend.close()

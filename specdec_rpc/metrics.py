@@ -13,10 +13,13 @@ PromQL (rate windows to taste):
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from specdec.proposers.suffix import SuffixStats
 from specdec_rpc.v1 import specdec_pb2 as pb
 
 K_BUCKETS = tuple(range(17))  # draft lengths asked for: one bucket per k up to 16
@@ -58,6 +61,9 @@ class ServiceMetrics:
         self.requested_k = Histogram("specdec_requested_k", "k asked for per proposer step (the "
                                      "client's choice; adaptive with --num-speculative-tokens auto)",
                                      buckets=K_BUCKETS, registry=r)
+        self.draft_length = Histogram("specdec_draft_length", "tokens proposed per proposer step "
+                                      "(a suffix proposer sizes each draft from its match)",
+                                      buckets=K_BUCKETS, registry=r)
 
     def track_pool(self, in_use: Callable[[], int], waiting: Callable[[], int]) -> None:
         self.slots_in_use.set_function(in_use)
@@ -89,6 +95,11 @@ class ServiceMetrics:
         self.proposed.inc(len(reply.draft_tokens))
         self.pre_drafted.inc(reply.pre_drafted)
         self.requested_k.observe(request.k)
+        self.draft_length.observe(len(reply.draft_tokens))
+
+    def track_suffix(self, stats: Callable[[], SuffixStats]) -> None:
+        """A suffix proposer's cache hits and global cache size, read at each scrape."""
+        self.registry.register(SuffixCollector(stats))
 
     def _child(self, metric: Counter | Histogram, label: str) -> Any:
         """metric.labels(label), made once per (metric, label)."""
@@ -102,3 +113,25 @@ class ServiceMetrics:
         """Start the /metrics HTTP endpoint; returns the bound port (0 picks a free one)."""
         server, _ = start_http_server(port, addr=host, registry=self.registry)
         return server.server_address[1]
+
+
+class SuffixCollector(Collector):
+    """Counts the proposer keeps itself (no per-step hook needed), as Prometheus families."""
+
+    def __init__(self, stats: Callable[[], SuffixStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats()
+        drafts = CounterMetricFamily("specdec_suffix_drafts", "non-empty suffix drafts, by the trie "
+                                     "they came from (global = the finished sessions' cache: a hit)",
+                                     labels=["source"])
+        drafts.add_metric(["session"], s.session_drafts)
+        drafts.add_metric(["global"], s.global_drafts)
+        yield drafts
+        yield CounterMetricFamily("specdec_suffix_proposals", "suffix proposer steps that asked for "
+                                  "k > 0 tokens", value=s.proposals)
+        yield GaugeMetricFamily("specdec_suffix_cache_sequences", "finished sessions in the global "
+                                "suffix cache", value=s.cached_sequences)
+        yield GaugeMetricFamily("specdec_suffix_cache_tokens", "tokens of the finished sessions in "
+                                "the global suffix cache", value=s.cached_tokens)

@@ -15,7 +15,7 @@ class Proposer(Backend, Protocol):
     engine thread (specdec.batching), so a waiting session holds no thread. Sessions, their
     pool and close() as every Backend."""
 
-    method: str        # "draft", "ngram"
+    method: str        # "draft", "ngram", "suffix"
     fingerprint: str   # tokenizer fingerprint; "" = works with any tokenizer
     max_k: int
 

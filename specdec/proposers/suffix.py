@@ -1,0 +1,142 @@
+"""The suffix-decoding proposer (Arctic Inference's): no model, no device. Each session keeps a
+suffix trie over its own prompt + accepted output; the proposer keeps a global one over the
+sequences of finished sessions (SuffixCache). Each round both propose the most frequent
+continuation of the sequence's longest suffix match, sized from the match length; the one with
+the higher expected number of accepted tokens wins (Arctic's score). A session's tokens enter
+the global cache when it closes, never while it runs: a running session's own future is not
+evidence about itself.
+
+Sync is the n-gram proposer's (start + tokens into a TokenHistory); the trie grows by the
+appended tokens only, and is rebuilt only when a sync rewrites tokens it already held.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from specdec.errors import InvalidRequest
+from specdec.proposers.ngram import TokenHistory
+from specdec.proposers.suffix_cache import SuffixCache
+from specdec.proposers.suffix_trie import Candidate, SpecParams, SuffixTrie
+from specdec.sampling import SamplingParams
+from specdec.slots import Admission, SlotPool
+from specdec.types import Proposal, StepTimings
+
+METHOD = "suffix"
+# Longest suffix matched (Arctic's default max tree depth): longer matches rarely differ in
+# what they predict, and the tries hold up to this + max_k nodes per token.
+MAX_MATCH = 24
+# Memory bounds the cache, not speed: a trie node costs ~270 bytes and unique text takes up to
+# depth nodes per token (measured 8.5 KB per token at depth 32 on random tokens), so 100
+# finished 3,000-token sessions can hold ~2.5 GB. Arctic keeps 10,000 in compressed suffix
+# trees; compressing single-occurrence chains would let this grow the same way.
+DEFAULT_CACHE_REQUESTS = 100
+
+
+@dataclass(frozen=True)
+class SuffixOptions:
+    cache_requests: int = DEFAULT_CACHE_REQUESTS  # finished sessions the global cache holds
+    params: SpecParams = field(default_factory=SpecParams)
+
+
+@dataclass(frozen=True)
+class SuffixStats:
+    """Since the proposer started; the service exports them (specdec_suffix_* metrics)."""
+
+    proposals: int         # proposer steps that asked for k > 0 tokens
+    session_drafts: int    # ... answered from the session's own trie
+    global_drafts: int     # ... answered from the global cache: cache hits
+    cached_sequences: int  # finished sessions in the global cache
+    cached_tokens: int     # their tokens
+
+
+class SuffixSession:
+    def __init__(self, ctx_len: int, slot: int, depth: int) -> None:
+        self.history = TokenHistory(ctx_len, slot)
+        self.trie = SuffixTrie(depth)
+
+    @property
+    def slot(self) -> int:
+        return self.history.slot
+
+    def sync(self, start: int, tokens: list[int]) -> None:
+        old = self.history.length
+        overlap = max(0, min(old, start + len(tokens)) - start)
+        unchanged = self.history.buf[start:start + overlap].tolist() == tokens[:overlap]
+        self.history.sync(start, tokens)  # validates start and ctx_len
+        if unchanged and self.history.length >= old:
+            self.trie.extend(tokens[old - start:])
+        else:  # a rewrite of held tokens (a client resending from an earlier start): rare
+            self.trie = SuffixTrie(self.trie.depth)
+            self.trie.extend(self.history.view().tolist())
+
+
+class SuffixProposer:
+    method = METHOD
+    fingerprint = ""  # proposals are ids taken from sequences of this same service: any tokenizer
+    engine = None     # no model
+
+    def __init__(self, max_k: int, ctx_len: int, sessions: int,
+                 options: SuffixOptions = SuffixOptions(),
+                 admission: Admission = Admission()) -> None:
+        if options.params.max_spec_factor <= 0:
+            raise ValueError("max_spec_factor must be > 0")
+        if not 0 <= options.params.min_token_prob <= 1:
+            raise ValueError("min_token_prob must be in 0..1")
+        self.max_k = max_k
+        self.ctx_len = ctx_len
+        self.params = options.params
+        self.depth = MAX_MATCH + max(max_k, 1)  # a full-length match still has k tokens below it
+        # Shared by every session. Safe without a lock: sessions are coroutines on one event
+        # loop, and neither propose nor close_session awaits between reading and updating it.
+        self.cache = SuffixCache(options.cache_requests, self.depth)
+        self.pool = SlotPool(sessions, admission)  # bounds memory: one trie per open session
+        self.proposals = self.session_drafts = self.global_drafts = 0
+
+    def stats(self) -> SuffixStats:
+        return SuffixStats(self.proposals, self.session_drafts, self.global_drafts,
+                           len(self.cache), self.cache.tokens)
+
+    async def open_session(self) -> SuffixSession:
+        return SuffixSession(self.ctx_len, await self.pool.acquire(), self.depth)
+
+    async def close_session(self, session: SuffixSession) -> None:
+        self.cache.add(session.history.view().tolist())
+        self.pool.release(session.slot)
+
+    def close(self) -> None:
+        """No engine to free."""
+
+    async def after_reply(self, session: SuffixSession) -> None:
+        """Nothing to pre-draft: a lookup costs microseconds."""
+
+    async def propose(self, session: SuffixSession, start: int, tokens: list[int], k: int,
+                      sampling: SamplingParams = SamplingParams(), top_m: int = 0,
+                      return_branches: bool = False) -> Proposal:
+        """Deterministic drafts whatever the sampling, as the n-gram proposer's: the point-mass
+        case of the rejection rule, so lossless for sampling too. No branches."""
+        t0 = time.perf_counter_ns()
+        if not 0 <= k <= self.max_k:
+            raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
+        session.sync(start, tokens)
+        draft: list[int] = []
+        if k:
+            context = session.history.view()[-MAX_MATCH:].tolist()
+            best = choose(session.trie.propose(context, MAX_MATCH, k, self.params),
+                          self.cache.trie.propose(context, MAX_MATCH, k, self.params))
+            draft = best[0].tokens
+            self.proposals += 1
+            if draft and best[1]:
+                self.global_drafts += 1
+            elif draft:
+                self.session_drafts += 1
+        elapsed = time.perf_counter_ns() - t0
+        return Proposal(draft, session.history.length,
+                        StepTimings(forward_ns=elapsed, total_ns=elapsed))
+
+
+def choose(local: Candidate, cached: Candidate) -> tuple[Candidate, bool]:
+    """The candidate with the higher score, and whether it is the global cache's; the session's
+    own on a tie (its context is the more specific evidence)."""
+    return (cached, True) if cached.score > local.score else (local, False)
