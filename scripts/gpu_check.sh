@@ -52,7 +52,7 @@ stage tests "$PYTHON" -m pytest -q tests/test_torch_engine.py tests/test_compile
   tests/test_lossless_grpc.py
 # The published families (Llama-3.2, TinyLlama, Qwen2.5, Qwen3, Mistral; shrunk): lossless over
 # gRPC, eager and compiled, long contexts, sliding windows, and bfloat16 against transformers'.
-stage families "$PYTHON" -m pytest -q tests/test_families.py
+SPECDEC_FAMILIES_COMPILED=all stage families "$PYTHON" -m pytest -q tests/test_families.py
 # The Llama-3.2-1B shape (4 layers) in the checkpoint's bfloat16 (--dtype auto on CUDA): start-up,
 # peak memory, target-only and draft == target against transformers, TTFT of 1,500 tokens.
 stage scale "$PYTHON" -m bench.scale --family llama-3.2-1b --layers 4 --device cuda:0 \
