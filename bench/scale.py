@@ -23,9 +23,8 @@ proposer pre-drafting off. Measured:
   TTFT          a --long-prompt-tokens prompt at --ctx-len 2048 --prefill-seq-len 256,
                 target-only over gRPC / one transformers forward over it (its prefill)
 
-A service that prints no compiled line (one that compiles before it is ready) has its compiled
-time reported as null after scale_passes.COMPILED_QUIET_S without output (eager: its ready
-time). Transformers run in this process on --device, with torch's own thread count. Writes
+"Compiled" is when a service printed its compiled line (eager: just after ready).
+Transformers run in this process on --device, with torch's own thread count. Writes
 --out as JSON ("figures": every number; "identical_tokens"; "setup") and prints a markdown
 table. Exit status 1 when speculation's tokens differ from target-only's.
 """

@@ -17,11 +17,6 @@ from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.metrics import BatchMetrics, generation_metrics
 
 K = 4                   # drafts per round of the speculative row
-# How long a service may go without output before its compiled line is given up on (compiled
-# null; a service that compiles before it is ready prints none): a compile logs each step graph
-# as it finishes, and inductor's slowest graph here takes well under this. Eager, the line comes
-# at once where it comes at all.
-COMPILED_QUIET_S = {"on": 120.0, "auto": 120.0, "off": 2.0}
 T0 = time.monotonic()
 
 
@@ -33,7 +28,7 @@ def say(msg: str) -> None:
 class Pass:
     """One set of services' figures. startup: per start, service -> (ready s, compiled s)."""
 
-    startup: list[dict[str, tuple[float, float | None]]]
+    startup: list[dict[str, tuple[float, float]]]
     peak_rss_mb: dict[str, float]                 # the services that served the rows
     first_peak_rss_mb: dict[str, float]           # the first start's (compiling), after compiled
     target_only: tuple[list[GenerationRecord], BatchMetrics]
@@ -51,15 +46,13 @@ def peak_rss_mb(pid: int) -> float:
 
 def start_pair(args: argparse.Namespace, compile_dir: Path) -> list[ServiceProcess]:
     """A verifier and a draft == target proposer, started side by side (each on its own cores),
-    once both are ready and compiled (or given up on, see COMPILED_QUIET_S)."""
+    once both have printed their compiled line (start_verifier/start_proposer wait for it)."""
     _, v_flags, p_flags = service_flags(args, K, [0, K])
     extra = ["--compile-dir", str(compile_dir)]
     services = [start_verifier(args, [*v_flags, *extra], wait=False),
                 start_proposer(args, [*p_flags, *extra], "draft", pre_draft_branches=0, wait=False)]
     try:
         wait_all_ready(services)
-        for svc in services:
-            svc.wait_compiled(COMPILED_QUIET_S[args.compile])
     except BaseException:
         for svc in services:
             svc.stop()
@@ -67,14 +60,10 @@ def start_pair(args: argparse.Namespace, compile_dir: Path) -> list[ServiceProce
     return services
 
 
-def startup_s(svc: ServiceProcess, compile_: str) -> tuple[float, float | None]:
-    """(ready, compiled) seconds after the process started; compiled None when the line never
-    came, except eager, where nothing compiles after ready."""
-    assert svc.ready_at is not None  # started by start_pair
-    ready = svc.ready_at - svc.started_at
-    if svc.compiled_at is not None:
-        return ready, svc.compiled_at - svc.started_at
-    return ready, ready if compile_ == "off" else None
+def startup_s(svc: ServiceProcess) -> tuple[float, float]:
+    """(ready, compiled) seconds after the process started."""
+    assert svc.ready_at is not None and svc.compiled_at is not None  # start_pair waited for both
+    return svc.ready_at - svc.started_at, svc.compiled_at - svc.started_at
 
 
 def run_pass(args: argparse.Namespace, compile_dir: Path, starts: int, prompts: list[list[int]],
@@ -84,9 +73,8 @@ def run_pass(args: argparse.Namespace, compile_dir: Path, starts: int, prompts: 
     for i in range(starts):
         say(f"--compile {args.compile}: start {i + 1} of {starts}")
         services = start_pair(args, compile_dir)
-        startup.append({s.name: startup_s(s, args.compile) for s in services})
-        say("  " + ", ".join(f"{n} ready {r:.1f}s, compiled " + (f"{c:.1f}s" if c is not None else "n/a")
-                             for n, (r, c) in startup[-1].items()))
+        startup.append({s.name: startup_s(s) for s in services})
+        say("  " + ", ".join(f"{n} ready {r:.1f}s, compiled {c:.1f}s" for n, (r, c) in startup[-1].items()))
         if i < starts - 1:
             first_rss = {s.name: peak_rss_mb(s.proc.pid) for s in services}
             for svc in services:

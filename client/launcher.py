@@ -6,10 +6,10 @@ fails when the service exits first, or goes `timeout_s` without a line of output
 compiling many step specializations logs each one, so a long start-up that makes progress is
 never cut short, and a hung one still fails. A service that cannot start as asked (a model
 that is not there) prints one line "error: ..." and exits: start-up then fails with that line,
-which the launcher does not echo, so that its caller reports it once. A service that compiles
-its step graphs after it is ready prints "specdec-compiled HOST:PORT" when they are done (or
-skipped); waiting for that is optional (`ServiceProcess.wait_compiled`), and the times of both
-lines are kept.
+which the launcher does not echo, so that its caller reports it once. After ready, a service
+prints "specdec-compiled HOST:PORT" once the step graphs it builds in the background are done
+(at once where it builds none); a caller waits for it at start (`wait_for=COMPILED_PREFIX`) or
+later (`ServiceProcess.wait_compiled`), and the times of both lines are kept.
 """
 
 from __future__ import annotations
@@ -72,8 +72,7 @@ class ServiceProcess:
 
     def wait_compiled(self, timeout_s: float) -> bool:
         """Block until the service printed its compiled line: True; False when it exits, or
-        goes `timeout_s` without a line of output, first (a service that compiles before it is
-        ready prints no such line, and says nothing more once ready)."""
+        goes `timeout_s` without a line of output (each graph it builds logs a line), first."""
         while not self.compiled.wait(0.1):
             if self.proc.poll() is not None or time.monotonic() - self.last_output > timeout_s:
                 return False

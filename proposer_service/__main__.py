@@ -15,7 +15,7 @@ from specdec.warm_up import warm_up_proposer
 from specdec_rpc.convert import model_info
 from specdec_rpc.hosting import host_backend
 from specdec_rpc.server import ServerConfig, run_service, setup_logging
-from specdec_rpc.service_cli import check_model, describe
+from specdec_rpc.service_cli import describe, local_model
 from specdec_rpc.sessions import SessionPolicy
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
@@ -26,10 +26,8 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Proposer"].full_name
 
 def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
     e = cfg.engine
-    if cfg.method == "draft":
-        check_model(e.model)
-    proposer = build_proposer(cfg.method, e, cfg.max_k, cfg.max_ngram_size, cfg.executor,
-                              cfg.batching, cfg.admission, cfg.qaic,
+    proposer = build_proposer(cfg.method, local_model(e) if cfg.method == "draft" else e, cfg.max_k,
+                              cfg.max_ngram_size, cfg.executor, cfg.batching, cfg.admission, cfg.qaic,
                               pre_draft_branches=cfg.pre_draft_branches, suffix=suffix_options(cfg))
     asyncio.run(warm_up_proposer(proposer))  # on the load thread: a loop of its own
     executor = cfg.executor if proposer.engine else "none"

@@ -107,14 +107,16 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
                         model=args.model or "", device=device or "cpu", cpu_cores=cores)
 
 
-def check_model(model: str) -> None:
-    """Find the model and read its config.json: one that is not there or not supported fails
-    here, in a second, rather than after the engine's imports (torch.compile's take seconds).
-    The first thing a service's load does; the engine then finds the same directory."""
+def local_model(engine: EngineConfig) -> EngineConfig:
+    """The config with its model found (a hub id fetched here, once) and its config.json read:
+    one that is not there or not supported fails here, in a second, rather than after the
+    engine's imports (torch.compile's take seconds). The first thing a service's load does."""
     from specdec.engine.checkpoint import read_config
     from specdec.engine.hub import resolve_model_path
 
-    read_config(resolve_model_path(model))
+    path = resolve_model_path(engine.model)
+    read_config(path)
+    return dataclasses.replace(engine, model=str(path))
 
 
 def qaic_options(args: argparse.Namespace) -> QaicOptions | None:

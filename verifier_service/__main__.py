@@ -12,7 +12,7 @@ from specdec.warm_up import warm_up_verifier
 from specdec_rpc.convert import model_info
 from specdec_rpc.hosting import host_backend
 from specdec_rpc.server import ServerConfig, run_service, setup_logging
-from specdec_rpc.service_cli import check_model, describe
+from specdec_rpc.service_cli import describe, local_model
 from specdec_rpc.sessions import SessionPolicy
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
@@ -24,8 +24,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Verifier"].full_name
 
 
 def build(cfg: VerifierServiceConfig) -> tuple[TargetVerifier, pb.ModelInfo]:
-    check_model(cfg.engine.model)
-    verifier = build_verifier(cfg.engine, cfg.window_sizes, cfg.executor, cfg.batching,
+    verifier = build_verifier(local_model(cfg.engine), cfg.window_sizes, cfg.executor, cfg.batching,
                               cfg.admission, cfg.qaic)
     asyncio.run(warm_up_verifier(verifier))  # on the load thread: a loop of its own, until done
     return verifier, model_info(verifier.engine, cfg.engine, verifier.fingerprint, verifier.max_k,

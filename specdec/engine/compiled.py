@@ -77,7 +77,8 @@ KV_BUCKET = 32
 
 # Inductor's registries (tiles, constants) are process-wide: graphs are built one at a time.
 _ONE_GRAPH_AT_A_TIME = threading.Lock()
-# Graphs of the one step function a process may hold (every engine's specializations).
+# Graphs dynamo may hold per step code object (one engine's specializations: own_step) and in
+# all (every engine's in the process); past its defaults (8, 256) it would fall back to eager.
 RECOMPILE_LIMIT = 1024
 
 
@@ -142,7 +143,7 @@ class StepCompiler:
 
     def __post_init__(self) -> None:
         engine = self.engine
-        cuda = str(engine.device).startswith("cuda")
+        self.cuda = cuda = str(engine.device).startswith("cuda")
         if self.cache_dir is not None:
             # Inductor reads its cache location from the environment; a restart with the same
             # directory (and torch, model shapes) loads the graphs instead of compiling them.
@@ -265,13 +266,11 @@ class StepCompiler:
         """Inductor's settings, the CPU tiles and this engine's constant pool, around one graph.
         One graph at a time in the process: the settings are process-wide (inductor's config,
         its tile and constant registries), and two engines may compile side by side."""
-        # torch's config patches are per thread: the compiling thread sets its own. Each
-        # specialization of each engine in the process is one entry in the compile cache of the
-        # same step function; dynamo would fall back to eager past its default limit (8).
+        # torch's config patches are per thread: the compiling thread sets its own.
         limits = torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
                                             accumulated_recompile_limit=RECOMPILE_LIMIT)
         with _ONE_GRAPH_AT_A_TIME, limits:
-            if str(self.engine.device).startswith("cuda"):
+            if self.cuda:
                 yield
                 return
             with small_gemm_tiles() as salt, shared_constants(self._pool), \
