@@ -48,7 +48,8 @@ class ProposerServiceConfig(ServiceOptions):
     max_ngram_size: int = flag(3, help="`ngram`: longest n-gram matched")
     suffix_cache_requests: int = flag(
         DEFAULT_CACHE_REQUESTS, help="`suffix`: finished sessions whose sequences the global cache "
-                                     "keeps (the least recently finished leave first); `0` = none")
+                                     "keeps (the least recently used leave first: finished, or drafted "
+                                     "from); `0` = none")
     max_spec_factor: float = flag(SpecParams.max_spec_factor,
                                   help="`suffix`: draft at most this many tokens per matched token")
     min_token_prob: float = flag(SpecParams.min_token_prob,

@@ -103,6 +103,46 @@ def test_cache_evicts_least_recently_added():
     assert len(off) == 0 and off.trie.children[ROOT] == {}
 
 
+def test_a_sequence_drafted_from_is_kept_over_a_newer_unused_one():
+    a, b, c = [1, 2, 3, 4], [5, 6, 7, 8], [10, 11, 12, 13]
+    cache = SuffixCache(2, depth=8)
+    cache.add(a)
+    cache.add(b)
+    used = cache.trie.propose([1, 2], 8, 2, LOOSE)
+    assert used.tokens == [3, 4]
+    cache.touch(used.node)  # a is now the most recently used: b leaves when c arrives
+    cache.add(c)
+    assert shape(cache.trie) == shape(trie_of(a, c))
+    # Without the touch, a (the oldest) would have left instead.
+    plain = SuffixCache(2, depth=8)
+    for s in (a, b, c):
+        plain.add(s)
+    assert shape(plain.trie) == shape(trie_of(b, c))
+
+
+def test_the_proposer_touches_the_cached_sequence_it_drafts_from():
+    proposer = SuffixProposer(max_k=2, ctx_len=64, sessions=1,
+                              options=SuffixOptions(cache_requests=3, params=LOOSE))
+    a, b, c = [30, 31, 32, 33], [40, 41, 42, 43], [50, 51, 52, 53]
+
+    async def finished(tokens: list[int], ask: list[int] | None = None) -> list[int]:
+        s = await proposer.open_session()
+        draft = (await proposer.propose(s, 0, ask or tokens, 2)).draft
+        await proposer.close_session(s)
+        return draft
+
+    async def go() -> list[int]:
+        await finished(a)
+        await finished(b)
+        drafted = await finished([30, 31], ask=[30, 31])  # drafts from a, then is cached
+        await finished(c)  # the fourth: evicts b, the least recently used, not a
+        return drafted
+
+    assert asyncio.run(go()) == [32, 33]
+    assert proposer.cache.trie.node_of([31, 32, 33]) is not None
+    assert proposer.cache.trie.node_of([41, 42]) is None
+
+
 def test_session_appends_equal_a_rebuild_and_rewrites_rebuild():
     tokens = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4]
     s = SuffixSession(64, 0, depth=6)

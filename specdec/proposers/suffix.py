@@ -129,6 +129,7 @@ class SuffixProposer:
             self.proposals += 1
             if draft and best[1]:
                 self.global_drafts += 1
+                self.cache.touch(best[0].node)
             elif draft:
                 self.session_drafts += 1
         elapsed = time.perf_counter_ns() - t0

@@ -1,6 +1,7 @@
 """The global suffix cache: one trie over the token sequences of finished sessions, bounded to
-the `capacity` most recently finished (the oldest is removed from the trie when one more
-arrives), so a proposer learns from the requests it has served in bounded memory."""
+`capacity` sequences, least recently used out, so a proposer learns from the requests it has
+served in bounded memory. A sequence is used when it is added and when a draft is taken from
+it: a task that keeps coming back keeps its place however many others pass through."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class SuffixCache:
         return len(self._sequences)
 
     def add(self, tokens: list[int]) -> None:
-        """A finished session's sequence; evicts the least recently added past capacity.
+        """A finished session's sequence; evicts the least recently used past capacity.
         O(depth) per token either way (add, evict), on the caller's thread. A sequence of one
         token has nothing that follows anything, so it is not kept (the service's warm-up
         session is one: it must not take a place in the cache)."""
@@ -31,9 +32,18 @@ class SuffixCache:
             return
         self._sequences[self._next_key] = tokens
         self._next_key += 1
-        self.trie.add_sequence(tokens)
+        self.trie.add_sequence(tokens, tag=self._next_key - 1)
         self.tokens += len(tokens)
         while len(self._sequences) > self.capacity:
             _, old = self._sequences.popitem(last=False)
             self.trie.remove_sequence(old)
             self.tokens -= len(old)
+
+    def touch(self, node: int) -> None:
+        """A draft was taken from the path ending at `node`: the sequence that last passed
+        through it becomes the most recently used. Approximate where several cached sequences
+        share the path (the newest of them is credited), and a no-op where that one has been
+        evicted since (the tag outlives it on nodes others still hold)."""
+        key = self.trie.tags[node]
+        if key in self._sequences:
+            self._sequences.move_to_end(key)

@@ -39,6 +39,7 @@ class Candidate:
     tokens: list[int]
     match_len: int
     score: float  # expected accepted tokens under the counts: the sum of path probabilities
+    node: int = ROOT  # where the draft's path ends: its tag names the sequence it came from
 
 
 NO_CANDIDATE = Candidate([], 0, 0.0)
@@ -51,6 +52,10 @@ class SuffixTrie:
         self.depth = depth
         self.children: list[dict[int, int]] = [{}]  # [node] token -> child node
         self.counts = array("q", [0])                # [node] occurrences of its substring
+        # [node] the tag of the last sequence appended through it: the global cache tags each
+        # sequence with its key, to know which one a draft used (SuffixCache.touch).
+        self.tags = array("q", [0])
+        self.tag = 0                                 # what append() writes to tags
         self._free: list[int] = []                   # ids of removed nodes, reused first
         # Nodes of the substrings that end at the last appended token, lengths 1..depth - 1:
         # the ones the next appended token extends.
@@ -61,6 +66,7 @@ class SuffixTrie:
             return self._free.pop()  # its dict is empty and its count 0 (see _drop)
         self.children.append({})
         self.counts.append(0)
+        self.tags.append(0)
         return len(self.counts) - 1
 
     def append(self, token: int) -> None:
@@ -72,6 +78,7 @@ class SuffixTrie:
             if child is None:
                 child = self.children[parent][token] = self._new_node()
             self.counts[child] += 1
+            self.tags[child] = self.tag
             if len(self._open) < self.depth - 1:
                 self._open.append(child)
 
@@ -83,7 +90,8 @@ class SuffixTrie:
         """The next append starts a new sequence: no substring spans the two."""
         self._open = []
 
-    def add_sequence(self, tokens: list[int]) -> None:
+    def add_sequence(self, tokens: list[int], tag: int = 0) -> None:
+        self.tag = tag
         self.end_sequence()
         self.extend(tokens)
         self.end_sequence()
@@ -156,4 +164,4 @@ class SuffixTrie:
             tokens.append(token)
             score += prob
             node = child
-        return Candidate(tokens, m, score) if tokens else NO_CANDIDATE
+        return Candidate(tokens, m, score, node) if tokens else NO_CANDIDATE
