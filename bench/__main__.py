@@ -152,8 +152,10 @@ def start_verifier(args: argparse.Namespace, flags: list[str], turbo: bool = Fal
 
 def start_proposer(args: argparse.Namespace, flags: list[str], method: str, pre_draft_branches: int = 0,
                    wait: bool = True) -> ServiceProcess:
-    """method "ngram" (prompt lookup) or "draft" (pre-drafting this many branches; 0 = sequential)."""
+    """method "ngram" (prompt lookup), "suffix" (suffix decoding, a fresh cache) or "draft"
+    (pre-drafting this many branches; 0 = sequential)."""
     extra = ["--method", "ngram", "--max-ngram-size", str(args.max_ngram_size)] if method == "ngram" \
+        else ["--method", "suffix"] if method == "suffix" \
         else ["--method", "draft", "--model", args.draft_model, "--pre-draft-branches", str(pre_draft_branches)]
     return start_service("proposer", "proposer_service", [*extra, *flags], wait=wait,
                          wait_for=COMPILED_PREFIX)

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -228,13 +228,16 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
         except (ServiceError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    report(args, tok, texts, prompts, records, baseline)
+    stats = getattr(local_proposer, "stats", None)  # a suffix proposer's cache hits and size
+    report(args, tok, texts, prompts, records, baseline,
+           asdict(stats()) if stats is not None else None)
     return 0
 
 
 def report(args: argparse.Namespace, tok: Any, texts: list[str], prompts: list[list[int]],
            records: list[GenerationRecord],
-           target_only: list[GenerationRecord] | None = None) -> None:
+           target_only: list[GenerationRecord] | None = None,
+           proposer_stats: dict | None = None) -> None:
     out = []
     for text, ids, rec in zip(texts, prompts, records):
         gen = tok.decode(rec.tokens, skip_special_tokens=True)
@@ -245,7 +248,10 @@ def report(args: argparse.Namespace, tok: Any, texts: list[str], prompts: list[l
                     "metrics": generation_metrics(rec).as_dict()})
     totals = batch_metrics(records)
     print("\n" + format_metrics(totals))
-    doc = {"prompts": out, "totals": totals.as_dict()}
+    doc: dict[str, Any] = {"prompts": out, "totals": totals.as_dict()}
+    if proposer_stats is not None:  # a proposer run in the client (--local-proposer)
+        print("Proposer: " + ", ".join(f"{k} = {v}" for k, v in proposer_stats.items()))
+        doc["proposer"] = proposer_stats
     if target_only is not None:
         print("\n" + format_comparison(records, target_only, args.temperature == 0))
         doc["target_only"] = {"generated_ids": [r.tokens for r in target_only],

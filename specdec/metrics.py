@@ -38,9 +38,19 @@ class GenerationMetrics:
     pre_draft_overlapped: int        # rounds whose draft the client took from a branch, verified
                                      # while the proposer drafted the next branches
     k_histogram: list[int]           # [k] rounds that asked for k drafts (varies with k auto)
+    draft_length_histogram: list[int]  # [n] rounds that verified n drafted tokens (a suffix or
+                                       # n-gram draft is often shorter than k, or empty)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def draft_lengths(drafted_at: list[int], rounds: int) -> list[int]:
+    """[n] rounds that verified exactly n drafted tokens, from drafted_at ([i] rounds whose
+    draft had a token i) and the number of rounds: 2 rounds of 2 drafts and 1 of none ->
+    drafted_at [2, 2], rounds 3 -> [1, 0, 2]."""
+    at = [rounds, *drafted_at, 0]
+    return [at[n] - at[n + 1] for n in range(len(at) - 1)]
 
 
 def _ratio(a: float, b: float) -> float:
@@ -71,6 +81,7 @@ def generation_metrics(rec: GenerationRecord) -> GenerationMetrics:
         pre_draft_hit_rate=_ratio(rec.pre_draft_hits, rec.proposals),
         pre_draft_overlapped=rec.pre_draft_overlapped,
         k_histogram=list(rec.k_histogram),
+        draft_length_histogram=draft_lengths(rec.drafted_at, rec.verify_steps),
     )
 
 
@@ -104,6 +115,7 @@ class BatchMetrics:
     pre_draft_hit_rate: float        # drafts answered from pre-drafted branches / proposals
     pre_draft_overlapped: int
     k_histogram: list[int]           # [k] rounds of all prompts that asked for k drafts
+    draft_length_histogram: list[int]  # [n] rounds of all prompts that verified n drafts
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +142,8 @@ def batch_metrics(records: list[GenerationRecord]) -> BatchMetrics:
                                   sum(r.proposals for r in records)),
         pre_draft_overlapped=sum(r.pre_draft_overlapped for r in records),
         k_histogram=add_histograms([r.k_histogram for r in records]),
+        draft_length_histogram=add_histograms([draft_lengths(r.drafted_at, r.verify_steps)
+                                               for r in records]),
     )
 
 
@@ -154,4 +168,6 @@ def format_metrics(m: BatchMetrics) -> str:
         f"Pre-drafted drafts used = {m.pre_draft_hits} (hit rate {m.pre_draft_hit_rate:.1%}; "
         f"{m.pre_draft_overlapped} verified alongside the next pre-draft)",
         "Rounds by k = " + " ".join(f"{k}:{n}" for k, n in enumerate(m.k_histogram) if n),
+        "Rounds by draft length = " + " ".join(
+            f"{k}:{n}" for k, n in enumerate(m.draft_length_histogram) if n),
     ])

@@ -96,5 +96,11 @@ def test_prompt_lookup_cli_with_suffix_local_and_service(tiny_pair, target_hf, t
                "--json", str(out), "--quiet-services", *extra]
         proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        item = json.loads(out.read_text())["prompts"][0]
+        doc = json.loads(out.read_text())
+        item = doc["prompts"][0]
         assert item["generated_ids"] == greedy_reference(target_hf, item["prompt_ids"], 16)
+        # Rounds by draft length add up to the rounds; the repeating prompt makes drafts.
+        lengths = doc["totals"]["draft_length_histogram"]
+        assert sum(lengths) == sum(doc["totals"]["k_histogram"]) and sum(lengths[1:]) > 0
+        if extra:  # the client's own proposer reports its cache in the JSON
+            assert doc["proposer"]["proposals"] > 0 and doc["proposer"]["cached_sequences"] >= 1

@@ -11,7 +11,7 @@ from specdec.acceptance import greedy_accept
 from specdec.config import EngineConfig, device_for_group
 from specdec.errors import InvalidRequest, OutOfSlots, PreconditionFailed
 from specdec.generation import GenerationRecord
-from specdec.metrics import batch_metrics, generation_metrics, union_length
+from specdec.metrics import batch_metrics, draft_lengths, generation_metrics, union_length
 from specdec.sequence import SlotSequence, common_prefix_len
 from specdec.slots import Admission, SlotPool
 from specdec.stopping import FinishReason, StopParams, cut_at_stop
@@ -134,6 +134,13 @@ def test_metrics_formulas():
     assert t.e2e_throughput == pytest.approx(16 / 5.0)
     assert t.mean_accepted_tokens == pytest.approx(14 / 8)
     assert t.avg_ttft_s == pytest.approx(1.0)
+    assert m.draft_length_histogram == [0, 0, 4] and t.draft_length_histogram == [0, 0, 8]
+
+
+def test_draft_lengths_from_drafts_verified_per_position():
+    # Rounds of 3, 1, 0 and 3 drafted tokens: 4 rounds had a draft token 0, 2 had token 1 and 2.
+    assert draft_lengths([3, 2, 2], 4) == [1, 1, 0, 2]
+    assert draft_lengths([], 5) == [5]      # target-only: every round verified none
 
 
 def test_config_validation():
