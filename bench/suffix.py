@@ -36,6 +36,7 @@ from bench.peers import hf_prompt_lookup, load_hf
 from bench.workload import WORKLOAD, Request, load
 from client.api import SpecDecClient
 from client.cli_common import load_tokenizer
+from client.prompt_lookup import DEFAULT_K
 from specdec.config import DTYPES
 from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.metrics import BatchMetrics
@@ -98,10 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--target-model", default="models/target")
     p.add_argument("--workload", type=Path, default=WORKLOAD,
                    help="the repeated workload: a JSON list of {kind, text, follow_up}")
-    p.add_argument("--ngram-k", type=int, default=3, help="prompt lookup's k (3)")
-    p.add_argument("--suffix-k", type=int, default=8,
+    p.add_argument("--ngram-k", type=int, default=DEFAULT_K["ngram"],
+                   help=f"prompt lookup's k ({DEFAULT_K['ngram']}, the client's default)")
+    p.add_argument("--suffix-k", type=int, default=DEFAULT_K["suffix"],
                    help="suffix decoding's k, an upper bound: its drafts are sized from the "
-                        "match (8)")
+                        f"match ({DEFAULT_K['suffix']}, the client's default)")
     p.add_argument("--max-ngram-size", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--ctx-len", type=int, default=512)

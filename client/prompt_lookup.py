@@ -37,6 +37,10 @@ from specdec.windows import parse_sizes
 from specdec_rpc.service_cli import ServiceOptions
 from verifier_service.config import VerifierServiceConfig
 
+# k by method: prompt lookup drafts k tokens whenever an n-gram matches, so a small k; suffix
+# decoding drafts as far as its match supports, so k only caps it (python -m bench.suffix).
+DEFAULT_K = {NgramProposer.method: 3, SuffixProposer.method: 8}
+
 REPEATED_PATTERN_PROMPTS = [
     "x = 1\ny = 2\nz = 3\nprint(x)\nprint(y)\nprint(z)\nx = 1\ny = 2\n",
     "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):\n",
@@ -48,11 +52,13 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target-model-name", default="models/target",
                    help="target checkpoint directory (its tokenizer encodes the prompts)")
-    p.add_argument("--num-speculative-tokens", type=k_or_auto(parse_sizes), default=(3,),
+    p.add_argument("--num-speculative-tokens", type=k_or_auto(parse_sizes), default=None,
                    metavar="K[,K...]|auto",
                    help="verify window sizes, e.g. 0,3; the largest is k; auto = each step picks "
                         f"the k in 0..max k with the most expected tokens per second (max k "
-                        f"{AUTO_MAX_K} in services started here) (default: 3)")
+                        f"{AUTO_MAX_K} in services started here) (default: {DEFAULT_K[NgramProposer.method]}; "
+                        f"{DEFAULT_K[SuffixProposer.method]} with --method suffix, whose drafts "
+                        "are sized from the match, k the most)")
     p.add_argument("--method", choices=(NgramProposer.method, SuffixProposer.method),
                    default=NgramProposer.method,
                    help="the lookup: `ngram` (prompt lookup) or `suffix` (suffix decoding) "
@@ -70,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser()
     args = p.parse_args(argv)
+    if args.num_speculative_tokens is None:
+        args.num_speculative_tokens = (DEFAULT_K[args.method],)
     if args.max_ngram_size < 1:
         p.error("--max-ngram-size must be >= 1")
     check_suffix_args(p, args)

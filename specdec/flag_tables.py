@@ -19,7 +19,7 @@ _SHOWN = re.compile(r"^(?P<meaning>.*) \(default: (?P<default>[^()]*)\)$", re.DO
 
 def default_and_meaning(action: argparse.Action) -> tuple[str, str]:
     """The default as the help states it (a last "(default: ...)"), and the help without it."""
-    text = " ".join((action.help or "").split())
+    text = " ".join((action.help or "").replace("%%", "%").split())  # as --help prints it
     found = _SHOWN.match(text)
     if found:
         text, default = found["meaning"], found["default"]

@@ -104,7 +104,8 @@ def is_switch(opt: Option) -> bool:
 def add_option(parser: argparse._ActionsContainer, opt: Option, prefix: str = "") -> None:
     shown = shown_default(opt)
     suffix = f" (default: {shown})" if shown is not None and not is_switch(opt) else ""
-    text = prefix + opt.flag.help + suffix
+    # argparse %-formats help text when it prints it ("%(default)s"): a literal % is %%.
+    text = (prefix + opt.flag.help + suffix).replace("%", "%%")
     if is_switch(opt):
         parser.add_argument(opt.name, action="store_true", help=text)
         return

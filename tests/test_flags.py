@@ -146,3 +146,15 @@ def test_the_readme_flag_tables_are_the_parsers():
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/readme_flags.py"), "--check"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["verifier_service.config", "proposer_service.config",
+                                    "client.draft_based", "client.prompt_lookup",
+                                    "client.multi_projection"])
+def test_help_prints_for_every_entry_point(module):
+    """argparse %-formats help when printing it: a literal % in a flag's help (the compile
+    flag's "10%") made every --help end in a traceback."""
+    import importlib
+
+    text = importlib.import_module(module).parser().format_help()
+    assert "--compile" in text and "10%" in text
