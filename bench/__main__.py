@@ -63,6 +63,17 @@ BENCH_PROMPTS = DEFAULT_PROMPTS + [
     "class Stack:\n    def __init__(self):\n",
     "def copyfile(src, dst):\n    \"\"\"Copy data from src to dst.\"\"\"\n    ",
 ]
+# Openings of functions from the standard-library files held out of the models' training
+# (models/README.md): prompts neither model has seen, for figures that must hold beyond them.
+HELDOUT_PROMPTS = Path(__file__).parent / "prompts" / "heldout.json"
+
+
+def read_prompts(path: Path) -> list[str]:
+    """A prompts file: a JSON list of strings."""
+    texts = json.loads(path.read_text())
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise SystemExit(f"error: {path}: expected a JSON list of non-empty strings")
+    return texts
 
 
 async def run_grpc(verifier: str, proposer: str | None, prompts: list[list[int]],
@@ -187,6 +198,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="sample at this temperature, seeded (the draft from its top 16): rows a, "
                         "b, b+r and c only; 0 = greedy (0)")
     p.add_argument("--prompts", action="append", default=None)
+    p.add_argument("--prompts-file", type=Path, default=None,
+                   help="prompts from a JSON list of strings, e.g. bench/prompts/heldout.json "
+                        "(openings of functions held out of the models' training)")
     p.add_argument("--repeats", type=int, default=5,
                    help="times each gRPC row is measured, the rows in turn; each reports its "
                         "median (5)")
@@ -203,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.k is None:
         args.k = 4
     tok = load_tokenizer(args.target_model)
-    prompts = [tok(t)["input_ids"] for t in (args.prompts or BENCH_PROMPTS)]
+    texts = args.prompts or (read_prompts(args.prompts_file) if args.prompts_file else BENCH_PROMPTS)
+    prompts = [tok(t)["input_ids"] for t in texts]
     sampling = SamplingParams(args.temperature, seed=0)   # greedy at 0
     sampled = not sampling.greedy
     config = GenerationConfig(args.k, args.max_new_tokens, ignore_eos=True, sampling=sampling)
@@ -317,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "acceptance_rate": b.acceptance_rate,
         "identical_outputs": same,
         "setup": {"method": args.method, "k": args.k, "auto_max_k": auto_k, "prompts": len(prompts),
+                  "prompts_file": str(args.prompts_file) if args.prompts_file else None,
                   "max_new_tokens": args.max_new_tokens, "device": args.device,
                   "dtype": args.dtype, "compile": args.compile, "target": args.target_model,
                   "draft": args.draft_model, "temperature": args.temperature},

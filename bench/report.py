@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench import plots
-from bench.__main__ import BENCH_PROMPTS
+from bench.__main__ import BENCH_PROMPTS, read_prompts
 from bench.__main__ import parse_args as bench_args
 from bench.concurrency import measure as measure_concurrency
 from bench.markdown import REPORT, Setup, headline_rows, render, with_readme_block
@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="2 prompts x 24 tokens, k = 2, 1-2 sessions, eager services: under 2 minutes")
     p.add_argument("--out", type=Path, default=ROOT / "docs",
                    help="folder for benchmarks.md, benchmarks.json and benchmarks/*.png (docs/)")
+    p.add_argument("--prompts-file", type=Path, default=None,
+                   help="prompts from a JSON list of strings (bench/prompts/heldout.json: held "
+                        "out of the models' training); default: the bench prompts")
     p.add_argument("--compile", choices=["on", "off"], default=None,
                    help="compile the services' steps for the method rows (full: on; --quick: off); "
                         "the concurrency rows run eager, as compiling every batch bucket x window "
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = QUICK if args.quick else FULL
     compile_ = args.compile or cfg.compile
     plan = cfg.plan
-    texts = BENCH_PROMPTS[:cfg.prompts]
+    texts = read_prompts(args.prompts_file) if args.prompts_file else BENCH_PROMPTS[:cfg.prompts]
     bench = bench_args(["--max-new-tokens", str(cfg.max_new_tokens), "--compile", compile_])
     tok = load_tokenizer(bench.target_model)
     prompts = [tok(t)["input_ids"] for t in texts]

@@ -99,6 +99,22 @@ def test_run_guesses_where_a_greedy_verifier_drafts_from(tmp_path):
     assert engine.guesses_at(0, other_col) == ref_other[other_col, 1:].argmax(-1).tolist()
 
 
+def test_a_short_window_guesses_with_one_head_more_than_it_verifies(tmp_path):
+    """A greedy step of w tokens evaluates the first min(H, w) heads: a target-only round (w = 1)
+    one, so the next round may draft one token; the guesses are the full heads' first ones."""
+    path = save_tiny(tmp_path, "llama", seed=1)
+    state = save_turbo(path, 3, 1)
+    ref = reference_heads(hf_model(path), state, [5, 9, 14], 3, 1)                  # [3, H+1, V]
+    engine = TorchEngine(EngineConfig(model=str(path), ctx_len=32, prefill_seq_len=8,
+                                      full_batch_size=1, turbo=True))
+    engine.run(np.array([[5, 9]]), np.array([[0, 1]]), np.array([0]), 2)   # a two-token window
+    col = 1 if ref[0, 0].argmax() == 9 else 0
+    assert engine.guesses_at(0, col) == ref[col, 1:3].argmax(-1).tolist()   # two heads of three
+    engine.run(np.array([[14]]), np.array([[2]]), np.array([0]), 1)         # target-only step
+    assert engine.guesses_at(0, 2) == ref[2, 1:2].argmax(-1).tolist()       # one head
+    assert engine.head_logits(np.array([0]), np.array([2])).shape[1] == 3   # on request: all
+
+
 def test_missing_speculator_is_named(tmp_path):
     path = save_tiny(tmp_path, "llama")
     with pytest.raises(NotATurboModel, match="not a Turbo model"):

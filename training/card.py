@@ -71,6 +71,9 @@ no BOS.
 * Train: {d['train_files']} files, {d['train_bytes']:,} bytes, {d['train_tokens']:,} tokens
   ({d['train_bytes'] / d['train_tokens']:.2f} bytes/token). Held out: {d['held_files']} files,
   {d['held_bytes']:,} bytes, {d['held_tokens']:,} tokens.
+* Benchmark prompts from held-out files only: `bench/prompts/heldout.json` (openings of 8
+  functions, `python -m bench --prompts-file`) and `bench/prompts/agent.json` (the
+  repeated workload of `python -m bench.suffix`).
 
 ## Training (seed {args.seed}, AdamW betas (0.9, 0.95), grad clip 1.0, cosine to 10%, bf16 autocast {'off' if args.no_bf16 else 'on'})
 

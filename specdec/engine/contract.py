@@ -60,9 +60,10 @@ class HeadsOnDemand(Protocol):
         ...
 
     def guesses_at(self, slot: int, position: int) -> list[int] | None:
-        """The heads' top-1 guesses [H] at `position` when the slot's last run() already
-        evaluated them there (the executor may guess where a greedy verifier drafts from);
-        None: ask head_logits. Cheap, no engine call."""
+        """The heads' top-1 guesses [<= H] at `position` when the slot's last run() already
+        evaluated them there (the executor may guess where a greedy verifier drafts from, and
+        run only the first heads after a short window); None: ask head_logits. Cheap, no
+        engine call."""
         ...
 
 

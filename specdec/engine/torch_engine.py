@@ -41,6 +41,15 @@ def build_model(cfg: LlamaFamilyConfig, state: dict[str, torch.Tensor], dtype: t
     return model.to(device=device, dtype=dtype).eval()
 
 
+def heads_for_window(num_heads: int, window: int) -> int:
+    """Turbo heads a greedy step of `window` tokens evaluates: one more than the drafts it
+    verifies (window - 1), so the next round can draft one token further, at most all H. The
+    heads and their lm_head passes are a large part of a short step (python -m
+    bench.turbo_cost): a target-only round (window 1) runs one head, not H, and k auto's short
+    rounds stay short. Static per compiled window, so no extra graphs."""
+    return min(num_heads, window)
+
+
 class TorchEngine:
     """Engine contract on torch. Not thread-safe: callers serialise `run` (the services do)."""
 
@@ -164,7 +173,8 @@ class TorchEngine:
         logits = self.model.lm_head(normed).float()                         # [B, N, V]
         if self.turbo_heads is None:
             return logits, normed, None
-        return logits, normed, self._greedy_guesses(self.turbo_heads, logits, normed,
+        heads = self.turbo_heads[:heads_for_window(len(self.turbo_heads), ids.shape[1])]
+        return logits, normed, self._greedy_guesses(heads, logits, normed,
                                                     ids.gather(1, gather), pos.gather(1, gather))
 
     def _greedy_guesses(self, turbo_heads: torch.nn.ModuleList, logits: torch.Tensor,
