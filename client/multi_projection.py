@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from client.cli_common import ServiceSpec, add_common_args, engine_args, run_cli, sampling_params
+from client.cli_common import (AUTO, ServiceSpec, add_common_args, engine_args, k_or_auto, run_cli,
+                               sampling_params)
 from specdec.engine.hub import resolve_model_path
 from specdec.engine.turbo import read_turbo_config
 from specdec.errors import START_ERRORS, exit_with
@@ -25,13 +26,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained-model-name-or-path", default="models/target",
                    help="base checkpoint directory with speculator_config.json and "
                         "speculator.safetensors beside it")
+    p.add_argument("--num-speculative-tokens", type=k_or_auto(int), default=None, metavar="K|auto",
+                   help="k, the heads' guesses verified per step (at most the heads); auto = "
+                        "each step picks the k in 0..heads with the most expected tokens per "
+                        "second, so weak guesses cost little (default: every head)")
     add_flag(p, ServiceOptions, "device_group", prefix="verifier: ")
     add_common_args(p, prefill_seq_len=32, ctx_len=128)
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    k = args.num_speculative_tokens
+    if k is not None and k != AUTO and k < 0:
+        p.error("--num-speculative-tokens must be >= 0")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         "verifier", "verifier_service",
         [*engine_args(args, model, args.device_group, heads),
          *to_argv(VerifierServiceConfig, "speculative_model_type", "turbo")])}
-    config = GenerationConfig(heads, args.max_new_tokens, args.ignore_eos_token, sampling_params(args))
+    auto = args.num_speculative_tokens == AUTO
+    k = heads if auto or args.num_speculative_tokens is None else min(args.num_speculative_tokens, heads)
+    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
+                              adaptive_k=auto)
     return run_cli(args, model, services, {"verifier": args.verifier}, config)
 
 

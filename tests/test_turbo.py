@@ -199,10 +199,29 @@ def test_multi_projection_cli_is_lossless(turbo_target, target_hf, tmp_path):
                            "--pretrained-model-name-or-path", str(turbo_target),
                            "--prefill-seq-len", "8", "--ctx-len", "64", "--max-new-tokens", "16",
                            "--ignore-eos-token", "--prompts", "t5 t6 t7 t8", "--json", str(out),
-                           "--quiet-services"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--num-speculative-tokens", "auto", "--quiet-services"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     item = json.loads(out.read_text())["prompts"][0]
     assert item["generated_ids"] == greedy_reference(target_hf, item["prompt_ids"], 16)
+
+
+def test_turbo_with_k_auto_is_lossless(turbo_service, target_hf):
+    """k auto over the heads' guesses: rounds may verify fewer guesses, or none, and a round
+    after a short one has fewer heads' guesses in hand (heads_for_window); greedy output stays
+    the target's."""
+    address, _ = turbo_service
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(2, VOCAB, size=n).tolist() for n in (4, 9)]
+
+    async def go():
+        async with SpecDecClient(address) as client:
+            return [await client.generate(p, GenerationConfig(3, 40, True, adaptive_k=True))
+                    for p in prompts]
+
+    for prompt, rec in zip(prompts, asyncio.run(go())):
+        assert rec.tokens == greedy_reference(target_hf, prompt, 40)
+        assert sum(rec.k_histogram) == rec.verify_steps
 
 
 @pytest.mark.parametrize("layers", [1, 2])
