@@ -4,6 +4,12 @@
         record = await client.generate(prompt_ids, GenerationConfig(num_speculative_tokens=4))
         async for tokens in client.stream(prompt_ids, config): ...
 
+Or one call, the round loop run by the verifier itself (its Generate RPC; no proposer address
+here: the verifier's own --proposer):
+
+    async with SpecDecClient("127.0.0.1:50051") as client:
+        out = await client.generate_text(GenerateRequest("def f(x):", method="draft", k=4))
+
 A lost proposer or verifier does not lose the generation (specdec.recovery): the client goes on
 target-only or reopens a verifier session with the whole sequence, with backoff and a deadline.
 """
@@ -11,18 +17,23 @@ target-only or reopens a verifier session with the whole sequence, with backoff 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
-from typing import AsyncIterator, Protocol, Sequence
+from dataclasses import dataclass, replace
+from typing import AsyncIterator, Callable, Protocol, Sequence
 
 import grpc
 
 from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError, service_error
 from client.replicas import LeasedProposerLink, LeasedVerifierLink, ReplicaSet
+from specdec.errors import PreconditionFailed
 from specdec.generation import GenerationConfig, GenerationRecord, ProposerLink, generate
 from specdec.inprocess import InProcessProposerLink
 from specdec.proposers.base import Proposer
-from specdec.recovery import RecoveryPolicy
+from specdec.recovery import Busy, LinkLost, RecoveryPolicy
 from specdec.round_estimates import RoundEstimates
+from specdec.serving_generate import GenerateRequest, ProposerInfo
+from specdec.stopping import FinishReason
+from specdec.types import Proposal
+from specdec_rpc.generate_convert import generate_request_to_pb
 from specdec_rpc.security import ClientSecurity, speaks_tls
 from specdec_rpc.server import message_limits
 from specdec_rpc.v1 import specdec_pb2 as pb
@@ -37,10 +48,33 @@ CHANNEL_OPTIONS = message_limits() + [
 ]
 
 
+@dataclass(frozen=True)
+class GeneratedText:
+    """What one Generate call returned: the text, its ids, why it ended, and the verifier's
+    metrics of the generation (TTFT, throughput, acceptance)."""
+
+    text: str
+    tokens: list[int]
+    finish: FinishReason
+    metrics: pb.GenerateMetrics
+
+
 class Link(Protocol):
     """A session link this client opened, and closes when the generation ends."""
 
     async def close(self) -> None: ...
+
+
+def status_probe(stub, timeout_s: float, security: ClientSecurity):
+    """The service's answer to an Info call, as (code, details): what a session stream whose
+    own status was lost would have been told (see links._StreamLink)."""
+    async def probe() -> tuple[grpc.StatusCode, str]:
+        try:
+            await stub.Info(pb.InfoRequest(), timeout=timeout_s, metadata=security.metadata())
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details() or ""
+        return grpc.StatusCode.OK, ""
+    return probe
 
 
 class SpecDecClient:
@@ -152,16 +186,7 @@ class SpecDecClient:
                                   lease)
 
     def _probe(self, stub):
-        """The service's answer to an Info call, as (code, details): what a session stream
-        whose own status was lost would have been told (see links._StreamLink)."""
-        async def probe() -> tuple[grpc.StatusCode, str]:
-            try:
-                await stub.Info(pb.InfoRequest(), timeout=self.timeout_s,
-                                metadata=self.security.metadata())
-            except grpc.aio.AioRpcError as exc:
-                return exc.code(), exc.details() or ""
-            return grpc.StatusCode.OK, ""
-        return probe
+        return status_probe(stub, self.timeout_s, self.security)
 
     async def generate(self, prompt: list[int], config: GenerationConfig,
                        on_tokens=None) -> GenerationRecord:
@@ -222,3 +247,93 @@ class SpecDecClient:
             await task  # re-raise a failure of the generation
         finally:
             task.cancel()
+
+    async def stream_text(self, request: GenerateRequest) -> AsyncIterator[pb.GenerateReply]:
+        """The verifier's Generate: its replies as they come (text per step, then the last one
+        with finish_reason and metrics). Leaving the loop early cancels the call (at once under
+        contextlib.aclosing), which frees the verifier's slot and the proposer session."""
+        lease = await self.verifier.lease()
+        call = lease.stub.Generate(generate_request_to_pb(request), metadata=self.security.metadata())
+        try:
+            async for reply in call:
+                yield reply
+        except grpc.aio.AioRpcError as exc:
+            raise service_error("verifier", exc.code(), exc.details() or "") from exc
+        finally:
+            call.cancel()
+            lease.release()
+
+    async def generate_text(self, request: GenerateRequest,
+                            on_text: Callable[[str], None] | None = None) -> GeneratedText:
+        """One call to generate (stream_text, collected); on_text(piece) as each piece comes."""
+        text, tokens = [], []
+        last = pb.GenerateReply()
+        async for last in self.stream_text(request):
+            tokens += last.tokens
+            if last.text:
+                text.append(last.text)
+                if on_text is not None:
+                    on_text(last.text)
+        return GeneratedText("".join(text), tokens, FinishReason(last.finish_reason), last.metrics)
+
+
+class RemoteProposer:
+    """Sessions on a proposer service for a process that hosts its own verifier (the verifier
+    service's Generate): this client's links, leases and replica handling, so a lost proposer
+    is recovered the same way (target-only rounds meanwhile). A specdec.serving_generate
+    ProposerSource. Channels are made at first use, on the loop that uses them."""
+
+    def __init__(self, address: str, security: ClientSecurity = ClientSecurity(),
+                 timeout_s: float = 10.0, step_timeout_s: float = 60.0) -> None:
+        self.address, self.security = address, security
+        self.timeout_s, self.step_timeout_s = timeout_s, step_timeout_s
+        self.replicas: ReplicaSet | None = None
+        self.info: ProposerInfo | None = None
+
+    def _replicas(self) -> ReplicaSet:
+        if self.replicas is None:
+            self.replicas = ReplicaSet(self.address, pb_grpc.ProposerStub, self.security.channel,
+                                       CHANNEL_OPTIONS, "proposer")
+        return self.replicas
+
+    async def connect(self) -> ProposerInfo:
+        """The proposer's Info (asked until one answer came); ServiceLost while unreachable."""
+        if self.info is None:
+            try:
+                info = await self._replicas().first_answer(lambda stub: stub.Info(
+                    pb.InfoRequest(), timeout=self.timeout_s, metadata=self.security.metadata()))
+            except grpc.aio.AioRpcError as exc:
+                raise service_error("proposer", exc.code(), exc.details() or "") from exc
+            self.info = ProposerInfo(info.tokenizer_fingerprint, info.max_k, info.ctx_len)
+        return self.info
+
+    async def open(self) -> "_Refusals":
+        replicas = self._replicas()
+        lease = await replicas.lease()
+        call = lease.stub.Session(metadata=self.security.metadata())
+        return _Refusals(LeasedProposerLink(GrpcProposerLink(
+            call, self.step_timeout_s, status_probe(lease.stub, self.timeout_s, self.security)), lease))
+
+    async def close(self) -> None:
+        if self.replicas is not None:
+            await self.replicas.close()
+
+
+class _Refusals:
+    """A proposer link whose service's final answers (a refusal, not a lost or full session)
+    become the domain error of the process hosting the round loop: the Generate caller is told
+    FAILED_PRECONDITION with the proposer's own words, not INTERNAL."""
+
+    def __init__(self, link: LeasedProposerLink) -> None:
+        self.link = link
+
+    async def propose(self, *args) -> Proposal:
+        try:
+            return await self.link.propose(*args)
+        except ServiceError as exc:
+            if isinstance(exc, (LinkLost, Busy)):
+                raise   # the round loop goes on target-only and retries later
+            raise PreconditionFailed(f"the proposer service refused a step: {exc}") from exc
+
+    async def close(self) -> None:
+        await self.link.close()

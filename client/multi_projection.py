@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from client.cli_common import (AUTO, ServiceSpec, add_common_args, engine_args, k_or_auto, run_cli,
-                               sampling_params)
+from client.cli_common import AUTO, ServiceSpec, add_common_args, engine_args, k_or_auto, run_cli, sampling_params
 from specdec.engine.hub import resolve_model_path
 from specdec.engine.turbo import read_turbo_config
 from specdec.errors import START_ERRORS, exit_with

@@ -1,4 +1,5 @@
-"""Stop conditions, a pure function: EOS, max_new_tokens, ctx_len."""
+"""Stop conditions, a pure function: EOS, max_new_tokens, ctx_len. (Stop strings are text:
+specdec.stop_strings, applied where the text is, by the one-call generation.)"""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ class FinishReason(enum.IntEnum):
     EOS = 1
     LENGTH = 2
     CTX_LEN = 3
+    STOP = 4      # a stop string ended the text (specdec.stop_strings)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from specdec_rpc.v1 import specdec_pb2 as pb
 
 
 async def host_backend(server: ServerConfig, name: str, service_name: str,
-                       servicer_cls: type[AttachedBackend],
+                       servicer_cls: Callable[[SessionRunner], AttachedBackend],
                        add_servicer: Callable[[AttachedBackend, grpc.aio.Server], None],
                        observe: Callable[[ServiceMetrics], Callable[[Any, Any], None]],
                        build: Callable[[], tuple[Backend, pb.ModelInfo]],

@@ -1,6 +1,6 @@
 """Server interceptors: the shared-token check, per-RPC metrics (count by status code,
-latency) and requests that do not parse. All wrap unary and bidirectional-streaming handlers,
-the two kinds we serve."""
+latency) and requests that do not parse. All wrap unary, server-streaming (Generate) and
+bidirectional-streaming handlers, the kinds we serve."""
 
 from __future__ import annotations
 
@@ -18,15 +18,20 @@ from specdec_rpc.status import abort_with
 
 
 def _wrap(handler: grpc.RpcMethodHandler, unary, stream,
-          request_deserializer=None) -> grpc.RpcMethodHandler:
+          request_deserializer=None, server_stream=None) -> grpc.RpcMethodHandler:
+    """server_stream: the wrapper of a unary-stream handler, where it differs from `stream`'s
+    (which passes the request through as it is, whatever it is)."""
     deserializer = request_deserializer or handler.request_deserializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), deserializer,
                                                    handler.response_serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler((server_stream or stream)(handler.unary_stream),
+                                                    deserializer, handler.response_serializer)
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), deserializer,
                                                      handler.response_serializer)
-    return handler  # unary-stream / stream-unary: not served here (reflection is stream-stream)
+    return handler  # stream-unary: not served here (reflection is stream-stream)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -156,5 +161,13 @@ class ParseInterceptor(grpc.aio.ServerInterceptor):
                     yield reply
             return run
 
+        def server_stream(behavior):
+            async def run(request, context):
+                if isinstance(request, Unparseable):
+                    await abort_with(context, request.invalid())
+                async for reply in behavior(request, context):
+                    yield reply
+            return run
+
         return _wrap(handler, unary, stream,
-                     lenient(handler.request_deserializer, details.method, self.log))
+                     lenient(handler.request_deserializer, details.method, self.log), server_stream)

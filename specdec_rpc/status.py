@@ -1,4 +1,4 @@
-"""Domain errors -> gRPC status codes, in one place."""
+"""Domain errors -> gRPC status codes, and the HTTP statuses of the OpenAI API, in one place."""
 
 from __future__ import annotations
 
@@ -19,6 +19,24 @@ STATUS_OF = {
     NotReady: grpc.StatusCode.UNAVAILABLE,
     SessionIdle: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+
+# The OpenAI API (verifier_service.openai_http): HTTP status and OpenAI's error `type` per code.
+HTTP_OF = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (408, "timeout"),
+    grpc.StatusCode.INTERNAL: (500, "server_error"),
+}
+
+
+def http_status_for(exc: BaseException) -> tuple[int, str, str]:
+    """(HTTP status, OpenAI error type, message) of an error, as status_for decides its code."""
+    code, message = status_for(exc)
+    status, kind = HTTP_OF[code]
+    return status, kind, message
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -37,7 +37,8 @@ def collect_corpus(stdlib: str | None, max_file_bytes: int, max_files: int, held
     files.sort()
     if max_files:
         files = files[:max_files]
-    train, held = [], []
+    train: list[tuple[str, str]] = []
+    held: list[tuple[str, str]] = []
     for rel in files:
         text = (root / rel).read_text(encoding="utf-8", errors="replace")
         if text.strip():

@@ -6,17 +6,20 @@ import asyncio
 import logging
 from typing import Any, Callable
 
+from client.api import RemoteProposer
 from specdec.build import build_verifier
 from specdec.verifier import TargetVerifier
 from specdec.warm_up import warm_up_verifier
 from specdec_rpc.convert import model_info
 from specdec_rpc.hosting import host_backend
+from specdec_rpc.security import ClientSecurity
 from specdec_rpc.server import ServerConfig, run_service, setup_logging
 from specdec_rpc.service_cli import describe, local_model
-from specdec_rpc.sessions import SessionPolicy
+from specdec_rpc.sessions import SessionPolicy, SessionRunner
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from verifier_service.config import VerifierServiceConfig, from_args
+from verifier_service.openai_http import OpenAIServer
 from verifier_service.servicer import VerifierServicer
 
 log = logging.getLogger("verifier_service")
@@ -32,16 +35,40 @@ def build(cfg: VerifierServiceConfig) -> tuple[TargetVerifier, pb.ModelInfo]:
 
 
 async def run(cfg: VerifierServiceConfig) -> bool:
-    return await host(cfg.server, lambda: build(cfg), cfg.sessions)
+    return await host(cfg.server, lambda: build(cfg), cfg.sessions, proposer=cfg.proposer,
+                      http_port=cfg.http_port)
 
 
 async def host(server: ServerConfig, build: Callable[[], tuple[TargetVerifier, pb.ModelInfo]],
-               sessions: SessionPolicy, **hosting: Any) -> bool:
-    """The verifier service on a built (or building) backend; hosting: host_backend's stop,
-    on_ready and metrics (the tests host theirs in-process through here)."""
-    return await host_backend(server, "verifier", SERVICE, VerifierServicer,
-                              pb_grpc.add_VerifierServicer_to_server, lambda m: m.observe_verifier_step,
-                              build, sessions, **hosting)
+               sessions: SessionPolicy, proposer: str | None = None, http_port: int = 0,
+               **hosting: Any) -> bool:
+    """The verifier service on a built (or building) backend; proposer: --proposer, the proposer
+    service Generate's method `draft` uses; http_port: --http-port, the OpenAI API (0 = off);
+    hosting: host_backend's stop, on_ready and metrics (the tests host theirs in-process
+    through here)."""
+    # The proposer service is called with this service's own token (one token per deployment).
+    remote = RemoteProposer(proposer, ClientSecurity(auth_token=server.security.auth_token)) \
+        if proposer else None
+    http = OpenAIServer(server.host, http_port, server.security, server.grace_s) if http_port else None
+
+    def servicer(runner: SessionRunner) -> VerifierServicer:
+        made = VerifierServicer(runner, remote)
+        if http is not None:
+            http.servicer = made   # requests get 503 until it is ready (and from the drain on)
+            runner.lifecycle.on_drain(lambda: http.drain_started())
+        return made
+
+    try:
+        if http is not None:
+            await http.start()
+        return await host_backend(server, "verifier", SERVICE, servicer,
+                                  pb_grpc.add_VerifierServicer_to_server,
+                                  lambda m: m.observe_verifier_step, build, sessions, **hosting)
+    finally:
+        if http is not None:
+            await http.stop()
+        if remote is not None:
+            await remote.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,6 +28,14 @@ class VerifierServiceConfig(ServiceOptions):
         "target", choices=("target", "turbo"),
         help="`turbo` evaluates the multi-projection heads beside the checkpoint "
              "(speculator_config.json); k is their number")
+    proposer: str | None = flag(
+        None, metavar="ADDR", shown="off",
+        help="the proposer service (address, replica list or dns:///name:port) the Generate RPC "
+             "drafts with for method `draft`; its auth token is this service's --auth-token")
+    http_port: int = flag(
+        0, shown="off",
+        help="serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) over HTTP "
+             "on this port, with this service's --host, token and TLS; 0 = off")
     qaic: QaicOptions | None        # compile settings for --executor qaic, else None
 
 

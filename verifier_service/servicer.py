@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
+from typing import AsyncIterator
+
 import grpc
 
 from specdec.errors import InvalidRequest, PreconditionFailed
+from specdec.serving_generate import OneCallGenerator, ProposerSource, TextDelta
 from specdec.stopping import StopParams
 from specdec.text_codec import TextCodec
 from specdec.verifier import TargetVerifier, VerifierSession
 from specdec_rpc.convert import outcome_to_pb, sampling_from_pb, sparse_from_pb
-from specdec_rpc.sessions import AttachedBackend
+from specdec_rpc.generate_convert import delta_to_pb, finished_to_pb, generate_request_from_pb
+from specdec_rpc.sessions import AttachedBackend, SessionRunner
+from specdec_rpc.status import abort_with
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 
@@ -18,11 +24,19 @@ class VerifierServicer(AttachedBackend[TargetVerifier], pb_grpc.VerifierServicer
     """Info and Session come from AttachedBackend; the backend is a TargetVerifier."""
 
     text: TextCodec | None = None
+    generator: OneCallGenerator | None = None
+
+    def __init__(self, runner: SessionRunner, proposer: ProposerSource | None = None) -> None:
+        """proposer: where Generate's method `draft` gets its sessions (--proposer), or None."""
+        super().__init__(runner)
+        self.remote = proposer
 
     def attach(self, backend: TargetVerifier, info: pb.ModelInfo) -> None:
         # The target's own tokenizer: its ids are the ones the sessions verify.
-        self.text = TextCodec.load(backend.engine.path, backend.engine.vocab_size,
-                                   backend.engine.ctx_len)
+        engine = backend.engine
+        self.text = TextCodec.load(engine.path, engine.vocab_size, engine.ctx_len)
+        # Generate: prompt lookup in this process, the draft model from --proposer
+        self.generator = OneCallGenerator.serving(backend, self.text, self.remote)
         super().attach(backend, info)
 
     def _codec(self) -> TextCodec:
@@ -57,6 +71,21 @@ class VerifierServicer(AttachedBackend[TargetVerifier], pb_grpc.VerifierServicer
         text, n = await self._unary(context, lambda: self._codec().detokenize(
             list(request.ids), list(request.prefix_ids), request.skip_special_tokens))
         return pb.DetokenizeReply(text=text, num_ids=n)
+
+    async def Generate(self, request: pb.GenerateRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateReply]:
+        try:
+            self.runner.check_ready()
+            assert self.generator is not None, "ready before the model was attached"
+            # aclosing: a cancelled call ends the generation after its step in progress
+            async with aclosing(self.generator.run(generate_request_from_pb(request))) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        yield delta_to_pb(event)
+                    else:
+                        yield finished_to_pb(event.finish, event.prompt_tokens, event.record)
+        except Exception as exc:
+            await abort_with(context, exc)
 
 
 def _kind(req: pb.VerifierRequest) -> str:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cspecdec_rpc/v1/specdec.proto\x12\nspecdec.v1\"\r\n\x0bInfoRequest\"\xeb\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\x0f\n\x07\x63tx_len\x18\x04 \x01(\r\x12\r\n\x05max_k\x18\x05 \x01(\r\x12\x15\n\reos_token_ids\x18\x06 \x03(\r\x12\x17\n\x0fprefill_seq_len\x18\x07 \x01(\r\x12\x17\n\x0f\x66ull_batch_size\x18\x08 \x01(\r\x12\x0e\n\x06method\x18\t \x01(\t\x12\x10\n\x08\x65xecutor\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\"o\n\x0bStepTimings\x12\x10\n\x08queue_ns\x18\x01 \x01(\x04\x12\x12\n\nforward_ns\x18\x02 \x01(\x04\x12\x10\n\x08total_ns\x18\x03 \x01(\x04\x12\x12\n\nbatch_rows\x18\x04 \x01(\r\x12\x14\n\x0c\x62\x61tch_window\x18\x05 \x01(\r\"_\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"5\n\x11TokenDistribution\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\r\n\x05probs\x18\x02 \x03(\x02\"W\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x15\n\x13_add_special_tokens\":\n\rTokenizeReply\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x1c\n\x14\x61\x64\x64\x65\x64_special_tokens\x18\x02 \x01(\x08\"Q\n\x11\x44\x65tokenizeRequest\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x12\n\nprefix_ids\x18\x02 \x03(\r\x12\x1b\n\x13skip_special_tokens\x18\x03 \x01(\x08\"0\n\x0f\x44\x65tokenizeReply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07num_ids\x18\x02 \x01(\r\"g\n\x0fVerifierRequest\x12&\n\x07prefill\x18\x01 \x01(\x0b\x32\x13.specdec.v1.PrefillH\x00\x12$\n\x06verify\x18\x02 \x01(\x0b\x32\x12.specdec.v1.VerifyH\x00\x42\x06\n\x04kind\"\xa7\x01\n\x07Prefill\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\r\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x12\n\nignore_eos\x18\x04 \x01(\x08\x12#\n\x1b\x64raft_tokenizer_fingerprint\x18\x05 \x01(\t\x12,\n\x08sampling\x18\x06 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\"R\n\x06Verify\x12\x14\n\x0c\x64raft_tokens\x18\x01 \x03(\r\x12\x32\n\x0b\x64raft_probs\x18\x02 \x03(\x0b\x32\x1d.specdec.v1.TokenDistribution\"\xef\x01\n\rVerifierReply\x12\x0e\n\x06tokens\x18\x01 \x03(\r\x12\x1b\n\x13num_accepted_drafts\x18\x02 \x01(\r\x12\x13\n\x0bnum_drafted\x18\x03 \x01(\r\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.specdec.v1.FinishReason\x12(\n\x07timings\x18\x05 \x01(\x0b\x32\x17.specdec.v1.StepTimings\x12\x14\n\x0csequence_len\x18\x06 \x01(\r\x12\x12\n\nnext_draft\x18\x07 \x03(\r\x12\x17\n\x0fsessions_active\x18\x08 \x01(\r\"\x90\x01\n\x0eProposeRequest\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\r\n\x05top_m\x18\x05 \x01(\r\x12\x17\n\x0freturn_branches\x18\x06 \x01(\x08\"D\n\x0b\x44raftBranch\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\r\x12\x14\n\x0c\x64raft_tokens\x18\x03 \x03(\r\"\xd4\x01\n\x0cProposeReply\x12\x14\n\x0c\x64raft_tokens\x18\x01 \x03(\r\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.specdec.v1.StepTimings\x12\x10\n\x08held_len\x18\x03 \x01(\r\x12\x32\n\x0b\x64raft_probs\x18\x04 \x03(\x0b\x32\x1d.specdec.v1.TokenDistribution\x12\x13\n\x0bpre_drafted\x18\x05 \x01(\x08\x12)\n\x08\x62ranches\x18\x06 \x03(\x0b\x32\x17.specdec.v1.DraftBranch*y\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x19\n\x15\x46INISH_REASON_CTX_LEN\x10\x03\x32\x97\x02\n\x08Verifier\x12\x36\n\x04Info\x12\x17.specdec.v1.InfoRequest\x1a\x15.specdec.v1.ModelInfo\x12\x45\n\x07Session\x12\x1b.specdec.v1.VerifierRequest\x1a\x19.specdec.v1.VerifierReply(\x01\x30\x01\x12\x42\n\x08Tokenize\x12\x1b.specdec.v1.TokenizeRequest\x1a\x19.specdec.v1.TokenizeReply\x12H\n\nDetokenize\x12\x1d.specdec.v1.DetokenizeRequest\x1a\x1b.specdec.v1.DetokenizeReply2\x87\x01\n\x08Proposer\x12\x36\n\x04Info\x12\x17.specdec.v1.InfoRequest\x1a\x15.specdec.v1.ModelInfo\x12\x43\n\x07Session\x12\x1a.specdec.v1.ProposeRequest\x1a\x18.specdec.v1.ProposeReply(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cspecdec_rpc/v1/specdec.proto\x12\nspecdec.v1\"\r\n\x0bInfoRequest\"\xeb\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\x0f\n\x07\x63tx_len\x18\x04 \x01(\r\x12\r\n\x05max_k\x18\x05 \x01(\r\x12\x15\n\reos_token_ids\x18\x06 \x03(\r\x12\x17\n\x0fprefill_seq_len\x18\x07 \x01(\r\x12\x17\n\x0f\x66ull_batch_size\x18\x08 \x01(\r\x12\x0e\n\x06method\x18\t \x01(\t\x12\x10\n\x08\x65xecutor\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\"o\n\x0bStepTimings\x12\x10\n\x08queue_ns\x18\x01 \x01(\x04\x12\x12\n\nforward_ns\x18\x02 \x01(\x04\x12\x10\n\x08total_ns\x18\x03 \x01(\x04\x12\x12\n\nbatch_rows\x18\x04 \x01(\r\x12\x14\n\x0c\x62\x61tch_window\x18\x05 \x01(\r\"_\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"5\n\x11TokenDistribution\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\r\n\x05probs\x18\x02 \x03(\x02\"W\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x15\n\x13_add_special_tokens\":\n\rTokenizeReply\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x1c\n\x14\x61\x64\x64\x65\x64_special_tokens\x18\x02 \x01(\x08\"Q\n\x11\x44\x65tokenizeRequest\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x12\n\nprefix_ids\x18\x02 \x03(\r\x12\x1b\n\x13skip_special_tokens\x18\x03 \x01(\x08\"0\n\x0f\x44\x65tokenizeReply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07num_ids\x18\x02 \x01(\r\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xed\x01\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x14.specdec.v1.TokenIdsH\x00\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\t\n\x01k\x18\x04 \x01(\r\x12\x12\n\nadaptive_k\x18\x05 \x01(\x08\x12,\n\x08sampling\x18\x06 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\r\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x12\n\nignore_eos\x18\t \x01(\x08\x42\x08\n\x06prompt\"\x8c\x01\n\rGenerateReply\x12\x0e\n\x06tokens\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12/\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x18.specdec.v1.FinishReason\x12,\n\x07metrics\x18\x04 \x01(\x0b\x32\x1b.specdec.v1.GenerateMetrics\"\xeb\x02\n\x0fGenerateMetrics\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x18\n\x10generated_tokens\x18\x02 \x01(\r\x12\x0e\n\x06ttft_s\x18\x03 \x01(\x01\x12\x15\n\rdecode_time_s\x18\x04 \x01(\x01\x12\x12\n\ne2e_time_s\x18\x05 \x01(\x01\x12\x19\n\x11\x64\x65\x63ode_throughput\x18\x06 \x01(\x01\x12\x16\n\x0e\x65\x32\x65_throughput\x18\x07 \x01(\x01\x12\x1c\n\x14mean_accepted_tokens\x18\x08 \x01(\x01\x12\x0f\n\x07\x64rafted\x18\t \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\n \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x0b \x01(\x01\x12\x1e\n\x16\x61\x63\x63\x65ptance_by_position\x18\x0c \x03(\x01\x12\x16\n\x0epre_draft_hits\x18\r \x01(\r\x12\x13\n\x0bk_histogram\x18\x0e \x03(\r\x12\x12\n\nrecoveries\x18\x0f \x01(\r\"g\n\x0fVerifierRequest\x12&\n\x07prefill\x18\x01 \x01(\x0b\x32\x13.specdec.v1.PrefillH\x00\x12$\n\x06verify\x18\x02 \x01(\x0b\x32\x12.specdec.v1.VerifyH\x00\x42\x06\n\x04kind\"\xa7\x01\n\x07Prefill\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\r\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x12\n\nignore_eos\x18\x04 \x01(\x08\x12#\n\x1b\x64raft_tokenizer_fingerprint\x18\x05 \x01(\t\x12,\n\x08sampling\x18\x06 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\"R\n\x06Verify\x12\x14\n\x0c\x64raft_tokens\x18\x01 \x03(\r\x12\x32\n\x0b\x64raft_probs\x18\x02 \x03(\x0b\x32\x1d.specdec.v1.TokenDistribution\"\xef\x01\n\rVerifierReply\x12\x0e\n\x06tokens\x18\x01 \x03(\r\x12\x1b\n\x13num_accepted_drafts\x18\x02 \x01(\r\x12\x13\n\x0bnum_drafted\x18\x03 \x01(\r\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.specdec.v1.FinishReason\x12(\n\x07timings\x18\x05 \x01(\x0b\x32\x17.specdec.v1.StepTimings\x12\x14\n\x0csequence_len\x18\x06 \x01(\r\x12\x12\n\nnext_draft\x18\x07 \x03(\r\x12\x17\n\x0fsessions_active\x18\x08 \x01(\r\"\x90\x01\n\x0eProposeRequest\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\r\n\x05top_m\x18\x05 \x01(\r\x12\x17\n\x0freturn_branches\x18\x06 \x01(\x08\"D\n\x0b\x44raftBranch\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\r\x12\x14\n\x0c\x64raft_tokens\x18\x03 \x03(\r\"\xd4\x01\n\x0cProposeReply\x12\x14\n\x0c\x64raft_tokens\x18\x01 \x03(\r\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.specdec.v1.StepTimings\x12\x10\n\x08held_len\x18\x03 \x01(\r\x12\x32\n\x0b\x64raft_probs\x18\x04 \x03(\x0b\x32\x1d.specdec.v1.TokenDistribution\x12\x13\n\x0bpre_drafted\x18\x05 \x01(\x08\x12)\n\x08\x62ranches\x18\x06 \x03(\x0b\x32\x17.specdec.v1.DraftBranch*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x19\n\x15\x46INISH_REASON_CTX_LEN\x10\x03\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x04\x32\xdd\x02\n\x08Verifier\x12\x36\n\x04Info\x12\x17.specdec.v1.InfoRequest\x1a\x15.specdec.v1.ModelInfo\x12\x45\n\x07Session\x12\x1b.specdec.v1.VerifierRequest\x1a\x19.specdec.v1.VerifierReply(\x01\x30\x01\x12\x42\n\x08Tokenize\x12\x1b.specdec.v1.TokenizeRequest\x1a\x19.specdec.v1.TokenizeReply\x12H\n\nDetokenize\x12\x1d.specdec.v1.DetokenizeRequest\x1a\x1b.specdec.v1.DetokenizeReply\x12\x44\n\x08Generate\x12\x1b.specdec.v1.GenerateRequest\x1a\x19.specdec.v1.GenerateReply0\x01\x32\x87\x01\n\x08Proposer\x12\x36\n\x04Info\x12\x17.specdec.v1.InfoRequest\x1a\x15.specdec.v1.ModelInfo\x12\x43\n\x07Session\x12\x1a.specdec.v1.ProposeRequest\x1a\x18.specdec.v1.ProposeReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'specdec_rpc.v1.specdec_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1877
-  _globals['_FINISHREASON']._serialized_end=1998
+  _globals['_FINISHREASON']._serialized_start=2652
+  _globals['_FINISHREASON']._serialized_end=2797
   _globals['_INFOREQUEST']._serialized_start=44
   _globals['_INFOREQUEST']._serialized_end=57
   _globals['_MODELINFO']._serialized_start=60
@@ -51,22 +51,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DETOKENIZEREQUEST']._serialized_end=792
   _globals['_DETOKENIZEREPLY']._serialized_start=794
   _globals['_DETOKENIZEREPLY']._serialized_end=842
-  _globals['_VERIFIERREQUEST']._serialized_start=844
-  _globals['_VERIFIERREQUEST']._serialized_end=947
-  _globals['_PREFILL']._serialized_start=950
-  _globals['_PREFILL']._serialized_end=1117
-  _globals['_VERIFY']._serialized_start=1119
-  _globals['_VERIFY']._serialized_end=1201
-  _globals['_VERIFIERREPLY']._serialized_start=1204
-  _globals['_VERIFIERREPLY']._serialized_end=1443
-  _globals['_PROPOSEREQUEST']._serialized_start=1446
-  _globals['_PROPOSEREQUEST']._serialized_end=1590
-  _globals['_DRAFTBRANCH']._serialized_start=1592
-  _globals['_DRAFTBRANCH']._serialized_end=1660
-  _globals['_PROPOSEREPLY']._serialized_start=1663
-  _globals['_PROPOSEREPLY']._serialized_end=1875
-  _globals['_VERIFIER']._serialized_start=2001
-  _globals['_VERIFIER']._serialized_end=2280
-  _globals['_PROPOSER']._serialized_start=2283
-  _globals['_PROPOSER']._serialized_end=2418
+  _globals['_TOKENIDS']._serialized_start=844
+  _globals['_TOKENIDS']._serialized_end=867
+  _globals['_GENERATEREQUEST']._serialized_start=870
+  _globals['_GENERATEREQUEST']._serialized_end=1107
+  _globals['_GENERATEREPLY']._serialized_start=1110
+  _globals['_GENERATEREPLY']._serialized_end=1250
+  _globals['_GENERATEMETRICS']._serialized_start=1253
+  _globals['_GENERATEMETRICS']._serialized_end=1616
+  _globals['_VERIFIERREQUEST']._serialized_start=1618
+  _globals['_VERIFIERREQUEST']._serialized_end=1721
+  _globals['_PREFILL']._serialized_start=1724
+  _globals['_PREFILL']._serialized_end=1891
+  _globals['_VERIFY']._serialized_start=1893
+  _globals['_VERIFY']._serialized_end=1975
+  _globals['_VERIFIERREPLY']._serialized_start=1978
+  _globals['_VERIFIERREPLY']._serialized_end=2217
+  _globals['_PROPOSEREQUEST']._serialized_start=2220
+  _globals['_PROPOSEREQUEST']._serialized_end=2364
+  _globals['_DRAFTBRANCH']._serialized_start=2366
+  _globals['_DRAFTBRANCH']._serialized_end=2434
+  _globals['_PROPOSEREPLY']._serialized_start=2437
+  _globals['_PROPOSEREPLY']._serialized_end=2649
+  _globals['_VERIFIER']._serialized_start=2800
+  _globals['_VERIFIER']._serialized_end=3149
+  _globals['_PROPOSER']._serialized_start=3152
+  _globals['_PROPOSER']._serialized_end=3287
 # @@protoc_insertion_point(module_scope)

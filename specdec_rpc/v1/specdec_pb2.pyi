@@ -13,10 +13,12 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_EOS: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_CTX_LEN: _ClassVar[FinishReason]
+    FINISH_REASON_STOP: _ClassVar[FinishReason]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_EOS: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_CTX_LEN: FinishReason
+FINISH_REASON_STOP: FinishReason
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -115,6 +117,80 @@ class DetokenizeReply(_message.Message):
     text: str
     num_ids: int
     def __init__(self, text: _Optional[str] = ..., num_ids: _Optional[int] = ...) -> None: ...
+
+class TokenIds(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("text", "token_ids", "method", "k", "adaptive_k", "sampling", "max_new_tokens", "stop", "ignore_eos")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_K_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: TokenIds
+    method: str
+    k: int
+    adaptive_k: bool
+    sampling: SamplingParams
+    max_new_tokens: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    ignore_eos: bool
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., method: _Optional[str] = ..., k: _Optional[int] = ..., adaptive_k: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
+
+class GenerateReply(_message.Message):
+    __slots__ = ("tokens", "text", "finish_reason", "metrics")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    finish_reason: FinishReason
+    metrics: GenerateMetrics
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., metrics: _Optional[_Union[GenerateMetrics, _Mapping]] = ...) -> None: ...
+
+class GenerateMetrics(_message.Message):
+    __slots__ = ("prompt_tokens", "generated_tokens", "ttft_s", "decode_time_s", "e2e_time_s", "decode_throughput", "e2e_throughput", "mean_accepted_tokens", "drafted", "accepted", "acceptance_rate", "acceptance_by_position", "pre_draft_hits", "k_histogram", "recoveries")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    E2E_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
+    E2E_THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
+    MEAN_ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTANCE_RATE_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTANCE_BY_POSITION_FIELD_NUMBER: _ClassVar[int]
+    PRE_DRAFT_HITS_FIELD_NUMBER: _ClassVar[int]
+    K_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    RECOVERIES_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    generated_tokens: int
+    ttft_s: float
+    decode_time_s: float
+    e2e_time_s: float
+    decode_throughput: float
+    e2e_throughput: float
+    mean_accepted_tokens: float
+    drafted: int
+    accepted: int
+    acceptance_rate: float
+    acceptance_by_position: _containers.RepeatedScalarFieldContainer[float]
+    pre_draft_hits: int
+    k_histogram: _containers.RepeatedScalarFieldContainer[int]
+    recoveries: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., ttft_s: _Optional[float] = ..., decode_time_s: _Optional[float] = ..., e2e_time_s: _Optional[float] = ..., decode_throughput: _Optional[float] = ..., e2e_throughput: _Optional[float] = ..., mean_accepted_tokens: _Optional[float] = ..., drafted: _Optional[int] = ..., accepted: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., acceptance_by_position: _Optional[_Iterable[float]] = ..., pre_draft_hits: _Optional[int] = ..., k_histogram: _Optional[_Iterable[int]] = ..., recoveries: _Optional[int] = ...) -> None: ...
 
 class VerifierRequest(_message.Message):
     __slots__ = ("prefill", "verify")

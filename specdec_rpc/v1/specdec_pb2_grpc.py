@@ -57,6 +57,11 @@ class VerifierStub:
                 request_serializer=specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeRequest.SerializeToString,
                 response_deserializer=specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeReply.FromString,
                 _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/specdec.v1.Verifier/Generate',
+                request_serializer=specdec__rpc_dot_v1_dot_specdec__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=specdec__rpc_dot_v1_dot_specdec__pb2.GenerateReply.FromString,
+                _registered_method=True)
 
 
 class VerifierServicer:
@@ -92,6 +97,15 @@ class VerifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Generate(self, request, context):
+        """One call to generate: the verifier runs the whole round loop itself (sync, propose, verify,
+        recover), against its own target in-process and the proposer the request names, and streams
+        the text. Sessions stay the low-level protocol; this is the same loop over them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +128,11 @@ def add_VerifierServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeRequest.FromString,
                     response_serializer=specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeReply.SerializeToString,
+            ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=specdec__rpc_dot_v1_dot_specdec__pb2.GenerateRequest.FromString,
+                    response_serializer=specdec__rpc_dot_v1_dot_specdec__pb2.GenerateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +246,33 @@ class Verifier:
             '/specdec.v1.Verifier/Detokenize',
             specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeRequest.SerializeToString,
             specdec__rpc_dot_v1_dot_specdec__pb2.DetokenizeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/specdec.v1.Verifier/Generate',
+            specdec__rpc_dot_v1_dot_specdec__pb2.GenerateRequest.SerializeToString,
+            specdec__rpc_dot_v1_dot_specdec__pb2.GenerateReply.FromString,
             options,
             channel_credentials,
             insecure,

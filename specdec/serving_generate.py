@@ -1,0 +1,358 @@
+"""One call to generate, served where the target is: the verifier runs the client's round loop
+(specdec.generation.generate, the one copy of it) over an in-process link to its own verifier and
+a link to the proposer the request names, and streams the text.
+
+    generator = OneCallGenerator.serving(verifier, codec, draft=remote_proposer)
+    async for event in generator.run(GenerateRequest("def f(x):", method="draft", k=4)):
+        ...   # TextDelta per step, then one Finished
+
+What the round loop does not know is text: the incremental detokenization and the stop strings
+are applied by a verifier link wrapper (`_TextLink`) to each step's outcome before the loop
+commits it, so a stop string ends the loop as EOS would (finish STOP), with its record intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field, replace
+from typing import AsyncGenerator, Callable, Mapping, Protocol
+
+from specdec.build import build_proposer
+from specdec.config import EngineConfig
+from specdec.errors import InvalidRequest, NotReady, PreconditionFailed
+from specdec.generation import GenerationConfig, GenerationRecord, ProposerLink, generate
+from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
+from specdec.proposers.base import Proposer
+from specdec.recovery import LinkLost, RecoveryPolicy
+from specdec.round_estimates import RoundEstimates
+from specdec.sampling import SamplingParams, Sparse
+from specdec.sequence import check_token_ids
+from specdec.stop_strings import check_stop_strings, cut_at_stop_string
+from specdec.stopping import FinishReason, StopParams
+from specdec.text_codec import TextCodec
+from specdec.types import StepOutcome
+from specdec.verifier import TargetVerifier
+
+log = logging.getLogger(__name__)
+
+TARGET_ONLY, DRAFT, NGRAM, TURBO = "none", "draft", "ngram", "turbo"
+METHODS = (TARGET_ONLY, DRAFT, NGRAM, TURBO)
+DECODE_CONTEXT = 8   # ids before the new ones a detokenization decodes with (word boundaries)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str | tuple[int, ...]     # text (the target's tokenizer) or token ids
+    method: str = TARGET_ONLY         # METHODS; "" = TARGET_ONLY
+    k: int = 0                        # drafts per round; 0 = the largest the method accepts
+    adaptive_k: bool = False          # k "auto": each round picks its k in 0..k
+    sampling: SamplingParams = SamplingParams()
+    max_new_tokens: int = 0           # 0 = until EOS, a stop string or ctx_len
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """What one step added: ids and the text they complete (held back while it could still
+    start a stop string)."""
+
+    tokens: list[int]
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish: FinishReason
+    prompt_tokens: int
+    record: GenerationRecord          # tokens cut at the stop string, as the deltas were
+
+
+@dataclass(frozen=True)
+class ProposerInfo:
+    fingerprint: str    # the proposer's tokenizer ("" = any: n-gram)
+    max_k: int
+    ctx_len: int        # the longest sequence its sessions hold
+
+
+class ProposerLinkToClose(ProposerLink, Protocol):
+    async def close(self) -> None: ...
+
+
+class ProposerSource(Protocol):
+    """Where a method's proposer sessions come from: a proposer service (client.api's
+    RemoteProposer) or a proposer object in this process (InProcessProposers). Both raise
+    LinkLost while the proposer cannot be reached."""
+
+    async def connect(self) -> ProposerInfo: ...
+
+    async def open(self) -> ProposerLinkToClose: ...
+
+
+class InProcessProposers:
+    """Sessions on a proposer object of this process (prompt lookup in the verifier)."""
+
+    def __init__(self, proposer: Proposer, ctx_len: int) -> None:
+        self.proposer, self.proposer_ctx_len = proposer, ctx_len
+
+    async def connect(self) -> ProposerInfo:
+        return ProposerInfo(self.proposer.fingerprint, self.proposer.max_k, self.proposer_ctx_len)
+
+    async def open(self) -> ProposerLinkToClose:
+        return InProcessProposerLink(self.proposer)
+
+
+class _Halted(Exception):
+    """The caller went away: the generation ends after the step in progress."""
+
+
+@dataclass
+class _Text:
+    """The incremental text of one generation: ids decoded a few at a time with the ids before
+    them (TextCodec.detokenize), and how much of it has been handed out."""
+
+    codec: TextCodec | None           # None: the model has no tokenizer, ids only
+    stops: tuple[str, ...]
+    tokens: list[int] = field(default_factory=list)     # every id generated
+    decoded: list[int] = field(default_factory=list)    # ids whose text is in `text`
+    pending: list[int] = field(default_factory=list)    # ids ending inside a character
+    text: str = ""
+    token_ends: list[int] = field(default_factory=list)  # [i] len(text) once tokens[i] came
+    sent_tokens: int = 0
+    sent_text: int = 0
+
+    def add(self, new: list[int], final: bool) -> tuple[TextDelta | None, int | None]:
+        """-> (the delta to hand out, or None; with a stop string, how many of `new` to keep)."""
+        before = len(self.tokens)
+        for token in new:
+            self.tokens.append(token)
+            if self.codec is not None:
+                self.pending.append(token)
+                piece, n = self.codec.detokenize(self.pending, self.decoded[-DECODE_CONTEXT:], True)
+                self.text += piece
+                self.decoded += self.pending[:n]
+                del self.pending[:n]
+            self.token_ends.append(len(self.text))
+        cut = cut_at_stop_string(self.text, self.token_ends, self.stops, self.sent_text, final)
+        delta = TextDelta(self.tokens[self.sent_tokens:cut.tokens], self.text[self.sent_text:cut.text_len])
+        self.sent_tokens, self.sent_text = cut.tokens, cut.text_len
+        keep = cut.tokens - before if cut.stopped else None
+        return (delta if delta.tokens or delta.text else None), keep
+
+
+class _TextLink:
+    """A verifier link that turns each step's tokens into text before the round loop commits
+    them, and ends the generation at a stop string (finish STOP, the tokens cut after the one
+    that completed it) or when the caller is gone (halted, after the step: never during it)."""
+
+    def __init__(self, link: InProcessVerifierLink, text: _Text,
+                 emit: Callable[[TextDelta], None]) -> None:
+        self.link, self.text, self.emit = link, text, emit
+        self.halted = False
+
+    async def prefill(self, start: int, tokens: list[int], params: StopParams,
+                      draft_fingerprint: str, sampling: SamplingParams) -> StepOutcome:
+        return self._after(await self.link.prefill(start, tokens, params, draft_fingerprint, sampling))
+
+    async def verify(self, draft: list[int], draft_probs: list[Sparse] | None) -> StepOutcome:
+        return self._after(await self.link.verify(draft, draft_probs))
+
+    def _after(self, step: StepOutcome) -> StepOutcome:
+        if self.halted:
+            raise _Halted()
+        delta, keep = self.text.add(step.tokens, final=bool(step.finish))
+        if delta is not None:
+            self.emit(delta)
+        if keep is None:
+            return step
+        return replace(step, tokens=step.tokens[:keep], finish=FinishReason.STOP)
+
+
+class OneCallGenerator:
+    """The verifier's Generate: requests in, text out, the round loop in between."""
+
+    def __init__(self, verifier: TargetVerifier, codec: TextCodec | None,
+                 proposers: Mapping[str, ProposerSource],
+                 recovery: RecoveryPolicy = RecoveryPolicy()) -> None:
+        """proposers: a source per method served besides target-only and Turbo (draft: the
+        --proposer service; ngram: in-process). codec: the target's tokenizer, None if none."""
+        self.verifier, self.codec, self.proposers, self.recovery = verifier, codec, proposers, recovery
+        self.ctx_len = verifier.engine.ctx_len
+        # k auto: what rounds cost and yield here, per method, carried across requests
+        self.k_estimates = {m: RoundEstimates() for m in METHODS}
+        self._running: set[asyncio.Task] = set()   # generations whose caller may be gone
+
+    @classmethod
+    def serving(cls, verifier: TargetVerifier, codec: TextCodec | None,
+                draft: ProposerSource | None) -> "OneCallGenerator":
+        """What a verifier service serves: prompt lookup in this process (no model), the draft
+        model from `draft` (a proposer service) where there is one, Turbo where it has heads."""
+        engine = verifier.engine
+        # A generation opens its proposer session while its verifier session may still wait
+        # for a slot: one n-gram session per slot and per queue place (a token history each).
+        sessions = engine.slots + verifier.pool.admission.max_waiting
+        ngram = build_proposer(NGRAM, EngineConfig(model="", ctx_len=engine.ctx_len,
+                                                   full_batch_size=sessions), verifier.max_k)
+        proposers: dict[str, ProposerSource] = {NGRAM: InProcessProposers(ngram, engine.ctx_len)}
+        if draft is not None:
+            proposers[DRAFT] = draft
+        return cls(verifier, codec, proposers)
+
+    def default_method(self) -> str:
+        """The proposer of a request that names none where a default is wanted (the OpenAI
+        API): the draft model where one is configured, else the target's own Turbo heads, else
+        prompt lookup, which needs nothing. Each is lossless."""
+        if DRAFT in self.proposers:
+            return DRAFT
+        return TURBO if self.verifier.engine.num_heads else NGRAM
+
+    async def _prompt(self, request: GenerateRequest) -> list[int]:
+        if isinstance(request.prompt, str):
+            if not request.prompt:
+                raise InvalidRequest("empty prompt: send some text or token ids")
+            if self.codec is None or self.codec.tokenizer is None:
+                raise PreconditionFailed("this model has no tokenizer files: send token ids")
+            codec = self.codec
+            ids, _ = await asyncio.to_thread(codec.tokenize, request.prompt)
+        else:
+            ids = list(request.prompt)
+        if not ids:
+            raise InvalidRequest("empty prompt: send some text or token ids")
+        check_token_ids(ids, self.verifier.engine.vocab_size)
+        if len(ids) >= self.ctx_len:
+            raise InvalidRequest(f"prompt of {len(ids)} tokens leaves no room to generate within "
+                                 f"ctx_len {self.ctx_len}")
+        return ids
+
+    async def _proposer(self, method: str) -> tuple[ProposerSource | None, ProposerInfo | None]:
+        """The method's source and its info; info None: unreachable now (target-only rounds
+        until a new session opens, as the client does)."""
+        if method in (TARGET_ONLY, TURBO):
+            if method == TURBO and not self.verifier.engine.num_heads:
+                raise PreconditionFailed("method turbo: this verifier has no Turbo heads (start it "
+                                         "with --speculative-model-type turbo)")
+            return None, None
+        source = self.proposers.get(method)
+        if source is None:
+            raise PreconditionFailed(f"method {method}: this verifier has no such proposer"
+                                     + (" (start it with --proposer ADDR)" if method == DRAFT else ""))
+        try:
+            return source, self._paired(await source.connect())
+        except LinkLost as exc:
+            log.warning("proposer for %s unreachable, generating target-only for now: %s", method, exc)
+            return source, None
+
+    def _paired(self, info: ProposerInfo) -> ProposerInfo:
+        """info, once its tokenizer is known to be the target's (its ids mean the same text)."""
+        if info.fingerprint and info.fingerprint != self.verifier.fingerprint:
+            raise PreconditionFailed(f"the proposer's tokenizer ({info.fingerprint}) differs from the "
+                                     f"target's ({self.verifier.fingerprint}): fix --proposer")
+        return info
+
+    def _k(self, request: GenerateRequest, method: str, info: ProposerInfo | None) -> int:
+        if method == TARGET_ONLY:
+            return 0
+        limit = self.verifier.max_k if info is None else min(self.verifier.max_k, info.max_k)
+        if request.k > limit or request.k < 0:
+            raise InvalidRequest(f"k {request.k} is out of range for method {method}: 1..{limit} "
+                                 "(0 = the largest)")
+        return request.k or limit
+
+    async def run(self, request: GenerateRequest) -> AsyncGenerator[TextDelta | Finished, None]:
+        method = request.method or TARGET_ONLY
+        if method not in METHODS:
+            raise InvalidRequest(f"unknown method {method[:32]!r}: one of {', '.join(METHODS)}")
+        stops = check_stop_strings(request.stop)
+        if stops and (self.codec is None or self.codec.tokenizer is None):
+            raise PreconditionFailed("stop strings need the model's tokenizer, which it has none of")
+        request.sampling.validate()
+        prompt = await self._prompt(request)
+        source, info = await self._proposer(method)
+        k = self._k(request, method, info)
+        config = GenerationConfig(k, request.max_new_tokens, request.ignore_eos, request.sampling,
+                                  adaptive_k=request.adaptive_k and k > 0)
+        queue: asyncio.Queue[TextDelta | Finished | BaseException] = asyncio.Queue()
+        has_text = self.codec is not None and self.codec.tokenizer is not None
+        verifier = _TextLink(InProcessVerifierLink(self.verifier),
+                             _Text(self.codec if has_text else None, stops), queue.put_nowait)
+        task = asyncio.ensure_future(self._generate(prompt, verifier, source, info, config,
+                                                    method, queue))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        task.add_done_callback(lambda t: _say_cancelled(t, queue))
+        try:
+            while not isinstance(event := await queue.get(), Finished):
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+            yield event
+        finally:
+            if not task.done():   # the caller went away (a cancelled stream)
+                verifier.halted = True
+                if verifier.link.session is None:   # still waiting for a slot: nothing runs
+                    task.cancel()
+
+    async def _generate(self, prompt: list[int], verifier: _TextLink, source: ProposerSource | None,
+                        info: ProposerInfo | None, config: GenerationConfig, method: str,
+                        queue: asyncio.Queue) -> None:
+        """The round loop, its links closed however it ends (the slot and the proposer session
+        freed); its end or its error goes to the queue."""
+        links: dict[str, InProcessVerifierLink | ProposerLinkToClose] = {"verifier": verifier.link}
+        proposer: ProposerLinkToClose | None = None
+        reopen = None
+        try:
+            if source is not None and config.num_speculative_tokens:
+                if info is not None:
+                    try:
+                        proposer = links["proposer"] = await source.open()
+                    except LinkLost:
+                        proposer = None
+                reopen = _reopener(links, source, self._paired)
+                if proposer is None:   # the loop's recovery retries later; lossless meanwhile
+                    proposer = _Lost()
+            # A proposer holding less context than the target drafts while the sequence fits
+            # it; the round loop then asks for no more drafts (k = 0 rounds), losslessly.
+            ctx_len = min(self.ctx_len, info.ctx_len) if info is not None else self.ctx_len
+            record = await generate(prompt, verifier, proposer, config, ctx_len,
+                                    info.fingerprint if info else "", reopen_proposer=reopen,
+                                    policy=self.recovery, k_estimates=self.k_estimates[method])
+            queue.put_nowait(Finished(record.finish, len(prompt), record))
+        except _Halted:
+            pass
+        except Exception as exc:
+            queue.put_nowait(exc)
+        finally:
+            for link in links.values():
+                await link.close()
+
+
+def _say_cancelled(task: asyncio.Task, queue: asyncio.Queue) -> None:
+    """A generation cancelled from outside (the loop is closing) says so to its caller, who
+    would otherwise wait for ever."""
+    if task.cancelled():
+        queue.put_nowait(NotReady("the service is stopping: the generation was cancelled"))
+
+
+class _Lost:
+    """A proposer link that is lost from the start: the round loop goes target-only and opens
+    a session after its retry interval (specdec.recovery)."""
+
+    async def propose(self, *args, **kwargs):
+        raise LinkLost("proposer unreachable")
+
+    async def close(self) -> None:
+        pass
+
+
+def _reopener(links: dict, source: ProposerSource, paired: Callable[[ProposerInfo], ProposerInfo]):
+    """A reopen function for the round loop: it closes the lost link it replaces, and checks
+    the tokenizer of a proposer that was unreachable when the generation began."""
+    async def reopen():
+        old = links.pop("proposer", None)
+        if old is not None:
+            await old.close()
+        paired(await source.connect())
+        links["proposer"] = link = await source.open()
+        return link
+    return reopen
