@@ -32,6 +32,7 @@ import numpy as np
 
 from specdec.engine import Engine
 from specdec.engine.contract import CompilesInBackground, CompilesWhenIdle
+from specdec.engine.specializations import row_logit_slice
 from specdec.types import StepTimings
 
 PREFILL, DECODE = "prefill", "decode"
@@ -109,19 +110,6 @@ class Idle:
 
 
 IDLE = Idle()
-
-
-def row_logit_slice(real_len: int, n: int, batch_n: int) -> slice:
-    """Where a row's own logits sit in a call that kept batch_n >= n logits per row.
-
-    The engine keeps, per row, the batch_n positions ending at its last real position (from 0
-    when the row is shorter); run alone the row would get the n ending there. Real positions
-    are a prefix of the row.
-    """
-    lower_batch = max(real_len - batch_n, 0)
-    lower_alone = max(real_len - n, 0)
-    start = lower_alone - lower_batch
-    return slice(start, start + n)
 
 
 def pad_rows(rows: list[Row]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

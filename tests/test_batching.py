@@ -13,8 +13,9 @@ import pytest
 
 from client.api import SpecDecClient
 from client.links import ServiceError
-from specdec.batching import DECODE, PREFILL, Batcher, Chain, Row, pad_rows, row_logit_slice
+from specdec.batching import DECODE, PREFILL, Batcher, Chain, Row, pad_rows
 from specdec.config import EngineConfig
+from specdec.engine.specializations import row_logit_slice
 from specdec.engine.torch_engine import TorchEngine
 from specdec.generation import GenerationConfig
 from specdec.slots import Admission

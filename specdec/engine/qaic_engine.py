@@ -24,12 +24,12 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from specdec.batching import row_logit_slice
 from specdec.config import QAIC_SESSIONS, EngineConfig, QaicOptions
 from specdec.engine.checkpoint import read_config
 from specdec.engine.hub import resolve_model_path
 from specdec.engine.qaic_specs import QpcLayout, Specialization
 from specdec.engine.qpc_rules import is_retained
+from specdec.engine.specializations import row_logit_slice
 from specdec.engine.turbo import read_turbo_config
 
 log = logging.getLogger(__name__)

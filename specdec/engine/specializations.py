@@ -78,3 +78,16 @@ def pad_call(spec: Specialization, input_ids: np.ndarray, position_ids: np.ndarr
     slots = np.full(spec.batch, batch_index[0], dtype=np.int64)
     slots[:b] = batch_index
     return ids, pos, slots
+
+
+def row_logit_slice(real_len: int, n: int, batch_n: int) -> slice:
+    """Where a row's own logits sit in a call that kept batch_n >= n logits per row.
+
+    The engine keeps, per row, the batch_n positions ending at its last real position (from 0
+    when the row is shorter); run alone the row would get the n ending there. Real positions
+    are a prefix of the row.
+    """
+    lower_batch = max(real_len - batch_n, 0)
+    lower_alone = max(real_len - n, 0)
+    start = lower_alone - lower_batch
+    return slice(start, start + n)
