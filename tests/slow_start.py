@@ -12,10 +12,13 @@ import os
 import sys
 import time
 
-from specdec_rpc.server import READY_PREFIX
-
 
 def main() -> None:
+    # A first line before the imports: on a loaded machine importing grpc alone can outlast
+    # the tests' half-second deadline, which is about the silence that follows.
+    print("starting", file=sys.stderr, flush=True)
+    from specdec_rpc.server import READY_PREFIX
+
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)

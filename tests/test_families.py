@@ -33,13 +33,14 @@ LAYERS = 3
 K = 3
 NEW = 24
 # Compiled: full batch 1 and windows k in 0..2 keep the shapes few (verifier 1, 2, 3; draft 1,
-# 2), with plain inductor settings (~40 s a family on two CPU cores). The families whose graphs
-# differ most: Llama-3.2 (tied lm_head), Qwen3 (q/k norm, head_dim apart from hidden / heads),
-# Mistral with a window shorter than the context (the sliding mask). TinyLlama's graph is
-# Llama-3.2's (RoPE scaling is a table), Qwen2.5's adds only the q/k/v bias; both run compiled
-# where scripts/gpu_check.sh asks (SPECDEC_FAMILIES_COMPILED=all).
+# 2), with plain inductor settings (~40 s a family on two CPU cores). In CI the two families
+# whose graphs differ most: Llama-3.2 (tied lm_head) and Qwen3 (q/k norm, head_dim apart from
+# hidden / heads). Mistral's sliding mask is one more term of the same mask (its eager parity
+# runs here); it, TinyLlama (Llama-3.2's graph, RoPE scaling a table) and Qwen2.5 (q/k/v bias)
+# run compiled where scripts/gpu_check.sh asks (SPECDEC_FAMILIES_COMPILED=all), which keeps
+# the suite within its time.
 COMPILED = tuple(FAMILIES) if os.environ.get("SPECDEC_FAMILIES_COMPILED") == "all" else \
-    ("llama-3.2-1b", "qwen3-0.6b", "mistral-7b")
+    ("llama-3.2-1b", "qwen3-0.6b")
 COMPILED_K = 2
 WINDOW = 16   # a sliding window shorter than the tests' contexts
 
