@@ -22,14 +22,16 @@ def load_hf(path: str, dtype: str = "float32", device: str = "cpu"):
 
 
 def hf_generate(model, ids: list[int], new: int, **kw) -> tuple[list[int], int]:
-    """Greedy generate() of exactly `new` tokens; kw adds assistant_model, prompt lookup, ..."""
+    """Greedy generate() of exactly `new` tokens, EOS an ordinary token as the services' with
+    ignore_eos (not min_new_tokens, which forbids EOS and so picks another token where the
+    model's argmax is EOS); kw adds assistant_model, prompt lookup, ..."""
     calls = [0]
     hook = model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     try:
         with torch.no_grad():
             out = model.generate(torch.tensor([ids], device=model.device),
                                  attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
-                                 max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                 max_new_tokens=new, do_sample=False, eos_token_id=None,
                                  pad_token_id=0, **kw)
     finally:
         hook.remove()
