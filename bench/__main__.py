@@ -10,16 +10,19 @@
       while the proposer drafts the branches after it (GenerationConfig.use_branches)
   (b~) as (b), with k chosen each round (--num-speculative-tokens auto, up to --auto-max-k)
       (--method draft and ngram)
+  (g) Generate on the verifier: each prompt as one Generate call, the verifier running the same
+      loop (--method draft: on the proposer service of (b), the verifier's --proposer; ngram:
+      prompt lookup inside the verifier; turbo: the Turbo verifier's heads)
   (c) speculative in-process: the same library and generation loop, no gRPC, one process
   (d) transformers' plain greedy generate() on the same target (what a Python user has)
   (e) transformers' own speculation on the same models: assisted generation with the draft
       (--method draft) or prompt lookup (--method ngram)
 
 Prints tokens/s of each, the ratios b/a (what speculation buys), b/c (what the split costs),
-a/d and b/e (against transformers), and mean accepted tokens per target step. Every row must
-produce identical tokens.
+g/b (the loop served by the verifier vs the client's), a/d and b/e (against transformers), and
+mean accepted tokens per target step. Every row must produce identical tokens.
 
-With --temperature T > 0 every row samples, seeded: the rows (a), (b), (b+r) and (c) only. The
+With --temperature T > 0 every row samples, seeded: the rows (a), (b), (b+r), (g) and (c) only. The
 speculative ones must give the same tokens (the same seed draws the same numbers however the
 drafts came about, pre-drafted or not); (a) and transformers draw differently.
 
@@ -45,7 +48,7 @@ import torch
 
 from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
 from client.api import SpecDecClient
-from client.cli_common import DEFAULT_PROMPTS, load_tokenizer
+from client.cli_common import DEFAULT_PROMPTS, generate_record, load_tokenizer
 from client.launcher import ServiceProcess, start_service
 from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.build import build_proposer, build_verifier
@@ -57,6 +60,7 @@ from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.metrics import BatchMetrics, batch_metrics
 from specdec.sampling import SamplingParams
+from specdec.serving_generate import GenerateRequest
 from specdec_rpc.server import COMPILED_PREFIX
 
 BENCH_PROMPTS = DEFAULT_PROMPTS + [
@@ -80,6 +84,17 @@ async def run_grpc(verifier: str, proposer: str | None, prompts: list[list[int]]
                    config: GenerationConfig) -> list[GenerationRecord]:
     async with SpecDecClient(verifier, proposer) as client:
         return [await client.generate(p, config) for p in prompts]
+
+
+async def run_generate(verifier: str, method: str, prompts: list[list[int]],
+                       config: GenerationConfig) -> list[GenerationRecord]:
+    """(g): each prompt as one Generate call, timed here as run_grpc's generations are (from
+    the request to the last reply; the prompt goes as ids, so no tokenization, but the
+    verifier's detokenization is in), its counts from the verifier's final metrics."""
+    async with SpecDecClient(verifier) as client:
+        return [await generate_record(client, GenerateRequest(
+            tuple(p), method, config.num_speculative_tokens, sampling=config.sampling,
+            max_new_tokens=config.max_new_tokens, ignore_eos=config.ignore_eos)) for p in prompts]
 
 
 async def run_inprocess(verifier, proposer, prompts: list[list[int]],
@@ -237,15 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: {args.method}, {len(prompts)} prompts x {args.max_new_tokens} tokens, "
           f"k = {args.k}, {args.device}/{args.dtype}", file=sys.stderr)
 
-    services = [start_verifier(args, v_flags)]
+    if args.method == "draft":  # sequential drafting, first: (g)'s verifier drafts on it (--proposer)
+        drafts = start_proposer(args, p_flags, "draft")
+        services = [start_verifier(args, [*v_flags, "--proposer", drafts.address]), drafts]
+    else:
+        services = [start_verifier(args, v_flags)]
     if args.method == "turbo":  # a second verifier with its heads on, on the same cores as (a)
         services.append(start_verifier(args, v_flags, turbo=True))
     elif args.method == "ngram":
         services.append(start_proposer(args, p_flags, "ngram"))
-    else:  # sequential drafting, and (b+) a second proposer that pre-drafts
-        services.append(start_proposer(args, p_flags, "draft"))
-        if args.pre_draft_branches:
-            services.append(start_proposer(args, p_flags, "draft", args.pre_draft_branches))
+    elif args.pre_draft_branches:  # (b+) a second proposer that pre-drafts
+        services.append(start_proposer(args, p_flags, "draft", args.pre_draft_branches))
     pre = pre_on_request = rec_auto = None
     try:
         plain = services[0].address
@@ -255,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             return label, lambda warmup: asyncio.run(
                 run_grpc(verifier, proposer, warm if warmup else prompts, cfg))
         rows = [grpc_row("(a) target-only, gRPC", plain, None, target_only),
-                grpc_row("(b) speculative, gRPC", spec_v, spec_p, config)]
+                grpc_row("(b) speculative, gRPC", spec_v, spec_p, config),
+                ("(g) Generate on the verifier", lambda warmup: asyncio.run(
+                    run_generate(spec_v, args.method, warm if warmup else prompts, config)))]
         if auto_k:
             rows.append(grpc_row(f"(b~) k auto up to {auto_k}, gRPC", spec_v, spec_p, auto))
         if len(services) > 2:
@@ -266,9 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                                      "branches, gRPC", plain, services[2].address,
                                      replace(config, use_branches=True)))
         results = measured_in_turn(rows, args.repeats)
-        (rec_a, a), (rec_b, b) = results[:2]
+        (rec_a, a), (rec_b, b), (rec_g, g) = results[:3]
         if auto_k:
-            rec_auto, m_auto = results[2]
+            rec_auto, m_auto = results[3]
         if len(services) > 2:
             pre_on_request, pre = (results[-1], None) if sampled else results[-2:]
     finally:
@@ -290,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     # The speculative rows' tokens; greedy, also target-only's and transformers' (sampled, those
     # draw other numbers from the same seed).
     outputs = [[r.tokens for r in records] for records in
-               [rec_b, rec_c] + [x[0] for x in (pre, pre_on_request) if x] + ([rec_auto] if rec_auto else [])]
+               [rec_b, rec_g, rec_c] + [x[0] for x in (pre, pre_on_request) if x] + ([rec_auto] if rec_auto else [])]
     d = peer = None
     if not sampled:
         hf = load_hf(args.target_model)
@@ -311,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                          "transformers_speculative": peer[1] if peer else None},
         "speedup_b_over_a": b.e2e_throughput / a.e2e_throughput,
         "split_ratio_b_over_c": b.e2e_throughput / c.e2e_throughput,
+        "server_side_tokens_per_s": g.e2e_throughput,
+        "server_side_vs_client_loop": g.e2e_throughput / b.e2e_throughput,
         "target_only_vs_transformers_a_over_d": a.e2e_throughput / d if d else None,
         "pre_draft_tokens_per_s": pre[1].e2e_throughput if pre else None,
         "pre_draft_vs_sequential_bplus_over_b": pre[1].e2e_throughput / b.e2e_throughput if pre else None,
@@ -339,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"\nspeedup b/a (speculative vs target-only, both gRPC): {figures['speedup_b_over_a']:.2f}x")
     print(f"split  b/c (gRPC services vs in-process):          {figures['split_ratio_b_over_c']:.2f}x")
+    print(f"server-side g/b (Generate on the verifier vs the client's loop): "
+          f"{figures['server_side_vs_client_loop']:.2f}x")
     print(f"mean accepted tokens per target step: {b.mean_accepted_tokens:.2f} "
           f"(acceptance rate {b.acceptance_rate:.1%})")
     if d:

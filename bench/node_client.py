@@ -1,5 +1,6 @@
-"""The Node.js example client (examples/node) vs the Python client, on the same services and
-prompts, measured in one run: tokens/s of each, their ratio, and that the tokens are identical.
+"""The Node.js example client that runs the round loop itself (examples/node/round_loop.mjs) vs
+the Python client, on the same services and prompts, measured in one run: tokens/s of each,
+their ratio, and that the tokens are identical.
 
     python -m bench.node_client --method draft --k 4     # also: --method ngram --k 3, turbo
 
@@ -27,7 +28,7 @@ from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig
 from specdec_rpc.server import COMPILED_PREFIX
 
-NODE_CLIENT = Path(__file__).resolve().parent.parent / "examples" / "node" / "generate.mjs"
+NODE_CLIENT = Path(__file__).resolve().parent.parent / "examples" / "node" / "round_loop.mjs"
 
 
 async def node_run(node: str, verifier: str, proposer: str | None, text: str, k: int,

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Callable, TypeVar
 
 from client.api import SpecDecClient
 from client.compare import format_comparison
-from client.launcher import QUIET_TIMEOUT_S, ServiceStartError, start_service, wait_all_ready
+from client.launcher import QUIET_TIMEOUT_S, ServiceProcess, ServiceStartError, start_service, wait_all_ready
 from client.links import ServiceError
 from specdec import tokenizer_fingerprint
 from specdec.config import EngineConfig, QaicOptions
@@ -27,8 +28,11 @@ from specdec.metrics import batch_metrics, format_metrics, generation_metrics
 from specdec.proposers.base import Proposer
 from specdec.recovery import RecoveryPolicy
 from specdec.sampling import SamplingParams
+from specdec.serving_generate import DRAFT, TARGET_ONLY, GenerateRequest
+from specdec.stopping import FinishReason
 from specdec_rpc.security import ClientSecurity
 from specdec_rpc.service_cli import ServiceOptions
+from verifier_service.config import VerifierServiceConfig
 
 AUTO = "auto"     # --num-speculative-tokens auto: k adapts each round (specdec.adaptive_k)
 AUTO_MAX_K: int = ServiceOptions.max_k  # ... up to this k in services the client starts: their --max-k default
@@ -66,6 +70,10 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
     p.add_argument("--compare-target-only", action="store_true",
                    help="then decode the same prompts target-only (k = 0) on the same services and "
                         "print both times, the speedup and whether the outputs are identical")
+    p.add_argument("--server-side", action="store_true",
+                   help="one Generate call per prompt: the verifier runs the round loop (a draft "
+                        "model on its own --proposer, which a verifier started here is given; "
+                        "prompt lookup inside it; Turbo with its heads)")
     e = p.add_argument_group("services the client starts")
     add_flag(e, EngineConfig, "prefill_seq_len", default=prefill_seq_len)
     add_flag(e, EngineConfig, "ctx_len", default=ctx_len)
@@ -184,27 +192,93 @@ async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]
         return await asyncio.gather(*(one(i, ids) for i, ids in enumerate(prompts)))
 
 
+async def generate_record(client: SpecDecClient, request: GenerateRequest) -> GenerationRecord:
+    """One Generate call as the record the client's own loop would have made: its tokens and
+    times seen here (from the request to the last reply), its counts from the verifier's final
+    metrics (every round after the prefill counts its k in k_histogram)."""
+    rec = GenerationRecord(len(request.prompt), t_start=time.perf_counter())
+    last = None
+    async for last in client.stream_text(request):
+        if last.tokens and not rec.tokens:
+            rec.t_first = time.perf_counter()
+        rec.tokens += last.tokens
+    rec.t_end = time.perf_counter()
+    assert last is not None, "Generate ends with a reply that holds its finish reason"
+    m = last.metrics
+    rec.finish = FinishReason(last.finish_reason)
+    rec.k_histogram = list(m.k_histogram)
+    rec.verify_steps = sum(rec.k_histogram)
+    rec.step_tokens = round(m.mean_accepted_tokens * rec.verify_steps)
+    rec.drafted, rec.accepted = m.drafted, m.accepted
+    rec.pre_draft_hits, rec.recoveries = m.pre_draft_hits, m.recoveries
+    return rec
+
+
+async def _run_server_side(verifier: str, prompts: list[list[int]], config: GenerationConfig,
+                           method: str, width: int, options: dict[str, Any]) -> list[GenerationRecord]:
+    """--server-side: each prompt as one Generate call on the verifier, `width` at a time."""
+    client = SpecDecClient(verifier, **options)
+    gate = asyncio.Semaphore(width)
+    k = config.num_speculative_tokens
+    method = method if k else TARGET_ONLY
+
+    async def one(i: int, ids: list[int]) -> GenerationRecord:
+        s = config.sampling
+        seeded = replace(s, seed=None if s.seed is None else s.seed + i)
+        # k auto: 0 asks for the largest the verifier accepts, chosen per round
+        request = GenerateRequest(tuple(ids), method, 0 if config.adaptive_k else k, config.adaptive_k,
+                                  seeded, config.max_new_tokens, ignore_eos=config.ignore_eos)
+        async with gate:
+            return await generate_record(client, request)
+
+    async with client:
+        return await asyncio.gather(*(one(i, ids) for i, ids in enumerate(prompts)))
+
+
+def _wait_listening(svc: ServiceProcess) -> str:
+    """The address of a service that is starting: known once it is bound, before it loads."""
+    while not svc.address:
+        svc.check_start()
+        time.sleep(0.05)
+    return svc.address
+
+
 def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, ServiceSpec],
             addresses: dict[str, str | None], config: GenerationConfig,
-            default_prompts: list[str] = DEFAULT_PROMPTS, local_proposer: Proposer | None = None) -> int:
+            default_prompts: list[str] = DEFAULT_PROMPTS, local_proposer: Proposer | None = None,
+            method: str = DRAFT) -> int:
     """Start whatever services have no address, generate every prompt, print and save. A model
     that cannot be loaded, here or in a service started here, ends the process with its one
-    line (exit_with)."""
+    line (exit_with). method: Generate's, for --server-side (draft, ngram, turbo)."""
     try:
         tok = load_tokenizer(tokenizer_model)
     except START_ERRORS as exc:
         exit_with(exc)
     texts = args.prompts or default_prompts
     prompts = [tok(t)["input_ids"] for t in texts]
+    if args.server_side and addresses["verifier"] is not None:
+        if addresses.get("proposer") is not None:
+            exit_with(InvalidRequest("--server-side with --verifier: the verifier drafts on its own "
+                                     "--proposer; drop --proposer here"))
+        services = {"verifier": services["verifier"]}   # none to start for it
     with ExitStack() as stack:
-        started = {}
-        for key, spec in services.items():   # all at once: they load and compile side by side
-            if addresses.get(key) is None:
+        started: dict[str, ServiceProcess] = {}
+        try:
+            # All at once: they load and compile side by side. The verifier last: with
+            # --server-side it is given the proposer's address, known once that one is bound.
+            for key in sorted(services, key=lambda name: name == "verifier"):
+                spec = services[key]
+                if addresses.get(key) is not None:
+                    continue
+                extra: list[str] = []
+                if key == "verifier" and args.server_side and "proposer" in services:
+                    if "proposer" in started:
+                        addresses["proposer"] = _wait_listening(started["proposer"])
+                    extra = to_argv(VerifierServiceConfig, "proposer", addresses["proposer"])
                 print(f"starting {spec.name} ...", file=sys.stderr, flush=True)
-                started[key] = start_service(spec.name, spec.module, spec.args,
+                started[key] = start_service(spec.name, spec.module, [*spec.args, *extra],
                                              echo_stderr=not args.quiet_services, wait=False)
                 stack.callback(started[key].stop)
-        try:
             wait_all_ready(list(started.values()))
         except ServiceStartError as exc:
             stack.close()   # the others stopped first: the error is the last line
@@ -219,12 +293,20 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
                   file=sys.stderr, flush=True)
             for svc in started.values():
                 svc.wait_compiled(QUIET_TIMEOUT_S)
+
+        def run(config: GenerationConfig, proposer: Proposer | None) -> list[GenerationRecord]:
+            if args.server_side:
+                verifier = addresses["verifier"]
+                assert verifier is not None, "started above"
+                return asyncio.run(_run_server_side(verifier, prompts, config, method,
+                                                    concurrency(args), client_options(args)))
+            return asyncio.run(_run_prompts(addresses, prompts, config, concurrency(args), proposer,
+                                            client_options(args)))
+
         try:
-            records = asyncio.run(_run_prompts(addresses, prompts, config, concurrency(args),
-                                               local_proposer, client_options(args)))
-            baseline = asyncio.run(_run_prompts(
-                addresses, prompts, replace(config, num_speculative_tokens=0, adaptive_k=False),
-                concurrency(args), None, client_options(args))) if args.compare_target_only else None
+            records = run(config, local_proposer)
+            baseline = run(replace(config, num_speculative_tokens=0, adaptive_k=False), None) \
+                if args.compare_target_only else None
         except (ServiceError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

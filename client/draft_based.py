@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.num_speculative_tokens != AUTO and args.num_speculative_tokens < 0:
         p.error("--num-speculative-tokens must be >= 0")
+    if args.server_side and args.draft_top_m != GenerationConfig.draft_top_m:
+        p.error(f"--server-side: the verifier's loop samples drafts from the top "
+                f"{GenerationConfig.draft_top_m}; drop --draft-top-m")
     return args
 
 

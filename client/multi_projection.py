@@ -15,6 +15,7 @@ from specdec.engine.turbo import read_turbo_config
 from specdec.errors import START_ERRORS, exit_with
 from specdec.flags import add_flag, to_argv
 from specdec.generation import GenerationConfig
+from specdec.serving_generate import TURBO
 from specdec_rpc.service_cli import ServiceOptions
 from verifier_service.config import VerifierServiceConfig
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     k = heads if auto or args.num_speculative_tokens is None else min(args.num_speculative_tokens, heads)
     config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
                               adaptive_k=auto)
-    return run_cli(args, model, services, {"verifier": args.verifier}, config)
+    return run_cli(args, model, services, {"verifier": args.verifier}, config, method=TURBO)
 
 
 if __name__ == "__main__":

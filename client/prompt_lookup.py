@@ -9,6 +9,7 @@ instead: this session's sequence and those of the sessions the proposer finished
 sizes (compiled specializations on Cloud AI 100, any size on torch); each step uses the
 smallest that holds its draft, and the largest is k.
 `--num-speculative-tokens auto` picks k each step (the verifier's default window sizes).
+With --server-side the verifier runs the loop, with its own prompt lookup (no proposer service).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from specdec.flags import add_flag, to_argv
 from specdec.generation import GenerationConfig
 from specdec.proposers.ngram import NgramProposer
 from specdec.proposers.suffix import SuffixProposer
+from specdec.serving_generate import NGRAM
 from specdec.windows import parse_sizes
 from specdec_rpc.service_cli import ServiceOptions
 from verifier_service.config import VerifierServiceConfig
@@ -81,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_ngram_size < 1:
         p.error("--max-ngram-size must be >= 1")
     check_suffix_args(p, args)
+    if args.server_side and (args.local_proposer or args.method != NgramProposer.method
+                             or args.max_ngram_size != ProposerServiceConfig.max_ngram_size):
+        p.error("--server-side runs the verifier's own prompt lookup (method ngram, max n-gram size "
+                f"{ProposerServiceConfig.max_ngram_size}): no --local-proposer, --method suffix or "
+                "--max-ngram-size")
     return args
 
 
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                                 full_batch_size=concurrency(args))
         local = build_proposer(args.method, sessions, k, args.max_ngram_size,
                                suffix=suffix_options(args))
-    elif k:
+    elif k and not args.server_side:
         services["proposer"] = ServiceSpec(
             "proposer", "proposer_service",
             [*to_argv(ProposerServiceConfig, "method", args.method),
@@ -113,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                               adaptive_k=auto)
     return run_cli(args, args.target_model_name, services,
                    {"verifier": args.verifier, "proposer": args.proposer}, config,
-                   REPEATED_PATTERN_PROMPTS, local)
+                   REPEATED_PATTERN_PROMPTS, local, NGRAM)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,8 @@ def test_a_service_that_crashed_mid_run_is_reported_when_stopped(capsys):
 
 
 def test_bench_modes_agree(tiny_pair, tmp_path):
-    """The benchmark's modes (target-only, gRPC, pre-drafting, in-process, transformers' own)
-    produce identical tokens."""
+    """The benchmark's modes (target-only, gRPC, pre-drafting, Generate on the verifier,
+    in-process, transformers' own) produce identical tokens."""
     target, draft = tiny_pair
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "bench", "--target-model", str(target), "--draft-model", str(draft),
@@ -102,11 +102,13 @@ def test_bench_modes_agree(tiny_pair, tmp_path):
     assert figures["tokens_per_s"]["speculative_grpc"] > 0
     assert figures["pre_draft_tokens_per_s"] > 0 and figures["tokens_per_s"]["transformers_speculative"] > 0
     assert figures["auto_vs_fixed_bauto_over_b"] > 0 and sum(figures["auto_k_histogram"]) > 0
+    assert figures["server_side_tokens_per_s"] > 0 and figures["server_side_vs_client_loop"] > 0
 
 
 def test_sampled_bench_rows_give_the_same_tokens(tiny_pair, tmp_path):
-    """--temperature: the speculative rows (sequential, pre-drafting, in-process) sample the
-    same tokens for the same seed, and transformers' rows, which draw otherwise, are skipped."""
+    """--temperature: the speculative rows (sequential, pre-drafting, Generate on the verifier,
+    in-process) sample the same tokens for the same seed, and transformers' rows, which draw
+    otherwise, are skipped."""
     target, draft = tiny_pair
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "bench", "--target-model", str(target), "--draft-model", str(draft),
@@ -118,3 +120,53 @@ def test_sampled_bench_rows_give_the_same_tokens(tiny_pair, tmp_path):
     assert figures["identical_outputs"] is True and figures["setup"]["temperature"] == 0.8
     assert figures["pre_draft_on_request_vs_sequential_bplusr_over_b"] > 0
     assert figures["tokens_per_s"]["transformers_generate"] is None and figures["pre_draft_tokens_per_s"] is None
+
+
+@pytest.mark.parametrize("cli", ["draft_based", "prompt_lookup", "multi_projection"])
+def test_server_side_cli_generates_through_the_verifier_losslessly(cli, tiny_pair, target_hf, tmp_path):
+    """--server-side: one Generate call per prompt, the services started here (for the draft
+    model the proposer first, its address the verifier's --proposer); the same greedy tokens,
+    with drafts accepted by the verifier's own loop."""
+    target, draft = tiny_pair
+    model = ["--target-model-name", str(target)]
+    if cli == "draft_based":
+        model += ["--draft-model-name", str(draft), "--num-speculative-tokens", "3"]
+    elif cli == "multi_projection":
+        import shutil
+
+        from tests.tiny_models import save_turbo
+
+        turbo = shutil.copytree(target, tmp_path / "turbo")
+        save_turbo(turbo, heads=3, layers=1, zero_heads=(0,))
+        model = ["--pretrained-model-name-or-path", str(turbo)]
+    out = tmp_path / "run.json"
+    cmd = [sys.executable, "-m", f"client.{cli}", *model, "--server-side", "--prefill-seq-len", "8",
+           "--ctx-len", "64", "--max-new-tokens", "16", "--ignore-eos-token", "--full-batch-size", "2",
+           "--json", str(out), "--compare-target-only", "--quiet-services",
+           "--prompts", "t5 t6 t7 t8 t9 t5 t6 t7 t8 t9 t5 t6", "--prompts", "t40 t41 t42 t40 t41 t42"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    started = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("starting ")]
+    assert started == (["proposer", "verifier"] if cli == "draft_based" else ["verifier"])
+    report = json.loads(out.read_text())
+    for item in report["prompts"]:
+        assert item["generated_ids"] == greedy_reference(target_hf, item["prompt_ids"], 16)
+        assert item["finish_reason"] == "LENGTH"
+    totals = report["totals"]
+    assert totals["generated_tokens"] == 32 and totals["drafted"] > 0
+    assert totals["mean_accepted_tokens"] > 1.0 and sum(totals["k_histogram"]) > 0, totals
+    # the baseline: target-only Generate calls on the same verifier, the same tokens
+    assert report["target_only"]["generated_ids"] == [item["generated_ids"] for item in report["prompts"]]
+    assert report["target_only"]["totals"]["drafted"] == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["client.prompt_lookup", "--server-side", "--local-proposer"], "--server-side runs the verifier's own"),
+    (["client.prompt_lookup", "--server-side", "--method", "suffix"], "--server-side runs the verifier's own"),
+    (["client.draft_based", "--server-side", "--verifier", "127.0.0.1:9", "--proposer", "127.0.0.1:9"],
+     "drop --proposer here"),
+])
+def test_server_side_refuses_what_the_verifier_would_not_do(argv, message, tiny_pair):
+    proc = subprocess.run([sys.executable, "-m", *argv, "--target-model-name", str(tiny_pair[0])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]

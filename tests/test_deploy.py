@@ -1,6 +1,7 @@
 """The Kubernetes manifests (deploy/k8s): every manifest and every rendered overlay validates
 against the Kubernetes schemas (offline, kubernetes-validate), and what the manifests say about
-ports, probes, environment, grace and devices agrees with the services' real configuration."""
+ports, probes, environment, grace and devices agrees with the services' real configuration; and
+the verifier's OpenAI HTTP port and proposer address, there and in docker-compose.yml."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from client.replicas import Endpoint, parse_target
 from proposer_service.config import from_args as proposer_config
 from proposer_service.config import parser as proposer_parser
 from specdec_rpc.metrics import ServiceMetrics
@@ -22,6 +24,7 @@ from verifier_service.config import parser as verifier_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+COMPOSE = ROOT / "docker-compose.yml"
 OVERLAYS = ("cpu", "qaic")
 # The oldest Kubernetes with native gRPC probes (GA in 1.27), and the newest schemas we carry.
 VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
@@ -72,8 +75,9 @@ def test_every_manifest_validates(path, version):
 def test_every_rendered_overlay_validates(overlay, version):
     docs = render(overlay)
     kinds = sorted(d["kind"] for d in docs)
+    # Each service's Deployment, headless Service, budget and autoscaler; the verifier's HTTP Service
     assert kinds == sorted(["Deployment", "Service", "PodDisruptionBudget",
-                            "HorizontalPodAutoscaler"] * 2), kinds
+                            "HorizontalPodAutoscaler"] * 2 + ["Service"]), kinds
     for doc in docs:
         validate(doc, version)
 
@@ -159,3 +163,35 @@ def test_probes_ports_and_environment_agree_with_the_services_flags(overlay, mon
         else:                   # Guaranteed QoS: whole cores of its own per replica
             assert resources["requests"] == resources["limits"]
             assert QAIC_RESOURCE not in resources["limits"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_verifier_serves_http_and_drafts_on_the_proposer_pods(overlay, monkeypatch):
+    docs = render(overlay)
+    deployments, services = by_kind(docs, "Deployment"), by_kind(docs, "Service")
+    pod = deployments["specdec-verifier"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    cfg = service_config(container, monkeypatch)
+    # The OpenAI API: on the container's http port, behind a ClusterIP Service on these pods
+    # (kube-proxy spreads HTTP connections; a headless name would pin a client to one pod).
+    assert cfg.http_port > 0 and {p["name"]: p["containerPort"] for p in container["ports"]}["http"] == cfg.http_port
+    http = services["specdec-verifier-http"]["spec"]
+    assert http.get("clusterIP") != "None" and matches(http["selector"], pod["metadata"]["labels"])
+    (port,) = http["ports"]
+    assert (port["port"], port["targetPort"]) == (cfg.http_port, "http")
+    # Generate's draft model: every pod behind the proposer's headless Service, at its gRPC port.
+    proposer = services["specdec-proposer"]["spec"]
+    grpc_port = {p["name"]: p["port"] for p in proposer["ports"]}["grpc"]
+    assert cfg.proposer is not None
+    assert parse_target(cfg.proposer) == [Endpoint("specdec-proposer", grpc_port, dns=True)]
+    assert proposer["clusterIP"] == "None"
+
+
+def test_compose_verifier_serves_http_and_drafts_on_the_proposer_service(monkeypatch):
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, value in services["verifier"]["environment"].items():
+        monkeypatch.setenv(name, value)
+    cfg = verifier_config([])
+    assert cfg.http_port > 0 and f"{cfg.http_port}:{cfg.http_port}" in services["verifier"]["ports"]
+    # The proposer by its compose service name, at the port it listens on
+    assert cfg.proposer == f"proposer:{services['proposer']['environment']['SPECDEC_PORT']}"

@@ -1,260 +1,63 @@
 #!/usr/bin/env node
-// Speculative decoding from Node.js against the specdec.v1 services, on protos/ as they are (no
-// generated code). The round loop is specdec/generation.py's, written to be read beside it:
-//   node examples/node/generate.mjs --verifier HOST:PORT [--proposer HOST:PORT] --prompt TEXT \
-//     --max-new-tokens N --num-speculative-tokens K [--ignore-eos] [--json]
-// The verifier tokenizes and detokenizes (Tokenize/Detokenize), so no tokenizer is needed here.
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+// Speculative decoding from Node.js in one call: the verifier's Generate RPC runs the round loop
+// itself (specdec/serving_generate.py) and streams the text, so this client holds no loop, no
+// proposer connection and no tokenizer. (round_loop.mjs runs the loop here, over Sessions.)
+//   node examples/node/generate.mjs --verifier HOST:PORT --prompt TEXT [--method draft|ngram|turbo|none] \
+//     [--num-speculative-tokens K|auto] [--max-new-tokens N] [--stop TEXT ...] [--ignore-eos] [--json]
+// Method draft drafts on the proposer service at the verifier's own --proposer.
 import { parseArgs } from 'node:util';
-import grpc from '@grpc/grpc-js';
-import protoLoader from '@grpc/proto-loader';
-
-const PROTOS = fileURLToPath(new URL('../../protos/', import.meta.url));
-const UNFINISHED = 'FINISH_REASON_UNSPECIFIED';
-// The service went away or did not answer in time: a new session may work (specdec/recovery.py).
-const LOST = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.CANCELLED]);
-const RECOVERY = { backoffS: 0.2, backoffMaxS: 3, proposerRetryMs: 2000 }; // RecoveryPolicy's
-
-function loadApi() {
-  const definition = protoLoader.loadSync('specdec_rpc/v1/specdec.proto', {
-    includeDirs: [PROTOS], keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true,
-  });
-  return grpc.loadPackageDefinition(definition).specdec.v1;
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const lost = (message) => Object.assign(new Error(message), { code: grpc.status.UNAVAILABLE, details: message });
-
-function withTimeout(promise, seconds, onTimeout) {
-  let timer;
-  const expired = new Promise((_, reject) => {
-    timer = setTimeout(() => { onTimeout(); reject(lost(`no reply within ${seconds}s`)); }, seconds * 1000);
-  });
-  return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
-}
-
-// One bidirectional stream = one session on the service (one KV slot or n-gram history).
-class Session {
-  constructor(client, metadata, stepTimeoutS) {
-    this.call = client.Session(metadata);
-    this.call.on('error', () => {}); // the status reaches step() through the iterator
-    this.replies = this.call[Symbol.asyncIterator]();
-    this.stepTimeoutS = stepTimeoutS;
-  }
-
-  async step(request) {
-    this.call.write(request);
-    const next = withTimeout(this.replies.next(), this.stepTimeoutS, () => this.call.cancel());
-    const { value, done } = await next; // rejects with the service's status on an error
-    if (done) throw lost('the service ended the session');
-    return value;
-  }
-
-  close() {
-    this.call.end(); // half-close, then cancel, so the service frees the slot at once
-    this.call.cancel();
-  }
-}
-
-function unary(client, method, request, metadata, timeoutS = 30) {
-  return new Promise((resolve, reject) => {
-    client[method](request, metadata, { deadline: Date.now() + timeoutS * 1000 },
-      (err, reply) => (err ? reject(err) : resolve(reply)));
-  });
-}
-
-async function info(client, metadata) {
-  await new Promise((resolve, reject) =>
-    client.waitForReady(Date.now() + 30_000, (err) => (err ? reject(err) : resolve())));
-  return unary(client, 'Info', {}, metadata);
-}
-
-function commonPrefixLen(a, b, known = 0) {
-  const n = Math.min(a.length, b.length);
-  let i = Math.min(known, n);
-  while (i < n && a[i] === b[i]) i += 1;
-  return i;
-}
-
-// The round loop. prompt: token ids; links: { openVerifier, openProposer (or null) }.
-async function generate(prompt, links, cfg, ctxLen, fingerprint, onTokens) {
-  const rec = { tokens: [], finish: UNFINISHED, verifySteps: 0, stepTokens: 0, drafted: 0, accepted: 0 };
-  const [t0, cpu0] = [performance.now(), process.cpuUsage()];
-  const seq = [...prompt]; // prompt + everything emitted: the source of truth
-  let held = []; // what the proposer session holds
-  let heldAgrees = 0; // held[:heldAgrees] equals seq[:heldAgrees], known
-  let guesses = []; // Turbo: the verifier's own heads' next draft
-  let verifier = null;
-  let proposer = cfg.k > 0 && links.openProposer ? links.openProposer() : null;
-  let proposerDownAt = null;
-  const remaining = () => (cfg.maxNewTokens ? cfg.maxNewTokens - rec.tokens.length : 0);
-
-  // Prefill the verifier with the whole sequence (start = 0), retrying a lost verifier with
-  // backoff until the deadline: a new session emits the token the lost step would have.
-  async function prefill() {
-    const deadline = Date.now() + cfg.recoveryDeadlineS * 1000;
-    for (let delay = 0; ; delay = Math.min(delay ? 2 * delay : RECOVERY.backoffS, RECOVERY.backoffMaxS)) {
-      await sleep(delay * 1000);
-      try {
-        verifier ??= links.openVerifier();
-        return await verifier.step({ prefill: {
-          start: 0, tokens: seq, max_new_tokens: remaining(), ignore_eos: cfg.ignoreEos,
-          draft_tokenizer_fingerprint: fingerprint } });
-      } catch (err) {
-        if (!LOST.has(err.code) || Date.now() + delay * 1000 > deadline) throw err;
-        verifier.close();
-        verifier = null;
-      }
-    }
-  }
-
-  async function propose(k) {
-    if (proposerDownAt && Date.now() - proposerDownAt >= RECOVERY.proposerRetryMs) {
-      [proposer, held, heldAgrees, proposerDownAt] = [links.openProposer(), [], 0, null];
-    }
-    if (!proposer) return guesses.slice(0, k); // Turbo guesses; empty = a target-only step
-    const start = commonPrefixLen(held, seq, heldAgrees); // the sync rule
-    try {
-      const reply = await proposer.step({ start, tokens: seq.slice(start), k });
-      held = [...seq, ...reply.draft_tokens].slice(0, reply.held_len);
-      heldAgrees = Math.min(seq.length, reply.held_len);
-      return reply.draft_tokens;
-    } catch (err) {
-      if (!LOST.has(err.code)) throw err;
-      proposer.close(); // lossless either way: go on target-only, try a new session later
-      [proposer, proposerDownAt] = [null, Date.now()];
-      return [];
-    }
-  }
-
-  async function verify(draft) {
-    try {
-      return await verifier.step({ verify: { draft_tokens: draft } });
-    } catch (err) {
-      if (!LOST.has(err.code)) throw err;
-      verifier.close();
-      verifier = null;
-      return prefill();
-    }
-  }
-
-  function commit(step) {
-    seq.push(...step.tokens);
-    rec.tokens.push(...step.tokens);
-    rec.finish = step.finish_reason;
-    guesses = step.next_draft;
-    onTokens(step.tokens);
-  }
-
-  try {
-    // Prefill the target and the draft concurrently: each owns its own device.
-    const [first] = await Promise.all([prefill(), proposer && propose(0)]);
-    commit(first);
-    while (rec.finish === UNFINISHED) {
-      let k = Math.min(cfg.k, ctxLen - seq.length);
-      if (cfg.maxNewTokens) k = Math.min(k, cfg.maxNewTokens - rec.tokens.length - 1);
-      const draft = k > 0 ? await propose(k) : [];
-      const step = await verify(draft);
-      rec.verifySteps += 1;
-      rec.stepTokens += step.tokens.length;
-      rec.drafted += step.num_drafted;
-      rec.accepted += step.num_accepted_drafts;
-      commit(step);
-    }
-  } finally {
-    verifier?.close();
-    proposer?.close();
-  }
-  rec.seconds = (performance.now() - t0) / 1000;
-  const cpu = process.cpuUsage(cpu0);
-  rec.cpuSeconds = (cpu.user + cpu.system) / 1e6; // this client's own cost, whatever the load
-  return rec;
-}
-
-// Prints text as it is accepted: Detokenize with the ids already printed as the prefix.
-function streamPrinter(detokenize, prompt) {
-  const printed = [...prompt], pending = [];
-  let done = Promise.resolve(), text = '';
-  const write = (s) => { text += s; process.stdout.write(s); };
-  return {
-    push(ids) {
-      pending.push(...ids);
-      done = done.then(async () => {
-        if (!pending.length) return;
-        const reply = await detokenize({ ids: pending, prefix_ids: printed.slice(-8), skip_special_tokens: true });
-        write(reply.text);
-        printed.push(...pending.splice(0, reply.num_ids));
-      });
-    },
-    async finish(full) { await done; write(full.startsWith(text) ? full.slice(text.length) : ''); },
-  };
-}
+import { SECURITY_OPTIONS, authMetadata, channelCredentials, exitWithError, info, loadApi } from './connect.mjs';
 
 function options() {
   const { values } = parseArgs({ options: {
-    verifier: { type: 'string' }, proposer: { type: 'string' }, prompt: { type: 'string' },
+    verifier: { type: 'string' }, prompt: { type: 'string' }, method: { type: 'string', default: 'none' },
     'max-new-tokens': { type: 'string', default: '0' }, 'num-speculative-tokens': { type: 'string', default: '0' },
+    stop: { type: 'string', multiple: true, default: [] },
     'ignore-eos': { type: 'boolean', default: false }, json: { type: 'boolean', default: false },
-    'tls-ca': { type: 'string' }, 'tls-cert': { type: 'string' }, 'tls-key': { type: 'string' },
-    'auth-token': { type: 'string', default: process.env.SPECDEC_AUTH_TOKEN },
-    'step-timeout': { type: 'string', default: '60' }, 'recovery-deadline': { type: 'string', default: '60' },
+    ...SECURITY_OPTIONS,
   } });
   if (!values.verifier || values.prompt === undefined) throw new Error('--verifier and --prompt are required');
   return values;
 }
 
-async function main() {
-  const args = options();
-  const cfg = { k: Number(args['num-speculative-tokens']), maxNewTokens: Number(args['max-new-tokens']),
-    ignoreEos: args['ignore-eos'], stepTimeoutS: Number(args['step-timeout']),
-    recoveryDeadlineS: Number(args['recovery-deadline']) };
-  const pem = (path) => (path ? readFileSync(path) : null);
-  const creds = args['tls-ca'] ? grpc.credentials.createSsl(pem(args['tls-ca']), pem(args['tls-key']), pem(args['tls-cert']))
-    : grpc.credentials.createInsecure();
-  const metadata = new grpc.Metadata();
-  if (args['auth-token']) metadata.set('authorization', `Bearer ${args['auth-token']}`);
-  const api = loadApi();
-  const verifier = new api.Verifier(args.verifier, creds);
-  const vinfo = await info(verifier, metadata);
-  // A Turbo verifier drafts with its own heads (next_draft): no proposer call.
-  const proposer = args.proposer && vinfo.method !== 'turbo' ? new api.Proposer(args.proposer, creds) : null;
-  const pinfo = proposer && await info(proposer, metadata);
-  // An empty fingerprint (n-gram) means the proposer works with any tokenizer.
-  if (pinfo?.tokenizer_fingerprint && pinfo.tokenizer_fingerprint !== vinfo.tokenizer_fingerprint) {
-    throw new Error(`proposer ${pinfo.model_id} and verifier ${vinfo.model_id} use different tokenizers`);
-  }
-  const maxK = vinfo.method === 'turbo' ? vinfo.max_k : pinfo ? Math.min(vinfo.max_k, pinfo.max_k) : 0;
-  if (cfg.k > maxK) throw new Error(`--num-speculative-tokens ${cfg.k} exceeds what the services accept (${maxK})`);
-  const detokenize = (request) => unary(verifier, 'Detokenize', request, metadata);
-  const { ids: prompt } = await unary(verifier, 'Tokenize', { text: args.prompt }, metadata);
-  const links = {
-    openVerifier: () => new Session(verifier, metadata, cfg.stepTimeoutS),
-    openProposer: proposer && (() => new Session(proposer, metadata, cfg.stepTimeoutS)),
-  };
-  const printer = args.json ? null : streamPrinter(detokenize, prompt);
-  if (printer) process.stdout.write(args.prompt);
-  const rec = await generate(prompt, links, cfg, vinfo.ctx_len, pinfo?.tokenizer_fingerprint ?? '',
-    (ids) => printer?.push(ids));
-  const { text } = await detokenize({ ids: rec.tokens, skip_special_tokens: true });
-  const out = { prompt: args.prompt, prompt_ids: prompt, ids: rec.tokens, text,
-    finish_reason: rec.finish.replace('FINISH_REASON_', ''), generated_tokens: rec.tokens.length,
-    mean_accepted_tokens: rec.verifySteps ? rec.stepTokens / rec.verifySteps : 0,
-    drafted: rec.drafted, accepted: rec.accepted, e2e_time_s: rec.seconds,
-    e2e_throughput: rec.tokens.length / rec.seconds, client_cpu_s: rec.cpuSeconds };
-  if (printer) {
-    await printer.finish(text);
-    console.error(`\n--- ${out.generated_tokens} tokens, finish: ${out.finish_reason}, ` +
-      `mean accepted tokens ${out.mean_accepted_tokens.toFixed(2)}, ${out.e2e_throughput.toFixed(1)} tokens/s`);
-  } else {
-    console.log(JSON.stringify(out));
-  }
-  verifier.close();
-  proposer?.close();
+// The GenerateRequest: k 0 = the largest the method accepts; "auto" = that, chosen per round.
+function request(args) {
+  const auto = args['num-speculative-tokens'] === 'auto';
+  return { text: args.prompt, method: args.method, k: auto ? 0 : Number(args['num-speculative-tokens']),
+    adaptive_k: auto, max_new_tokens: Number(args['max-new-tokens']), stop: args.stop,
+    ignore_eos: args['ignore-eos'] };
 }
 
-main().catch((err) => {
-  const code = err.code !== undefined ? `${grpc.status[err.code]}: ` : '';
-  console.error(`error: ${code}${err.details || err.message}`);
-  process.exit(1);
-});
+async function main() {
+  const args = options();
+  const metadata = authMetadata(args);
+  const verifier = new (loadApi().Verifier)(args.verifier, channelCredentials(args));
+  await info(verifier, metadata); // waits for the service (and checks the token) before timing
+  const t0 = performance.now();
+  const call = verifier.Generate(request(args), metadata);
+  // Ctrl-C cancels the call: the verifier frees the slot after the step in progress.
+  process.once('SIGINT', () => call.cancel());
+  if (!args.json) process.stdout.write(args.prompt);
+  // Each reply adds text (never a piece of a stop string); the last has finish_reason and metrics.
+  const ids = [];
+  let text = '', last = null;
+  for await (const reply of call) {
+    ids.push(...reply.tokens);
+    text += reply.text;
+    if (!args.json) process.stdout.write(reply.text);
+    last = reply;
+  }
+  const m = last.metrics;
+  const out = { prompt: args.prompt, ids, text, finish_reason: last.finish_reason.replace('FINISH_REASON_', ''),
+    client_e2e_time_s: (performance.now() - t0) / 1000, metrics: m };
+  if (args.json) {
+    console.log(JSON.stringify(out));
+  } else {
+    console.error(`\n--- ${m.generated_tokens} tokens, finish: ${out.finish_reason}, mean accepted tokens ` +
+      `${m.mean_accepted_tokens.toFixed(2)}, TTFT ${(1000 * m.ttft_s).toFixed(0)} ms, ` +
+      `${m.e2e_throughput.toFixed(1)} tokens/s`);
+  }
+  verifier.close();
+}
+
+main().catch(exitWithError);
