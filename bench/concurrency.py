@@ -15,8 +15,8 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from bench.__main__ import BENCH_PROMPTS
 from client.api import SpecDecClient

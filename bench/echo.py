@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import statistics
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 

@@ -83,7 +83,7 @@ def time_alternating(engine: TorchEngine, batch: int, windows: tuple[int, ...], 
     times: dict[int, list[float]] = {w: [] for w in windows}
     for i in range(3 * len(windows) + steps * len(windows)):
         w = windows[i % len(windows)]
-        t = _timed(lambda: engine.run(*calls[w]))
+        t = _timed(lambda call=calls[w]: engine.run(*call))
         if i >= 3 * len(windows):
             times[w].append(t)
     return {w: statistics.median(ts) for w, ts in times.items()}

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from bench.__main__ import measured, measured_peer, run_grpc, service_flags, start_proposer, start_verifier
 from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         ref, _ = hf_generate(model, ids, args.max_new_tokens)
         hf_out, hf_calls = hf_prompt_lookup(model, ids, args.max_new_tokens, args.k, args.max_ngram_size)
 
-        async def ours():
+        async def ours(ids: list[int] = ids):
             v = InProcessVerifierLink(verifier)
             d = InProcessProposerLink(build_proposer("ngram", config, args.k, args.max_ngram_size))
             rec = await generate(ids, v, d, GenerationConfig(args.k, args.max_new_tokens, True), ctx)

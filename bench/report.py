@@ -22,7 +22,7 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{bench.draft_model} (draft)")
     summary = (f"{len(prompts)} prompts x {bench.max_new_tokens} tokens, {bench.device}, services "
                f"{'compiled' if compile_ == 'on' else 'eager'}")
-    setup = Setup(datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), command, machine(bench.device),
+    setup = Setup(datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), command, machine(bench.device),
                   (time.perf_counter() - t0) / 60, settings, summary, texts, plan.k)
     write(args.out, setup, rows, table, same, outputs)
     tick("written")

@@ -17,8 +17,9 @@ target-only or reopens a verifier session with the whole sequence, with backoff 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import AsyncIterator, Callable, Protocol, Sequence
+from typing import Protocol
 
 import grpc
 
@@ -101,7 +102,7 @@ class SpecDecClient:
         # from one generation to the next (and shared by concurrent ones)
         self.k_estimates = RoundEstimates()
 
-    async def __aenter__(self) -> "SpecDecClient":
+    async def __aenter__(self) -> SpecDecClient:
         await self.connect()
         return self
 
@@ -307,7 +308,7 @@ class RemoteProposer:
             self.info = ProposerInfo(info.tokenizer_fingerprint, info.max_k, info.ctx_len)
         return self.info
 
-    async def open(self) -> "_Refusals":
+    async def open(self) -> _Refusals:
         replicas = self._replicas()
         lease = await replicas.lease()
         call = lease.stub.Session(metadata=self.security.metadata())

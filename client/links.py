@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -111,8 +111,7 @@ class _StreamLink:
         try:
             await self.call.done_writing()
             await asyncio.wait_for(self.call.code(), CLOSE_WAIT_S)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError,
-                asyncio.TimeoutError):
+        except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
             pass  # the stream already ended (error, cancel), or the service is slow to end it
         self.call.cancel()
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -102,7 +103,7 @@ def choose(replicas: Sequence[Replica], now: float, turn: int) -> int:
 class Lease:
     """One session's hold on one replica, from opening to the session's end."""
 
-    def __init__(self, replicas: "ReplicaSet", replica: Replica) -> None:
+    def __init__(self, replicas: ReplicaSet, replica: Replica) -> None:
         self.replicas, self.replica = replicas, replica
         self.released = False
         replica.open += 1

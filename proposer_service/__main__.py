@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from proposer_service.config import ProposerServiceConfig, from_args, suffix_options
 from proposer_service.servicer import ProposerServicer

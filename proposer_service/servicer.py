@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from specdec.proposers.base import Proposer
 from specdec_rpc.convert import proposal_to_pb, sampling_from_pb

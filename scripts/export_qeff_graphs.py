@@ -45,7 +45,7 @@ def qefficient_commit(qeff, given: str | None) -> str:
         return subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        raise SystemExit(f"QEfficient at {src} is not a git checkout: pass --qefficient-commit")
+        raise SystemExit(f"QEfficient at {src} is not a git checkout: pass --qefficient-commit") from None
 
 
 def export(model: Path, roles: list[str]) -> dict[str, float]:

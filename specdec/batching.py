@@ -23,10 +23,12 @@ arrival order, so neither starves the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -313,10 +315,8 @@ def _resolve_all(results: Sequence[tuple[asyncio.Future | None, object]]) -> Non
         assert future is not None
         by_loop.setdefault(future.get_loop(), []).append((future, result))
     for loop, settled in by_loop.items():
-        try:
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits for these rows
             loop.call_soon_threadsafe(_settle, settled)
-        except RuntimeError:
-            pass  # that loop is closed: nobody is waiting for these rows any more
 
 
 def _settle(settled: list[tuple[asyncio.Future, object]]) -> None:

@@ -4,7 +4,8 @@ a format would give text the model has never seen."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.text_codec import TextCodec

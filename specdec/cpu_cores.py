@@ -4,6 +4,7 @@ never compete for a core, as each owns its card or GPU elsewhere."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -37,8 +38,6 @@ def pin_threads(cores: tuple[int, ...]) -> None:
     if hasattr(os, "sched_setaffinity"):
         tasks = f"/proc/{os.getpid()}/task"
         for tid in (os.listdir(tasks) if os.path.isdir(tasks) else ["0"]):
-            try:
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
                 os.sched_setaffinity(int(tid), cores)
-            except ProcessLookupError:  # a thread that ended meanwhile
-                pass
     torch.set_num_threads(len(cores))

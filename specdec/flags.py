@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping
+from typing import Any
 
 META_KEY = "specdec.flag"   # where a field's Flag lives in dataclasses.field(metadata=...)
 ON_OFF = ("on", "off")      # a bool flag spelled --x on|off (the services' existing flags)

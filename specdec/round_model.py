@@ -33,8 +33,8 @@ more than a 4-token one (`RoundCosts.measured`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -150,10 +150,9 @@ def best_policy(after_hit: Yields, after_miss: Yields, costs: RoundCosts,
                 continue
             stay_hit = p_h if kh else 1.0
             to_hit = p_m if km else 0.0
-            if 1 - stay_hit + to_hit <= 0:   # neither state is ever left: the current one
-                mu = 1.0 if now_after_hit else 0.0
-            else:
-                mu = to_hit / (1 - stay_hit + to_hit)
+            left = 1 - stay_hit + to_hit
+            # left <= 0: neither state is ever left, so the current one
+            mu = (1.0 if now_after_hit else 0.0) if left <= 0 else to_hit / left
             time = mu * d_h + (1 - mu) * d_m
             rate = (mu * t_h + (1 - mu) * t_m) / time if time > 0 else float("inf")
             if rate > best.rate * (1 + 1e-9):

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import AsyncGenerator, Callable, Mapping, Protocol
+from typing import Protocol
 
 from specdec.build import build_proposer
 from specdec.config import EngineConfig
@@ -185,7 +186,7 @@ class OneCallGenerator:
 
     @classmethod
     def serving(cls, verifier: TargetVerifier, codec: TextCodec | None,
-                draft: ProposerSource | None) -> "OneCallGenerator":
+                draft: ProposerSource | None) -> OneCallGenerator:
         """What a verifier service serves: prompt lookup in this process (no model), the draft
         model from `draft` (a proposer service) where there is one, Turbo where it has heads."""
         engine = verifier.engine

@@ -42,7 +42,7 @@ class SlotPool:
         try:
             # shield: a timeout must not cancel a waiter that was handed a slot meanwhile
             return await asyncio.wait_for(asyncio.shield(waiter), self.admission.wait_s)
-        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        except (TimeoutError, asyncio.CancelledError) as exc:
             if waiter.done() and not waiter.cancelled():
                 self.release(waiter.result())  # handed a slot just as it gave up: pass it on
             else:

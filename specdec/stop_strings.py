@@ -9,8 +9,8 @@ OpenAI's `stop`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from specdec.errors import InvalidRequest
 

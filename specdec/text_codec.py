@@ -28,7 +28,7 @@ class TextCodec:
         self.lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_dir: Path, vocab_size: int, ctx_len: int) -> "TextCodec":
+    def load(cls, model_dir: Path, vocab_size: int, ctx_len: int) -> TextCodec:
         return cls(load_tokenizer(model_dir), vocab_size, ctx_len)
 
     def _require(self) -> Any:

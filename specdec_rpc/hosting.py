@@ -5,7 +5,8 @@ NOT_SERVING, freed after the drain. Each service's __main__ only says what to bu
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -126,7 +127,7 @@ class _CheckedRequests:
     def __init__(self, requests: AsyncIterator[Any]) -> None:
         self.requests = requests
 
-    def __aiter__(self) -> "_CheckedRequests":
+    def __aiter__(self) -> _CheckedRequests:
         return self
 
     async def __anext__(self) -> Any:

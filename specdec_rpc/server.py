@@ -13,13 +13,15 @@ Life of a service:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -185,10 +187,8 @@ def _load_in_thread(load: Callable[[], None]) -> asyncio.Future:
             load()
         except BaseException as exc:  # handed to the loop, which re-raises it in serve()
             error = exc
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the service stopped loading
             loop.call_soon_threadsafe(settle, error)
-        except RuntimeError:
-            pass  # the loop is closed: the service stopped during the load
 
     threading.Thread(target=run, name="model-load", daemon=True).start()
     return future

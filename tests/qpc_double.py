@@ -38,7 +38,7 @@ class CompiledQpcDouble:
 @dataclass
 class QpcDoubleBackend:
     compiled: list[CompiledQpcDouble] = field(default_factory=list)
-    sessions: list["QAICInferenceSessionDouble"] = field(default_factory=list)
+    sessions: list[QAICInferenceSessionDouble] = field(default_factory=list)
 
     def compile(self, model_path: Path, layout: QpcLayout, options) -> CompiledQpcDouble:
         if layout.tlm and layout.prefill_seq_len < max(layout.decode_ks) + 1:
@@ -48,7 +48,7 @@ class QpcDoubleBackend:
         self.compiled.append(qpc)
         return qpc
 
-    def session(self, qpc: CompiledQpcDouble, device_ids) -> "QAICInferenceSessionDouble":
+    def session(self, qpc: CompiledQpcDouble, device_ids) -> QAICInferenceSessionDouble:
         assert len(device_ids) == len(qpc.options.device_ids), "run on the compiled device count"
         s = QAICInferenceSessionDouble(qpc)
         self.sessions.append(s)

@@ -4,6 +4,7 @@ sessions are closed, and no slot leaks however sessions end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 
@@ -295,10 +296,8 @@ def test_no_slot_leak_after_hundreds_of_sessions(tiny_pair):
         task = asyncio.ensure_future(client.generate([7, 8, 9], GenerationConfig(3, 40, True)))
         await asyncio.sleep(rnd.uniform(0, 0.02))
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
         outcomes["cancelled"] += 1
 
     async def broken():

@@ -160,7 +160,7 @@ class Reply:
     chat: bool
 
     @classmethod
-    def new(cls, model: str, chat: bool) -> "Reply":
+    def new(cls, model: str, chat: bool) -> Reply:
         prefix = "chatcmpl-" if chat else "cmpl-"
         return cls(prefix + uuid.uuid4().hex, int(time.time()), model, chat)
 

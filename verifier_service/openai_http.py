@@ -15,8 +15,9 @@ import asyncio
 import json
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 

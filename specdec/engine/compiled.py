@@ -257,9 +257,8 @@ class StepCompiler:
         log.info("compiled step %d/%d: batch %d x window %d (%d logits) in %.1f s",
                  len(self.built), len(self.planned), spec.batch, spec.window, spec.logits,
                  time.monotonic() - t0)
-        if self.auto and len(self.built) == 1 and not self._pays(spec):
-            return False
-        return True
+        # auto: the first graph built decides whether compiling pays here at all
+        return not (self.auto and len(self.built) == 1 and not self._pays(spec))
 
     @contextlib.contextmanager
     def _settings(self) -> Iterator[None]:

@@ -49,7 +49,7 @@ class QpcRules:
     def set_buffers(self, buffers: dict[str, np.ndarray]) -> None:
         for name, arr in buffers.items():
             if name not in self.input_names and name not in self.output_names:
-                warnings.warn(f"buffer {name} is not in the QPC; skipped")  # as the real one does
+                warnings.warn(f"buffer {name} is not in the QPC; skipped", stacklevel=2)  # as the real one does
                 continue
             if arr.size == 0:
                 self.skipped.add(name)
