@@ -283,11 +283,13 @@ def plain_inductor(monkeypatch) -> None:
     monkeypatch.setattr(compiled, "CPU_FROZEN_INDUCTOR", {})
 
 
-def test_an_engine_serves_eagerly_while_it_compiles_the_shapes_used_most_first(tiny, cache, monkeypatch):
+def test_an_engine_serves_eagerly_while_it_compiles_the_shapes_used_most_first(tiny, tmp_path, monkeypatch):
     plain_inductor(monkeypatch)
     path, model = tiny
+    # A cache of its own: graphs another test left in the shared one load in moments, and the
+    # compiler could then build a shape before the first call says which one is used.
     engine = TorchEngine(EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=48, prefill_seq_len=8,
-                                      full_batch_size=1, compile="on", compile_dir=cache),
+                                      full_batch_size=1, compile="on", compile_dir=tmp_path),
                          (1, 3, 5), keep_window_logits=True)
     assert engine.compiler is not None and not engine.compiler.done.is_set()
     # Served at once, eager, while the first graph builds: a 5-token window, again and again.
