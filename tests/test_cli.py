@@ -12,6 +12,8 @@ import pytest
 from client.launcher import start_service
 from tests.tiny_models import greedy_reference
 
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

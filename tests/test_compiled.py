@@ -33,6 +33,8 @@ from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from tests.test_torch_engine import ATOL, reference_logits
 from tests.tiny_models import TEST_DEVICE, VOCAB, greedy_reference, hf_model, save_tiny
 
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 
 def test_batch_buckets_and_plan():
     assert batch_buckets(1) == (1,)

@@ -29,6 +29,8 @@ from tests.conftest import HostedServer
 from tests.grpc_client import generate_one
 from tests.tiny_models import TEST_DEVICE, greedy_reference
 
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 LAYERS = 3
 K = 3
 NEW = 24

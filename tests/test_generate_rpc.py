@@ -34,6 +34,8 @@ from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.conftest import start_proposer, start_verifier
 from tests.tiny_models import greedy_reference
 
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 MODELS = Path(__file__).resolve().parent.parent / "models"
 CODE = "import os\n\n\ndef walk(top):\n    for name in os.listdir(top):\n"
 NEW = 40

@@ -23,6 +23,8 @@ from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
 from tests.test_operations import SMALL, scrape
 from tests.tiny_models import VOCAB, greedy_reference
 
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 # What a request can get besides OK (README "Errors"); INTERNAL and UNKNOWN would be bugs.
 DOCUMENTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,

@@ -16,6 +16,8 @@ import pytest
 from specdec.errors import ERROR_PREFIX, EXIT_START_ERROR
 from tests.tiny_models import save_word_tokenizer
 
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 HUB_ID = "meta-llama/Llama-3.2-1B"
 TIMEOUT_S = 30   # a run that goes this long has hung: it fails rather than waits

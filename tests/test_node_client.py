@@ -33,8 +33,9 @@ NEW = 24
 # Repeats, so prompt lookup finds continuations in the context.
 PROMPT = "t5 t6 t7 t8 t9 t5 t6 t7 t8 t9 t5 t6"
 
-pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed: the Node.js example "
-                                "clients (examples/node) cannot run on this machine")
+pytestmark = [pytest.mark.slow,  # services: `pytest -m "not slow"` skips it
+              pytest.mark.skipif(NODE is None, reason="node is not installed: the Node.js example "
+                                 "clients (examples/node) cannot run on this machine")]
 
 
 def run_node(script: str, *args: str, expect_ok: bool = True) -> subprocess.CompletedProcess:

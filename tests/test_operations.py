@@ -30,6 +30,8 @@ from tests.conftest import start_verifier
 from tests.grpc_client import generate_one
 from tests.tiny_models import greedy_reference
 
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--ctx-len", "96", "--prefill-seq-len", "8", "--max-k", "4"]
 

@@ -120,6 +120,7 @@ def test_partial_then_full_proposal_writes_at_right_positions(tiny_pair, target_
     assert seen_partial_then_full, "the prompts must produce a partial then a full proposal"
 
 
+@pytest.mark.slow  # a process of its own
 def test_prompt_lookup_cli_local_and_service(tiny_pair, target_hf, tmp_path):
     import json
     import subprocess

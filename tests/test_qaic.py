@@ -133,6 +133,7 @@ def test_qaic_engine_matches_torch_engine(tiny_pair):
                                    atol=1e-5)
 
 
+@pytest.mark.slow  # a process of its own
 def test_executor_qaic_without_qefficient_fails_clearly(tiny_pair):
     if importlib.util.find_spec("QEfficient") is not None:
         pytest.skip("QEfficient is installed here")

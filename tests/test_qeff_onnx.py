@@ -33,6 +33,8 @@ from tests.qefficient_env import qefficient_installed
 from tests.qpc_double import double_bindings
 from tests.tiny_models import greedy_reference, hf_model
 
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "qeff"
 TARGET, DRAFT = FIXTURES / "target", FIXTURES / "draft"

@@ -22,6 +22,8 @@ from tests.conftest import start_verifier
 from tests.test_operations import SMALL, scrape
 from tests.tiny_models import greedy_reference
 
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 
 def test_targets_are_address_lists_or_dns_names():
     assert parse_target("10.0.0.1:50051, 10.0.0.2:50051") == [

@@ -16,6 +16,8 @@ from bench.rows import alpha, expected_tokens, speedup_bound
 from specdec.generation import GenerationRecord
 from tests.tiny_models import greedy_reference
 
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
 HEADLINE_MODES = ["target-only", "draft", "ngram", "turbo", "draft pre-drafting", "draft k auto",

@@ -26,6 +26,8 @@ from specdec.sampling import (
 )
 from tests.tiny_models import hf_model, save_tiny
 
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 P_MIN = 1e-4  # fixed seeds make each test deterministic; a p-value under this is a real bias
 
 

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = {"startup_s", "peak_rss_mb", "peak_rss_compiled_over_eager", "tokens_per_s",
            "target_only_over_transformers", "speculative_over_target_only", "tokens_per_target_step",

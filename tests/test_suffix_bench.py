@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.suffix import in_order, main, next_prompt
 from bench.workload import WORKLOAD, Request, build, functions, load, renamed
+
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
 
 SOURCE = '''import os
 

@@ -76,6 +76,7 @@ def test_repeated_request_is_drafted_from_the_global_cache(services, target_hf):
     assert sample("specdec_draft_length_sum") == sample("specdec_proposed_tokens_total") > 0
 
 
+@pytest.mark.slow  # a process of its own
 def test_prompt_lookup_cli_with_suffix_local_and_service(tiny_pair, target_hf, tmp_path):
     """--method suffix through the client CLI: its local proposer, and a proposer service it
     starts with the suffix flags passed on."""

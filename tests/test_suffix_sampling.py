@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from specdec.build import build_verifier
 from specdec.config import EngineConfig
 from specdec.generation import GenerationConfig, generate
@@ -21,6 +23,8 @@ from tests.test_sampling import (
     exact_joint,
     small_vocab,  # noqa: F401  (fixture)
 )
+
+pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
 
 K = 3
 

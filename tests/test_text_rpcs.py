@@ -105,6 +105,7 @@ def test_model_without_tokenizer_is_failed_precondition(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow  # a process of its own
 def test_undecodable_requests_are_invalid_argument(tiny_pair):
     """Bytes that do not parse (here: invalid UTF-8 in TokenizeRequest.text, which no protobuf
     library lets a caller build, so they are sent raw) are the caller's error, on every RPC."""

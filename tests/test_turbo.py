@@ -179,6 +179,7 @@ def test_turbo_is_lossless_for_several_batch_shapes(turbo_service, target_hf, mo
     assert len(rec.tokens) == 30 and rec.drafted > 0 and asked
 
 
+@pytest.mark.slow  # a process of its own
 def test_cli_refuses_a_model_without_heads(tiny_pair):
     proc = subprocess.run([sys.executable, "-m", "client.multi_projection",
                            "--pretrained-model-name-or-path", str(tiny_pair[1])],
@@ -186,6 +187,7 @@ def test_cli_refuses_a_model_without_heads(tiny_pair):
     assert proc.returncode == 2 and "not a Turbo model" in proc.stderr
 
 
+@pytest.mark.slow  # a process of its own
 def test_proposer_service_explains_turbo():
     proc = subprocess.run([sys.executable, "-m", "proposer_service", "--method", "turbo"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -193,6 +195,7 @@ def test_proposer_service_explains_turbo():
     assert "inside the verifier" in proc.stderr and "--speculative-model-type turbo" in proc.stderr
 
 
+@pytest.mark.slow  # a process of its own
 def test_multi_projection_cli_is_lossless(turbo_target, target_hf, tmp_path):
     out = tmp_path / "turbo.json"
     proc = subprocess.run([sys.executable, "-m", "client.multi_projection",
