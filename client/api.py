@@ -25,6 +25,7 @@ import grpc
 
 from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError, service_error
 from client.replicas import LeasedProposerLink, LeasedVerifierLink, ReplicaSet
+from specdec.engine.turbo import METHOD as TURBO
 from specdec.errors import PreconditionFailed
 from specdec.generation import GenerationConfig, GenerationRecord, ProposerLink, generate
 from specdec.inprocess import InProcessProposerLink
@@ -165,7 +166,7 @@ class SpecDecClient:
     def max_k(self) -> int:
         """Largest k both services accept."""
         assert self.verifier_info is not None, "connect() first"
-        if self.verifier_info.method == "turbo":  # the verifier drafts with its own heads
+        if self.verifier_info.method == TURBO:  # the verifier drafts with its own heads
             return self.verifier_info.max_k
         if self.local_proposer is not None:
             return min(self.verifier_info.max_k, self.local_proposer.max_k)
@@ -210,7 +211,7 @@ class SpecDecClient:
             plink = links["proposer"] = InProcessProposerLink(self.local_proposer)
             fingerprint = self.local_proposer.fingerprint
         elif (config.num_speculative_tokens and self.proposer is not None
-              and self.proposer_info is not None and info.method != "turbo"):
+              and self.proposer_info is not None and info.method != TURBO):
             plink = links["proposer"] = await self._open_proposer()
             fingerprint = self.proposer_info.tokenizer_fingerprint
             reopen_proposer = self._track(links, "proposer", self._open_proposer)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from specdec.build import PROPOSER_METHODS
 from specdec.config import EngineConfig, QaicOptions
+from specdec.engine.turbo import METHOD as TURBO
 from specdec.flags import flag, values
-from specdec.proposers.suffix import DEFAULT_CACHE_REQUESTS, SuffixOptions, SuffixProposer
+from specdec.proposers.draft_model import DraftModelProposer
+from specdec.proposers.suffix import DEFAULT_CACHE_REQUESTS, SuffixOptions
 from specdec.proposers.suffix_trie import SpecParams
 from specdec.slots import Admission
 from specdec_rpc.server import ServerConfig
@@ -37,7 +40,7 @@ DEFAULT_PRE_DRAFT_BRANCHES = 8
 
 @dataclass(frozen=True, kw_only=True)
 class ProposerServiceConfig(ServiceOptions):
-    method: str = flag("draft", choices=("draft", "ngram", SuffixProposer.method, "turbo"),
+    method: str = flag(DraftModelProposer.method, choices=(*PROPOSER_METHODS, TURBO),
                        help="`draft` (a small draft model), `ngram` (prompt lookup) or `suffix` "
                             "(suffix decoding: this session's and finished sessions' sequences); "
                             "`turbo` explains that the heads run in the verifier")
@@ -74,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
 def from_args(argv: list[str] | None = None) -> ProposerServiceConfig:
     p = parser()
     args = parse_with_env(p, argv)
-    if args.method == "turbo":
+    if args.method == TURBO:
         p.exit(2, TURBO_HELP)
     if args.method == "draft" and args.model is None:
         p.error("--method draft needs --model (or SPECDEC_MODEL)")

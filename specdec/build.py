@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from specdec.batching import Batcher
-from specdec.config import EngineConfig
+from specdec.config import EXECUTORS, EngineConfig
 from specdec.engine import Engine
 from specdec.proposers.base import Proposer
 from specdec.proposers.draft_model import DraftModelProposer
@@ -16,9 +16,8 @@ from specdec.slots import Admission
 from specdec.tokenizer_fingerprint import tokenizer_fingerprint
 from specdec.verifier import TargetVerifier
 
-EXECUTORS = ("torch", "qaic")
 # Turbo heads run inside the verifier (build_verifier)
-PROPOSER_METHODS = ("draft", NgramProposer.method, SuffixProposer.method)
+PROPOSER_METHODS = (DraftModelProposer.method, NgramProposer.method, SuffixProposer.method)
 
 
 def build_engine(config: EngineConfig, executor: str = "torch", tlm: bool = False,

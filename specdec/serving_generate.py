@@ -21,10 +21,13 @@ from typing import Protocol
 
 from specdec.build import build_proposer
 from specdec.config import EngineConfig
+from specdec.engine.turbo import METHOD as TURBO
 from specdec.errors import InvalidRequest, NotReady, PreconditionFailed
 from specdec.generation import GenerationConfig, GenerationRecord, ProposerLink, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.proposers.base import Proposer
+from specdec.proposers.draft_model import DraftModelProposer
+from specdec.proposers.ngram import NgramProposer
 from specdec.recovery import LinkLost, RecoveryPolicy
 from specdec.round_estimates import RoundEstimates
 from specdec.sampling import SamplingParams, Sparse
@@ -37,7 +40,7 @@ from specdec.verifier import TargetVerifier
 
 log = logging.getLogger(__name__)
 
-TARGET_ONLY, DRAFT, NGRAM, TURBO = "none", "draft", "ngram", "turbo"
+TARGET_ONLY, DRAFT, NGRAM = "none", DraftModelProposer.method, NgramProposer.method
 METHODS = (TARGET_ONLY, DRAFT, NGRAM, TURBO)
 DECODE_CONTEXT = 8   # ids before the new ones a detokenization decodes with (word boundaries)
 
