@@ -1,5 +1,5 @@
 """One declaration per flag: the parsers derived from the config dataclasses, the flags a client
-passes on to the services it starts, the environment, secrets, and the README's tables."""
+passes on to the services it starts, the environment, secrets, and the flag tables of docs/operations.md."""
 
 from __future__ import annotations
 
@@ -142,8 +142,8 @@ def test_help_states_each_default_once_and_the_table_reads_it():
         replace_block("no markers here", "nowhere", "| x |")
 
 
-def test_the_readme_flag_tables_are_the_parsers():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts/readme_flags.py"), "--check"],
+def test_the_documented_flag_tables_are_the_parsers():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/flag_docs.py"), "--check"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 

@@ -1,7 +1,8 @@
-"""Rewrite the README's flag tables from the entry points' parsers (a test checks they agree).
+"""Rewrite the flag tables of docs/operations.md from the entry points' parsers (a test checks
+they agree).
 
-Run: python scripts/readme_flags.py [--check]
---check changes nothing and exits 1, printing the tables as they should be, when the README
+Run: python scripts/flag_docs.py [--check]
+--check changes nothing and exits 1, printing the tables as they should be, when the page
 differs.
 """
 
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "operations.md"
 
 
 def tables() -> dict[str, str]:
@@ -31,30 +32,30 @@ def tables() -> dict[str, str]:
     }
 
 
-def render(readme: str) -> str:
+def render(page: str) -> str:
     from specdec.flag_tables import replace_block
 
     for name, table in tables().items():
-        readme = replace_block(readme, name, table)
-    return readme
+        page = replace_block(page, name, table)
+    return page
 
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .` too
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--check", action="store_true", help="exit 1 when the README differs")
+    p.add_argument("--check", action="store_true", help="exit 1 when the page differs")
     args = p.parse_args(argv)
-    current = README.read_text()
+    current = PAGE.read_text()
     wanted = render(current)
     if wanted == current:
         return 0
     if args.check:
-        print("README.md's flag tables differ from the parsers; run python scripts/readme_flags.py."
+        print("docs/operations.md's flag tables differ from the parsers; run python scripts/flag_docs.py."
               " They should read:\n")
         print("\n\n".join(tables().values()))
         return 1
-    README.write_text(wanted)
-    print(f"rewrote the flag tables in {README}", file=sys.stderr)
+    PAGE.write_text(wanted)
+    print(f"rewrote the flag tables in {PAGE}", file=sys.stderr)
     return 0
 
 
