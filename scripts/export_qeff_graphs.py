@@ -1,7 +1,7 @@
 """Export checkpoints with QEfficient's own API into the ONNX graphs a QPC is compiled from, for
 the qaic executor's onnxruntime session (--executor qaic --qaic-session onnxruntime).
 
-Needs an environment where QEfficient imports (README, "Cloud AI 100": a venv of its own with
+Needs an environment where QEfficient imports (docs/operations.md, "Cloud AI 100": a venv of its own with
 QEfficient installed from source); the project's own venv never needs QEfficient.
 
     python scripts/export_qeff_graphs.py                  # the tiny fixtures -> tests/fixtures/qeff

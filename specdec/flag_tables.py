@@ -1,7 +1,7 @@
-"""The README's flag tables, rendered from argparse parsers, and the README blocks they fill.
+"""The documented flag tables (docs/operations.md), rendered from argparse parsers, and the blocks they fill.
 
 A table has one row per flag and meaning, and one default column per parser: the parsers'
-help text is the meaning, so the README says what `--help` says. Pure: text in, text out.
+help text is the meaning, so the docs say what `--help` says. Pure: text in, text out.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def replace_block(text: str, name: str, body: str) -> str:
     """`text` with the block between the markers of `name` replaced by `body`."""
     begin, end = BEGIN.format(name=name), END.format(name=name)
     if text.count(begin) != 1 or text.count(end) != 1:
-        raise ValueError(f"the README needs exactly one {begin!r} and one {end!r}")
+        raise ValueError(f"the page needs exactly one {begin!r} and one {end!r}")
     head, rest = text.split(begin)
     _, tail = rest.split(end)
     return f"{head}{begin}\n{body}\n{end}{tail}"

@@ -31,14 +31,14 @@ class Flag:
     choices: tuple[str, ...] | None = None
     parse: Callable[[str], Any] | None = None  # None: from the field's type (int, float, Path, str)
     on_off: bool = False             # bool field: --x on|off (else a bool field is store_true)
-    shown: str | None = None         # how help and README state a default computed at run time
+    shown: str | None = None         # how help and the flag tables state a default computed at run time
     secret: bool = False             # never printed (config logs show '***')
     metavar: str | None = None
 
 
 @dataclass(frozen=True)
 class Option:
-    """One flag of one parser, as derived: what argparse gets and what README tables show."""
+    """One flag of one parser, as derived: what argparse gets and what the flag tables show."""
 
     field: str
     flag: Flag
@@ -88,7 +88,7 @@ def _parse_of(hint: Any) -> Callable[[str], Any] | None:
 
 
 def shown_default(opt: Option) -> str | None:
-    """The default as help and README state it; None where a store_true flag is off."""
+    """The default as help and the flag tables state it; None where a store_true flag is off."""
     if opt.flag.shown is not None:
         return opt.flag.shown
     if opt.parse is None and opt.default is False:

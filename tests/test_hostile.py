@@ -25,7 +25,7 @@ from tests.tiny_models import VOCAB, greedy_reference
 
 pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
 
-# What a request can get besides OK (README "Errors"); INTERNAL and UNKNOWN would be bugs.
+# What a request can get besides OK (docs/operations.md, "Errors"); INTERNAL and UNKNOWN would be bugs.
 DOCUMENTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
               grpc.StatusCode.DEADLINE_EXCEEDED}

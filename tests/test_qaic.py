@@ -1,7 +1,7 @@
 """The Cloud AI 100 executor, run against a TEST DOUBLE of QAICInferenceSession (tests/qpc_double.py)
 that enforces a compiled QPC's rules and computes with the torch executor: the qaic executor
 passes the same lossless tests as torch for draft-model, prompt-lookup and Turbo sessions,
-batched. Nothing here touches real hardware; see README "Cloud AI 100"."""
+batched. Nothing here touches real hardware; see docs/operations.md, "Cloud AI 100"."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def test_executor_qaic_without_qefficient_fails_clearly(tiny_pair):
 
 
 @pytest.mark.skipif(not qefficient_installed(),
-                    reason="QEfficient is not installed (README: Cloud AI 100 hosts, or its own venv)")
+                    reason="QEfficient is not installed (docs/operations.md: Cloud AI 100 hosts, or its own venv)")
 @pytest.mark.parametrize("role", ["target", "draft"])
 def test_qefficient_transformed_model_matches_torch_executor(tiny_pair, role):
     """Where QEfficient is importable: its transformed PyTorch model, called as QEfficient's own

@@ -33,7 +33,7 @@ QEFF_DOMAIN = "com.qualcomm.cloud"   # QEfficient's custom functions (CtxScatter
 ORT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
               "tensor(float16)": np.float16}
 EXPORT_HELP = ("export it with QEfficient: python scripts/export_qeff_graphs.py --model {path} "
-               "(in an environment where QEfficient imports; see README, Cloud AI 100)")
+               "(in an environment where QEfficient imports; see docs/operations.md, Cloud AI 100)")
 
 
 def graph_path(model_path: Path, role: str) -> Path:
