@@ -33,6 +33,15 @@ class ServerSecurity:
         help="require `authorization: Bearer <token>` metadata (the scheme in any case, RFC "
              "7235); prefer SPECDEC_AUTH_TOKEN: command lines are visible to other users")
 
+    def as_client(self) -> ClientSecurity:
+        """How this service calls another of its deployment (the verifier its --proposer): with
+        mutual TLS, over TLS with its own certificate, trusting the CA it trusts its clients by
+        (one CA per deployment); always with its token. Without a client CA there is no CA to
+        verify the other service by, so the call is plaintext, as the flag's help says."""
+        if self.tls_client_ca is not None:
+            return ClientSecurity(self.tls_client_ca, self.tls_cert, self.tls_key, self.auth_token)
+        return ClientSecurity(auth_token=self.auth_token)
+
     def credentials(self) -> grpc.ServerCredentials | None:
         if self.tls_cert is None and self.tls_key is None:
             if self.tls_client_ca is not None:

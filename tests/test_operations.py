@@ -212,6 +212,41 @@ def test_mutual_tls_and_token(tiny_pair, target_hf, certs):
         assert svc.stop() == 0
 
 
+def test_a_mutual_tls_verifier_drafts_on_its_mutual_tls_proposer(tiny_pair, target_hf, certs):
+    """Generate with method draft where both services require client certificates: the verifier
+    calls its --proposer over TLS with its own certificate (ServerSecurity.as_client); a
+    plaintext call would be refused, and the generation would go on target-only, drafting
+    nothing."""
+    from specdec.serving_generate import GenerateRequest
+
+    token = "s3cret-token"
+    mtls = ["--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"),
+            "--tls-client-ca", str(certs / "ca.pem")]
+    env = {"SPECDEC_AUTH_TOKEN": token}
+    proposer = start_service("proposer", "proposer_service",
+                             ["--method", "draft", "--model", str(tiny_pair[1]), *SMALL, *mtls], env=env)
+    verifier = None
+    try:
+        verifier = start_service("verifier", "verifier_service",
+                                 ["--model", str(tiny_pair[0]), *SMALL, *mtls, "--proposer",
+                                  proposer.address], env=env)
+        prompt = (9, 8, 7, 6)
+
+        async def go():
+            security = ClientSecurity(certs / "ca.pem", certs / "client.pem", certs / "client.key", token)
+            async with SpecDecClient(verifier.address, security=security, timeout_s=10) as client:
+                return await client.generate_text(GenerateRequest(prompt, "draft", 3, max_new_tokens=12,
+                                                                  ignore_eos=True))
+
+        out = asyncio.run(go())
+        assert out.tokens == greedy_reference(target_hf, list(prompt), 12)
+        assert out.metrics.drafted > 0   # the proposer was reached: drafts were verified
+    finally:
+        if verifier is not None:
+            assert verifier.stop() == 0
+        assert proposer.stop() == 0
+
+
 def test_tls_service_plaintext_client_and_mtls_probe(tiny_pair, certs):
     """A plaintext client against a TLS service fails at once naming TLS (it got "Socket
     closed" or waited ~30 s for DEADLINE_EXCEEDED), and the health probe can present a client

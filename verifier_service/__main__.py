@@ -13,7 +13,6 @@ from specdec.verifier import TargetVerifier
 from specdec.warm_up import warm_up_verifier
 from specdec_rpc.convert import model_info
 from specdec_rpc.hosting import host_backend
-from specdec_rpc.security import ClientSecurity
 from specdec_rpc.server import ServerConfig, run_service, setup_logging
 from specdec_rpc.service_cli import describe, local_model
 from specdec_rpc.sessions import SessionPolicy, SessionRunner
@@ -47,9 +46,9 @@ async def host(server: ServerConfig, build: Callable[[], tuple[TargetVerifier, p
     service Generate's method `draft` uses; http_port: --http-port, the OpenAI API (0 = off);
     hosting: host_backend's stop, on_ready and metrics (the tests host theirs in-process
     through here)."""
-    # The proposer service is called with this service's own token (one token per deployment).
-    remote = RemoteProposer(proposer, ClientSecurity(auth_token=server.security.auth_token)) \
-        if proposer else None
+    # The proposer service is called as one service of the deployment calls another: this one's
+    # token, and with mutual TLS its certificate and CA (ServerSecurity.as_client).
+    remote = RemoteProposer(proposer, server.security.as_client()) if proposer else None
     http = OpenAIServer(server.host, http_port, server.security, server.grace_s) if http_port else None
 
     def servicer(runner: SessionRunner) -> VerifierServicer:

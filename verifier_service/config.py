@@ -31,7 +31,9 @@ class VerifierServiceConfig(ServiceOptions):
     proposer: str | None = flag(
         None, metavar="ADDR", shown="off",
         help="the proposer service (address, replica list or dns:///name:port) the Generate RPC "
-             "drafts with for method `draft`; its auth token is this service's --auth-token")
+             "drafts with for method `draft`, called with this service's --auth-token and, with "
+             "--tls-client-ca (mutual TLS), over TLS with this service's certificate, trusting "
+             "that CA")
     http_port: int = flag(
         0, shown="off",
         help="serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) over HTTP "
