@@ -72,7 +72,7 @@ def summary(rates: dict[str, list[float]]) -> dict:
             "auto_over_held_out_best_per_repeat": held_out}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split into steps
     p = argparse.ArgumentParser(prog="bench.auto_k", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="draft", choices=["draft", "ngram"])

