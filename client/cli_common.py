@@ -25,7 +25,7 @@ from specdec.engine.hub import resolve_model_path
 from specdec.errors import START_ERRORS, InvalidRequest, exit_with
 from specdec.flags import add_flag, add_flags, declared, to_argv
 from specdec.generation import GenerationConfig, GenerationRecord
-from specdec.metrics import batch_metrics, format_metrics, generation_metrics
+from specdec.metrics import batch_metrics, drafted_at_of, format_metrics, generation_metrics
 from specdec.proposers.base import Proposer
 from specdec.recovery import RecoveryPolicy
 from specdec.sampling import SamplingParams
@@ -211,6 +211,10 @@ async def generate_record(client: SpecDecClient, request: GenerateRequest) -> Ge
     rec.verify_steps = sum(rec.k_histogram)
     rec.step_tokens = round(m.mean_accepted_tokens * rec.verify_steps)
     rec.drafted, rec.accepted = m.drafted, m.accepted
+    # Per draft position, so the draft lengths and acceptance by position come out as the
+    # client's own loop would have counted them.
+    rec.drafted_at = drafted_at_of(list(m.draft_length_histogram))
+    rec.accepted_at = [round(p * d) for p, d in zip(m.acceptance_by_position, rec.drafted_at)]
     rec.pre_draft_hits, rec.recoveries = m.pre_draft_hits, m.recoveries
     return rec
 

@@ -53,6 +53,12 @@ def draft_lengths(drafted_at: list[int], rounds: int) -> list[int]:
     return [at[n] - at[n + 1] for n in range(len(at) - 1)]
 
 
+def drafted_at_of(lengths: list[int]) -> list[int]:
+    """The inverse of draft_lengths: from [n] rounds that verified n drafted tokens, [i] rounds
+    whose draft had a token i ([1, 0, 2] -> [2, 2])."""
+    return [sum(lengths[i + 1:]) for i in range(len(lengths) - 1)]
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 

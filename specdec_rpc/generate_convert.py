@@ -30,7 +30,8 @@ def finished_to_pb(finish: FinishReason, prompt_tokens: int, rec: GenerationReco
         decode_throughput=m.decode_throughput, e2e_throughput=m.e2e_throughput,
         mean_accepted_tokens=m.mean_accepted_tokens, drafted=m.drafted, accepted=m.accepted,
         acceptance_rate=m.acceptance_rate, acceptance_by_position=m.acceptance_by_position,
-        pre_draft_hits=m.pre_draft_hits, k_histogram=m.k_histogram, recoveries=rec.recoveries)
+        pre_draft_hits=m.pre_draft_hits, k_histogram=m.k_histogram, recoveries=rec.recoveries,
+        draft_length_histogram=m.draft_length_histogram)
     return pb.GenerateReply(finish_reason=pb.FinishReason.ValueType(int(finish)), metrics=metrics)
 
 

@@ -157,6 +157,9 @@ def test_server_side_cli_generates_through_the_verifier_losslessly(cli, tiny_pai
     totals = report["totals"]
     assert totals["generated_tokens"] == 32 and totals["drafted"] > 0
     assert totals["mean_accepted_tokens"] > 1.0 and sum(totals["k_histogram"]) > 0, totals
+    # rounds by draft length, rebuilt from Generate's metrics: as many rounds, some with drafts
+    lengths = totals["draft_length_histogram"]
+    assert sum(lengths) == sum(totals["k_histogram"]) and sum(lengths[1:]) > 0, totals
     # the baseline: target-only Generate calls on the same verifier, the same tokens
     assert report["target_only"]["generated_ids"] == [item["generated_ids"] for item in report["prompts"]]
     assert report["target_only"]["totals"]["drafted"] == 0

@@ -11,7 +11,7 @@ from specdec.acceptance import greedy_accept
 from specdec.config import EngineConfig, device_for_group
 from specdec.errors import InvalidRequest, OutOfSlots, PreconditionFailed
 from specdec.generation import GenerationRecord
-from specdec.metrics import batch_metrics, draft_lengths, generation_metrics, union_length
+from specdec.metrics import batch_metrics, draft_lengths, drafted_at_of, generation_metrics, union_length
 from specdec.sequence import SlotSequence, common_prefix_len
 from specdec.slots import Admission, SlotPool
 from specdec.stopping import FinishReason, StopParams, cut_at_stop
@@ -141,6 +141,7 @@ def test_draft_lengths_from_drafts_verified_per_position():
     # Rounds of 3, 1, 0 and 3 drafted tokens: 4 rounds had a draft token 0, 2 had token 1 and 2.
     assert draft_lengths([3, 2, 2], 4) == [1, 1, 0, 2]
     assert draft_lengths([], 5) == [5]      # target-only: every round verified none
+    assert drafted_at_of([1, 1, 0, 2]) == [3, 2, 2] and drafted_at_of([5]) == []
 
 
 def test_config_validation():

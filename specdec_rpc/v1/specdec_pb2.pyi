@@ -159,7 +159,7 @@ class GenerateReply(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., metrics: _Optional[_Union[GenerateMetrics, _Mapping]] = ...) -> None: ...
 
 class GenerateMetrics(_message.Message):
-    __slots__ = ("prompt_tokens", "generated_tokens", "ttft_s", "decode_time_s", "e2e_time_s", "decode_throughput", "e2e_throughput", "mean_accepted_tokens", "drafted", "accepted", "acceptance_rate", "acceptance_by_position", "pre_draft_hits", "k_histogram", "recoveries")
+    __slots__ = ("prompt_tokens", "generated_tokens", "ttft_s", "decode_time_s", "e2e_time_s", "decode_throughput", "e2e_throughput", "mean_accepted_tokens", "drafted", "accepted", "acceptance_rate", "acceptance_by_position", "pre_draft_hits", "k_histogram", "recoveries", "draft_length_histogram")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TTFT_S_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +175,7 @@ class GenerateMetrics(_message.Message):
     PRE_DRAFT_HITS_FIELD_NUMBER: _ClassVar[int]
     K_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     RECOVERIES_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_LENGTH_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     generated_tokens: int
     ttft_s: float
@@ -190,7 +191,8 @@ class GenerateMetrics(_message.Message):
     pre_draft_hits: int
     k_histogram: _containers.RepeatedScalarFieldContainer[int]
     recoveries: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., ttft_s: _Optional[float] = ..., decode_time_s: _Optional[float] = ..., e2e_time_s: _Optional[float] = ..., decode_throughput: _Optional[float] = ..., e2e_throughput: _Optional[float] = ..., mean_accepted_tokens: _Optional[float] = ..., drafted: _Optional[int] = ..., accepted: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., acceptance_by_position: _Optional[_Iterable[float]] = ..., pre_draft_hits: _Optional[int] = ..., k_histogram: _Optional[_Iterable[int]] = ..., recoveries: _Optional[int] = ...) -> None: ...
+    draft_length_histogram: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., ttft_s: _Optional[float] = ..., decode_time_s: _Optional[float] = ..., e2e_time_s: _Optional[float] = ..., decode_throughput: _Optional[float] = ..., e2e_throughput: _Optional[float] = ..., mean_accepted_tokens: _Optional[float] = ..., drafted: _Optional[int] = ..., accepted: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., acceptance_by_position: _Optional[_Iterable[float]] = ..., pre_draft_hits: _Optional[int] = ..., k_histogram: _Optional[_Iterable[int]] = ..., recoveries: _Optional[int] = ..., draft_length_histogram: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VerifierRequest(_message.Message):
     __slots__ = ("prefill", "verify")
