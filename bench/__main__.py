@@ -48,7 +48,7 @@ import torch
 
 from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
 from client.api import SpecDecClient
-from client.cli_common import DEFAULT_PROMPTS, generate_record, load_tokenizer
+from client.cli_common import DEFAULT_PROMPTS, generate_record, generate_request, load_tokenizer
 from client.launcher import ServiceProcess, start_service
 from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.build import build_proposer, build_verifier
@@ -60,7 +60,6 @@ from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.metrics import BatchMetrics, batch_metrics
 from specdec.sampling import SamplingParams
-from specdec.serving_generate import GenerateRequest
 from specdec_rpc.server import COMPILED_PREFIX
 
 BENCH_PROMPTS = DEFAULT_PROMPTS + [
@@ -92,9 +91,7 @@ async def run_generate(verifier: str, method: str, prompts: list[list[int]],
     the request to the last reply; the prompt goes as ids, so no tokenization, but the
     verifier's detokenization is in), its counts from the verifier's final metrics."""
     async with SpecDecClient(verifier) as client:
-        return [await generate_record(client, GenerateRequest(
-            tuple(p), method, config.num_speculative_tokens, sampling=config.sampling,
-            max_new_tokens=config.max_new_tokens, ignore_eos=config.ignore_eos)) for p in prompts]
+        return [await generate_record(client, generate_request(p, method, config)) for p in prompts]
 
 
 async def run_inprocess(verifier, proposer, prompts: list[list[int]],

@@ -219,22 +219,26 @@ async def generate_record(client: SpecDecClient, request: GenerateRequest) -> Ge
     return rec
 
 
+def generate_request(prompt: list[int], method: str, config: GenerationConfig) -> GenerateRequest:
+    """The Generate call that decodes `prompt` as `config` says, with `method`'s proposer:
+    target-only where k is 0; k auto as k 0, the largest the verifier accepts, chosen per round."""
+    k = config.num_speculative_tokens
+    return GenerateRequest(tuple(prompt), method if k else TARGET_ONLY, 0 if config.adaptive_k else k,
+                           config.adaptive_k, config.sampling, config.max_new_tokens,
+                           ignore_eos=config.ignore_eos)
+
+
 async def _run_server_side(verifier: str, prompts: list[list[int]], config: GenerationConfig,
                            method: str, width: int, options: dict[str, Any]) -> list[GenerationRecord]:
     """--server-side: each prompt as one Generate call on the verifier, `width` at a time."""
     client = SpecDecClient(verifier, **options)
     gate = asyncio.Semaphore(width)
-    k = config.num_speculative_tokens
-    method = method if k else TARGET_ONLY
 
     async def one(i: int, ids: list[int]) -> GenerationRecord:
         s = config.sampling
         seeded = replace(s, seed=None if s.seed is None else s.seed + i)
-        # k auto: 0 asks for the largest the verifier accepts, chosen per round
-        request = GenerateRequest(tuple(ids), method, 0 if config.adaptive_k else k, config.adaptive_k,
-                                  seeded, config.max_new_tokens, ignore_eos=config.ignore_eos)
         async with gate:
-            return await generate_record(client, request)
+            return await generate_record(client, generate_request(ids, method, replace(config, sampling=seeded)))
 
     async with client:
         return await asyncio.gather(*(one(i, ids) for i, ids in enumerate(prompts)))
