@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         services["proposer"] = ServiceSpec(
             "proposer", "proposer_service",
             [*to_argv(ProposerServiceConfig, "method", "draft"),
+             *to_argv(ProposerServiceConfig, "target_model_name", args.target_model_name),
              *engine_args(args, args.draft_model_name, draft_group, k, draft=True)])
     config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
                               args.draft_top_m, adaptive_k=auto)

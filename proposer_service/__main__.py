@@ -12,6 +12,7 @@ from proposer_service.config import ProposerServiceConfig, from_args, suffix_opt
 from proposer_service.servicer import ProposerServicer
 from specdec.build import build_proposer
 from specdec.proposers.base import Proposer
+from specdec.proposers.translated_draft import TranslatedDraftProposer
 from specdec.warm_up import warm_up_proposer
 from specdec_rpc.convert import model_info
 from specdec_rpc.hosting import host_backend
@@ -29,7 +30,11 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
     e = cfg.engine
     proposer = build_proposer(cfg.method, local_model(e) if cfg.method == "draft" else e, cfg.max_k,
                               cfg.max_ngram_size, cfg.executor, cfg.batching, cfg.admission, cfg.qaic,
-                              pre_draft_branches=cfg.pre_draft_branches, suffix=suffix_options(cfg))
+                              pre_draft_branches=cfg.pre_draft_branches, suffix=suffix_options(cfg),
+                              target_model=cfg.target_model_name)
+    if isinstance(proposer, TranslatedDraftProposer):
+        log.info("the draft's tokenizer (%s) is not the target's (%s): drafts are translated",
+                 proposer.draft_fingerprint, proposer.fingerprint)
     asyncio.run(warm_up_proposer(proposer))  # on the load thread: a loop of its own
     executor = cfg.executor if proposer.engine else "none"
     return proposer, model_info(proposer.engine, e, proposer.fingerprint, cfg.max_k, cfg.method,

@@ -63,6 +63,11 @@ class ProposerServiceConfig(ServiceOptions):
                 "verification outcomes while the verifier works, shared by the open sessions "
                 "(at least one each; see \"Pre-drafting\"); a matching next request is "
                 "answered at once; `0` = sequential")
+    target_model_name: str | None = flag(
+        None, help="`draft`: the target checkpoint (a directory or hub id; only its tokenizer files are "
+                   "read); when its tokenizer is not the draft's, the draft model drafts in its own "
+                   "tokens and the proposer translates them to the target's (see \"Drafts with "
+                   "their own tokenizer\"); unset = the draft must share the target's tokenizer")
     qaic: QaicOptions | None        # compile settings for --executor qaic, else None
 
 

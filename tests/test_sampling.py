@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import EngineConfig
 from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
+from specdec.proposers.translated_draft import TranslatedDraftProposer
 from specdec.sampling import (
     SamplingParams,
     acceptance_probability,
@@ -102,8 +104,9 @@ RUNS = 1500
 @pytest.fixture(scope="module")
 def small_vocab(tmp_path_factory):
     """A 6-token target, a draft cut from it (agrees often) and an unrelated draft (disagrees
-    often, so rejections and resampling are exercised)."""
-    from tests.tiny_models import save_truncated, save_word_tokenizer
+    often, so rejections and resampling are exercised); `translated`: the close one with its
+    vocabulary renumbered, so its drafts are translated."""
+    from tests.tiny_models import permuted_copy, save_truncated, save_word_tokenizer
 
     root = tmp_path_factory.mktemp("v6")
     kw = dict(vocab_size=VOCAB6, eos_token_id=1, bos_token_id=0, pad_token_id=0)
@@ -112,6 +115,7 @@ def small_vocab(tmp_path_factory):
     close = save_truncated(target, root / "close", layers=1)
     far = save_tiny(root / "far", "llama", seed=123, **kw)
     save_word_tokenizer(far, vocab=VOCAB6)
+    permuted_copy(close, root / "translated")   # the close draft with its own tokenizer
     return target, close, far
 
 
@@ -135,7 +139,9 @@ def sampled_runs(target, draft, k: int, top_m: int, branches: int = 0,
     """branches: the proposer pre-drafts this many outcomes; hits: gets its pre-draft hits."""
     cfg = lambda m: EngineConfig(model=str(m), ctx_len=32, prefill_seq_len=8, full_batch_size=1)
     verifier = build_verifier(cfg(target), tuple(range(k + 1)))
-    proposer = build_draft_proposer(cfg(draft), max(k, 1), pre_draft_branches=branches) if k else None
+    proposer = build_draft_proposer(cfg(draft), max(k, 1), pre_draft_branches=branches,
+                                    target_model=str(target)) if k else None
+    assert isinstance(proposer, TranslatedDraftProposer) == (Path(draft).name == "translated")
 
     async def run_all():
         out = []
@@ -185,13 +191,15 @@ def target_only(small_vocab):
     ("far", 2, 0, 0),      # greedy drafts under sampling: the point-mass case, many rejections
     ("close", 3, 16, 4),   # pre-drafted: a hit's drafts were drawn during the last verify
     ("far", 3, 3, 4),
+    ("translated", 3, 16, 0),  # another tokenizer: greedy drafts translated, checked as point masses
 ])
 def test_speculative_sampling_matches_target(small_vocab, target_only, draft_kind, k, top_m,
                                              branches):
     target, close, far = small_vocab
     joint = exact_joint(target)
     hits: list[int] = []
-    spec = sampled_runs(target, close if draft_kind == "close" else far, k, top_m, branches, hits)
+    draft = {"close": close, "far": far, "translated": close.parent / "translated"}[draft_kind]
+    spec = sampled_runs(target, draft, k, top_m, branches, hits)
     assert (sum(hits) > 0) == (branches > 0)
     # Positions 2..4 are the ones speculation decides; per position and jointly.
     for pos in (slice(1, 2), slice(2, 3), slice(3, 4), slice(1, 4)):

@@ -6,9 +6,12 @@ checkpoint; tests that need a model that predicts real text use the trained ones
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # Re-exported for the tests that import them from here; their home is bench/families.py.
@@ -88,3 +91,45 @@ def save_turbo(path: Path, heads: int, layers: int, seed: int = 0, zero_heads: t
     (path / "speculator_config.json").write_text(json.dumps(
         {"model_type": "turbo", "turbo_num_heads": heads, "turbo_num_layers": layers}))
     return state
+
+
+def permuted_copy(src: Path, dst: Path, seed: int = 0, weights: bool = True) -> Path:
+    """`src` with its vocabulary renumbered (special tokens keep their ids) and, with weights,
+    the embedding and head rows moved to match: the same model in another vocabulary, so a
+    translated draft from it is the target's own guess."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("tokenizer.json", "model.safetensors", "speculator.safetensors"):
+            shutil.copy(f, dst / f.name)
+    spec = json.loads((src / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    specials = {t["id"] for t in spec["added_tokens"]}
+    rest = [i for i in range(len(vocab)) if i not in specials]
+    new_id = np.arange(len(vocab))
+    new_id[rest] = np.random.default_rng(seed).permutation(rest)
+    spec["model"]["vocab"] = {tok: int(new_id[i]) for tok, i in vocab.items()}
+    (dst / "tokenizer.json").write_text(json.dumps(spec))
+    if weights:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(src / "model.safetensors")
+        old_of_new = torch.from_numpy(np.argsort(new_id))
+        for name, t in tensors.items():
+            if t.shape[0] == len(vocab) and ("embed_tokens" in name or "lm_head" in name):
+                tensors[name] = t[old_of_new].contiguous()
+        save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def save_char_tokenizer(path: Path, alphabet: str) -> None:
+    """One token per character of `alphabet` after <unk> <s> </s>, adding <s> as Llama-2's
+    tokenizer does: it splits any text into more, other pieces than a word-level tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {c: 3 + i for i, c in enumerate(alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(path)

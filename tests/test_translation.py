@@ -1,0 +1,173 @@
+"""A draft with a tokenizer of its own: the translation between vocabularies (text in, text out,
+exact where both tokenizers split alike), and greedy speculation over gRPC that equals
+transformers' greedy output with such a draft: the shipped target with a draft that is the
+target under another numbering of its vocabulary (every draft should be accepted: translation
+loses nothing), and random checkpoints of TinyLlama's and Llama-3.2's published configs with
+tokenizers that split text differently (TinyLlama -> Llama-3.1 is the QEfficient examples'
+recommended pair)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bench.families import build_checkpoint
+from specdec.build import build_draft_proposer, build_verifier
+from specdec.config import EngineConfig
+from specdec.generation import GenerationConfig
+from specdec.proposers.translated_draft import TranslatedDraftProposer
+from specdec.proposers.translation import Translation, confirmed
+from specdec.tokenizer_fingerprint import load_tokenizer
+from specdec_rpc.convert import model_info
+from tests.conftest import HostedServer
+from tests.grpc_client import generate_all
+from tests.tiny_models import (
+    TEST_DEVICE,
+    greedy_reference,
+    hf_model,
+    permuted_copy,
+    save_char_tokenizer,
+)
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+CODE = 'def area(r):\n    """Circle area."""\n    return 3.14159 * r ** 2\n\n\nprint(area(2.0))\n'
+
+
+@pytest.fixture(scope="module")
+def permuted_target(tmp_path_factory) -> Path:
+    return permuted_copy(MODELS / "target", tmp_path_factory.mktemp("permuted") / "draft")
+
+
+@pytest.fixture(scope="module")
+def translation(permuted_target) -> Translation:
+    return Translation.of(load_tokenizer(MODELS / "target"), load_tokenizer(permuted_target))
+
+
+def test_the_draft_context_is_the_same_text_in_the_drafts_tokens(translation):
+    target_ids = translation.target.encode(CODE, add_special_tokens=False).ids
+    context = translation.draft_context(target_ids)
+    assert context != target_ids   # another numbering ...
+    assert translation.draft.decode(context, skip_special_tokens=True) == CODE   # ... same text
+
+
+def test_a_translated_draft_is_the_targets_tokens_for_the_drafts_text(translation):
+    cut = CODE.index(" return")
+    before = translation.target.encode(CODE[:cut], add_special_tokens=False).ids
+    whole = translation.target.encode(CODE, add_special_tokens=False).ids
+    assert whole[:len(before)] == before   # the cut is a boundary of both
+    context = translation.draft_context(before)
+    new = translation.draft.encode(CODE[cut:], add_special_tokens=False).ids
+    assert translation.target_draft(before, context, new) == whole[len(before):]
+    # Aligned to 3 target ids, confirmed by the text after them: and the draft tokens they take.
+    draft, m = translation.aligned_draft(before, context, new, 3)
+    assert draft == whole[len(before):len(before) + 3]
+    assert translation.draft.decode(new[:m]) == translation.target.decode(draft)
+
+
+def test_a_draft_that_ends_the_text_ends_in_the_targets_eos(translation):
+    before = translation.target.encode("x = 1\n", add_special_tokens=False).ids
+    context = translation.draft_context(before)
+    eos = translation.draft_eos
+    assert eos is not None and translation.target_eos is not None
+    new = translation.draft.encode("y", add_special_tokens=False).ids + [eos, 7, 8]
+    assert translation.target_draft(before, context, new) == \
+        translation.target.encode("y", add_special_tokens=False).ids + [translation.target_eos]
+
+
+def test_a_draft_that_would_respell_the_targets_last_token_is_dropped(translation):
+    """The target split a word where its tokenizer would not ("retur" + ...): the draft's "n"
+    joins that piece in the target's spelling, so its text cannot extend the target's ids."""
+    word = translation.target.encode("    return", add_special_tokens=False).ids
+    pieces = translation.target.encode("    retur", add_special_tokens=False).ids
+    assert word[:len(pieces)] != pieces   # the premise: "retur" is no prefix of "return"'s ids
+    context = translation.draft_context(pieces)
+    new = translation.draft.encode("n x", add_special_tokens=False).ids
+    assert translation.target_draft(pieces, context, new) == []
+
+
+def test_a_translated_draft_keeps_only_tokens_known_to_be_whole():
+    assert confirmed([5, 6, 7], 2) == [5, 6]    # a third id shows the second ended
+    assert confirmed([5, 6], 2) == [5]          # the last may be the start of a longer one
+    assert confirmed([], 3) == []
+
+
+def engine(path: Path, ctx_len: int = 128, **kw) -> EngineConfig:
+    return EngineConfig(model=str(path), device=TEST_DEVICE, ctx_len=ctx_len, prefill_seq_len=16,
+                        full_batch_size=kw.pop("slots", 2), dtype="float32", **kw)
+
+
+def speculate_over_grpc(target: Path, draft: Path, prompts: list[list[int]], k: int, new: int,
+                        branches: int = 0, ctx_len: int = 128) -> tuple[list, TranslatedDraftProposer]:
+    verifier = build_verifier(engine(target, ctx_len), tuple(range(k + 1)))
+    proposer = build_draft_proposer(engine(draft, ctx_len), k, pre_draft_branches=branches,
+                                    target_model=str(target))
+    assert isinstance(proposer, TranslatedDraftProposer)
+    servers = [HostedServer("verifier", verifier, model_info(verifier.engine, engine(target), verifier.fingerprint,
+                                                             k, "target", "torch")),
+               HostedServer("proposer", proposer, model_info(proposer.engine, engine(draft),
+                                                             proposer.fingerprint, k, "draft", "torch"))]
+    try:
+        records = generate_all(servers[0].address, servers[1].address, prompts,
+                               GenerationConfig(k, new, ignore_eos=True))
+    finally:
+        for s in servers:
+            s.stop()
+    return records, proposer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("branches", [0, 4])
+def test_a_draft_in_another_numbering_of_the_vocabulary_is_lossless_and_accepted(permuted_target,
+                                                                                 branches):
+    tok = load_tokenizer(MODELS / "target")
+    prompts = [tok(p)["input_ids"] for p in ("def add(a, b):\n", "import os\n\n\nclass Stack:\n    ")]
+    records, proposer = speculate_over_grpc(MODELS / "target", permuted_target, prompts, 4, 40,
+                                            branches)
+    model = hf_model(MODELS / "target")
+    for prompt, rec in zip(prompts, records):
+        assert rec.tokens == greedy_reference(model, prompt, 40)
+        # The draft is the target: nearly every draft token is accepted (the misses are
+        # translations cut where the text ends inside a token, or float rounding).
+        assert rec.accepted >= 0.8 * rec.drafted > 0
+    assert proposer.translations > 0
+    hits = sum(r.pre_draft_hits for r in records)
+    assert (hits > 0) == (branches > 0)
+
+
+@pytest.fixture(scope="module")
+def published_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """Llama-3.2's and TinyLlama's published configs, shrunk, random weights: the target with
+    a word-level tokenizer ("t<id>" words), the draft with one token per character of that text."""
+    root = tmp_path_factory.mktemp("published")
+    target = build_checkpoint("llama-3.2-1b", root / "target", 2, shrink=True)
+    draft = build_checkpoint("tinyllama-1.1b", root / "draft", 2, shrink=True, seed=1)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (draft / f).unlink(missing_ok=True)
+    save_char_tokenizer(draft, "t0123456789 ")
+    return target, draft
+
+
+@pytest.mark.slow
+def test_published_tinyllama_to_llama32_shapes_speculate_losslessly(published_pair):
+    target, draft = published_pair
+    tok = load_tokenizer(target)
+    ids = tok("t5 t17 t230 t5 t17 t230 t5 t17", add_special_tokens=False)["input_ids"]
+    prompts = [ids, ids[::-1][:5]]
+    records, proposer = speculate_over_grpc(target, draft, prompts, 3, 24, branches=2)
+    model = hf_model(target)
+    for prompt, rec in zip(prompts, records):
+        assert rec.tokens == greedy_reference(model, prompt, 24)
+    # Random weights seldom spell a whole "t<id>" word: what they do spell is verified.
+    assert proposer.translations > 0
+
+
+def test_a_draft_sharing_the_targets_tokenizer_is_not_translated(tiny_pair):
+    target, draft = tiny_pair
+    proposer = build_draft_proposer(replace(engine(draft), full_batch_size=1), 2,
+                                    target_model=str(target))
+    try:
+        assert not isinstance(proposer, TranslatedDraftProposer)
+    finally:
+        proposer.close()
