@@ -38,12 +38,16 @@ def hf_generate(model, ids: list[int], new: int, **kw) -> tuple[list[int], int]:
     return out[0, len(ids):].tolist(), calls[0]
 
 
-def hf_assisted(model, draft, ids: list[int], new: int, k: int) -> tuple[list[int], int]:
-    """transformers' assisted generation with a constant k (its heuristic schedule changes k)."""
+def hf_assisted(model, draft, ids: list[int], new: int, k: int,
+                tokenizers: tuple | None = None) -> tuple[list[int], int]:
+    """transformers' assisted generation with a constant k (its heuristic schedule changes k).
+    tokenizers: (the target's, the draft's) where they differ: universal assisted decoding,
+    which re-encodes text between the two vocabularies as this project's translation does."""
     draft.generation_config.num_assistant_tokens = k
     draft.generation_config.num_assistant_tokens_schedule = "constant"
     draft.generation_config.assistant_confidence_threshold = 0.0
-    return hf_generate(model, ids, new, assistant_model=draft)
+    universal = dict(zip(("tokenizer", "assistant_tokenizer"), tokenizers or ()))
+    return hf_generate(model, ids, new, assistant_model=draft, **universal)
 
 
 def hf_prompt_lookup(model, ids: list[int], new: int, k: int, ngram: int) -> tuple[list[int], int]:

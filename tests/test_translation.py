@@ -8,17 +8,20 @@ recommended pair)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.families import build_checkpoint
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import EngineConfig
+from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.generation import GenerationConfig
 from specdec.proposers.translated_draft import TranslatedDraftProposer
-from specdec.proposers.translation import Translation, confirmed
+from specdec.proposers.translation import DraftContext, Translation, confirmed
 from specdec.tokenizer_fingerprint import load_tokenizer
 from specdec_rpc.convert import model_info
 from tests.conftest import HostedServer
@@ -50,6 +53,28 @@ def test_the_draft_context_is_the_same_text_in_the_drafts_tokens(translation):
     context = translation.draft_context(target_ids)
     assert context != target_ids   # another numbering ...
     assert translation.draft.decode(context, skip_special_tokens=True) == CODE   # ... same text
+
+
+@pytest.mark.parametrize("draft_dir", ["permuted", "draft-xtok"])
+def test_the_context_kept_between_requests_is_the_whole_texts_encoding(translation, permuted_target,
+                                                                       draft_dir):
+    """Grown a few ids a request, then cut back (a recovery resyncs from an earlier start),
+    the incremental context equals re-encoding the whole text each time."""
+    draft = permuted_target if draft_dir == "permuted" else MODELS / draft_dir
+    if not draft.is_dir():
+        pytest.skip(f"{draft} is not shipped")
+    tr = Translation.of(load_tokenizer(MODELS / "target"), load_tokenizer(draft))
+    text = CODE * 6 + "caf\u00e9 = '\u00e9t\u00e9'  # \U0001F600\n\tx = 1\r\n"
+    ids = tr.target.encode(text, add_special_tokens=False).ids
+    cache = DraftContext()
+    rng = np.random.default_rng(0)
+    n = 0
+    while n < len(ids):
+        n = min(len(ids), n + int(rng.integers(1, 6)))
+        if rng.random() < 0.05:
+            n = max(1, n - 20)
+        assert cache.update(tr, ids[:n]) == tr.draft_context(ids[:n]), n
+    assert cache.text == text
 
 
 def test_a_translated_draft_is_the_targets_tokens_for_the_drafts_text(translation):
@@ -169,5 +194,28 @@ def test_a_draft_sharing_the_targets_tokenizer_is_not_translated(tiny_pair):
                                     target_model=str(target))
     try:
         assert not isinstance(proposer, TranslatedDraftProposer)
+    finally:
+        proposer.close()
+
+
+def test_bad_requests_get_clear_errors_and_leave_the_session_usable(permuted_target):
+    proposer = build_draft_proposer(engine(permuted_target, slots=1), 2,
+                                    target_model=str(MODELS / "target"))
+    prompt = load_tokenizer(MODELS / "target")("def f(x):\n")["input_ids"]
+
+    async def go():
+        session = await proposer.open_session()
+        for start, tokens, k, error in [(5, [1], 2, PreconditionFailed),   # beyond what it holds
+                                        (0, [-1], 2, InvalidRequest),     # no such id
+                                        (0, prompt, 3, InvalidRequest),   # above max k
+                                        (0, [1] * (proposer.max_target_len + 1), 2, InvalidRequest)]:
+            with pytest.raises(error):
+                await proposer.propose(session, start, tokens, k)
+        ok = await proposer.propose(session, 0, prompt, 2)
+        await proposer.close_session(session)
+        return ok
+
+    try:
+        assert asyncio.run(go()).held_len == len(prompt)
     finally:
         proposer.close()

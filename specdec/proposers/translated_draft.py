@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from specdec.engine import Engine
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.draft_model import DraftModelProposer, DraftSession
-from specdec.proposers.translation import Translation
+from specdec.proposers.translation import DraftContext, Translation
 from specdec.sampling import SamplingParams
 from specdec.sequence import common_prefix_len
 from specdec.slots import SlotPool
@@ -36,6 +36,7 @@ MAX_TARGET_PER_DRAFT_POSITION = 4
 class TranslatedSession:
     inner: DraftSession
     target: list[int] = field(default_factory=list)   # the target ids synced: the client's sequence
+    context: DraftContext = field(default_factory=DraftContext)   # the draft's tokens for them
 
 
 class TranslatedDraftProposer:
@@ -77,7 +78,7 @@ class TranslatedDraftProposer:
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
         self._sync(session, start, tokens)
-        context = self.translation.draft_context(session.target)
+        context = session.context.update(self.translation, session.target)
         steps = self.draft_steps(k, len(context), len(session.target))
         if not context or len(context) + steps > self.engine.ctx_len:
             # Nothing to draft from, or the text outgrew the draft's context: target-only rounds.

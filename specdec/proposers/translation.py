@@ -17,13 +17,20 @@ draft (q one-hot), which keeps the rejection rule exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_right
+from dataclasses import dataclass, field
 from typing import Any
+
+from specdec.sequence import common_prefix_len
 
 # Ids of context decoded together with new ids: enough to keep a space, a word piece or a
 # multi-byte character that spans ids the way the whole sequence would decode it.
 LOOK_BEHIND = 8
 INCOMPLETE = "\ufffd"   # what a decoder makes of the bytes of an unfinished character
+# Re-encoding a session's text starts this many characters before where it changed, after a
+# look-behind of as many again that is encoded and dropped: a merge or a space rule that spans
+# the change comes out as encoding the whole text would make it.
+RE_ENCODE_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,54 @@ class Translation:
             if len(part) < k:
                 break   # shorter prefixes give shorter drafts: take the whole text's instead
         return confirmed(whole, k), len(new)
+
+
+    def continued_text(self, old: list[int], old_text: str, new: list[int]) -> str:
+        """The text of old + new, from old's text: only the new ids and a look-behind decoded."""
+        head = old[-LOOK_BEHIND:]
+        before = self.target.decode(head, skip_special_tokens=True)
+        after = self.target.decode(head + new, skip_special_tokens=True)
+        if old and after.startswith(before) and not before.endswith(INCOMPLETE):
+            return old_text + after[len(before):]
+        return self.target.decode(old + new, skip_special_tokens=True)
+
+
+@dataclass
+class DraftContext:
+    """A session's draft context kept between requests (Translation.draft_context, made
+    incrementally): a request decodes only the target ids after those it shares with the last
+    and re-encodes only the text near where it changed, where doing the whole sequence would
+    cost time in proportion to its length every round."""
+
+    target: list[int] = field(default_factory=list)   # the target ids described
+    text: str = ""                                     # their text, special tokens left out
+    ids: list[int] = field(default_factory=list)       # the draft's tokens for it, BOS first
+    starts: list[int] = field(default_factory=list)    # the character each of ids starts at
+
+    def update(self, tr: Translation, target: list[int]) -> list[int]:
+        p = common_prefix_len(self.target, target)
+        if p == len(self.target):
+            text = tr.continued_text(self.target, self.text, target[p:])
+        else:
+            text = tr.target.decode(target, skip_special_tokens=True)
+        self._encode(tr.draft, text)
+        self.target, self.text = list(target), text
+        return self.ids
+
+    def _encode(self, draft: Any, text: str) -> None:
+        changed = common_prefix_len(self.text, text)   # type: ignore[arg-type]  # str slices compare alike
+        j = bisect_right(self.starts, changed - RE_ENCODE_CHARS) - 1   # a token well before it
+        start = self.starts[j] - RE_ENCODE_CHARS if j > 1 else -1
+        if start >= 0:
+            enc = draft.encode(text[start:], add_special_tokens=False)
+            i = next((i for i, (s, _) in enumerate(enc.offsets) if s >= RE_ENCODE_CHARS), None)
+            # The look-behind's tokens must end where token j starts, and token j must start again.
+            if i and enc.offsets[i][0] == RE_ENCODE_CHARS and enc.offsets[i - 1][1] <= RE_ENCODE_CHARS:
+                self.ids = self.ids[:j] + enc.ids[i:]
+                self.starts = self.starts[:j] + [s + start for s, _ in enc.offsets[i:]]
+                return
+        enc = draft.encode(text, add_special_tokens=True)
+        self.ids, self.starts = enc.ids, [s for s, _ in enc.offsets]
 
 
 def confirmed(draft: list[int], k: int) -> list[int]:
