@@ -30,6 +30,93 @@ def bench_rows(bench: list[dict]) -> str:
             f"one run each on the shared 2-core development CPU):\n\n" + "\n".join(rows))
 
 
+def xdraft_section(S: dict) -> str:
+    """The section of draft-xtok/ (empty until it is trained), ending with a blank line."""
+    if "xdraft" not in S:
+        return ""
+    X = S["xdraft"]
+    a, tk, c, t, ev = Namespace(**X["args"]), X["tokenizer"], X["config"], X["timing"], X["eval"]
+    ce, kd, kdd = X["ce_run"], X["kd_run"], X["kd_data"]
+    return f"""## Cross-tokenizer draft (`draft-xtok/`)
+
+A draft with a vocabulary of its own, for speculation that translates drafts between tokenizers (as
+TinyLlama's 32,000-token Llama-2 SentencePiece vocabulary differs from Llama-3's 128,256-token byte-level BPE):
+`LlamaForCausalLM`, hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, {c['num_attention_heads']} heads / {c['num_key_value_heads']} KV heads, MLP {c['intermediate_size']}, tied embeddings (the shape of `draft/`),
+{X['params']:,} parameters, {S['sizes'].get('draft-xtok', 0) / 1e6:.2f} MB on disk (float16 safetensors, loaded in float32 for the figures below).
+
+**Tokenizer** (Llama-2-like, unlike the target's): BPE over characters with byte fallback, vocabulary
+{tk['vocab_size']:,} = `<unk>` `<s>` `</s>` (ids 0, 1, 2) + the 256 byte tokens `<0x00>`..`<0xFF>` (ids 3-258: a
+character outside the learned alphabet encodes as its UTF-8 bytes, so every string encodes) + {tk['vocab_size'] - 259:,} learned
+pieces. `▁` stands for a space (Metaspace, `prepend_scheme="first"`: prepended to the text's first piece only);
+before the BPE the text is cut into pieces of `spaces + non-space run`, newline runs and trailing spaces, so an
+indentation stays one piece with the word after it. The post-processor **adds `<s>`** (bos `<s>`, eos `</s>`,
+pad = eos, unk `<unk>`); the decoder is transformers' LlamaConverter one (`▁` to space, byte fallback, fuse, strip the
+prepended space). `AutoTokenizer` loads it as a fast tokenizer (`PreTrainedTokenizerFast`, `tokenizer.json` as saved).
+On the train split: **{tk['bytes_per_token']:.2f} bytes/token**, against the target tokenizer's {tk['target_bytes_per_token']:.2f}
+({tk['train_tokens']:,} tokens against {tk['target_train_tokens']:,}; no special tokens).
+`decode(encode(text))` returns the text exactly on all {tk['round_trip_files']} files (checked by the run); exceptions by
+construction, as in Llama-2: a text that *begins* with a space loses it (the decoder strips the first `▁`, as the
+prepended one), and `▁` (U+2581) in the text decodes as a space.
+
+| phase | objective | steps x batch | tokens | wall time |
+|---|---|---|---|---|
+| tokenizer | BPE on the train split, round-trip check | - | - | {fmt_s(t['tokenizer'])} |
+| CE | next-token CE on the train split in its own tokens (`<s>` + file + `</s>`, packed, {a.seq_len}-token windows), lr {a.xdraft_lr}, wd 0.1 | {ce['steps']} x {a.xdraft_batch} x {a.seq_len} | {ce['tokens']:,} ({ce['tokens'] / X['train_stream_tokens']:.2f} epochs) | {fmt_s(t['ce'])} |
+| target continuations | the frozen target (float32) continues {kdd['sequences']:,} prompts of {kdd['prompt_len'][0]}-{kdd['prompt_len'][1]} training tokens greedily by {kdd['new_tokens']} tokens (cut where it ends the file: `</s>`, {kdd['ended_files']} times); text decoded with the target's tokenizer, re-encoded as `<s>` + prompt + continuation with draft-xtok's | - | {kdd['labelled_tokens']:,} continuation tokens ({kdd['text_bytes']:,} bytes) | {fmt_s(t['kd_data'])} |
+| sequence-level distillation | {a.xdraft_kd_weight} * CE on the continuation tokens + {1 - a.xdraft_kd_weight:.2f} * CE on corpus windows, lr {a.xdraft_kd_lr}, wd 0.1 | {kd['steps']} x ({a.xdraft_kd_batch} continuations + {a.xdraft_kd_corpus_batch} x {a.seq_len}) | {kd['tokens']:,} | {fmt_s(t['kd'])} |
+| evaluation + speculation | - | - | - | {fmt_s(t['eval'])} |
+
+The whole phase took {fmt_s(t['phase_total'])} with `--threads {a.threads}` (`python -m training --only xdraft`).
+Replaying exactly: `--xdraft-steps {ce['steps']} --xdraft-kd-steps {kd['steps']}` (with the same seed and flags).
+
+Held out, teacher forced ({a.seq_len}-token windows; the target's and the draft's rows are the ones above):
+
+| model | tokenizer | tokens evaluated | loss (nats/token) | perplexity | top-1 | bits per byte |
+|---|---|---|---|---|---|---|
+| target | byte-level BPE, {S['vocab_size']} | {S['eval']['heldout_tokens_evaluated']:,} | {S['eval']['target_loss']:.3f} | {S['eval']['target_ppl']:.2f} | {pct(S['eval']['target_top1'])} | **{ev['target_bits_per_byte']:.3f}** |
+| draft | byte-level BPE, {S['vocab_size']} | {S['eval']['heldout_tokens_evaluated']:,} | {S['eval']['draft_loss']:.3f} | {S['eval']['draft_ppl']:.2f} | {pct(S['eval']['draft_top1'])} | **{ev['draft_bits_per_byte']:.3f}** |
+| draft-xtok | its own, {tk['vocab_size']:,} | {ev['tokens_evaluated']:,} | {ev['loss']:.3f} | {ev['ppl']:.2f} | {pct(ev['top1'])} | **{ev['bits_per_byte']:.3f}** |
+
+Loss, perplexity and top-1 count each model's own tokens; bits per byte (loss / ln 2 x tokens / bytes of the
+held-out split under that model's tokenizer, {ev['held_bytes']:,} bytes) compare across vocabularies.
+
+{xdraft_agreement(S)}
+"""
+
+
+def xdraft_agreement(S: dict) -> str:
+    """Agreement in text terms and speculation through the shipped code with translation."""
+    X = S["xdraft"]
+    sp, ta, dr = X["spec"], X["text_agreement"], S["spec"]["draft"]
+    n_p = f"{len(sp['prompts'])} held-out prompts of {X['args']['spec_prompt_len']} target tokens"
+    agree = f"""**Agreement with the target, in text**: the target's greedy continuations ({sp['new_tokens_per_prompt']} tokens) of the
+{n_p} used below, each model teacher forced on prompt + continuation in its own tokens: the share
+of continuation tokens where its argmax is the next token, and the share of continuation bytes those tokens cover.
+
+| model | tokens | token agreement | bytes | byte agreement |
+|---|---|---|---|---|
+| draft (the target's tokenizer) | {ta['draft']['tokens']:,} | {pct(ta['draft']['token_agreement'])} | {ta['draft']['bytes']:,} | **{pct(ta['draft']['byte_agreement'])}** |
+| draft-xtok | {ta['draft-xtok']['tokens']:,} | {pct(ta['draft-xtok']['token_agreement'])} | {ta['draft-xtok']['bytes']:,} | **{pct(ta['draft-xtok']['byte_agreement'])}** |
+"""
+    if "error" in sp:
+        return agree + f"""
+**Speculation** through the shipped code: not measured ({sp['error']}).
+"""
+    same = "yes" if sp["matches_target_greedy"] else "**NO**"
+    return agree + f"""
+**Speculation** through the shipped code, greedy, {n_p}, {sp['new_tokens_per_prompt']} new tokens each, batch 1,
+float32 eager torch executor: `specdec.generation.generate` over in-process links to a verifier on `target/` and a
+draft-model proposer on `draft-xtok/` built by `specdec.build.build_draft_proposer(..., target_model=target/)`,
+which translates (draft-xtok drafts in its own tokens; its drafts reach the verifier as target ids).
+Accepted tokens per target step count the target's own token, so 1.0 is the floor.
+
+| proposer | mean accepted tokens per target step | steps | steps accepting >= 1, 2, ... drafts | output = target's greedy |
+|---|---|---|---|---|
+| draft-xtok, k={sp['k']}, translated | **{sp['mean_accepted_per_step']:.2f}** | {sp['steps']} | {', '.join(pct(x) for x in sp['accept_rate_by_position'])} | {same} |
+| draft (same tokenizer), k={S['spec']['k']}, from above | {dr['mean_accepted_per_step']:.2f} | {dr['steps']} | {', '.join(pct(x) for x in dr['accept_rate_by_position'])} | - |
+"""
+
+
 def write_model_card(out: Path, S: dict, args: Namespace) -> None:
     d, t, ev, sp = S["data"], S["timing"], S["eval"], S["spec"]
     tc, dc, hd = S["target_config"], S["draft_config"], S["heads_data"]
@@ -150,7 +237,7 @@ agreement above.
 * Turbo heads see only the target's last hidden state (no information about the tokens t+1... they skip), so
   accuracy falls quickly with the distance t+2+j.
 
-## Files
+{xdraft_section(S)}## Files
 
 `target/`: `config.json`, `generation_config.json`, `model.safetensors`, tokenizer files (`tokenizer.json`,
 `tokenizer_config.json`, `special_tokens_map.json`), `speculator_config.json`, `speculator.safetensors`.

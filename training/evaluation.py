@@ -82,6 +82,14 @@ async def _generate_all(verifier, proposer, prompts: list[list[int]], config, ct
     return records
 
 
+def draft_proposer(cfg, k: int, tdir: Path):
+    """The draft-model proposer for cfg.model, drafting in the tokenizer of the target in tdir
+    (it translates when the draft's tokenizer differs: draft-xtok)."""
+    from specdec.build import build_draft_proposer
+
+    return build_draft_proposer(cfg, k, target_model=str(tdir))
+
+
 def speculate(tdir: Path, ddir: Path | None, prompts: list[list[int]], new_tokens: int, k: int) -> dict:
     """Greedy speculative decoding of each prompt through specdec.generation.generate, in
     process, float32 eager torch executor, batch 1: the draft model with k drafts (ddir), or the
@@ -89,7 +97,7 @@ def speculate(tdir: Path, ddir: Path | None, prompts: list[list[int]], new_token
     steps accepting >= i drafts, plus the outputs (the target's greedy continuations)."""
     from dataclasses import replace
 
-    from specdec.build import build_draft_proposer, build_verifier
+    from specdec.build import build_verifier
     from specdec.config import EngineConfig
     from specdec.generation import GenerationConfig
 
@@ -99,7 +107,7 @@ def speculate(tdir: Path, ddir: Path | None, prompts: list[list[int]], new_token
         verifier, proposer = build_verifier(replace(cfg, turbo=True), (0,)), None
     else:
         verifier = build_verifier(cfg, tuple(range(k + 1)))
-        proposer = build_draft_proposer(replace(cfg, model=str(ddir)), k)
+        proposer = draft_proposer(replace(cfg, model=str(ddir)), k, tdir)
     recs = asyncio.run(_generate_all(verifier, proposer, prompts,
                                      GenerationConfig(k, new_tokens, ignore_eos=True), ctx_len))
     steps = sum(r.verify_steps for r in recs)
@@ -128,3 +136,52 @@ def head_agreement_on(target, heads, prompts: list[list[int]], outputs: list[lis
                 hits[j] += int(guesses[j][t] == g[t + 2 + j])
             n += 1
     return [h / max(1, n) for h in hits]
+
+
+@torch.no_grad()
+def lm_eval(model, stream: torch.Tensor, seq_len: int, max_tokens: int, bs: int = 8) -> dict:
+    """Teacher-forced loss/ppl/top-1 of one model on the first max_tokens of a token stream
+    (seq_len windows; the first token of each window is context only)."""
+    n_win = min(len(stream) // seq_len, max(1, max_tokens // seq_len))
+    wins = stream[: n_win * seq_len].view(n_win, seq_len).long()
+    nll = top1 = n = 0
+    for b0 in range(0, n_win, bs):
+        x = wins[b0: b0 + bs]
+        logits = model(input_ids=x).logits[:, :-1].float()
+        y = x[:, 1:]
+        nll += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+        top1 += (logits.argmax(-1) == y).sum().item()
+        n += y.numel()
+    return {"tokens_evaluated": int(n_win * seq_len), "loss": nll / n, "ppl": math.exp(nll / n), "top1": top1 / n}
+
+
+def bits_per_byte(loss: float, stream_tokens: int, nbytes: int) -> float:
+    """nats/token -> bits/byte with the stream's tokens per byte (the evaluated windows cover the
+    stream, or a prefix of it with the same density), comparable across vocabularies."""
+    return loss / math.log(2) * stream_tokens / nbytes
+
+
+@torch.no_grad()
+def continuation_agreement(model, tok, texts: list[tuple[str, str]], add_bos: bool) -> dict:
+    """Teacher forced on prompt + continuation texts (the target's greedy continuations), each
+    encoded by the model's own tokenizer (a raw `tokenizers` object): the share of continuation
+    tokens where the model's argmax is the next token, and the share of continuation bytes that
+    such correctly predicted tokens cover (comparable across vocabularies)."""
+    hit_tok = n_tok = hit_bytes = n_bytes = 0
+    for prompt, cont in texts:
+        text = prompt + cont
+        e = tok.encode(text, add_special_tokens=add_bos)
+        x = torch.tensor([e.ids])
+        pred = model(input_ids=x).logits[0, :-1].argmax(-1).tolist()
+        covered = len(prompt)  # tokens of one character's bytes share its offsets: count them once
+        for t in range(1, len(e.ids)):
+            s, f = e.offsets[t]
+            if s < len(prompt) or f <= s:  # prompt tokens, and the <s> the post-processor adds
+                continue
+            nb = len(text[max(s, covered):f].encode())
+            covered = max(covered, f)
+            ok = pred[t - 1] == e.ids[t]
+            hit_tok, n_tok = hit_tok + ok, n_tok + 1
+            hit_bytes, n_bytes = hit_bytes + ok * nb, n_bytes + nb
+    return {"token_agreement": hit_tok / max(1, n_tok), "byte_agreement": hit_bytes / max(1, n_bytes),
+            "tokens": n_tok, "bytes": n_bytes}

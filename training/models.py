@@ -13,7 +13,8 @@ from training.data import Windows
 from training.loop import log, run_phase
 
 
-def llama_config(args: Namespace, prefix: str, vocab: int, eot_id: int):
+def llama_config(args: Namespace, prefix: str, vocab: int, eot_id: int, bos_id: int | None = None):
+    """eot_id is eos and pad; bos_id defaults to it (one <|endoftext|> for all three)."""
     from transformers import LlamaConfig
 
     def g(k: str) -> int:
@@ -24,7 +25,7 @@ def llama_config(args: Namespace, prefix: str, vocab: int, eot_id: int):
         num_attention_heads=g("heads"), num_key_value_heads=g("kv_heads"),
         intermediate_size=g("intermediate"), max_position_embeddings=args.max_positions,
         rms_norm_eps=1e-5, initializer_range=0.02, tie_word_embeddings=True,
-        bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id)
+        bos_token_id=eot_id if bos_id is None else bos_id, eos_token_id=eot_id, pad_token_id=eot_id)
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -32,12 +33,14 @@ def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
 
 
-def save_model(model, d: Path, eot_id: int) -> None:
+def save_model(model, d: Path, eot_id: int, bos_id: int | None = None) -> None:
+    """float16 safetensors; eot_id is eos and pad, bos_id defaults to it."""
     from transformers import GenerationConfig
 
     m = model.to(torch.float16)
     m.config.dtype = torch.float16
-    m.generation_config = GenerationConfig(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id,
+    bos = eot_id if bos_id is None else bos_id
+    m.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eot_id, pad_token_id=eot_id,
                                            do_sample=False, max_new_tokens=128)
     m.save_pretrained(d, safe_serialization=True)
     model.to(torch.float32)

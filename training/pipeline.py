@@ -1,6 +1,8 @@
 """The phases in order: corpus -> tokenizer -> target -> draft -> Turbo heads -> save -> reload
-and evaluate -> model card -> load/generate/round-trip verification. `--only heads` starts from
-the target already saved in --out; `--only card` only rewrites the card."""
+and evaluate -> draft-xtok (its own tokenizer, training, evaluation) -> model card ->
+load/generate/round-trip verification. `--only heads` and `--only xdraft` start from the target
+already saved in --out, `--only xdraft-eval` re-measures the saved draft-xtok; `--only card` only
+rewrites the card."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import os
 import platform
 import shutil
 import time
+import traceback
 from argparse import Namespace
 from pathlib import Path
 
@@ -25,10 +28,21 @@ from training.data import (
     token_stream,
     train_tokenizer,
 )
-from training.evaluation import evaluate_teacher_forced, head_agreement_on, speculate
+from training.evaluation import (
+    bits_per_byte,
+    continuation_agreement,
+    evaluate_teacher_forced,
+    head_agreement_on,
+    lm_eval,
+    speculate,
+)
 from training.heads import train_heads
 from training.loop import T0, cpu_seconds, fmt_s, log
 from training.models import save_model, train_draft, train_target
+from training.xdraft import doc_stream, train_xdraft
+from training.xtok import BOS, EOS, build_xtok, save_xtok
+
+XDIR = "draft-xtok"
 
 
 def dir_size(p: Path) -> int:
@@ -42,7 +56,7 @@ def autocast_for(args: Namespace):
 
 
 def corpus(args: Namespace, S: dict, tok=None):
-    """-> (tok, eot_id, train stream, held stream, held files); trains the tokenizer if none."""
+    """-> (tok, eot_id, train stream, held stream, train files, held files); trains the tokenizer if none."""
     t = time.time()
     root, train, held, skipped_big = collect_corpus(args.stdlib, args.max_file_bytes, args.max_files,
                                                     args.heldout_mod)
@@ -61,7 +75,7 @@ def corpus(args: Namespace, S: dict, tok=None):
     S["vocab_size"], S["eot_id"] = tok.get_vocab_size(), eot_id
     log(f"tokenizer: vocab {S['vocab_size']}, eot id {eot_id}; train {len(train_stream):,} tokens, "
         f"held-out {len(held_stream):,} tokens")
-    return tok, eot_id, train_stream, held_stream, held
+    return tok, eot_id, train_stream, held_stream, train, held
 
 
 def reload_target(tdir: Path):
@@ -118,8 +132,11 @@ def finish(args: Namespace, out: Path, S: dict) -> None:
     S["versions"] = S.get("versions") or versions()
     for _ in range(2):
         S["sizes"] = {"target": dir_size(out / "target"), "draft": dir_size(out / "draft"), "total": dir_size(out)}
-        write_model_card(out, S, Namespace(**S["args"]))  # the flags of the run that trained
+        if (out / XDIR).exists():
+            S["sizes"][XDIR] = dir_size(out / XDIR)
+        # metrics first: a card that fails to render can be rewritten from them (--only card)
         (out / "metrics.json").write_text(json.dumps(S, indent=1, default=float) + "\n")
+        write_model_card(out, S, Namespace(**S["args"]))  # the flags of the run that trained
     from training.verify import verify
 
     verify(out, args, S)
@@ -134,6 +151,8 @@ def run(args: Namespace) -> None:
         return finish(args, out, S)
     if args.only == "heads":
         return run_heads(args, out)
+    if args.only in ("xdraft", "xdraft-eval"):
+        return run_xdraft(args, out)
     out.mkdir(parents=True, exist_ok=True)
     tdir, ddir = out / "target", out / "draft"
     for d in (tdir, ddir):
@@ -146,7 +165,7 @@ def run(args: Namespace) -> None:
                "versions": versions()}
     for k in ("target_lr", "target_batch", "draft_lr", "draft_batch", "kl_weight"):
         S[k] = getattr(args, k)
-    tok, eot_id, train_stream, held_stream, held = corpus(args, S)
+    tok, eot_id, train_stream, held_stream, train, held = corpus(args, S)
     for d in (tdir, ddir):
         save_tokenizer(tok, d, args.max_positions)
     autocast = autocast_for(args)
@@ -162,9 +181,11 @@ def run(args: Namespace) -> None:
     heads_phase(args, reload_target(tdir), train_stream, tdir, S)  # the heads serve the saved weights
     evaluate(args, out, tok, held_stream, held, S)
     S["total_seconds"] = time.time() - T0
-    S["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "bench_json"}
+    S["args"] = plain_args(args)
+    xdraft_phase(args, out, tok, train, held, S)
     finish(args, out, S)
     log(f"all done in {fmt_s(time.time() - T0)}")
+    xdraft_spec_check(S)
 
 
 def run_heads(args: Namespace, out: Path) -> None:
@@ -174,7 +195,7 @@ def run_heads(args: Namespace, out: Path) -> None:
     S = json.loads((out / "metrics.json").read_text())
     for k in ("target_lr", "target_batch", "draft_lr", "draft_batch", "kl_weight"):
         S.setdefault(k, S["args"][k])
-    tok, _, train_stream, held_stream, held = corpus(args, S, load_tokenizer(tdir))
+    tok, _, train_stream, held_stream, _, held = corpus(args, S, load_tokenizer(tdir))
     heads_phase(args, reload_target(tdir), train_stream, tdir, S)
     evaluate(args, out, tok, held_stream, held, S)
     heads_args = {k: v for k, v in vars(args).items() if k.startswith(("heads_", "turbo_", "spec_"))}
@@ -183,3 +204,126 @@ def run_heads(args: Namespace, out: Path) -> None:
     S.pop("bench", None)  # measured with the old heads
     finish(args, out, S)
     log(f"heads retrained and measured in {fmt_s(time.time() - T0)}")
+
+
+def plain_args(args: Namespace) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "bench_json"}
+
+
+def xdraft_phase(args: Namespace, out: Path, target_tok, train: list, held: list, S: dict) -> None:
+    """draft-xtok: its tokenizer (exact round trip checked), CE, sequence-level distillation from
+    the saved target, save, measure; S["xdraft"]."""
+    t0 = time.time()
+    xdir = out / XDIR
+    if xdir.exists():
+        shutil.rmtree(xdir)
+    xdir.mkdir(parents=True)
+    log(f"xdraft: start (CE {args.xdraft_minutes} min, target continuations {args.xdraft_kd_sequences} x "
+        f"{args.xdraft_kd_new_tokens} tokens, distillation {args.xdraft_kd_minutes} min + tokenizer/eval)")
+    tok, stats = build_xtok(train, held, args.xdraft_vocab_size, target_tok)
+    log(f"xdraft tokenizer: vocab {stats['vocab_size']}, {stats['bytes_per_token']:.2f} bytes/token on the train "
+        f"split (target's {stats['target_bytes_per_token']:.2f}), exact round trip on {stats['round_trip_files']} "
+        f"files, {fmt_s(time.time() - t0)}")
+    save_xtok(tok, xdir, args.max_positions)
+    X: dict = {"tokenizer": stats, "timing": {"tokenizer": time.time() - t0},
+               "args": {k: v for k, v in plain_args(args).items()
+                        if k.startswith(("xdraft_", "spec_")) or k in ("seed", "threads", "no_bf16", "seq_len",
+                                                                       "eval_tokens", "max_positions")}}
+    target = reload_target(out / "target")
+    model = train_xdraft(args, target, target_tok, tok, [x for _, x in train], autocast_for(args), X)
+    save_model(model, xdir, tok.token_to_id(EOS), tok.token_to_id(BOS))
+    del model
+    keys = ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size"]
+    cfg = load_config(xdir)
+    X["config"] = {k: getattr(cfg, k) for k in keys}
+    X["timing"]["train_total"] = time.time() - t0
+    S["xdraft"] = X
+    xdraft_evaluate(args, out, target_tok, target, held, S)
+    X["timing"]["phase_total"] = time.time() - t0
+    log(f"xdraft: phase done in {fmt_s(X['timing']['phase_total'])}")
+
+
+def load_config(d: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(d)
+
+
+@torch.no_grad()
+def target_greedy(target, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """The target's greedy continuations (float32, one prompt at a time: no padding)."""
+    outs = []
+    for p in prompts:
+        x = torch.tensor([p])
+        g = target.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
+                            min_new_tokens=new_tokens, do_sample=False, top_k=None, top_p=None, temperature=None,
+                            pad_token_id=target.config.eos_token_id)
+        outs.append(g[0, len(p):].tolist())
+    return outs
+
+
+def xdraft_evaluate(args: Namespace, out: Path, target_tok, target, held: list, S: dict) -> None:
+    """The saved draft-xtok reloaded in float32: held-out loss in its own tokens and bits per byte
+    (with the target's and the draft's, from S["eval"]), agreement with the target's greedy
+    continuations of the speculation prompts in text terms, and speculation through the shipped
+    code with translation. A speculation that cannot run is recorded (and reported by
+    xdraft_spec_check after the card is written)."""
+    from transformers import AutoModelForCausalLM
+
+    t = time.time()
+    X, xdir, tdir = S["xdraft"], out / XDIR, out / "target"
+    xtok = load_tokenizer(xdir)
+    xmodel = AutoModelForCausalLM.from_pretrained(xdir, dtype=torch.float32).eval()
+    held_stream = doc_stream(xtok, [x for _, x in held])
+    ev = lm_eval(xmodel, held_stream, args.seq_len, args.eval_tokens)
+    d, nbytes = S["data"], sum(len(x.encode()) for _, x in held)
+    ev.update(held_tokens=len(held_stream), held_bytes=nbytes,
+              bits_per_byte=bits_per_byte(ev["loss"], len(held_stream), nbytes),
+              target_bits_per_byte=bits_per_byte(S["eval"]["target_loss"], d["held_tokens"], d["held_bytes"]),
+              draft_bits_per_byte=bits_per_byte(S["eval"]["draft_loss"], d["held_tokens"], d["held_bytes"]))
+    log("xdraft eval: " + json.dumps(ev, default=float))
+    named = pick_prompts(target_tok, held, args.spec_prompts, args.spec_prompt_len, args.seed)
+    prompts = [ids for _, ids in named]
+    greedy = target_greedy(target, prompts, args.spec_new_tokens)
+    texts = [(target_tok.decode(p, skip_special_tokens=False), target_tok.decode(g, skip_special_tokens=False))
+             for p, g in zip(prompts, greedy)]
+    draft = AutoModelForCausalLM.from_pretrained(out / "draft", dtype=torch.float32).eval()
+    X["text_agreement"] = {XDIR: continuation_agreement(xmodel, xtok, texts, add_bos=True),
+                           "draft": continuation_agreement(draft, target_tok, texts, add_bos=False)}
+    log("xdraft agreement on the target's greedy text: " + json.dumps(X["text_agreement"], default=float))
+    X["eval"] = ev
+    try:
+        sp = speculate(tdir, xdir, prompts, args.spec_new_tokens, args.spec_k)
+        sp["matches_target_greedy"] = sp.pop("outputs") == greedy
+        log(f"xdraft speculation: k={args.spec_k} {sp['mean_accepted_per_step']:.3f} tokens per target step, "
+            f"output == target greedy: {sp['matches_target_greedy']}")
+    except Exception as e:  # the translating proposer is specdec's: keep the trained model, write the card
+        sp = {"error": f"{type(e).__name__}: {e}"}
+        log(f"ERROR: xdraft speculation not measured:\n{traceback.format_exc()}")
+    X["spec"] = dict(sp, k=args.spec_k, prompts=[rel for rel, _ in named], new_tokens_per_prompt=args.spec_new_tokens)
+    X["timing"]["eval"] = time.time() - t
+
+
+def xdraft_spec_check(S: dict) -> None:
+    """Fail the run (after everything else is saved) when draft-xtok's speculation could not run."""
+    err = S.get("xdraft", {}).get("spec", {}).get("error")
+    if err:
+        raise SystemExit(f"ERROR: {err}; rerun `python -m training --only xdraft-eval` once it does")
+
+
+def run_xdraft(args: Namespace, out: Path) -> None:
+    """--only xdraft: train draft-xtok against the saved target (its tokenizer, the same corpus);
+    --only xdraft-eval: re-measure the saved draft-xtok. metrics.json keeps everything else."""
+    S = json.loads((out / "metrics.json").read_text())
+    target_tok = load_tokenizer(out / "target")
+    root, train, held, _ = collect_corpus(args.stdlib, args.max_file_bytes, args.max_files, args.heldout_mod)
+    log(f"corpus: {root}: {len(train)} train files, {len(held)} held-out files")
+    if args.only == "xdraft":
+        xdraft_phase(args, out, target_tok, train, held, S)
+    else:
+        if "xdraft" not in S:
+            raise SystemExit(f"ERROR: {out / 'metrics.json'} has no draft-xtok record: run --only xdraft first")
+        xdraft_evaluate(args, out, target_tok, reload_target(out / "target"), held, S)
+    finish(args, out, S)
+    log(f"{args.only} done in {fmt_s(time.time() - T0)}")
+    xdraft_spec_check(S)

@@ -1,4 +1,4 @@
-"""End-of-run checks: tokenizers round-trip, both models load and generate in transformers,
+"""End-of-run checks: tokenizers round-trip, the models load and generate in transformers,
 the speculator has QEfficient's keys, and --out fits the size limit."""
 
 from __future__ import annotations
@@ -39,8 +39,30 @@ def verify(out: Path, args: Namespace, S: dict) -> None:
     want = {f"projections.{j}.{i}.linear.{w}" for j in range(cfg["turbo_num_heads"])
             for i in range(cfg["turbo_num_layers"]) for w in ("weight", "bias")}
     assert keys == want, f"speculator keys {sorted(keys)}"
+    if (out / "draft-xtok").exists():
+        verify_xdraft(out / "draft-xtok", code, prompt, tk)
     total = S["sizes"]["total"]
     log(f"verify: tokenizers round-trip OK, models load+generate OK, speculator keys OK; "
         f"total size {total / 1e6:.2f} MB (limit {args.size_limit_mb} MB)")
     if total > args.size_limit_mb * 1e6:
         raise SystemExit(f"ERROR: {out} is {total / 1e6:.2f} MB > {args.size_limit_mb} MB")
+
+
+@torch.no_grad()
+def verify_xdraft(xdir: Path, code: str, prompt: str, target_tok) -> None:
+    """draft-xtok: its own tokenizer (not the target's) adds <s> and round-trips exactly; the
+    model is float16 and generates."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tk = AutoTokenizer.from_pretrained(xdir)
+    assert tk.get_vocab() != target_tok.get_vocab(), "draft-xtok has the target's vocabulary"
+    ids = tk(code)["input_ids"]
+    assert ids[0] == tk.bos_token_id and tk.convert_ids_to_tokens(ids[0]) == "<s>", "draft-xtok must add <s>"
+    back = tk.decode(ids, skip_special_tokens=True)
+    assert back == code, f"round-trip mismatch in {xdir}: {back!r}"
+    m = AutoModelForCausalLM.from_pretrained(xdir).eval()
+    assert m.dtype == torch.float16, m.dtype
+    enc = tk(prompt, return_tensors="pt")
+    g = m.generate(**enc, max_new_tokens=24, do_sample=False)
+    log(f"verify: {xdir.name} ({m.dtype}, vocab {len(tk)}) generates: "
+        f"{tk.decode(g[0][enc['input_ids'].shape[1]:])!r}")
