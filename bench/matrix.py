@@ -106,7 +106,7 @@ def run_peers(args: argparse.Namespace, plan: Plan, prompts: list[list[int]], re
     rows = []
     for mode, k, run in runs:
         label = f"{mode} k={k}" if k else mode
-        outs, tps, per_step = measured_peer(label, run, prompts)
+        outs, tps, per_step, _ = measured_peer(label, run, prompts)
         rows.append(peer_row(mode, k, outs, tps, per_step, ref))
         tick(label)
     return rows

@@ -125,7 +125,7 @@ def transformers_figures(args: argparse.Namespace, model: Path, prompts: list[li
     from bench.peers import hf_generate, hf_prefill_s, load_hf
 
     hf = load_hf(str(model), args.dtype, args.device)
-    outs, tokens_per_s, _ = measured_peer("transformers generate()",
+    outs, tokens_per_s, _, _ = measured_peer("transformers generate()",
                                           lambda p: hf_generate(hf, p, args.max_new_tokens), prompts)
     say(f"  transformers prefill of the {len(long_prompt)}-token prompt, on the verifier's thread count")
     # A prefill is compute-bound: compared on as many cores as the verifier's (generate() above

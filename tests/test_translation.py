@@ -101,15 +101,39 @@ def test_a_draft_that_ends_the_text_ends_in_the_targets_eos(translation):
         translation.target.encode("y", add_special_tokens=False).ids + [translation.target_eos]
 
 
-def test_a_draft_that_would_respell_the_targets_last_token_is_dropped(translation):
+def test_a_draft_that_would_respell_the_targets_last_token_goes_on_from_its_split(translation):
     """The target split a word where its tokenizer would not ("retur" + ...): the draft's "n"
-    joins that piece in the target's spelling, so its text cannot extend the target's ids."""
+    would join that piece in the target's spelling, so it is spelt on its own, as the target,
+    going on from its own split, would go on."""
     word = translation.target.encode("    return", add_special_tokens=False).ids
     pieces = translation.target.encode("    retur", add_special_tokens=False).ids
     assert word[:len(pieces)] != pieces   # the premise: "retur" is no prefix of "return"'s ids
     context = translation.draft_context(pieces)
     new = translation.draft.encode("n x", add_special_tokens=False).ids
-    assert translation.target_draft(pieces, context, new) == []
+    draft = translation.target_draft(pieces, context, new)
+    assert draft and translation.target.decode(pieces + draft) == "    return x"
+
+
+def test_trailing_spaces_are_written_again_by_the_draft_with_the_word_after_them():
+    """The target emitted an indentation as a token of its own; the draft (SentencePiece-like,
+    "▁▁▁▁return" one piece) gets the context before it, writes it again with the word, and
+    the draft is the rest."""
+    draft_dir = MODELS / "draft-xtok"
+    tr = Translation.of(load_tokenizer(MODELS / "target"), load_tokenizer(draft_dir))
+    ids = tr.target.encode("def f(x):\n    ", add_special_tokens=False).ids
+    cache = DraftContext()
+    context = cache.update(tr, ids)
+    assert cache.healed == "    " and tr.draft.decode(context, skip_special_tokens=True) == "def f(x):\n"
+    def after_newline(text: str) -> list[int]:   # the draft's tokens for what follows a "\n"
+        enc = tr.draft.encode("\n" + text, add_special_tokens=False)
+        return [i for i, (start, _) in zip(enc.ids, enc.offsets) if start >= 1]
+
+    new = after_newline("    return x")
+    assert [tr.draft.id_to_token(i) for i in new] == ["▁▁▁▁return", "▁x"]
+    draft = tr.target_draft(ids, context, new, cache.healed)
+    assert tr.target.decode(ids + draft) == "def f(x):\n    return x"
+    # A draft that writes another indentation contradicts what the target emitted: no draft.
+    assert tr.target_draft(ids, context, after_newline("  return x"), cache.healed) == []
 
 
 def test_a_translated_draft_keeps_only_tokens_known_to_be_whole():
@@ -143,19 +167,21 @@ def speculate_over_grpc(target: Path, draft: Path, prompts: list[list[int]], k: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("branches", [0, 4])
-def test_a_draft_in_another_numbering_of_the_vocabulary_is_lossless_and_accepted(permuted_target,
-                                                                                 branches):
+@pytest.mark.parametrize("draft_dir, branches", [("permuted", 0), ("permuted", 4), ("draft-xtok", 4)])
+def test_a_draft_with_its_own_tokenizer_is_lossless_and_accepted(permuted_target, draft_dir, branches):
+    """The target renumbered (its drafts are the target's own guesses) and the shipped draft
+    with a tokenizer of its own (SentencePiece-like pieces of another vocabulary size)."""
+    draft = permuted_target if draft_dir == "permuted" else MODELS / draft_dir
     tok = load_tokenizer(MODELS / "target")
     prompts = [tok(p)["input_ids"] for p in ("def add(a, b):\n", "import os\n\n\nclass Stack:\n    ")]
-    records, proposer = speculate_over_grpc(MODELS / "target", permuted_target, prompts, 4, 40,
-                                            branches)
+    records, proposer = speculate_over_grpc(MODELS / "target", draft, prompts, 4, 40, branches)
     model = hf_model(MODELS / "target")
     for prompt, rec in zip(prompts, records):
         assert rec.tokens == greedy_reference(model, prompt, 40)
-        # The draft is the target: nearly every draft token is accepted (the misses are
-        # translations cut where the text ends inside a token, or float rounding).
-        assert rec.accepted >= 0.8 * rec.drafted > 0
+    accepted, drafted = sum(r.accepted for r in records), sum(r.drafted for r in records)
+    # The renumbered target's drafts are nearly all accepted (the misses: float rounding, or a
+    # draft cut where its text ends inside a target token); the trained draft's often.
+    assert accepted >= (0.8 if draft_dir == "permuted" else 0.3) * drafted > 0
     assert proposer.translations > 0
     hits = sum(r.pre_draft_hits for r in records)
     assert (hits > 0) == (branches > 0)

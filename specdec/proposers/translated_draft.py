@@ -70,8 +70,7 @@ class TranslatedDraftProposer:
         await self.inner.close_session(session.inner)
 
     async def propose(self, session: TranslatedSession, start: int, tokens: list[int], k: int,
-                      sampling: SamplingParams = SamplingParams(), top_m: int = 0,
-                      return_branches: bool = False) -> Proposal:
+                      sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
         """Greedy drafts in any case (sampling or not): a translated draft has no q in the
         target's vocabulary, and the verifier checks a draft without q as deterministic."""
         t0 = time.perf_counter_ns()
@@ -90,7 +89,8 @@ class TranslatedDraftProposer:
         draft: list[int] = []
         if inner.draft:
             self.translations += 1
-            draft, m = self.translation.aligned_draft(session.target, context, inner.draft, k)
+            draft, m = self.translation.aligned_draft(session.target, context, inner.draft, k,
+                                                      session.context.healed)
             self.inner.keep_drafts(session.inner, m)
             self.unaligned += not draft
         inner.timings.total_ns = time.perf_counter_ns() - t0

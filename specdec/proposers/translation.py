@@ -31,6 +31,13 @@ INCOMPLETE = "\ufffd"   # what a decoder makes of the bytes of an unfinished cha
 # look-behind of as many again that is encoded and dropped: a merge or a space rule that spans
 # the change comes out as encoding the whole text would make it.
 RE_ENCODE_CHARS = 32
+# Trailing spaces the draft's context leaves out: both kinds of tokenizer join a space to the
+# word after it ("▁return", "Ġreturn"), so a text that ends in spaces (an indentation the target
+# emitted as a token of its own) would end the draft's context on a piece it never saw there;
+# the draft writes them again with the word, and they are taken off its text (`healed`).
+TRAILING = " \t"
+# A boundary to spell a draft's text after, when it cannot follow the target's last token.
+ANCHOR = "\n"
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,10 @@ class Translation:
     def draft_context(self, target_ids: list[int]) -> list[int]:
         """The draft's tokens for the text of `target_ids`, with the draft's own BOS where its
         tokenizer adds one (the context it was trained on). The target's special tokens are
-        left out of the text: the draft never saw their spelling."""
+        left out of the text: the draft never saw their spelling; so are trailing spaces
+        (TRAILING), which the draft writes again."""
         text = self.target.decode(target_ids, skip_special_tokens=True)
-        return self.draft.encode(text, add_special_tokens=True).ids
+        return self.draft.encode(text.rstrip(TRAILING), add_special_tokens=True).ids
 
     def draft_text(self, context: list[int], new: list[int]) -> tuple[str, bool]:
         """-> (the text `new` draft tokens add after `context`, whether they end the text).
@@ -71,34 +79,48 @@ class Translation:
             self.draft.decode(new[:cut], skip_special_tokens=True)
         return text.rstrip(INCOMPLETE), ends
 
-    def target_draft(self, target_ids: list[int], context: list[int], new: list[int]) -> list[int]:
+    def target_draft(self, target_ids: list[int], context: list[int], new: list[int],
+                     healed: str = "") -> list[int]:
         """The target ids of the text `new` adds after `context` (the draft's tokens for the text
-        of `target_ids`); [] when that text cannot extend the target's ids (it would re-spell
-        the target's last token: a draft continuing a word the target split otherwise)."""
+        of `target_ids`, less its trailing spaces `healed`, which that text must start with:
+        [] where it does not, or where it has no target spelling after the target's ids)."""
         text, ends = self.draft_text(context, new)
-        out: list[int] = []
-        if text:
-            tail = self.target.decode(target_ids[-LOOK_BEHIND:], skip_special_tokens=False)
-            before = self.target.encode(tail, add_special_tokens=False).ids
-            after = self.target.encode(tail + text, add_special_tokens=False).ids
-            if after[:len(before)] != before:
-                return []
-            out = after[len(before):]
+        if not text.startswith(healed):
+            return []
+        text = text[len(healed):]
+        out = self._spelt_after(target_ids, text) if text else []
+        if out is None:
+            return []
         if ends and self.target_eos is not None:
             out.append(self.target_eos)
         return out
 
+    def _spelt_after(self, target_ids: list[int], text: str) -> list[int] | None:
+        """`text` in target ids after `target_ids`: as the target's tokenizer spells it after a
+        look-behind of their text, so a piece that continues a word or a space joins it; where
+        that would re-spell the target's last token (the target split a word otherwise, and goes
+        on from its own split), spelt on its own after a boundary; None if neither works."""
+        tail = self.target.decode(target_ids[-LOOK_BEHIND:], skip_special_tokens=False)
+        before = self.target.encode(tail, add_special_tokens=False).ids
+        after = self.target.encode(tail + text, add_special_tokens=False).ids
+        if after[:len(before)] == before:
+            return after[len(before):]
+        alone = self.target.encode(ANCHOR + text, add_special_tokens=False)
+        i = next((i for i, (s, _) in enumerate(alone.offsets) if s >= len(ANCHOR)), None)
+        if i is None or alone.offsets[i][0] != len(ANCHOR) or (i and alone.offsets[i - 1][1] > len(ANCHOR)):
+            return None
+        return alone.ids[i:]
 
     def aligned_draft(self, target_ids: list[int], context: list[int], new: list[int],
-                      k: int) -> tuple[list[int], int]:
+                      k: int, healed: str = "") -> tuple[list[int], int]:
         """-> (up to k target ids, m): the target draft for the text of the longest new[:m]
         that ends where a target token ends (the text of all of `new` shows it: its target ids
         start with these), so the two vocabularies meet at the draft's end and an outcome of
         verifying it reads as one of the draft model's own (pre-drafting keys). Where no
         prefix ends so, the first k ids of the whole text that are known whole, and m = all."""
-        whole = self.target_draft(target_ids, context, new)
+        whole = self.target_draft(target_ids, context, new, healed)
         for m in range(len(new) - 1, 0, -1):   # all of `new` has nothing after it to show it ended
-            part = self.target_draft(target_ids, context, new[:m])
+            part = self.target_draft(target_ids, context, new[:m], healed)
             if len(part) <= k and part and whole[:len(part)] == part:
                 return part, m
             if len(part) < k:
@@ -125,7 +147,8 @@ class DraftContext:
 
     target: list[int] = field(default_factory=list)   # the target ids described
     text: str = ""                                     # their text, special tokens left out
-    ids: list[int] = field(default_factory=list)       # the draft's tokens for it, BOS first
+    healed: str = ""                                   # its trailing spaces, which ids leave out
+    ids: list[int] = field(default_factory=list)       # the draft's tokens for the rest, BOS first
     starts: list[int] = field(default_factory=list)    # the character each of ids starts at
 
     def update(self, tr: Translation, target: list[int]) -> list[int]:
@@ -134,12 +157,14 @@ class DraftContext:
             text = tr.continued_text(self.target, self.text, target[p:])
         else:
             text = tr.target.decode(target, skip_special_tokens=True)
-        self._encode(tr.draft, text)
-        self.target, self.text = list(target), text
+        kept = text.rstrip(TRAILING)
+        self._encode(tr.draft, kept)
+        self.target, self.text, self.healed = list(target), text, text[len(kept):]
         return self.ids
 
     def _encode(self, draft: Any, text: str) -> None:
-        changed = common_prefix_len(self.text, text)   # type: ignore[arg-type]  # str slices compare alike
+        encoded = self.text[:len(self.text) - len(self.healed)]
+        changed = common_prefix_len(encoded, text)   # type: ignore[arg-type]  # str slices compare alike
         j = bisect_right(self.starts, changed - RE_ENCODE_CHARS) - 1   # a token well before it
         start = self.starts[j] - RE_ENCODE_CHARS if j > 1 else -1
         if start >= 0:
