@@ -32,13 +32,14 @@ def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
                               cfg.max_ngram_size, cfg.executor, cfg.batching, cfg.admission, cfg.qaic,
                               pre_draft_branches=cfg.pre_draft_branches, suffix=suffix_options(cfg),
                               target_model=cfg.target_model_name)
-    if isinstance(proposer, TranslatedDraftProposer):
+    draft_fingerprint = proposer.draft_fingerprint if isinstance(proposer, TranslatedDraftProposer) else ""
+    if draft_fingerprint:
         log.info("the draft's tokenizer (%s) is not the target's (%s): drafts are translated",
-                 proposer.draft_fingerprint, proposer.fingerprint)
+                 draft_fingerprint, proposer.fingerprint)
     asyncio.run(warm_up_proposer(proposer))  # on the load thread: a loop of its own
     executor = cfg.executor if proposer.engine else "none"
     return proposer, model_info(proposer.engine, e, proposer.fingerprint, cfg.max_k, cfg.method,
-                                executor)
+                                executor, draft_fingerprint)
 
 
 async def run(cfg: ProposerServiceConfig) -> bool:

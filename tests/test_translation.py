@@ -156,7 +156,8 @@ def speculate_over_grpc(target: Path, draft: Path, prompts: list[list[int]], k: 
     servers = [HostedServer("verifier", verifier, model_info(verifier.engine, engine(target), verifier.fingerprint,
                                                              k, "target", "torch")),
                HostedServer("proposer", proposer, model_info(proposer.engine, engine(draft),
-                                                             proposer.fingerprint, k, "draft", "torch"))]
+                                                             proposer.fingerprint, k, "draft", "torch",
+                                                             proposer.draft_fingerprint))]
     try:
         records = generate_all(servers[0].address, servers[1].address, prompts,
                                GenerationConfig(k, new, ignore_eos=True))
@@ -168,13 +169,17 @@ def speculate_over_grpc(target: Path, draft: Path, prompts: list[list[int]], k: 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("draft_dir, branches", [("permuted", 0), ("permuted", 4), ("draft-xtok", 4)])
-def test_a_draft_with_its_own_tokenizer_is_lossless_and_accepted(permuted_target, draft_dir, branches):
+def test_a_draft_with_its_own_tokenizer_is_lossless_and_accepted(permuted_target, draft_dir, branches,
+                                                                  caplog):
     """The target renumbered (its drafts are the target's own guesses) and the shipped draft
-    with a tokenizer of its own (SentencePiece-like pieces of another vocabulary size)."""
+    with a tokenizer of its own (SentencePiece-like pieces of another vocabulary size). The
+    client is told, and says, that the proposer translates."""
     draft = permuted_target if draft_dir == "permuted" else MODELS / draft_dir
     tok = load_tokenizer(MODELS / "target")
     prompts = [tok(p)["input_ids"] for p in ("def add(a, b):\n", "import os\n\n\nclass Stack:\n    ")]
-    records, proposer = speculate_over_grpc(MODELS / "target", draft, prompts, 4, 40, branches)
+    with caplog.at_level("INFO", logger="client"):
+        records, proposer = speculate_over_grpc(MODELS / "target", draft, prompts, 4, 40, branches)
+    assert f"drafts with a tokenizer of its own ({proposer.draft_fingerprint})" in caplog.text
     model = hf_model(MODELS / "target")
     for prompt, rec in zip(prompts, records):
         assert rec.tokens == greedy_reference(model, prompt, 40)
