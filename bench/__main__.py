@@ -5,9 +5,7 @@
       cores on a CPU host (for --method turbo the verifier alone, drafting with its heads)
   (b+r) as (b), with a proposer that pre-drafts the next round while the verifier verifies
       (--method draft, --pre-draft-branches F); the client asks for each draft, and a hit is
-      answered from the branches at once (the client's default)
-  (b+) as (b+r), with the client taking the next draft from the branches and verifying it
-      while the proposer drafts the branches after it (GenerationConfig.use_branches)
+      answered from the branches at once
   (b~) as (b), with k chosen each round (--num-speculative-tokens auto, up to --auto-max-k)
       (--method draft and ngram)
   (g) Generate on the verifier: each prompt as one Generate call, the verifier running the same
@@ -54,12 +52,14 @@ from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.build import build_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
 from specdec.cpu_cores import available_cores, split_cores
+from specdec.engine.hub import resolve_model_path
 from specdec.engine.torch_engine import TorchEngine
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.metrics import BatchMetrics, batch_metrics
 from specdec.sampling import SamplingParams
+from specdec.tokenizer_fingerprint import tokenizer_fingerprint
 from specdec_rpc.server import COMPILED_PREFIX
 
 BENCH_PROMPTS = DEFAULT_PROMPTS + [
@@ -139,17 +139,39 @@ def measured_in_turn(rows: list[tuple[str, Callable[..., list[GenerationRecord]]
     return out
 
 
-def measured_peer(label: str, run, prompts: list[list[int]]) -> tuple[list[list[int]], float, float]:
-    """A transformers peer: (outputs, tokens/s, tokens per target step), timed after a warm-up."""
-    run(prompts[0])
-    t0 = time.perf_counter()
-    outs = [run(p) for p in prompts]
-    wall = time.perf_counter() - t0
-    tokens = sum(len(ids) for ids, _ in outs)
-    per_step = sum(len(ids) - 1 for ids, _ in outs) / max(1, sum(n - 1 for _, n in outs))
-    print(f"{label:<32} {tokens / wall:8.2f} tok/s  ({torch.get_num_threads()} threads)"
-          f"{'':>19}accepted/step {per_step:5.2f}", file=sys.stderr, flush=True)
-    return [ids for ids, _ in outs], tokens / wall, per_step
+def measured_peer(label: str, run, prompts: list[list[int]]) -> tuple[list[list[int]], float, float, list[int]]:
+    """A transformers peer: (outputs, tokens/s, tokens per target step, the prompts it failed),
+    timed after a warm-up. A prompt it fails on (transformers' universal assisted decoding
+    raises on some: a bug of its own) has an empty output and is left out of its figures."""
+    _runs(run, prompts[0])   # warm-up
+    outs: list[tuple[list[int], int] | None] = []
+    wall = 0.0
+    for p in prompts:
+        t0 = time.perf_counter()
+        outs.append(_runs(run, p))
+        wall += time.perf_counter() - t0 if outs[-1] else 0.0
+    done = [o for o in outs if o]
+    failed = [i for i, o in enumerate(outs) if o is None]
+    tokens = sum(len(ids) for ids, _ in done)
+    per_step = sum(len(ids) - 1 for ids, _ in done) / max(1, sum(n - 1 for _, n in done))
+    note = f"  (failed on prompts {failed})" if failed else ""
+    print(f"{label:<32} {tokens / max(wall, 1e-9):8.2f} tok/s  ({torch.get_num_threads()} threads)"
+          f"{'':>19}accepted/step {per_step:5.2f}{note}", file=sys.stderr, flush=True)
+    return [o[0] if o else [] for o in outs], tokens / max(wall, 1e-9), per_step, failed
+
+
+def _runs(run, prompt: list[int]) -> tuple[list[int], int] | None:
+    try:
+        return run(prompt)
+    except RuntimeError as exc:   # transformers' own failure on this prompt: reported, not fatal
+        print(f"  transformers failed: {str(exc)[:120]}", file=sys.stderr, flush=True)
+        return None
+
+
+def throughput_without(records: list[GenerationRecord], skip: list[int]) -> float:
+    """tokens/s of a row's generations but those at `skip` (the prompts a peer failed on)."""
+    kept = [r for i, r in enumerate(records) if i not in skip]
+    return sum(len(r.tokens) for r in kept) / sum(r.t_end - r.t_start for r in kept)
 
 
 def service_flags(args: argparse.Namespace, max_k: int, windows: list[int],
@@ -179,9 +201,18 @@ def start_proposer(args: argparse.Namespace, flags: list[str], method: str, pre_
     (pre-drafting this many branches; 0 = sequential)."""
     extra = ["--method", "ngram", "--max-ngram-size", str(args.max_ngram_size)] if method == "ngram" \
         else ["--method", "suffix"] if method == "suffix" \
-        else ["--method", "draft", "--model", args.draft_model, "--pre-draft-branches", str(pre_draft_branches)]
+        else ["--method", "draft", "--model", args.draft_model, "--pre-draft-branches", str(pre_draft_branches),
+              "--target-model-name", args.target_model]
     return start_service("proposer", "proposer_service", [*extra, *flags], wait=wait,
                          wait_for=COMPILED_PREFIX)
+
+
+def own_tokenizers(args: argparse.Namespace) -> tuple | None:
+    """(the target's, the draft's) tokenizers where the draft has one of its own, else None."""
+    target, draft = (resolve_model_path(m, weights=False) for m in (args.target_model, args.draft_model))
+    if tokenizer_fingerprint(target, 0) == tokenizer_fingerprint(draft, 0):
+        return None
+    return load_tokenizer(str(target)), load_tokenizer(str(draft))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -199,8 +230,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--device", default="cpu")
     p.add_argument("--pre-draft-branches", type=int, default=DEFAULT_PRE_DRAFT_BRANCHES,
-                   help="draft: also run a proposer that pre-drafts this many outcomes (b+, and "
-                        f"b+r with hits on request); 0 = skip ({DEFAULT_PRE_DRAFT_BRANCHES})")
+                   help="draft: also run a proposer that pre-drafts this many outcomes (b+r, "
+                        f"hits answered on request); 0 = skip ({DEFAULT_PRE_DRAFT_BRANCHES})")
     p.add_argument("--auto-max-k", type=int, default=None,
                    help="also run k auto (b~), k in 0..this; 0 = skip (draft, ngram: --k; turbo: 0)")
     p.add_argument("--compile", default=os.environ.get("SPECDEC_COMPILE", "on"), choices=["on", "off"],
@@ -258,9 +289,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
         services.append(start_verifier(args, v_flags, turbo=True))
     elif args.method == "ngram":
         services.append(start_proposer(args, p_flags, "ngram"))
-    elif args.pre_draft_branches:  # (b+) a second proposer that pre-drafts
+    elif args.pre_draft_branches:  # (b+r) a second proposer that pre-drafts
         services.append(start_proposer(args, p_flags, "draft", args.pre_draft_branches))
-    pre = pre_on_request = rec_auto = None
+    pre_on_request = rec_auto = None
     try:
         plain = services[0].address
         spec_v, spec_p = (services[1].address, None) if args.method == "turbo" \
@@ -277,16 +308,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
         if len(services) > 2:
             rows.append(grpc_row(f"(b+r) pre-drafting {args.pre_draft_branches}, hits on request, gRPC",
                                  plain, services[2].address, config))
-            if not sampled:   # branches go back to the client as greedy drafts only
-                rows.append(grpc_row(f"(b+) pre-drafting {args.pre_draft_branches}, client takes "
-                                     "branches, gRPC", plain, services[2].address,
-                                     replace(config, use_branches=True)))
         results = measured_in_turn(rows, args.repeats)
         (rec_a, a), (rec_b, b), (rec_g, g) = results[:3]
         if auto_k:
             rec_auto, m_auto = results[3]
         if len(services) > 2:
-            pre_on_request, pre = (results[-1], None) if sampled else results[-2:]
+            pre_on_request = results[-1]
     finally:
         for svc in services:
             svc.stop()
@@ -295,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
     else:
         verifier = build_verifier(engine, (0, args.k) if args.method == "draft" else tuple(range(args.k + 1)))
         proposer = build_proposer(args.method, replace(engine, model=args.draft_model), args.k,
-                                  args.max_ngram_size)
+                                  args.max_ngram_size, target_model=args.target_model)
     for built in (verifier, proposer):   # timed with every step shape compiled, as the services
         engine_of = getattr(built, "engine", None)
         if isinstance(engine_of, TorchEngine):
@@ -306,20 +333,24 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
     # The speculative rows' tokens; greedy, also target-only's and transformers' (sampled, those
     # draw other numbers from the same seed).
     outputs = [[r.tokens for r in records] for records in
-               [rec_b, rec_g, rec_c] + [x[0] for x in (pre, pre_on_request) if x] + ([rec_auto] if rec_auto else [])]
+               [rec_b, rec_g, rec_c] + ([pre_on_request[0]] if pre_on_request else [])
+               + ([rec_auto] if rec_auto else [])]
     d = peer = None
     if not sampled:
         hf = load_hf(args.target_model)
         new = args.max_new_tokens
-        out_d, d, _ = measured_peer("(d) transformers generate()", lambda p: hf_generate(hf, p, new), prompts)
+        out_d, d, _, _ = measured_peer("(d) transformers generate()", lambda p: hf_generate(hf, p, new), prompts)
         if args.method == "draft":
-            hf_draft = load_hf(args.draft_model)
-            peer = measured_peer("(e) transformers assisted",
-                                 lambda p: hf_assisted(hf, hf_draft, p, new, args.k), prompts)
+            hf_draft, tokenizers = load_hf(args.draft_model), own_tokenizers(args)
+            peer = measured_peer("(e) transformers " + ("universal assisted" if tokenizers else "assisted"),
+                                 lambda p: hf_assisted(hf, hf_draft, p, new, args.k, tokenizers), prompts)
         elif args.method == "ngram":
             peer = measured_peer("(e) transformers prompt lookup",
                                  lambda p: hf_prompt_lookup(hf, p, new, args.k, args.max_ngram_size), prompts)
-        outputs += [[r.tokens for r in rec_a], out_d] + ([peer[0]] if peer else [])
+        # A prompt the peer failed on is compared without it.
+        outputs += [[r.tokens for r in rec_a], out_d] + \
+            ([[ref if i in peer[3] else o for i, (o, ref) in enumerate(zip(peer[0], outputs[0]))]]
+             if peer else [])
     same = all(o == outputs[0] for o in outputs)
     figures = {
         "tokens_per_s": {"target_only_grpc": a.e2e_throughput, "speculative_grpc": b.e2e_throughput,
@@ -330,21 +361,19 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
         "server_side_tokens_per_s": g.e2e_throughput,
         "server_side_vs_client_loop": g.e2e_throughput / b.e2e_throughput,
         "target_only_vs_transformers_a_over_d": a.e2e_throughput / d if d else None,
-        "pre_draft_tokens_per_s": pre[1].e2e_throughput if pre else None,
-        "pre_draft_vs_sequential_bplus_over_b": pre[1].e2e_throughput / b.e2e_throughput if pre else None,
-        "pre_draft_split_vs_inprocess_bplus_over_c": pre[1].e2e_throughput / c.e2e_throughput if pre else None,
-        "pre_draft_hit_rate": pre[1].pre_draft_hit_rate if pre else None,
-        "pre_draft_overlapped_rounds": pre[1].pre_draft_overlapped if pre else None,
+        "pre_draft_on_request_tokens_per_s": pre_on_request[1].e2e_throughput if pre_on_request else None,
         "pre_draft_on_request_vs_sequential_bplusr_over_b":
             pre_on_request[1].e2e_throughput / b.e2e_throughput if pre_on_request else None,
         "pre_draft_on_request_hit_rate": pre_on_request[1].pre_draft_hit_rate if pre_on_request else None,
         "pre_draft_on_request_split_vs_inprocess_bplusr_over_c":
             pre_on_request[1].e2e_throughput / c.e2e_throughput if pre_on_request else None,
-        "pre_draft_vs_transformers_bplus_over_e": pre[1].e2e_throughput / peer[1] if pre and peer else None,
+        "pre_draft_on_request_vs_transformers_bplusr_over_e":
+            throughput_without(pre_on_request[0], peer[3]) / peer[1] if pre_on_request and peer else None,
         "auto_tokens_per_s": m_auto.e2e_throughput if rec_auto else None,
         "auto_vs_fixed_bauto_over_b": m_auto.e2e_throughput / b.e2e_throughput if rec_auto else None,
         "auto_k_histogram": m_auto.k_histogram if rec_auto else None,
-        "speculative_vs_transformers_b_over_e": b.e2e_throughput / peer[1] if peer else None,
+        "speculative_vs_transformers_b_over_e": throughput_without(rec_b, peer[3]) / peer[1] if peer else None,
+        "transformers_speculative_failed_prompts": peer[3] if peer else None,
         "transformers_speculative_accepted_per_step": peer[2] if peer else None,
         "mean_accepted_tokens": b.mean_accepted_tokens,
         "acceptance_rate": b.acceptance_rate,
@@ -366,20 +395,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
               f"{figures['target_only_vs_transformers_a_over_d']:.2f}x")
     if peer:
         print(f"speculative b/e (gRPC vs transformers' own, same k): "
-              f"{figures['speculative_vs_transformers_b_over_e']:.2f}x")
+              f"{figures['speculative_vs_transformers_b_over_e']:.2f}x"
+              + (f" (on the prompts but {peer[3]}, which transformers failed)" if peer[3] else ""))
     if pre_on_request:
-        print("pre-drafting, hits on request b+r/b (default):  "
+        print("pre-drafting, hits on request b+r/b:  "
               f"{figures['pre_draft_on_request_vs_sequential_bplusr_over_b']:.2f}x"
               f"  (hit rate {pre_on_request[1].pre_draft_hit_rate:.0%})")
         print("pre-drafting b+r/c (split vs sequential in-process): "
               f"{figures['pre_draft_on_request_split_vs_inprocess_bplusr_over_c']:.2f}x")
-    if pre:
-        print("pre-drafting, client takes branches b+/b:       "
-              f"{figures['pre_draft_vs_sequential_bplus_over_b']:.2f}x"
-              f"  (hit rate {pre[1].pre_draft_hit_rate:.0%}, {pre[1].pre_draft_overlapped} rounds "
-              "verified alongside the next pre-draft)")
-        print("pre-drafting b+/c (split vs sequential in-process): "
-              f"{figures['pre_draft_split_vs_inprocess_bplus_over_c']:.2f}x")
     if rec_auto:
         print(f"k auto b~/b (auto up to {auto_k} vs k = {args.k}, both gRPC): "
               f"{figures['auto_vs_fixed_bauto_over_b']:.2f}x  (rounds by k: "

@@ -17,6 +17,7 @@ target-only or reopens a verifier session with the whole sequence, with backoff 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -25,13 +26,13 @@ import grpc
 
 from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError, service_error
 from client.replicas import LeasedProposerLink, LeasedVerifierLink, ReplicaSet
+from specdec.adaptive_k import KEstimates
 from specdec.engine.turbo import METHOD as TURBO
 from specdec.errors import PreconditionFailed
 from specdec.generation import GenerationConfig, GenerationRecord, ProposerLink, generate
 from specdec.inprocess import InProcessProposerLink
 from specdec.proposers.base import Proposer
 from specdec.recovery import Busy, LinkLost, RecoveryPolicy
-from specdec.round_estimates import RoundEstimates
 from specdec.serving_generate import GenerateRequest, ProposerInfo
 from specdec.stopping import FinishReason
 from specdec.types import Proposal
@@ -40,6 +41,8 @@ from specdec_rpc.security import ClientSecurity, speaks_tls
 from specdec_rpc.server import message_limits
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
+
+log = logging.getLogger("client")
 
 # Same message limits as the servers; reconnect quickly to a restarted service (gRPC's default
 # backoff grows to 120 s, far past any useful recovery deadline).
@@ -101,7 +104,7 @@ class SpecDecClient:
         self.proposer_info: pb.ModelInfo | None = None
         # --num-speculative-tokens auto: what rounds on these services yield and cost, carried
         # from one generation to the next (and shared by concurrent ones)
-        self.k_estimates = RoundEstimates()
+        self.k_estimates = KEstimates()
 
     async def __aenter__(self) -> SpecDecClient:
         await self.connect()
@@ -136,7 +139,13 @@ class SpecDecClient:
             if p.tokenizer_fingerprint and p.tokenizer_fingerprint != v.tokenizer_fingerprint:
                 raise ServiceError("client", grpc.StatusCode.FAILED_PRECONDITION,
                                    f"proposer {p.model_id} and verifier {v.model_id} use different "
-                                   f"tokenizers ({p.tokenizer_fingerprint} != {v.tokenizer_fingerprint})")
+                                   f"tokenizers ({p.tokenizer_fingerprint} != {v.tokenizer_fingerprint}): "
+                                   f"start the proposer with --target-model-name <the target's "
+                                   f"checkpoint> and it translates its drafts")
+            if p.draft_tokenizer_fingerprint:
+                log.info("proposer %s drafts with a tokenizer of its own (%s) and translates its "
+                         "drafts to the target's (%s)", p.model_id, p.draft_tokenizer_fingerprint,
+                         v.tokenizer_fingerprint)
 
     async def tokenize(self, text: str) -> list[int]:
         """The target's tokenizer on the verifier, for a client that has none of its own."""

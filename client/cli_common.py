@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -283,6 +284,15 @@ def _start_services(args: argparse.Namespace, services: dict[str, ServiceSpec],
     return started
 
 
+def show_client_log() -> None:
+    """The client library's log (what a user should know of the pair, e.g. that its drafts are
+    translated) on stderr, as the CLI's own messages."""
+    client_log = logging.getLogger("client")
+    if not client_log.handlers:
+        client_log.addHandler(logging.StreamHandler(sys.stderr))
+        client_log.setLevel(logging.INFO)
+
+
 def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, ServiceSpec],
             addresses: dict[str, str | None], config: GenerationConfig,
             default_prompts: list[str] = DEFAULT_PROMPTS, local_proposer: Proposer | None = None,
@@ -290,6 +300,7 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
     """Start whatever services have no address, generate every prompt, print and save. A model
     that cannot be loaded, here or in a service started here, ends the process with its one
     line (exit_with). method: Generate's, for --server-side (draft, ngram, turbo)."""
+    show_client_log()
     try:
         tok = load_tokenizer(tokenizer_model)
     except START_ERRORS as exc:

@@ -137,7 +137,6 @@ class GrpcProposerLink(_StreamLink):
     service = "proposer"
 
     async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
-                      top_m: int, return_branches: bool = False) -> Proposal:
+                      top_m: int) -> Proposal:
         return proposal_from_pb(await self._step(pb.ProposeRequest(
-            start=start, tokens=tokens, k=k, sampling=sampling_to_pb(sampling), top_m=top_m,
-            return_branches=return_branches)))
+            start=start, tokens=tokens, k=k, sampling=sampling_to_pb(sampling), top_m=top_m)))

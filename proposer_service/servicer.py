@@ -18,7 +18,7 @@ class ProposerServicer(AttachedBackend[Proposer], pb_grpc.ProposerServicer):
     async def _step(self, session: Any, req: pb.ProposeRequest) -> pb.ProposeReply:
         return proposal_to_pb(await self.backend.propose(
             session, req.start, list(req.tokens), req.k, sampling_from_pb(req.sampling),
-            req.top_m, req.return_branches))
+            req.top_m))
 
     def _after_reply(self) -> Callable[[Any], Awaitable[None]] | None:
         return self.backend.after_reply

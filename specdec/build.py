@@ -24,6 +24,10 @@ PROPOSER_METHODS = (DraftModelProposer.method, NgramProposer.method, SuffixPropo
 # A translating proposer's draft model may take this many of its tokens per target token (its
 # max k, in its own tokens: (max k + 1) x this); a finer vocabulary drafts less far ahead.
 TRANSLATED_DRAFT_STEPS = 3
+# A translating proposer's syncs carry the re-encoded text of a round, a few draft tokens (a
+# same-vocabulary sync carries one or two): compiled windows of 4 and 8 (k + 1 for k = 3, 7)
+# hold them, where the prefill chunk would pad them to prefill_seq_len.
+TRANSLATED_SYNC_KS = (0, 3, 7)
 
 
 def build_engine(config: EngineConfig, executor: str = "torch", tlm: bool = False,
@@ -77,8 +81,8 @@ def build_draft_proposer(config: EngineConfig, max_k: int, executor: str = "torc
     inner_k = TRANSLATED_DRAFT_STEPS * (max_k + 1) if translation else max_k
     # Only the torch executor copies slots; a QPC pre-drafts in the session's own slot only.
     slots = config.full_batch_size * (1 + (pre_draft_branches if executor == "torch" else 0))
-    engine = build_engine(replace(config, full_batch_size=slots), executor, False, (0,), qaic,
-                          qaic_backend)
+    engine = build_engine(replace(config, full_batch_size=slots), executor, False,
+                          TRANSLATED_SYNC_KS if translation else (0,), qaic, qaic_backend)
     proposer = DraftModelProposer(Batcher(engine, batching), inner_k,
                                   tokenizer_fingerprint(engine.path, engine.vocab_size), admission,
                                   pre_draft_branches)

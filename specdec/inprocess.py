@@ -53,11 +53,10 @@ class InProcessProposerLink:
         self.pre_draft: asyncio.Task | None = None  # referenced, so the loop does not drop it
 
     async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
-                      top_m: int, return_branches: bool = False) -> Proposal:
+                      top_m: int) -> Proposal:
         if self.session is None:
             self.session = await self.proposer.open_session()
-        proposal = await self.proposer.propose(self.session, start, tokens, k, sampling, top_m,
-                                               return_branches)
+        proposal = await self.proposer.propose(self.session, start, tokens, k, sampling, top_m)
         # As the proposer service does after replying: not awaited, it overlaps the verify.
         self.pre_draft = asyncio.ensure_future(self.proposer.after_reply(self.session))
         return proposal

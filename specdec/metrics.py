@@ -35,8 +35,6 @@ class GenerationMetrics:
     network_ms: float                # client-side call time minus time spent in the services
     pre_draft_hits: int              # drafts answered from a branch pre-drafted during a verify
     pre_draft_hit_rate: float        # pre_draft_hits / proposals
-    pre_draft_overlapped: int        # rounds whose draft the client took from a branch, verified
-                                     # while the proposer drafted the next branches
     k_histogram: list[int]           # [k] rounds that asked for k drafts (varies with k auto)
     draft_length_histogram: list[int]  # [n] rounds that verified n drafted tokens (a suffix or
                                        # n-gram draft is often shorter than k, or empty)
@@ -85,7 +83,6 @@ def generation_metrics(rec: GenerationRecord) -> GenerationMetrics:
         network_ms=(rec.proposer_ns + rec.verifier_ns - rec.server_ns) / 1e6,
         pre_draft_hits=rec.pre_draft_hits,
         pre_draft_hit_rate=_ratio(rec.pre_draft_hits, rec.proposals),
-        pre_draft_overlapped=rec.pre_draft_overlapped,
         k_histogram=list(rec.k_histogram),
         draft_length_histogram=draft_lengths(rec.drafted_at, rec.verify_steps),
     )
@@ -119,7 +116,6 @@ class BatchMetrics:
     acceptance_rate: float
     pre_draft_hits: int
     pre_draft_hit_rate: float        # drafts answered from pre-drafted branches / proposals
-    pre_draft_overlapped: int
     k_histogram: list[int]           # [k] rounds of all prompts that asked for k drafts
     draft_length_histogram: list[int]  # [n] rounds of all prompts that verified n drafts
 
@@ -146,7 +142,6 @@ def batch_metrics(records: list[GenerationRecord]) -> BatchMetrics:
         pre_draft_hits=sum(r.pre_draft_hits for r in records),
         pre_draft_hit_rate=_ratio(sum(r.pre_draft_hits for r in records),
                                   sum(r.proposals for r in records)),
-        pre_draft_overlapped=sum(r.pre_draft_overlapped for r in records),
         k_histogram=add_histograms([r.k_histogram for r in records]),
         draft_length_histogram=add_histograms([draft_lengths(r.drafted_at, r.verify_steps)
                                                for r in records]),
@@ -171,8 +166,7 @@ def format_metrics(m: BatchMetrics) -> str:
         f"Total generated tokens = {m.generated_tokens}",
         f"Drafted / accepted draft tokens = {m.drafted} / {m.accepted} "
         f"(acceptance rate {m.acceptance_rate:.1%})",
-        f"Pre-drafted drafts used = {m.pre_draft_hits} (hit rate {m.pre_draft_hit_rate:.1%}; "
-        f"{m.pre_draft_overlapped} verified alongside the next pre-draft)",
+        f"Pre-drafted drafts used = {m.pre_draft_hits} (hit rate {m.pre_draft_hit_rate:.1%})",
         "Rounds by k = " + " ".join(f"{k}:{n}" for k, n in enumerate(m.k_histogram) if n),
         "Rounds by draft length = " + " ".join(
             f"{k}:{n}" for k, n in enumerate(m.draft_length_histogram) if n),

@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from specdec.adaptive_k import KEstimates
 from specdec.build import build_proposer
 from specdec.config import EngineConfig
 from specdec.engine.turbo import METHOD as TURBO
@@ -29,7 +30,6 @@ from specdec.proposers.base import Proposer
 from specdec.proposers.draft_model import DraftModelProposer
 from specdec.proposers.ngram import NgramProposer
 from specdec.recovery import LinkLost, RecoveryPolicy
-from specdec.round_estimates import RoundEstimates
 from specdec.sampling import SamplingParams, Sparse
 from specdec.sequence import check_token_ids
 from specdec.stop_strings import check_stop_strings, cut_at_stop_string
@@ -184,7 +184,7 @@ class OneCallGenerator:
         self.verifier, self.codec, self.proposers, self.recovery = verifier, codec, proposers, recovery
         self.ctx_len = verifier.engine.ctx_len
         # k auto: what rounds cost and yield here, per method, carried across requests
-        self.k_estimates = {m: RoundEstimates() for m in METHODS}
+        self.k_estimates = {m: KEstimates() for m in METHODS}
         self._running: set[asyncio.Task] = set()   # generations whose caller may be gone
 
     @classmethod
@@ -251,7 +251,9 @@ class OneCallGenerator:
         """info, once its tokenizer is known to be the target's (its ids mean the same text)."""
         if info.fingerprint and info.fingerprint != self.verifier.fingerprint:
             raise PreconditionFailed(f"the proposer's tokenizer ({info.fingerprint}) differs from the "
-                                     f"target's ({self.verifier.fingerprint}): fix --proposer")
+                                     f"target's ({self.verifier.fingerprint}): start that proposer with "
+                                     f"--target-model-name <this target's checkpoint> to translate, "
+                                     f"or fix --proposer")
         return info
 
     def _k(self, request: GenerateRequest, method: str, info: ProposerInfo | None) -> int:

@@ -23,16 +23,6 @@ class StepTimings:
     batch_window: int = 0
 
 
-@dataclass(frozen=True)
-class DraftBranch:
-    """The next draft for one outcome of verifying a proposal d1..dk: `accepted` drafts kept,
-    then the target's `token` (the correction, or the bonus when accepted = k)."""
-
-    accepted: int
-    token: int
-    draft: list[int]   # e1..ek, drafted after the prefix + d1..d(accepted) + token
-
-
 @dataclass
 class Proposal:
     draft: list[int]   # d1..dk (may be shorter than asked, or empty: no guess)
@@ -40,7 +30,6 @@ class Proposal:
     timings: StepTimings = field(default_factory=StepTimings)
     probs: list[Sparse] | None = None  # per draft, the q it was sampled from; None = deterministic
     pre_drafted: bool = False          # answered from a branch drafted while the last was verified
-    branches: list[DraftBranch] = field(default_factory=list)  # asked for: this draft's branches
 
 
 @dataclass

@@ -8,7 +8,7 @@ from specdec.config import EngineConfig
 from specdec.engine import Engine
 from specdec.sampling import SamplingParams, Sparse
 from specdec.stopping import FinishReason
-from specdec.types import DraftBranch, Proposal, StepOutcome, StepTimings
+from specdec.types import Proposal, StepOutcome, StepTimings
 from specdec_rpc.v1 import specdec_pb2 as pb
 
 
@@ -36,15 +36,12 @@ def outcome_from_pb(r: pb.VerifierReply) -> StepOutcome:
 
 def proposal_to_pb(p: Proposal) -> pb.ProposeReply:
     return pb.ProposeReply(draft_tokens=p.draft, held_len=p.held_len, timings=timings_to_pb(p.timings),
-                           draft_probs=sparse_to_pb(p.probs), pre_drafted=p.pre_drafted,
-                           branches=[pb.DraftBranch(accepted=b.accepted, token=b.token,
-                                                    draft_tokens=b.draft) for b in p.branches])
+                           draft_probs=sparse_to_pb(p.probs), pre_drafted=p.pre_drafted)
 
 
 def proposal_from_pb(r: pb.ProposeReply) -> Proposal:
     return Proposal(list(r.draft_tokens), r.held_len, timings_from_pb(r.timings),
-                    sparse_from_pb(r.draft_probs), r.pre_drafted,
-                    [DraftBranch(b.accepted, b.token, list(b.draft_tokens)) for b in r.branches])
+                    sparse_from_pb(r.draft_probs), r.pre_drafted)
 
 
 def sampling_to_pb(s: SamplingParams) -> pb.SamplingParams:
@@ -68,8 +65,9 @@ def sparse_from_pb(dists) -> list[Sparse] | None:
 
 
 def model_info(engine: Engine | None, config: EngineConfig, fingerprint: str, max_k: int,
-               method: str, executor: str) -> pb.ModelInfo:
-    """engine None: a proposer without a model (n-gram), sized by config alone."""
+               method: str, executor: str, draft_fingerprint: str = "") -> pb.ModelInfo:
+    """engine None: a proposer without a model (n-gram), sized by config alone;
+    draft_fingerprint: a translating proposer's own tokenizer."""
     if engine is None:
         return pb.ModelInfo(model_id=method, ctx_len=config.ctx_len, max_k=max_k,
                             full_batch_size=config.full_batch_size, method=method,
@@ -78,4 +76,5 @@ def model_info(engine: Engine | None, config: EngineConfig, fingerprint: str, ma
                         tokenizer_fingerprint=fingerprint, ctx_len=engine.ctx_len, max_k=max_k,
                         eos_token_ids=engine.eos_token_ids,
                         prefill_seq_len=engine.prefill_seq_len, full_batch_size=engine.slots,
-                        method=method, executor=executor, device=engine.device)
+                        method=method, executor=executor, device=engine.device,
+                        draft_tokenizer_fingerprint=draft_fingerprint)

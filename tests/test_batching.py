@@ -15,16 +15,18 @@ import pytest
 from client.api import SpecDecClient
 from client.links import ServiceError
 from specdec.batching import DECODE, PREFILL, Batcher, Chain, Row, pad_rows
+from specdec.build import build_verifier
 from specdec.config import EngineConfig
 from specdec.engine.specializations import row_logit_slice
 from specdec.engine.torch_engine import TorchEngine
 from specdec.generation import GenerationConfig
 from specdec.slots import Admission
+from specdec.stopping import StopParams
 from specdec.types import StepTimings
-from specdec_rpc.convert import timings_from_pb, timings_to_pb
+from specdec_rpc.convert import outcome_from_pb, outcome_to_pb, timings_from_pb, timings_to_pb
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
-from tests.conftest import start_proposer, start_verifier
+from tests.conftest import engine_config, start_proposer, start_verifier
 from tests.tiny_models import VOCAB, greedy_reference
 
 
@@ -332,3 +334,21 @@ def test_no_slot_leak_after_hundreds_of_sessions(tiny_pair):
     finally:
         v_server.stop()
         p_server.stop()
+
+
+def test_verifier_reports_occupancy_and_it_crosses_the_wire(tiny_pair):
+    verifier = build_verifier(engine_config(tiny_pair[0]), tuple(range(5)))
+
+    async def go():
+        a, b = await verifier.open_session(), await verifier.open_session()
+        for s in (a, b):
+            await verifier.prefill(s, 0, [3, 4, 5], StopParams(0, True))
+        assert (await verifier.verify(a, [6, 7])).sessions_active == 2
+        await verifier.close_session(b)
+        out = await verifier.verify(a, [])
+        await verifier.close_session(a)
+        return out
+    out = asyncio.run(go())
+    assert out.sessions_active == 1
+    assert outcome_from_pb(outcome_to_pb(out)).sessions_active == 1
+    verifier.batcher.close()

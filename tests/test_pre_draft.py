@@ -8,7 +8,6 @@ import asyncio
 import numpy as np
 import pytest
 
-from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig
 from specdec.proposers.pre_draft import (
     AcceptanceStats,
@@ -131,34 +130,26 @@ def generate(verifier, proposer, prompt, config):
     return generate_one(verifier, proposer, prompt, config)
 
 
-@pytest.mark.parametrize("use_branches", [True, False])
 @pytest.mark.parametrize("k", [1, 3, 5])
-def test_pre_drafting_equals_greedy_and_hits(pre_drafting, target_hf, k, use_branches):
-    """use_branches: the client takes the next draft from the branches itself and verifies it
-    while the proposer drafts the branches after it; else the proposer answers hits on request."""
+def test_pre_drafting_equals_greedy_and_hits(pre_drafting, target_hf, k):
     verifier, proposer, _, backend = pre_drafting
     rng = np.random.default_rng(11)
-    hits = proposals = overlapped = 0
+    hits = proposals = 0
     for n in (6, 13):
         prompt = rng.integers(2, VOCAB, size=n).tolist()
-        rec = generate(verifier, proposer, prompt,
-                       GenerationConfig(k, 30, ignore_eos=True, use_branches=use_branches))
+        rec = generate(verifier, proposer, prompt, GenerationConfig(k, 30, ignore_eos=True))
         assert rec.tokens == greedy_reference(target_hf, prompt, 30)
         hits += rec.pre_draft_hits
         proposals += rec.proposals
-        overlapped += rec.pre_draft_overlapped
     assert 0 < hits < proposals          # branches were used, and misses happened too
     assert backend.counters.hits >= hits
-    # Every overlapped round's sync named its branch at the proposer, which counted a hit.
-    assert (0 < overlapped <= hits) if use_branches else overlapped == 0
     assert sorted(backend._spare) == list(range(backend.engine.slots))   # every slot back, once
 
 
-def test_branches_come_back_with_the_proposal(tiny_pair):
-    """return_branches: the branches are drafted before propose returns, one per ranked
-    outcome, each the draft the proposer then answers when the sync names that outcome."""
+def test_a_hit_in_a_scratch_slot_moves_the_session_there(tiny_pair):
+    """after_reply drafts one branch per ranked outcome; a sync naming one answers its draft,
+    and a hit in a scratch slot makes that slot the session's, with the right KV in it."""
     from specdec.build import build_draft_proposer
-    from specdec.proposers.pre_draft import outcome_key
     from tests.conftest import engine_config
 
     proposer = build_draft_proposer(engine_config(tiny_pair[1], 1), 4, pre_draft_branches=3)
@@ -168,19 +159,19 @@ def test_branches_come_back_with_the_proposal(tiny_pair):
         session = await proposer.open_session()
         try:
             prompt = [5, 9, 14, 3, 22]
-            first = await proposer.propose(session, 0, prompt, 3, return_branches=True)
-            assert len(first.branches) == 3
-            assert len({(b.accepted, b.token) for b in first.branches}) == 3
-            assert all(len(b.draft) == 3 and 0 <= b.accepted <= 3 for b in first.branches)
-            branch = next(b for b in first.branches if b.accepted < 3)   # in a scratch slot
-            start, tokens = outcome_key(len(prompt), first.draft, branch.accepted, branch.token)
+            await proposer.propose(session, 0, prompt, 3)
+            await proposer.after_reply(session)
+            assert len(session.branches) == 3
+            assert len({b.outcome for b in session.branches.values()}) == 3
+            assert all(len(b.draft) == 3 for b in session.branches.values())
             own = session.seq.slot
-            hit = await proposer.propose(session, start, list(tokens), 3, return_branches=True)
-            assert hit.pre_drafted and hit.draft == branch.draft and len(hit.branches) == 3
+            (start, tokens), branch = next((key, b) for key, b in session.branches.items()
+                                           if b.slot != own)   # in a scratch slot
+            hit = await proposer.propose(session, start, list(tokens), 3)
+            assert hit.pre_drafted and hit.draft == branch.draft
             # The session adopted the branch's slot, and that slot holds the right KV: drafting
             # on from it equals drafting the same sequence from scratch.
-            await proposer.after_reply(session)  # the service calls it after each reply: no-op
-            assert session.seq.slot != own
+            assert session.seq.slot == branch.slot != own
             # (d_k itself is never a branch's sync: this drafts from the slot.)
             held = session.seq.tokens[:hit.held_len] + [hit.draft[-1]]
             on = await proposer.propose(session, hit.held_len, held[-1:], 3)
@@ -188,17 +179,7 @@ def test_branches_come_back_with_the_proposal(tiny_pair):
             fresh_session = await fresh.open_session()
             assert on.draft == (await fresh.propose(fresh_session, 0, held, 3)).draft
             await fresh.close_session(fresh_session)
-            assert proposer.counters.drafted_tokens == 2 * 3 * 3
-            plain = await proposer.propose(session, 0, prompt, 3)
-            assert plain.branches == []                       # not asked: none
-            # k = 0, no tokens: the last proposal again, with the branches pre-drafted after it.
-            again = await proposer.propose(session, plain.held_len, [], 0, return_branches=True)
-            assert again.draft == plain.draft and again.held_len == plain.held_len
-            assert len(again.branches) == 3 and not again.pre_drafted
-            twice = await proposer.propose(session, plain.held_len, [], 0, return_branches=True)
-            assert twice.branches == again.branches           # asked twice: drafted once
-            with pytest.raises(InvalidRequest):               # such a request syncs nothing
-                await proposer.propose(session, plain.held_len - 1, [], 0, return_branches=True)
+            assert proposer.counters.drafted_tokens == 3 * 3
         finally:
             await proposer.close_session(session)
     asyncio.run(go())

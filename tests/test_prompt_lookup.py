@@ -79,9 +79,9 @@ class RecordingProposer:
     def __init__(self, link):
         self.link, self.lengths = link, []
 
-    async def propose(self, start, tokens, k, sampling, top_m, return_branches=False):
-        out = await self.link.propose(start, tokens, k, sampling, top_m, return_branches)
-        if k:  # not the client asking a proposer that has none for branches
+    async def propose(self, start, tokens, k, sampling, top_m):
+        out = await self.link.propose(start, tokens, k, sampling, top_m)
+        if k:  # k = 0 only syncs
             self.lengths.append((len(out.draft), k))
         return out
 

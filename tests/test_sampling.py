@@ -141,7 +141,8 @@ def sampled_runs(target, draft, k: int, top_m: int, branches: int = 0,
     verifier = build_verifier(cfg(target), tuple(range(k + 1)))
     proposer = build_draft_proposer(cfg(draft), max(k, 1), pre_draft_branches=branches,
                                     target_model=str(target)) if k else None
-    assert isinstance(proposer, TranslatedDraftProposer) == (Path(draft).name == "translated")
+    if proposer is not None:
+        assert isinstance(proposer, TranslatedDraftProposer) == (Path(draft).name == "translated")
 
     async def run_all():
         out = []

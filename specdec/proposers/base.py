@@ -25,12 +25,9 @@ class Proposer(Backend, Protocol):
         ...
 
     async def propose(self, session: Any, start: int, tokens: list[int], k: int,
-                      sampling: SamplingParams = SamplingParams(), top_m: int = 0,
-                      return_branches: bool = False) -> Proposal:
+                      sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
         """Sync (drop positions >= start, append tokens), then propose up to k tokens; a
-        proposer that samples (sampling non-greedy, top_m > 0) returns the q of each draft.
-        return_branches: a proposer that pre-drafts also returns the proposal's branches
-        (drafted before it returns); others return none."""
+        proposer that samples (sampling non-greedy, top_m > 0) returns the q of each draft."""
         ...
 
     async def after_reply(self, session: Any) -> None:

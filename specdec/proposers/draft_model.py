@@ -46,7 +46,7 @@ from specdec.proposers.pre_draft import (
 from specdec.sampling import DraftSampling, SamplingParams, Sparse
 from specdec.sequence import SlotSequence, common_prefix_len
 from specdec.slots import Admission, SlotPool
-from specdec.types import DraftBranch, Proposal, StepTimings
+from specdec.types import Proposal, StepTimings
 
 
 @dataclass
@@ -128,9 +128,10 @@ class DraftModelProposer:
         session.scratch = []
 
     async def _take_branch(self, session: DraftSession, start: int, tokens: list[int], k: int,
-                     sampled: DraftSampling | None, timings: StepTimings) -> Proposal | None:
+                     sampled: DraftSampling | None, timings: StepTimings,
+                     take_shorter: bool = False) -> Proposal | None:
         """Answer from a pre-drafted branch when the sync names one, drafted as this request
-        drafts (greedy, or sampled alike) and at least k long."""
+        drafts (greedy, or sampled alike) and at least k long (take_shorter: any length)."""
         last, session.last = session.last, None
         if last is None or not self.pre_draft_branches:
             return None
@@ -139,6 +140,8 @@ class DraftModelProposer:
             self._calibration(last.sampled).observe(last.confidence(), accepted)
         self.counters.lookups += 1
         branch = session.branches.pop((start, tuple(tokens)), None)
+        if take_shorter:
+            k = min(k, len(branch.draft)) if branch is not None else k
         if branch is None or last.sampled != sampled or not 1 <= k <= len(branch.draft):
             self._drop_branches(session)
             return None
@@ -164,28 +167,18 @@ class DraftModelProposer:
 
     async def propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
                       sampling: SamplingParams = SamplingParams(), top_m: int = 0,
-                      return_branches: bool = False) -> Proposal:
+                      *, take_shorter: bool = False) -> Proposal:
         """Greedy drafts, or with sampling.temperature > 0 and top_m > 0 drafts sampled from the
         top m tokens of the warped draft distribution (returned as the exact proposal q).
-        return_branches (with pre-drafting on, greedy drafts: a branch carries no q): also
-        return this proposal's branches,
-        pre-drafted before returning; the client then picks the next draft itself and sends
-        its sync alongside the verify. With k = 0 and no tokens it syncs and drafts nothing:
-        the reply is the last proposal with its branches (waiting for their pre-draft)."""
+        take_shorter: a pre-drafted hit shorter than k is answered with its drafts rather than
+        drafted again.
+        """
         t0 = time.perf_counter_ns()
-        last_only = return_branches and k == 0 and not tokens   # syncs nothing: names no outcome
-        if not last_only:
-            self._name_outcome(session, (start, tuple(tokens)))
+        self._name_outcome(session, (start, tuple(tokens)))
         async with session.busy:   # after the last proposal's pre-draft, if it started first
             session.named = None
-            if last_only:
-                proposal = self._last_proposal(session, start)
-            else:
-                proposal = await self._propose(session, start, tokens, k, sampling, top_m, t0)
-            if return_branches and DraftSampling.of(sampling, top_m) is None:
-                await self._ensure_pre_drafted(session)
-                proposal.branches = [DraftBranch(*b.outcome, b.draft)
-                                     for b in session.branches.values()]
+            proposal = await self._propose(session, start, tokens, k, sampling, top_m, t0,
+                                            take_shorter)
             proposal.timings.total_ns = time.perf_counter_ns() - t0
             return proposal
 
@@ -199,25 +192,9 @@ class DraftModelProposer:
             if other != key:
                 chain.stop = True
 
-    def _last_proposal(self, session: DraftSession, start: int) -> Proposal:
-        held = len(session.seq.tokens)
-        last = session.last
-        if start != held:
-            raise InvalidRequest(f"a request for the last proposal's branches must sync nothing: "
-                                 f"start {start} is not the {held} tokens this session holds")
-        # A sampled draft would need its q, which is not kept: as for branches, greedy only.
-        return Proposal(last.draft if last and last.sampled is None else [], held)
-
-    async def _ensure_pre_drafted(self, session: DraftSession) -> None:
-        """Pre-draft the pending proposal's outcomes now unless done already (after_reply)."""
-        last = session.last
-        if self.pre_draft_branches and last is not None and not last.pre_drafted:
-            last.pre_drafted = True
-            self._drop_branches(session)
-            await self._pre_draft(session, last)
 
     async def _propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
-                 sampling: SamplingParams, top_m: int, t0: int) -> Proposal:
+                 sampling: SamplingParams, top_m: int, t0: int, take_shorter: bool = False) -> Proposal:
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
         sampled = DraftSampling.of(sampling, top_m)
@@ -225,7 +202,7 @@ class DraftModelProposer:
             sampling.validate()
         seq = session.seq
         timings = StepTimings()
-        if hit := await self._take_branch(session, start, tokens, k, sampled, timings):
+        if hit := await self._take_branch(session, start, tokens, k, sampled, timings, take_shorter):
             hit.timings.total_ns = time.perf_counter_ns() - t0
             return hit
         self._drop_branches(session)
@@ -261,17 +238,36 @@ class DraftModelProposer:
         timings.total_ns = time.perf_counter_ns() - t0
         return Proposal(draft, len(seq.tokens), timings, probs if sampled else None)
 
+    def keep_drafts(self, session: DraftSession, m: int) -> None:
+        """The caller uses only the first m drafts of the proposal just made: the session then
+        holds prefix + d1..d(m-1), as if m had been asked, and pre-drafts the outcomes of those
+        m, as deep as the draft it made (a translating caller cuts the draft where the two
+        vocabularies' texts meet, and needs the next one as long as this one was)."""
+        last = session.last
+        if last is None or not 1 <= m < len(last.draft):
+            return
+        held = last.prefix_len + m - 1
+        del session.seq.tokens[held:]
+        session.seq.cached = min(session.seq.cached, held)
+        session.last = LastDraft(last.prefix_len, last.draft[:m], last.logits_at[:m], last.sampled,
+                                 depth=len(last.draft))
+
     async def after_reply(self, session: DraftSession) -> None:
         """Pre-draft the next round for the likeliest outcomes of the draft just answered;
         runs while the verifier verifies it (the service calls it after sending the reply)."""
         if not self.pre_draft_branches:
             return
-        async with session.busy:   # nothing when closed, sampled, or done by an earlier call
-            await self._ensure_pre_drafted(session)
+        async with session.busy:   # nothing when closed, or done by an earlier call
+            last = session.last
+            if last is not None and not last.pre_drafted:
+                last.pre_drafted = True
+                self._drop_branches(session)
+                await self._pre_draft(session, last)
 
     async def _pre_draft(self, session: DraftSession, last: LastDraft) -> None:
         seq, k, timings = session.seq, len(last.draft), StepTimings()
-        if len(seq.tokens) + 2 + k > self.engine.ctx_len:
+        depth = max(k, last.depth)   # drafts per branch
+        if len(seq.tokens) + 2 + depth > self.engine.ctx_len:
             return  # no room to draft a whole next round
         # d_k into the session's own slot: its logits rank the bonus guesses, and every
         # branch then starts from slot contents 0..L+k-1 = prefix + d1..dk.
@@ -315,10 +311,10 @@ class DraftModelProposer:
         # A branch the next request rules out while they run stops early, with 1..k drafts.
         rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
         session.drafting = {
-            key: Chain(k, pick=sampled_pick(last.sampled, b.probs) if last.sampled else None)
+            key: Chain(depth, pick=sampled_pick(last.sampled, b.probs) if last.sampled else None)
             for key, b in branches}
         try:
-            drafted = await self.batcher.run_greedy(rows, k, DECODE, timings,
+            drafted = await self.batcher.run_greedy(rows, depth, DECODE, timings,
                                                     list(session.drafting.values()))
         finally:
             session.drafting = {}

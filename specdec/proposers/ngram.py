@@ -101,10 +101,9 @@ class NgramProposer:
         """Nothing to pre-draft: a lookup costs microseconds."""
 
     async def propose(self, history: TokenHistory, start: int, tokens: list[int], k: int,
-                sampling: SamplingParams = SamplingParams(), top_m: int = 0,
-                return_branches: bool = False) -> Proposal:
+                sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
         """Deterministic drafts whatever the sampling: the point-mass case of the rejection rule.
-        No branches: a lookup costs microseconds, there is nothing to draft ahead. A coroutine
+        Nothing pre-drafted: a lookup costs microseconds, there is nothing to draft ahead. A coroutine
         like every proposer's, though it never waits: microseconds on the loop."""
         t0 = time.perf_counter_ns()
         if not 0 <= k <= self.max_k:

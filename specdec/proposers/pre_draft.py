@@ -207,6 +207,7 @@ class LastDraft:
     logits_at: list[np.ndarray]     # [V] the draft's logits at each draft position 0..k-1
     sampled: DraftSampling | None = None   # how its drafts were drawn; None: greedy
     pre_drafted: bool = False       # its outcomes are drafted already
+    depth: int = 0                  # drafts per pre-drafted branch, if more than k
     _confidence: np.ndarray | None = None
 
     def confidence(self, dist: DraftDistributions | None = None) -> np.ndarray:

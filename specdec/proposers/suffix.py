@@ -112,10 +112,9 @@ class SuffixProposer:
         """Nothing to pre-draft: a lookup costs microseconds."""
 
     async def propose(self, session: SuffixSession, start: int, tokens: list[int], k: int,
-                      sampling: SamplingParams = SamplingParams(), top_m: int = 0,
-                      return_branches: bool = False) -> Proposal:
+                      sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
         """Deterministic drafts whatever the sampling, as the n-gram proposer's: the point-mass
-        case of the rejection rule, so lossless for sampling too. No branches."""
+        case of the rejection rule, so lossless for sampling too. Nothing pre-drafted."""
         t0 = time.perf_counter_ns()
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")

@@ -25,7 +25,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "vocab_size", "tokenizer_fingerprint", "ctx_len", "max_k", "eos_token_ids", "prefill_seq_len", "full_batch_size", "method", "executor", "device")
+    __slots__ = ("model_id", "vocab_size", "tokenizer_fingerprint", "ctx_len", "max_k", "eos_token_ids", "prefill_seq_len", "full_batch_size", "method", "executor", "device", "draft_tokenizer_fingerprint")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class ModelInfo(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     vocab_size: int
     tokenizer_fingerprint: str
@@ -48,7 +49,8 @@ class ModelInfo(_message.Message):
     method: str
     executor: str
     device: str
-    def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., ctx_len: _Optional[int] = ..., max_k: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., prefill_seq_len: _Optional[int] = ..., full_batch_size: _Optional[int] = ..., method: _Optional[str] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    draft_tokenizer_fingerprint: str
+    def __init__(self, model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., ctx_len: _Optional[int] = ..., max_k: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., prefill_seq_len: _Optional[int] = ..., full_batch_size: _Optional[int] = ..., method: _Optional[str] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ..., draft_tokenizer_fingerprint: _Optional[str] = ...) -> None: ...
 
 class StepTimings(_message.Message):
     __slots__ = ("queue_ns", "forward_ns", "total_ns", "batch_rows", "batch_window")
@@ -247,43 +249,29 @@ class VerifierReply(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[int]] = ..., num_accepted_drafts: _Optional[int] = ..., num_drafted: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., sequence_len: _Optional[int] = ..., next_draft: _Optional[_Iterable[int]] = ..., sessions_active: _Optional[int] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("start", "tokens", "k", "sampling", "top_m", "return_branches")
+    __slots__ = ("start", "tokens", "k", "sampling", "top_m")
     START_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     TOP_M_FIELD_NUMBER: _ClassVar[int]
-    RETURN_BRANCHES_FIELD_NUMBER: _ClassVar[int]
     start: int
     tokens: _containers.RepeatedScalarFieldContainer[int]
     k: int
     sampling: SamplingParams
     top_m: int
-    return_branches: bool
-    def __init__(self, start: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., top_m: _Optional[int] = ..., return_branches: _Optional[bool] = ...) -> None: ...
-
-class DraftBranch(_message.Message):
-    __slots__ = ("accepted", "token", "draft_tokens")
-    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
-    DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    accepted: int
-    token: int
-    draft_tokens: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, accepted: _Optional[int] = ..., token: _Optional[int] = ..., draft_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, start: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., top_m: _Optional[int] = ...) -> None: ...
 
 class ProposeReply(_message.Message):
-    __slots__ = ("draft_tokens", "timings", "held_len", "draft_probs", "pre_drafted", "branches")
+    __slots__ = ("draft_tokens", "timings", "held_len", "draft_probs", "pre_drafted")
     DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     HELD_LEN_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
     PRE_DRAFTED_FIELD_NUMBER: _ClassVar[int]
-    BRANCHES_FIELD_NUMBER: _ClassVar[int]
     draft_tokens: _containers.RepeatedScalarFieldContainer[int]
     timings: StepTimings
     held_len: int
     draft_probs: _containers.RepeatedCompositeFieldContainer[TokenDistribution]
     pre_drafted: bool
-    branches: _containers.RepeatedCompositeFieldContainer[DraftBranch]
-    def __init__(self, draft_tokens: _Optional[_Iterable[int]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., held_len: _Optional[int] = ..., draft_probs: _Optional[_Iterable[_Union[TokenDistribution, _Mapping]]] = ..., pre_drafted: _Optional[bool] = ..., branches: _Optional[_Iterable[_Union[DraftBranch, _Mapping]]] = ...) -> None: ...
+    def __init__(self, draft_tokens: _Optional[_Iterable[int]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ..., held_len: _Optional[int] = ..., draft_probs: _Optional[_Iterable[_Union[TokenDistribution, _Mapping]]] = ..., pre_drafted: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,54 @@
+"""The round loop's two links, to a verifier session and to a proposer session: what they
+offer (over gRPC: client.links; in-process: specdec.inprocess), and the wrapper that times
+their calls into the generation's record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from specdec.generation_record import GenerationRecord, Service
+from specdec.sampling import SamplingParams, Sparse
+from specdec.stopping import StopParams
+from specdec.types import Proposal, StepOutcome
+
+
+class VerifierLink(Protocol):
+    async def prefill(self, start: int, tokens: list[int], params: StopParams,
+                      draft_fingerprint: str, sampling: SamplingParams) -> StepOutcome: ...
+
+    async def verify(self, draft: list[int], draft_probs: list[Sparse] | None) -> StepOutcome: ...
+
+
+class ProposerLink(Protocol):
+    async def propose(self, start: int, tokens: list[int], k: int, sampling: SamplingParams,
+                      top_m: int) -> Proposal: ...
+
+
+Reopen = Callable[[], Awaitable[Any]]  # opens a new session on a service (a fresh link)
+
+Reply = TypeVar("Reply", Proposal, StepOutcome)
+
+
+class Timed:
+    """A link whose calls add their wall time here, and the time the service reported for
+    them, to the record (a failed call adds nothing)."""
+
+    def __init__(self, link: Any, record: GenerationRecord, service: Service) -> None:
+        self.link, self.record, self.service = link, record, service
+
+    async def prefill(self, *args: Any) -> StepOutcome:
+        return await self._timed(self.link.prefill(*args))
+
+    async def verify(self, *args: Any) -> StepOutcome:
+        return await self._timed(self.link.verify(*args))
+
+    async def propose(self, *args: Any) -> Proposal:
+        return await self._timed(self.link.propose(*args))
+
+    async def _timed(self, call: Awaitable[Reply]) -> Reply:
+        t0 = time.perf_counter_ns()
+        reply = await call
+        self.record.call(self.service, time.perf_counter_ns() - t0, reply.timings.total_ns)
+        return reply
