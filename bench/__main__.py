@@ -37,14 +37,11 @@ import asyncio
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
+from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf, measured_peer, own_tokenizers
 from client.api import SpecDecClient
 from client.cli_common import DEFAULT_PROMPTS, generate_record, generate_request, load_tokenizer
 from client.launcher import ServiceProcess, start_service
@@ -52,14 +49,12 @@ from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.build import build_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
 from specdec.cpu_cores import available_cores, split_cores
-from specdec.engine.hub import resolve_model_path
 from specdec.engine.torch_engine import TorchEngine
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.metrics import BatchMetrics, batch_metrics
 from specdec.sampling import SamplingParams
-from specdec.tokenizer_fingerprint import tokenizer_fingerprint
 from specdec_rpc.server import COMPILED_PREFIX
 
 BENCH_PROMPTS = DEFAULT_PROMPTS + [
@@ -139,35 +134,6 @@ def measured_in_turn(rows: list[tuple[str, Callable[..., list[GenerationRecord]]
     return out
 
 
-def measured_peer(label: str, run, prompts: list[list[int]]) -> tuple[list[list[int]], float, float, list[int]]:
-    """A transformers peer: (outputs, tokens/s, tokens per target step, the prompts it failed),
-    timed after a warm-up. A prompt it fails on (transformers' universal assisted decoding
-    raises on some: a bug of its own) has an empty output and is left out of its figures."""
-    _runs(run, prompts[0])   # warm-up
-    outs: list[tuple[list[int], int] | None] = []
-    wall = 0.0
-    for p in prompts:
-        t0 = time.perf_counter()
-        outs.append(_runs(run, p))
-        wall += time.perf_counter() - t0 if outs[-1] else 0.0
-    done = [o for o in outs if o]
-    failed = [i for i, o in enumerate(outs) if o is None]
-    tokens = sum(len(ids) for ids, _ in done)
-    per_step = sum(len(ids) - 1 for ids, _ in done) / max(1, sum(n - 1 for _, n in done))
-    note = f"  (failed on prompts {failed})" if failed else ""
-    print(f"{label:<32} {tokens / max(wall, 1e-9):8.2f} tok/s  ({torch.get_num_threads()} threads)"
-          f"{'':>19}accepted/step {per_step:5.2f}{note}", file=sys.stderr, flush=True)
-    return [o[0] if o else [] for o in outs], tokens / max(wall, 1e-9), per_step, failed
-
-
-def _runs(run, prompt: list[int]) -> tuple[list[int], int] | None:
-    try:
-        return run(prompt)
-    except RuntimeError as exc:   # transformers' own failure on this prompt: reported, not fatal
-        print(f"  transformers failed: {str(exc)[:120]}", file=sys.stderr, flush=True)
-        return None
-
-
 def throughput_without(records: list[GenerationRecord], skip: list[int]) -> float:
     """tokens/s of a row's generations but those at `skip` (the prompts a peer failed on)."""
     kept = [r for i, r in enumerate(records) if i not in skip]
@@ -205,14 +171,6 @@ def start_proposer(args: argparse.Namespace, flags: list[str], method: str, pre_
               "--target-model-name", args.target_model]
     return start_service("proposer", "proposer_service", [*extra, *flags], wait=wait,
                          wait_for=COMPILED_PREFIX)
-
-
-def own_tokenizers(args: argparse.Namespace) -> tuple | None:
-    """(the target's, the draft's) tokenizers where the draft has one of its own, else None."""
-    target, draft = (resolve_model_path(m, weights=False) for m in (args.target_model, args.draft_model))
-    if tokenizer_fingerprint(target, 0) == tokenizer_fingerprint(draft, 0):
-        return None
-    return load_tokenizer(str(target)), load_tokenizer(str(draft))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -341,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
         new = args.max_new_tokens
         out_d, d, _, _ = measured_peer("(d) transformers generate()", lambda p: hf_generate(hf, p, new), prompts)
         if args.method == "draft":
-            hf_draft, tokenizers = load_hf(args.draft_model), own_tokenizers(args)
+            hf_draft, tokenizers = load_hf(args.draft_model), own_tokenizers(args.target_model, args.draft_model)
             peer = measured_peer("(e) transformers " + ("universal assisted" if tokenizers else "assisted"),
                                  lambda p: hf_assisted(hf, hf_draft, p, new, args.k, tokenizers), prompts)
         elif args.method == "ngram":

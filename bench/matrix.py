@@ -1,6 +1,6 @@
 """The report's matrix: each method x k over gRPC, and the transformers peers, on one set of
 prompts, in one process run. The rows come from the benchmark's own pieces (bench.__main__:
-its service flags and starts, `run_grpc`, `measured`, `measured_peer`; bench.peers)."""
+its service flags and starts, `run_grpc`, `measured`; bench.peers, `measured_peer`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.__main__ import measured, measured_peer, run_grpc, service_flags, start_proposer, start_verifier
-from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf
+from bench.__main__ import measured, run_grpc, service_flags, start_proposer, start_verifier
+from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf, measured_peer
 from bench.rows import GENERATE, PEER_OF, TARGET_ONLY, Row, peer_row, service_row, target_round_ms
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig

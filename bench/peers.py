@@ -9,6 +9,9 @@ prefill in both.
 
 from __future__ import annotations
 
+import sys
+import time
+
 import torch
 
 
@@ -65,3 +68,43 @@ def hf_prefill_s(model, ids: list[int]) -> float:
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
         return time.perf_counter() - t0
+
+
+def measured_peer(label: str, run, prompts: list[list[int]]) -> tuple[list[list[int]], float, float, list[int]]:
+    """A transformers peer: (outputs, tokens/s, tokens per target step, the prompts it failed),
+    timed after a warm-up. A prompt it fails on (transformers' universal assisted decoding
+    raises on some: a bug of its own) has an empty output and is left out of its figures."""
+    _runs(run, prompts[0])   # warm-up
+    outs: list[tuple[list[int], int] | None] = []
+    wall = 0.0
+    for p in prompts:
+        t0 = time.perf_counter()
+        outs.append(_runs(run, p))
+        wall += time.perf_counter() - t0 if outs[-1] else 0.0
+    done = [o for o in outs if o]
+    failed = [i for i, o in enumerate(outs) if o is None]
+    tokens = sum(len(ids) for ids, _ in done)
+    per_step = sum(len(ids) - 1 for ids, _ in done) / max(1, sum(n - 1 for _, n in done))
+    note = f"  (failed on prompts {failed})" if failed else ""
+    print(f"{label:<32} {tokens / max(wall, 1e-9):8.2f} tok/s  ({torch.get_num_threads()} threads)"
+          f"{'':>19}accepted/step {per_step:5.2f}{note}", file=sys.stderr, flush=True)
+    return [o[0] if o else [] for o in outs], tokens / max(wall, 1e-9), per_step, failed
+
+
+def _runs(run, prompt: list[int]) -> tuple[list[int], int] | None:
+    try:
+        return run(prompt)
+    except RuntimeError as exc:   # transformers' own failure on this prompt: reported, not fatal
+        print(f"  transformers failed: {str(exc)[:120]}", file=sys.stderr, flush=True)
+        return None
+
+
+def own_tokenizers(target_model: str, draft_model: str) -> tuple | None:
+    """(the target's, the draft's) tokenizers where the draft has one of its own, else None."""
+    from specdec.engine.hub import resolve_model_path
+    from specdec.tokenizer_fingerprint import load_tokenizer, tokenizer_fingerprint
+
+    target, draft = (resolve_model_path(m, weights=False) for m in (target_model, draft_model))
+    if tokenizer_fingerprint(target, 0) == tokenizer_fingerprint(draft, 0):
+        return None
+    return load_tokenizer(target), load_tokenizer(draft)

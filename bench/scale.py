@@ -121,8 +121,7 @@ def floor_figures(args: argparse.Namespace, model: Path, position: int) -> dict[
 def transformers_figures(args: argparse.Namespace, model: Path, prompts: list[list[int]],
                          long_prompt: list[int]) -> tuple[list[list[int]], float, float]:
     """(greedy outputs, generate() tokens/s, median prefill seconds of the long prompt)."""
-    from bench.__main__ import measured_peer
-    from bench.peers import hf_generate, hf_prefill_s, load_hf
+    from bench.peers import hf_generate, hf_prefill_s, load_hf, measured_peer
 
     hf = load_hf(str(model), args.dtype, args.device)
     outs, tokens_per_s, _, _ = measured_peer("transformers generate()",

@@ -53,8 +53,7 @@ class TranslatedDraftProposer:
         self.draft_fingerprint = inner.fingerprint
         self.pool: SlotPool = inner.pool
         self.max_target_len = MAX_TARGET_PER_DRAFT_POSITION * inner.engine.ctx_len
-        self.translations = 0   # drafts translated ...
-        self.unaligned = 0      # ... and those whose text could not extend the target's ids
+        self.translations = 0   # drafts translated
 
     @property
     def engine(self) -> Engine:
@@ -92,7 +91,6 @@ class TranslatedDraftProposer:
             draft, m = self.translation.aligned_draft(session.target, context, inner.draft, k,
                                                       session.context.healed)
             self.inner.keep_drafts(session.inner, m)
-            self.unaligned += not draft
         inner.timings.total_ns = time.perf_counter_ns() - t0
         # It holds the target's ids alone: the drafts it fed itself are draft tokens.
         return Proposal(draft, len(session.target), inner.timings, None, inner.pre_drafted and bool(draft))
