@@ -45,7 +45,6 @@ from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf, mea
 from client.api import SpecDecClient
 from client.cli_common import DEFAULT_PROMPTS, generate_record, generate_request, load_tokenizer
 from client.launcher import ServiceProcess, start_service
-from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.build import build_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
 from specdec.cpu_cores import available_cores, split_cores
@@ -53,10 +52,13 @@ from specdec.engine.torch_engine import TorchEngine
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
+from specdec.method import Method, method_arg
 from specdec.metrics import BatchMetrics, batch_metrics
 from specdec.sampling import SamplingParams
+from specdec.service_config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec_rpc.server import COMPILED_PREFIX
 
+BENCH_METHODS = (Method.DRAFT, Method.NGRAM, Method.TURBO)
 BENCH_PROMPTS = DEFAULT_PROMPTS + [
     "class Stack:\n    def __init__(self):\n",
     "def copyfile(src, dst):\n    \"\"\"Copy data from src to dst.\"\"\"\n    ",
@@ -80,7 +82,7 @@ async def run_grpc(verifier: str, proposer: str | None, prompts: list[list[int]]
         return [await client.generate(p, config) for p in prompts]
 
 
-async def run_generate(verifier: str, method: str, prompts: list[list[int]],
+async def run_generate(verifier: str, method: Method, prompts: list[list[int]],
                        config: GenerationConfig) -> list[GenerationRecord]:
     """(g): each prompt as one Generate call, timed here as run_grpc's generations are (from
     the request to the last reply; the prompt goes as ids, so no tokenization, but the
@@ -156,18 +158,18 @@ def service_flags(args: argparse.Namespace, max_k: int, windows: list[int],
 
 def start_verifier(args: argparse.Namespace, flags: list[str], turbo: bool = False,
                    wait: bool = True) -> ServiceProcess:
-    extra = ["--speculative-model-type", "turbo"] if turbo else []
+    extra = ["--speculative-model-type", Method.TURBO] if turbo else []
     return start_service("verifier", "verifier_service", ["--model", args.target_model, *flags, *extra],
                          wait=wait, wait_for=COMPILED_PREFIX)
 
 
-def start_proposer(args: argparse.Namespace, flags: list[str], method: str, pre_draft_branches: int = 0,
+def start_proposer(args: argparse.Namespace, flags: list[str], method: Method, pre_draft_branches: int = 0,
                    wait: bool = True) -> ServiceProcess:
     """method "ngram" (prompt lookup), "suffix" (suffix decoding, a fresh cache) or "draft"
     (pre-drafting this many branches; 0 = sequential)."""
-    extra = ["--method", "ngram", "--max-ngram-size", str(args.max_ngram_size)] if method == "ngram" \
-        else ["--method", "suffix"] if method == "suffix" \
-        else ["--method", "draft", "--model", args.draft_model, "--pre-draft-branches", str(pre_draft_branches),
+    extra = ["--method", method, "--max-ngram-size", str(args.max_ngram_size)] if method == Method.NGRAM \
+        else ["--method", method] if method == Method.SUFFIX \
+        else ["--method", method, "--model", args.draft_model, "--pre-draft-branches", str(pre_draft_branches),
               "--target-model-name", args.target_model]
     return start_service("proposer", "proposer_service", [*extra, *flags], wait=wait,
                          wait_for=COMPILED_PREFIX)
@@ -176,7 +178,7 @@ def start_proposer(args: argparse.Namespace, flags: list[str], method: str, pre_
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="draft", choices=["draft", "ngram", "turbo"])
+    p.add_argument("--method", default=Method.DRAFT, choices=BENCH_METHODS, type=method_arg(BENCH_METHODS))
     p.add_argument("--target-model", default="models/target")
     p.add_argument("--draft-model", default="models/draft")
     p.add_argument("--k", type=int, default=None,
@@ -211,7 +213,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split into steps
     args = parse_args(argv)
-    if args.method == "turbo":  # a round verifies the first k of the heads' guesses
+    if args.method == Method.TURBO:  # a round verifies the first k of the heads' guesses
         heads = read_turbo_config(Path(args.target_model)).num_heads
         args.k = heads if args.k is None else min(args.k, heads)
         args.auto_max_k = min(args.auto_max_k or 0, heads)
@@ -233,26 +235,26 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
                           full_batch_size=1, compile=args.compile)
     # 0 and k, and with k auto every size up to its max (each size is compiled at start-up).
     # Turbo: (a)'s verifier only runs k = 0; the Turbo verifier compiles the windows of its heads.
-    windows = [0] if args.method == "turbo" else sorted({0, args.k, *range(auto_k + 1)})
+    windows = [0] if args.method == Method.TURBO else sorted({0, args.k, *range(auto_k + 1)})
     _, v_flags, p_flags = service_flags(args, max_k, windows)
     print(f"bench: {args.method}, {len(prompts)} prompts x {args.max_new_tokens} tokens, "
           f"k = {args.k}, {args.device}/{args.dtype}", file=sys.stderr)
 
-    if args.method == "draft":  # sequential drafting, first: (g)'s verifier drafts on it (--proposer)
-        drafts = start_proposer(args, p_flags, "draft")
+    if args.method == Method.DRAFT:  # sequential drafting, first: (g)'s verifier drafts on it (--proposer)
+        drafts = start_proposer(args, p_flags, Method.DRAFT)
         services = [start_verifier(args, [*v_flags, "--proposer", drafts.address]), drafts]
     else:
         services = [start_verifier(args, v_flags)]
-    if args.method == "turbo":  # a second verifier with its heads on, on the same cores as (a)
+    if args.method == Method.TURBO:  # a second verifier with its heads on, on the same cores as (a)
         services.append(start_verifier(args, v_flags, turbo=True))
-    elif args.method == "ngram":
-        services.append(start_proposer(args, p_flags, "ngram"))
+    elif args.method == Method.NGRAM:
+        services.append(start_proposer(args, p_flags, Method.NGRAM))
     elif args.pre_draft_branches:  # (b+r) a second proposer that pre-drafts
-        services.append(start_proposer(args, p_flags, "draft", args.pre_draft_branches))
+        services.append(start_proposer(args, p_flags, Method.DRAFT, args.pre_draft_branches))
     pre_on_request = rec_auto = None
     try:
         plain = services[0].address
-        spec_v, spec_p = (services[1].address, None) if args.method == "turbo" \
+        spec_v, spec_p = (services[1].address, None) if args.method == Method.TURBO \
             else (plain, services[1].address)
         def grpc_row(label: str, verifier: str, proposer: str | None, cfg: GenerationConfig):
             return label, lambda warmup: asyncio.run(
@@ -275,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
     finally:
         for svc in services:
             svc.stop()
-    if args.method == "turbo":
+    if args.method == Method.TURBO:
         verifier, proposer = build_verifier(replace(engine, turbo=True), (0,)), None
     else:
-        verifier = build_verifier(engine, (0, args.k) if args.method == "draft" else tuple(range(args.k + 1)))
+        verifier = build_verifier(engine, (0, args.k) if args.method == Method.DRAFT else tuple(range(args.k + 1)))
         proposer = build_proposer(args.method, replace(engine, model=args.draft_model), args.k,
                                   args.max_ngram_size, target_model=args.target_model)
     for built in (verifier, proposer):   # timed with every step shape compiled, as the services
@@ -298,11 +300,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
         hf = load_hf(args.target_model)
         new = args.max_new_tokens
         out_d, d, _, _ = measured_peer("(d) transformers generate()", lambda p: hf_generate(hf, p, new), prompts)
-        if args.method == "draft":
+        if args.method == Method.DRAFT:
             hf_draft, tokenizers = load_hf(args.draft_model), own_tokenizers(args.target_model, args.draft_model)
             peer = measured_peer("(e) transformers " + ("universal assisted" if tokenizers else "assisted"),
                                  lambda p: hf_assisted(hf, hf_draft, p, new, args.k, tokenizers), prompts)
-        elif args.method == "ngram":
+        elif args.method == Method.NGRAM:
             peer = measured_peer("(e) transformers prompt lookup",
                                  lambda p: hf_prompt_lookup(hf, p, new, args.k, args.max_ngram_size), prompts)
         # A prompt the peer failed on is compared without it.

@@ -28,12 +28,14 @@ from pathlib import Path
 from bench.__main__ import BENCH_PROMPTS, run_grpc, service_flags, start_proposer, start_verifier
 from bench.concurrency import generate_concurrently
 from client.cli_common import load_tokenizer
-from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.config import DTYPES
 from specdec.generation import GenerationConfig, GenerationRecord
+from specdec.method import Method, method_arg
+from specdec.service_config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.windows import parse_sizes
 
 AUTO = "auto"
+AUTO_K_METHODS = (Method.DRAFT, Method.NGRAM)
 
 
 def rows(max_k: int, max_new_tokens: int) -> dict[str, GenerationConfig]:
@@ -75,7 +77,7 @@ def summary(rates: dict[str, list[float]]) -> dict:
 def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split into steps
     p = argparse.ArgumentParser(prog="bench.auto_k", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="draft", choices=["draft", "ngram"])
+    p.add_argument("--method", default=Method.DRAFT, choices=AUTO_K_METHODS, type=method_arg(AUTO_K_METHODS))
     p.add_argument("--target-model", default="models/target")
     p.add_argument("--draft-model", default="models/draft")
     p.add_argument("--max-k", type=int, default=4, help="fixed rows k = 0..this; auto in 0..this (4)")

@@ -23,6 +23,7 @@ from client.api import SpecDecClient
 from client.cli_common import load_tokenizer
 from client.launcher import start_service
 from specdec.generation import GenerationConfig, GenerationRecord
+from specdec.method import Method
 from specdec.windows import parse_sizes
 from specdec_rpc.server import COMPILED_PREFIX
 
@@ -61,7 +62,7 @@ def measure(target: str, draft: str, prompts: list[list[int]], config: Generatio
                           ["--model", target, "--batching", mode, *flags, *verifier_flags], wait=False,
                           wait_for=COMPILED_PREFIX),
             start_service("proposer", "proposer_service",
-                          ["--method", "draft", "--model", draft, "--batching", mode, *flags], wait=False,
+                          ["--method", Method.DRAFT, "--model", draft, "--batching", mode, *flags], wait=False,
                           wait_for=COMPILED_PREFIX),
         ]
         try:

@@ -7,7 +7,9 @@ import re
 from dataclasses import dataclass
 
 from bench.rows import GENERATE, PEER_OF, TARGET_ONLY, TIME_PARTS, Row, expected_tokens
+from specdec.method import Method
 
+SERVED = (Method.DRAFT, Method.NGRAM, Method.TURBO)   # the modes of this project's methods
 START, END = "<!-- bench:headline -->", "<!-- /bench:headline -->"
 _BLOCK = re.escape(START) + r"\n?(.*?)\n?" + re.escape(END)
 REPORT = "docs/benchmarks.md"
@@ -51,7 +53,7 @@ def headline_rows(rows: list[Row], k: int) -> list[Row]:
     """One row per mode: the fixed-k methods and their peers at the headline k."""
     keep = []
     for r in rows:
-        fixed = r.mode in ("draft", "ngram", "turbo", *PEER_OF.values())
+        fixed = r.mode in (*SERVED, *PEER_OF.values())
         if not fixed or r.k == k:
             keep.append(r)
     return sorted(keep, key=lambda r: r.peer)
@@ -115,13 +117,13 @@ def render(setup: Setup, rows: list[Row], table: dict[str, dict[int, float]],
             "| method | k | speedup | alpha | E (tokens per round) | c | bound | measured / bound |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        if r.bound is not None and r.alpha is not None and r.mode in ("draft", "ngram", "turbo"):
+        if r.bound is not None and r.alpha is not None and r.mode in SERVED:
             out.append(f"| {r.mode} | {r.k} | {r.tokens_per_s / base:.2f}x | {r.alpha:.2f} "
                        f"| {expected_tokens(r.alpha, r.k):.2f} | {r.c:.3f} | {r.bound:.2f}x "
                        f"| {r.tokens_per_s / base / r.bound:.0%} |")
     out += ["", "## Acceptance by draft position", "", f"![{PLOTS['acceptance']}](benchmarks/acceptance.png)",
             "", "P(draft i accepted | a draft i was verified), pooled over the prompts.", ""]
-    deep = [r for r in rows if r.acceptance_by_position and r.mode in ("draft", "ngram", "turbo")]
+    deep = [r for r in rows if r.acceptance_by_position and r.mode in SERVED]
     width = max((len(r.acceptance_by_position) for r in deep), default=0)
     out += ["| mode | k | " + " | ".join(f"pos {i + 1}" for i in range(width)) + " |",
             "|---|---|" + "---:|" * width]

@@ -15,6 +15,7 @@ from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf, mea
 from bench.rows import GENERATE, PEER_OF, TARGET_ONLY, Row, peer_row, service_row, target_round_ms
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig
+from specdec.method import Method
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,11 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
     # compiled, which keeps its start-up deadline (client.launcher) from running out.
     services = {"plain": start_verifier(args, v_flags, wait=False),
                 # On the plain verifier's cores, as every row it is compared with.
-                "turbo": start_verifier(args, [*v_flags, "--window-sizes", f"0,{heads}"], turbo=True,
+                Method.TURBO: start_verifier(args, [*v_flags, "--window-sizes", f"0,{heads}"], turbo=True,
                                         wait=False),
-                "draft": start_proposer(args, p_flags, "draft", wait=False),
-                "pre": start_proposer(args, p_flags, "draft", plan.pre_draft_branches, wait=False),
-                "ngram": start_proposer(args, p_flags, "ngram", wait=False)}
+                Method.DRAFT: start_proposer(args, p_flags, Method.DRAFT, wait=False),
+                "pre": start_proposer(args, p_flags, Method.DRAFT, plan.pre_draft_branches, wait=False),
+                Method.NGRAM: start_proposer(args, p_flags, Method.NGRAM, wait=False)}
     new = args.max_new_tokens
     warm = prompts[:1]
 
@@ -66,21 +67,21 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
         base = grpc("plain", None, GenerationConfig(0, new, ignore_eos=True), TARGET_ONLY)
         ref, t_ms = [r.tokens for r in base], target_round_ms(base)
         rows.append(service_row(TARGET_ONLY, 0, base, ref))
-        for method in ("draft", "ngram"):
+        for method in (Method.DRAFT, Method.NGRAM):
             for k in plan.ks:
                 recs = grpc("plain", method, GenerationConfig(k, new, ignore_eos=True), f"{method} k={k}")
                 rows.append(service_row(method, k, recs, ref, t_ms))
         # Turbo at each k up to its heads: a round verifies the first k guesses (a smaller window
         # can cost less per token than all H: on CPU the compiled 5-token window costs ~1.5x a 4-token one).
         for k in sorted({*(k for k in plan.ks if k <= heads), min(plan.k, heads)}):
-            recs = grpc("turbo", None, GenerationConfig(k, new, ignore_eos=True), f"turbo k={k}")
-            rows.append(service_row("turbo", k, recs, ref, t_ms))
+            recs = grpc(Method.TURBO, None, GenerationConfig(k, new, ignore_eos=True), f"turbo k={k}")
+            rows.append(service_row(Method.TURBO, k, recs, ref, t_ms))
         recs = grpc("plain", "pre", GenerationConfig(plan.k, new, ignore_eos=True), "draft pre-drafting")
         hits = sum(r.pre_draft_hits for r in recs) / max(1, sum(r.proposals for r in recs))
         rows.append(service_row("draft pre-drafting", plan.k, recs, ref, note=f"{plan.pre_draft_branches} "
                                 f"branches, {hits:.0%} of drafts pre-drafted"))
         auto = GenerationConfig(plan.auto_max_k, new, ignore_eos=True, adaptive_k=True)
-        for method in ("draft", "ngram"):
+        for method in (Method.DRAFT, Method.NGRAM):
             recs = grpc("plain", method, auto, f"{method} k auto")
             hist = [sum(r.k_histogram[k] for r in recs if k < len(r.k_histogram))
                     for k in range(plan.auto_max_k + 1)]
@@ -99,9 +100,9 @@ def run_peers(args: argparse.Namespace, plan: Plan, prompts: list[list[int]], re
     hf, hf_draft = load_hf(args.target_model), load_hf(args.draft_model)
     runs: list[tuple[str, int, Callable]] = [(GENERATE, 0, lambda p: hf_generate(hf, p, new))]
     for k in plan.ks:
-        runs.append((PEER_OF["draft"], k, lambda p, k=k: hf_assisted(hf, hf_draft, p, new, k)))
+        runs.append((PEER_OF[Method.DRAFT], k, lambda p, k=k: hf_assisted(hf, hf_draft, p, new, k)))
     for k in plan.ks:
-        runs.append((PEER_OF["ngram"], k,
+        runs.append((PEER_OF[Method.NGRAM], k,
                      lambda p, k=k: hf_prompt_lookup(hf, p, new, k, args.max_ngram_size)))
     rows = []
     for mode, k, run in runs:

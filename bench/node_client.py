@@ -26,8 +26,10 @@ from client.cli_common import load_tokenizer
 from client.launcher import start_service
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig
+from specdec.method import Method, method_arg
 from specdec_rpc.server import COMPILED_PREFIX
 
+NODE_METHODS = (Method.DRAFT, Method.NGRAM, Method.TURBO)
 NODE_CLIENT = Path(__file__).resolve().parent.parent / "examples" / "node" / "round_loop.mjs"
 
 
@@ -78,7 +80,7 @@ async def compare(node: str, verifier: str, proposer: str | None, texts: list[st
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.node_client", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="draft", choices=["draft", "ngram", "turbo"])
+    p.add_argument("--method", default=Method.DRAFT, choices=NODE_METHODS, type=method_arg(NODE_METHODS))
     p.add_argument("--target-model", default="models/target")
     p.add_argument("--draft-model", default="models/draft")
     p.add_argument("--k", type=int, default=4, help="speculative tokens per step (turbo: its heads)")
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     node = shutil.which("node")
     if node is None:
         p.error("node is not installed")
-    if args.method == "turbo":
+    if args.method == Method.TURBO:
         args.k = read_turbo_config(Path(args.target_model)).num_heads
     tok = load_tokenizer(args.target_model)
     prompts = [tok(t)["input_ids"] for t in BENCH_PROMPTS]
@@ -96,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
              "--max-k", str(args.k)]
     target = ["--model", args.target_model, *flags]
     services = [start_service("verifier", "verifier_service", target + (
-        ["--speculative-model-type", "turbo"] if args.method == "turbo" else []), wait_for=COMPILED_PREFIX)]
-    if args.method != "turbo":
-        model = ["--model", args.draft_model] if args.method == "draft" else []
+        ["--speculative-model-type", Method.TURBO] if args.method == Method.TURBO else []), wait_for=COMPILED_PREFIX)]
+    if args.method != Method.TURBO:
+        model = ["--model", args.draft_model] if args.method == Method.DRAFT else []
         services.append(start_service("proposer", "proposer_service",
                                       ["--method", args.method, *model, *flags], wait_for=COMPILED_PREFIX))
     try:

@@ -34,6 +34,7 @@ from client.cli_common import load_tokenizer
 from client.launcher import start_service
 from client.links import GrpcProposerLink, GrpcVerifierLink
 from specdec.generation import GenerationConfig, generate
+from specdec.method import Method
 from specdec_rpc.server import COMPILED_PREFIX
 from specdec_rpc.v1 import specdec_pb2 as pb
 from specdec_rpc.v1 import specdec_pb2_grpc as pb_grpc
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                       ["--model", args.target_model, "--window-sizes", f"0,{args.k}", *flags],
                       wait_for=COMPILED_PREFIX),
         start_service("proposer", "proposer_service",
-                      ["--method", "draft", "--model", args.draft_model,
+                      ["--method", Method.DRAFT, "--model", args.draft_model,
                        "--pre-draft-branches", "0", *flags], wait_for=COMPILED_PREFIX),
     ]
     echoes = [start_service("echo", "bench.echo", []) for _ in range(2)]

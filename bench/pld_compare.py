@@ -23,6 +23,7 @@ from specdec.build import build_proposer, build_verifier
 from specdec.config import EngineConfig
 from specdec.generation import GenerationConfig, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
+from specdec.method import Method
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
         async def ours(ids: list[int] = ids):
             v = InProcessVerifierLink(verifier)
-            d = InProcessProposerLink(build_proposer("ngram", config, args.k, args.max_ngram_size))
+            d = InProcessProposerLink(build_proposer(Method.NGRAM, config, args.k, args.max_ngram_size))
             rec = await generate(ids, v, d, GenerationConfig(args.k, args.max_new_tokens, True), ctx)
             await v.close()
             return rec

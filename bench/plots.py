@@ -11,9 +11,10 @@ matplotlib.use("Agg")  # files only: no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bench.rows import GENERATE, PEER_OF, TARGET_ONLY, TIME_PARTS, Row  # noqa: E402
+from specdec.method import Method  # noqa: E402
 
 OURS, PEERS = "tab:blue", "tab:gray"
-METHOD_COLORS = {"draft": "tab:blue", "ngram": "tab:orange", "turbo": "tab:green"}
+METHOD_COLORS = {Method.DRAFT: "tab:blue", Method.NGRAM: "tab:orange", Method.TURBO: "tab:green"}
 
 
 def _save(fig, path: Path) -> Path:

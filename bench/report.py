@@ -35,9 +35,9 @@ from bench.markdown import REPORT, Setup, headline_rows, render, with_readme_blo
 from bench.matrix import Plan, run_matrix, steps
 from bench.rows import TARGET_ONLY, Row
 from client.cli_common import load_tokenizer
-from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec.cpu_cores import available_cores
 from specdec.generation import GenerationConfig
+from specdec.service_config import DEFAULT_PRE_DRAFT_BRANCHES
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from specdec.generation import GenerationRecord
+from specdec.method import Method
 from specdec.metrics import batch_metrics
 
 TARGET_ONLY = "target-only"
 GENERATE = "transformers generate()"
-PEER_OF = {"draft": "transformers assisted", "ngram": "transformers prompt lookup"}
+PEER_OF = {Method.DRAFT: "transformers assisted", Method.NGRAM: "transformers prompt lookup"}
 TIME_PARTS = ("proposer", "verifier", "network", "client")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from bench.__main__ import measured_in_turn, run_grpc, service_flags, start_proposer, start_verifier
 from client.launcher import ServiceProcess, wait_all_ready
 from specdec.generation import GenerationConfig, GenerationRecord
+from specdec.method import Method
 from specdec.metrics import BatchMetrics, generation_metrics
 
 K = 4                   # drafts per round of the speculative row
@@ -50,7 +51,7 @@ def start_pair(args: argparse.Namespace, compile_dir: Path) -> list[ServiceProce
     _, v_flags, p_flags = service_flags(args, K, [0, K])
     extra = ["--compile-dir", str(compile_dir)]
     services = [start_verifier(args, [*v_flags, *extra], wait=False),
-                start_proposer(args, [*p_flags, *extra], "draft", pre_draft_branches=0, wait=False)]
+                start_proposer(args, [*p_flags, *extra], Method.DRAFT, pre_draft_branches=0, wait=False)]
     try:
         wait_all_ready(services)
     except BaseException:

@@ -32,6 +32,7 @@ from client.api import SpecDecClient
 from client.launcher import ServiceProcess, start_service
 from client.links import ServiceError
 from specdec.generation import GenerationConfig
+from specdec.method import Method
 from specdec_rpc.healthcheck import check
 from specdec_rpc.server import COMPILED_PREFIX
 from specdec_rpc.v1 import specdec_pb2 as pb
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     verifier = start_service("verifier", "verifier_service", ["--model", args.target_model, *flags],
                              echo_stderr=args.service_logs, wait_for=COMPILED_PREFIX)
     proposer = start_service("proposer", "proposer_service",
-                             ["--method", "draft", "--model", args.draft_model, *flags],
+                             ["--method", Method.DRAFT, "--model", args.draft_model, *flags],
                              echo_stderr=args.service_logs, wait_for=COMPILED_PREFIX)
     try:
         print(f"soak: {args.sessions} sessions ({args.hostile_fraction:.0%} hostile) for "

@@ -38,6 +38,7 @@ from client.cli_common import load_tokenizer
 from client.prompt_lookup import DEFAULT_K
 from specdec.config import DTYPES
 from specdec.generation import GenerationConfig, GenerationRecord
+from specdec.method import Method
 from specdec.metrics import BatchMetrics
 
 
@@ -98,11 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--target-model", default="models/target")
     p.add_argument("--workload", type=Path, default=WORKLOAD,
                    help="the repeated workload: a JSON list of {kind, text, follow_up}")
-    p.add_argument("--ngram-k", type=int, default=DEFAULT_K["ngram"],
-                   help=f"prompt lookup's k ({DEFAULT_K['ngram']}, the client's default)")
-    p.add_argument("--suffix-k", type=int, default=DEFAULT_K["suffix"],
+    p.add_argument("--ngram-k", type=int, default=DEFAULT_K[Method.NGRAM],
+                   help=f"prompt lookup's k ({DEFAULT_K[Method.NGRAM]}, the client's default)")
+    p.add_argument("--suffix-k", type=int, default=DEFAULT_K[Method.SUFFIX],
                    help="suffix decoding's k, an upper bound: its drafts are sized from the "
-                        f"match ({DEFAULT_K['suffix']}, the client's default)")
+                        f"match ({DEFAULT_K[Method.SUFFIX]}, the client's default)")
     p.add_argument("--max-ngram-size", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--ctx-len", type=int, default=512)
@@ -136,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
           f"prompts, x {new} tokens; prompt lookup k = {args.ngram_k}, suffix k <= {args.suffix_k}",
           file=sys.stderr)
 
-    services = [start_verifier(args, v_flags), start_proposer(args, p_flags, "ngram")]
+    services = [start_verifier(args, v_flags), start_proposer(args, p_flags, Method.NGRAM)]
     verifier, ngram_addr = services[0].address, services[1].address
 
     def fresh_suffix(requests: list[tuple[list[int], bool]]) -> list[GenerationRecord]:
-        proposer = start_proposer(args, p_flags, "suffix")
+        proposer = start_proposer(args, p_flags, Method.SUFFIX)
         try:
             return asyncio.run(run_grpc(verifier, proposer.address, requests, suffix))
         finally:

@@ -18,24 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import grpc
 
 from client.links import GrpcProposerLink, GrpcVerifierLink, ServiceError, service_error
-from client.replicas import LeasedProposerLink, LeasedVerifierLink, ReplicaSet
+from client.replicas import LeasedLink, ReplicaSet
 from specdec.adaptive_k import KEstimates
-from specdec.engine.turbo import METHOD as TURBO
 from specdec.errors import PreconditionFailed
 from specdec.generation import GenerationConfig, GenerationRecord, ProposerLink, generate
 from specdec.inprocess import InProcessProposerLink
+from specdec.links import Reply, Wrapper, replacing
+from specdec.method import Method
 from specdec.proposers.base import Proposer
 from specdec.recovery import Busy, LinkLost, RecoveryPolicy
 from specdec.serving_generate import GenerateRequest, ProposerInfo
 from specdec.stopping import FinishReason
-from specdec.types import Proposal
 from specdec_rpc.generate_convert import generate_request_to_pb
 from specdec_rpc.security import ClientSecurity, speaks_tls
 from specdec_rpc.server import message_limits
@@ -70,16 +70,22 @@ class Link(Protocol):
     async def close(self) -> None: ...
 
 
-def status_probe(stub, timeout_s: float, security: ClientSecurity):
-    """The service's answer to an Info call, as (code, details): what a session stream whose
-    own status was lost would have been told (see links._StreamLink)."""
+async def open_session(replicas: ReplicaSet, link: Callable, security: ClientSecurity,
+                       timeout_s: float, step_timeout_s: float) -> LeasedLink:
+    """A session stream on the replica a new lease picks, as `link`, holding the lease."""
+    lease = await replicas.lease()
+    stub = lease.stub
+
     async def probe() -> tuple[grpc.StatusCode, str]:
+        """The service's answer to an Info call: what a session stream whose own status was
+        lost would have been told (see links._StreamLink)."""
         try:
             await stub.Info(pb.InfoRequest(), timeout=timeout_s, metadata=security.metadata())
         except grpc.aio.AioRpcError as exc:
             return exc.code(), exc.details() or ""
         return grpc.StatusCode.OK, ""
-    return probe
+
+    return LeasedLink(link(stub.Session(metadata=security.metadata()), step_timeout_s, probe), lease)
 
 
 class SpecDecClient:
@@ -122,12 +128,9 @@ class SpecDecClient:
                                        f"{address} serves TLS but this client connects without "
                                        "it: pass --tls-ca (and --tls-cert/--tls-key where the "
                                        "service requires client certificates)")
-        try:
-            return await replicas.first_answer(lambda stub: stub.Info(
-                pb.InfoRequest(), timeout=self.timeout_s, wait_for_ready=True,
-                metadata=self.security.metadata()))
-        except grpc.aio.AioRpcError as exc:
-            raise service_error(service, exc.code(), exc.details() or "") from exc
+        return await replicas.first_answer(lambda stub: stub.Info(
+            pb.InfoRequest(), timeout=self.timeout_s, wait_for_ready=True,
+            metadata=self.security.metadata()))
 
     async def connect(self) -> None:
         """Fetch both Infos and check that the pair can work together."""
@@ -149,23 +152,16 @@ class SpecDecClient:
 
     async def tokenize(self, text: str) -> list[int]:
         """The target's tokenizer on the verifier, for a client that has none of its own."""
-        return list((await self._unary(lambda stub: stub.Tokenize(
+        return list((await self.verifier.first_answer(lambda stub: stub.Tokenize(
             pb.TokenizeRequest(text=text), timeout=self.timeout_s,
             metadata=self.security.metadata()))).ids)
 
     async def detokenize(self, ids: list[int], prefix_ids: Sequence[int] = ()) -> tuple[str, int]:
         """(text that ids add after prefix_ids, how many of ids it covers); see the proto."""
-        reply = await self._unary(lambda stub: stub.Detokenize(
+        reply = await self.verifier.first_answer(lambda stub: stub.Detokenize(
             pb.DetokenizeRequest(ids=ids, prefix_ids=prefix_ids, skip_special_tokens=True),
             timeout=self.timeout_s, metadata=self.security.metadata()))
         return reply.text, reply.num_ids
-
-    async def _unary(self, call):
-        """call(stub) on the verifier replicas; the first answer wins (they share a model)."""
-        try:
-            return await self.verifier.first_answer(call)
-        except grpc.aio.AioRpcError as exc:
-            raise service_error("verifier", exc.code(), exc.details() or "") from exc
 
     async def close(self) -> None:
         for replicas in (self.verifier, self.proposer):
@@ -175,7 +171,7 @@ class SpecDecClient:
     def max_k(self) -> int:
         """Largest k both services accept."""
         assert self.verifier_info is not None, "connect() first"
-        if self.verifier_info.method == TURBO:  # the verifier drafts with its own heads
+        if self.verifier_info.method == Method.TURBO:  # the verifier drafts with its own heads
             return self.verifier_info.max_k
         if self.local_proposer is not None:
             return min(self.verifier_info.max_k, self.local_proposer.max_k)
@@ -183,21 +179,14 @@ class SpecDecClient:
             return 0
         return min(self.verifier_info.max_k, self.proposer_info.max_k)
 
-    async def _open_verifier(self) -> LeasedVerifierLink:
-        lease = await self.verifier.lease()
-        call = lease.stub.Session(metadata=self.security.metadata())
-        return LeasedVerifierLink(GrpcVerifierLink(call, self.step_timeout_s, self._probe(lease.stub)),
-                                  lease)
+    async def _open_verifier(self) -> LeasedLink:
+        return await open_session(self.verifier, GrpcVerifierLink, self.security,
+                                  self.timeout_s, self.step_timeout_s)
 
-    async def _open_proposer(self) -> LeasedProposerLink:
+    async def _open_proposer(self) -> LeasedLink:
         assert self.proposer is not None, "a proposer address was given"
-        lease = await self.proposer.lease()
-        call = lease.stub.Session(metadata=self.security.metadata())
-        return LeasedProposerLink(GrpcProposerLink(call, self.step_timeout_s, self._probe(lease.stub)),
-                                  lease)
-
-    def _probe(self, stub):
-        return status_probe(stub, self.timeout_s, self.security)
+        return await open_session(self.proposer, GrpcProposerLink, self.security,
+                                  self.timeout_s, self.step_timeout_s)
 
     async def generate(self, prompt: list[int], config: GenerationConfig,
                        on_tokens=None) -> GenerationRecord:
@@ -220,32 +209,19 @@ class SpecDecClient:
             plink = links["proposer"] = InProcessProposerLink(self.local_proposer)
             fingerprint = self.local_proposer.fingerprint
         elif (config.num_speculative_tokens and self.proposer is not None
-              and self.proposer_info is not None and info.method != TURBO):
+              and self.proposer_info is not None and info.method != Method.TURBO):
             plink = links["proposer"] = await self._open_proposer()
             fingerprint = self.proposer_info.tokenizer_fingerprint
-            reopen_proposer = self._track(links, "proposer", self._open_proposer)
+            reopen_proposer = replacing(links, "proposer", self._open_proposer)
         try:
             return await generate(prompt, verifier, plink, config, info.ctx_len, fingerprint,
                                   on_tokens,
-                                  reopen_verifier=self._track(links, "verifier", self._open_verifier),
+                                  reopen_verifier=replacing(links, "verifier", self._open_verifier),
                                   reopen_proposer=reopen_proposer, policy=self.recovery,
                                   k_estimates=self.k_estimates)
         finally:
             for link in links.values():
                 await link.close()
-
-    @staticmethod
-    def _track(links: dict[str, Link], service: str, opener):
-        """A reopen function: it closes the service's previous (lost) link and opens a new
-        session (on a replica the replica set picks), so a service that stays down costs one
-        link, not one per retry."""
-        async def reopen():
-            old = links.pop(service, None)
-            if old is not None:
-                await old.close()
-            links[service] = link = await opener()
-            return link
-        return reopen
 
     async def stream(self, prompt: list[int], config: GenerationConfig) -> AsyncIterator[list[int]]:
         """Yield each step's tokens as they are accepted."""
@@ -310,41 +286,29 @@ class RemoteProposer:
     async def connect(self) -> ProposerInfo:
         """The proposer's Info (asked until one answer came); ServiceLost while unreachable."""
         if self.info is None:
-            try:
-                info = await self._replicas().first_answer(lambda stub: stub.Info(
-                    pb.InfoRequest(), timeout=self.timeout_s, metadata=self.security.metadata()))
-            except grpc.aio.AioRpcError as exc:
-                raise service_error("proposer", exc.code(), exc.details() or "") from exc
+            info = await self._replicas().first_answer(lambda stub: stub.Info(
+                pb.InfoRequest(), timeout=self.timeout_s, metadata=self.security.metadata()))
             self.info = ProposerInfo(info.tokenizer_fingerprint, info.max_k, info.ctx_len)
         return self.info
 
     async def open(self) -> _Refusals:
-        replicas = self._replicas()
-        lease = await replicas.lease()
-        call = lease.stub.Session(metadata=self.security.metadata())
-        return _Refusals(LeasedProposerLink(GrpcProposerLink(
-            call, self.step_timeout_s, status_probe(lease.stub, self.timeout_s, self.security)), lease))
+        return _Refusals(await open_session(self._replicas(), GrpcProposerLink, self.security,
+                                            self.timeout_s, self.step_timeout_s))
 
     async def close(self) -> None:
         if self.replicas is not None:
             await self.replicas.close()
 
 
-class _Refusals:
+class _Refusals(Wrapper):
     """A proposer link whose service's final answers (a refusal, not a lost or full session)
     become the domain error of the process hosting the round loop: the Generate caller is told
     FAILED_PRECONDITION with the proposer's own words, not INTERNAL."""
 
-    def __init__(self, link: LeasedProposerLink) -> None:
-        self.link = link
-
-    async def propose(self, *args) -> Proposal:
+    async def _step(self, call: Awaitable[Reply]) -> Reply:
         try:
-            return await self.link.propose(*args)
+            return await call
         except ServiceError as exc:
             if isinstance(exc, (LinkLost, Busy)):
                 raise   # the round loop goes on target-only and retries later
             raise PreconditionFailed(f"the proposer service refused a step: {exc}") from exc
-
-    async def close(self) -> None:
-        await self.link.close()

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,20 +26,22 @@ from specdec.engine.hub import resolve_model_path
 from specdec.errors import START_ERRORS, InvalidRequest, exit_with
 from specdec.flags import add_flag, add_flags, declared, to_argv
 from specdec.generation import GenerationConfig, GenerationRecord
+from specdec.method import Method
 from specdec.metrics import batch_metrics, drafted_at_of, format_metrics, generation_metrics
 from specdec.proposers.base import Proposer
 from specdec.recovery import RecoveryPolicy
 from specdec.sampling import SamplingParams
-from specdec.serving_generate import DRAFT, TARGET_ONLY, GenerateRequest
+from specdec.service_config import ServiceOptions, VerifierOptions
+from specdec.serving_generate import GenerateRequest
 from specdec.stopping import FinishReason
 from specdec_rpc.security import ClientSecurity
-from specdec_rpc.service_cli import ServiceOptions
-from verifier_service.config import VerifierServiceConfig
 
 AUTO = "auto"     # --num-speculative-tokens auto: k adapts each round (specdec.adaptive_k)
 AUTO_MAX_K: int = ServiceOptions.max_k  # ... up to this k in services the client starts: their --max-k default
 
 T = TypeVar("T")
+# The services a CLI starts, by name ("verifier", "proposer": python -m <name>_service): their flags
+Services = dict[str, list[str]]
 
 # Standard-library-style Python, the shipped models' domain, chosen so that greedy decoding does
 # not fall into a repetition loop ("def fibonacci(n):\n" gives "#\n#\n..." from the target).
@@ -92,13 +94,6 @@ def add_common_args(p: argparse.ArgumentParser, prefill_seq_len: int = 32, ctx_l
     c.add_argument("--step-timeout", type=float, default=60.0,
                    help="deadline of each service step, seconds (default: 60)")
     add_flags(c, RecoveryPolicy)
-
-
-@dataclass
-class ServiceSpec:
-    name: str
-    module: str
-    args: list[str]
 
 
 def k_or_auto(parse: Callable[[str], T]) -> Callable[[str], T | str]:
@@ -173,22 +168,25 @@ def client_options(args: argparse.Namespace) -> dict[str, Any]:
             "recovery": RecoveryPolicy(deadline_s=args.recovery_deadline)}
 
 
-async def _run_prompts(addresses: dict[str, str | None], prompts: list[list[int]],
-                       config: GenerationConfig, width: int, local_proposer: Proposer | None = None,
-                       options: dict[str, Any] | None = None) -> list[GenerationRecord]:
+async def _run(addresses: dict[str, str | None], prompts: list[list[int]], config: GenerationConfig,
+               width: int, options: dict[str, Any], local_proposer: Proposer | None = None,
+               server_side: Method | None = None) -> list[GenerationRecord]:
+    """Every prompt, `width` at a time, the i-th seeded seed + i: by this client's round loop,
+    or (server_side: the method) as one Generate call each on the verifier."""
     verifier = addresses["verifier"]
-    if verifier is None:   # run_cli starts a verifier for a missing address before this
-        raise ValueError("no verifier address")
+    assert verifier is not None, "run_cli starts a verifier for a missing address first"
     # Channels belong to the event loop they are created in: make them inside it.
-    client = SpecDecClient(verifier, addresses.get("proposer"),
-                           local_proposer=local_proposer, **(options or {}))
+    client = SpecDecClient(verifier, None if server_side else addresses.get("proposer"),
+                           local_proposer=local_proposer, **options)
     gate = asyncio.Semaphore(width)
 
     async def one(i: int, ids: list[int]) -> GenerationRecord:
         s = config.sampling
         seeded = replace(config, sampling=replace(s, seed=None if s.seed is None else s.seed + i))
         async with gate:
-            return await client.generate(ids, seeded)
+            if server_side is None:
+                return await client.generate(ids, seeded)
+            return await generate_record(client, generate_request(ids, server_side, seeded))
 
     async with client:
         return await asyncio.gather(*(one(i, ids) for i, ids in enumerate(prompts)))
@@ -220,29 +218,13 @@ async def generate_record(client: SpecDecClient, request: GenerateRequest) -> Ge
     return rec
 
 
-def generate_request(prompt: list[int], method: str, config: GenerationConfig) -> GenerateRequest:
+def generate_request(prompt: list[int], method: Method, config: GenerationConfig) -> GenerateRequest:
     """The Generate call that decodes `prompt` as `config` says, with `method`'s proposer:
     target-only where k is 0; k auto as k 0, the largest the verifier accepts, chosen per round."""
     k = config.num_speculative_tokens
-    return GenerateRequest(tuple(prompt), method if k else TARGET_ONLY, 0 if config.adaptive_k else k,
+    return GenerateRequest(tuple(prompt), method if k else Method.NONE, 0 if config.adaptive_k else k,
                            config.adaptive_k, config.sampling, config.max_new_tokens,
                            ignore_eos=config.ignore_eos)
-
-
-async def _run_server_side(verifier: str, prompts: list[list[int]], config: GenerationConfig,
-                           method: str, width: int, options: dict[str, Any]) -> list[GenerationRecord]:
-    """--server-side: each prompt as one Generate call on the verifier, `width` at a time."""
-    client = SpecDecClient(verifier, **options)
-    gate = asyncio.Semaphore(width)
-
-    async def one(i: int, ids: list[int]) -> GenerationRecord:
-        s = config.sampling
-        seeded = replace(s, seed=None if s.seed is None else s.seed + i)
-        async with gate:
-            return await generate_record(client, generate_request(ids, method, replace(config, sampling=seeded)))
-
-    async with client:
-        return await asyncio.gather(*(one(i, ids) for i, ids in enumerate(prompts)))
 
 
 def _wait_listening(svc: ServiceProcess) -> str:
@@ -253,7 +235,7 @@ def _wait_listening(svc: ServiceProcess) -> str:
     return svc.address
 
 
-def _start_services(args: argparse.Namespace, services: dict[str, ServiceSpec],
+def _start_services(args: argparse.Namespace, services: Services,
                     addresses: dict[str, str | None], stack: ExitStack) -> dict[str, ServiceProcess]:
     """Start the services that have no address, stopped when `stack` closes, and fill in their
     addresses once ready. All at once, so they load and compile side by side; the verifier
@@ -262,16 +244,15 @@ def _start_services(args: argparse.Namespace, services: dict[str, ServiceSpec],
     started: dict[str, ServiceProcess] = {}
     try:
         for key in sorted(services, key=lambda name: name == "verifier"):
-            spec = services[key]
             if addresses.get(key) is not None:
                 continue
             extra: list[str] = []
             if key == "verifier" and args.server_side and "proposer" in services:
                 if "proposer" in started:
                     addresses["proposer"] = _wait_listening(started["proposer"])
-                extra = to_argv(VerifierServiceConfig, "proposer", addresses["proposer"])
-            print(f"starting {spec.name} ...", file=sys.stderr, flush=True)
-            started[key] = start_service(spec.name, spec.module, [*spec.args, *extra],
+                extra = to_argv(VerifierOptions, "proposer", addresses["proposer"])
+            print(f"starting {key} ...", file=sys.stderr, flush=True)
+            started[key] = start_service(key, f"{key}_service", [*services[key], *extra],
                                          echo_stderr=not args.quiet_services, wait=False)
             stack.callback(started[key].stop)
         wait_all_ready(list(started.values()))
@@ -293,10 +274,10 @@ def show_client_log() -> None:
         client_log.setLevel(logging.INFO)
 
 
-def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, ServiceSpec],
+def run_cli(args: argparse.Namespace, tokenizer_model: str, services: Services,
             addresses: dict[str, str | None], config: GenerationConfig,
             default_prompts: list[str] = DEFAULT_PROMPTS, local_proposer: Proposer | None = None,
-            method: str = DRAFT) -> int:
+            method: Method = Method.DRAFT) -> int:
     """Start whatever services have no address, generate every prompt, print and save. A model
     that cannot be loaded, here or in a service started here, ends the process with its one
     line (exit_with). method: Generate's, for --server-side (draft, ngram, turbo)."""
@@ -323,13 +304,8 @@ def run_cli(args: argparse.Namespace, tokenizer_model: str, services: dict[str, 
                 svc.wait_compiled(QUIET_TIMEOUT_S)
 
         def run(config: GenerationConfig, proposer: Proposer | None) -> list[GenerationRecord]:
-            if args.server_side:
-                verifier = addresses["verifier"]
-                assert verifier is not None, "started above"
-                return asyncio.run(_run_server_side(verifier, prompts, config, method,
-                                                    concurrency(args), client_options(args)))
-            return asyncio.run(_run_prompts(addresses, prompts, config, concurrency(args), proposer,
-                                            client_options(args)))
+            return asyncio.run(_run(addresses, prompts, config, concurrency(args), client_options(args),
+                                    proposer, method if args.server_side else None))
 
         try:
             records = run(config, local_proposer)

@@ -10,7 +10,6 @@ import argparse
 from client.cli_common import (
     AUTO,
     AUTO_MAX_K,
-    ServiceSpec,
     add_common_args,
     engine_args,
     k_or_auto,
@@ -18,11 +17,10 @@ from client.cli_common import (
     sampling_params,
     service_device_groups,
 )
-from proposer_service.config import ProposerServiceConfig
 from specdec.flags import add_flag, to_argv
 from specdec.generation import GenerationConfig
-from specdec_rpc.service_cli import ServiceOptions
-from verifier_service.config import VerifierServiceConfig
+from specdec.method import Method
+from specdec.service_config import ProposerOptions, ServiceOptions, VerifierOptions
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,17 +61,12 @@ def main(argv: list[str] | None = None) -> int:
                                                       args.draft_device_group)
     # A draft model proposes k tokens each round: windows of k (and 0, target-only steps); with
     # auto, any k (the verifier's default windows).
-    services = {
-        "verifier": ServiceSpec("verifier", "verifier_service",
-                                [*engine_args(args, args.target_model_name, target_group, k),
-                                 *([] if auto else to_argv(VerifierServiceConfig, "window_sizes", (0, k)))]),
-    }
+    services = {"verifier": [*engine_args(args, args.target_model_name, target_group, k),
+                             *([] if auto else to_argv(VerifierOptions, "window_sizes", (0, k)))]}
     if k:
-        services["proposer"] = ServiceSpec(
-            "proposer", "proposer_service",
-            [*to_argv(ProposerServiceConfig, "method", "draft"),
-             *to_argv(ProposerServiceConfig, "target_model_name", args.target_model_name),
-             *engine_args(args, args.draft_model_name, draft_group, k, draft=True)])
+        services["proposer"] = [*to_argv(ProposerOptions, "method", Method.DRAFT),
+                                *to_argv(ProposerOptions, "target_model_name", args.target_model_name),
+                                *engine_args(args, args.draft_model_name, draft_group, k, draft=True)]
     config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
                               args.draft_top_m, adaptive_k=auto)
     return run_cli(args, args.target_model_name, services,

@@ -37,7 +37,7 @@ class ServiceLost(ServiceError, LinkLost):
 
 
 class ServiceBusy(ServiceError, Busy):
-    """The service refused the session for lack of slots (see BUSY_CODES)."""
+    """The service refused the session: its admission pool is full (see BUSY_CODES)."""
 
 
 def service_error(service: str, code: grpc.StatusCode, details: str) -> ServiceError:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 
-from client.cli_common import AUTO, ServiceSpec, add_common_args, engine_args, k_or_auto, run_cli, sampling_params
+from client.cli_common import AUTO, add_common_args, engine_args, k_or_auto, run_cli, sampling_params
 from specdec.engine.hub import resolve_model_path
 from specdec.engine.turbo import read_turbo_config
 from specdec.errors import START_ERRORS, exit_with
 from specdec.flags import add_flag, to_argv
 from specdec.generation import GenerationConfig
-from specdec.serving_generate import TURBO
-from specdec_rpc.service_cli import ServiceOptions
-from verifier_service.config import VerifierServiceConfig
+from specdec.method import Method
+from specdec.service_config import ServiceOptions, VerifierOptions
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,15 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         heads = read_turbo_config(resolve_model_path(model, weights=False)).num_heads
     except START_ERRORS as exc:   # no such model, or not a Turbo model
         exit_with(exc)
-    services = {"verifier": ServiceSpec(
-        "verifier", "verifier_service",
-        [*engine_args(args, model, args.device_group, heads),
-         *to_argv(VerifierServiceConfig, "speculative_model_type", "turbo")])}
+    services = {"verifier": [*engine_args(args, model, args.device_group, heads),
+                             *to_argv(VerifierOptions, "speculative_model_type", Method.TURBO)]}
     auto = args.num_speculative_tokens == AUTO
     k = heads if auto or args.num_speculative_tokens is None else min(args.num_speculative_tokens, heads)
     config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
                               adaptive_k=auto)
-    return run_cli(args, model, services, {"verifier": args.verifier}, config, method=TURBO)
+    return run_cli(args, model, services, {"verifier": args.verifier}, config, method=Method.TURBO)
 
 
 if __name__ == "__main__":

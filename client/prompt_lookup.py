@@ -19,7 +19,6 @@ import argparse
 from client.cli_common import (
     AUTO,
     AUTO_MAX_K,
-    ServiceSpec,
     add_common_args,
     concurrency,
     engine_args,
@@ -27,21 +26,25 @@ from client.cli_common import (
     run_cli,
     sampling_params,
 )
-from proposer_service.config import ProposerServiceConfig, check_suffix_args, suffix_options
 from specdec.build import build_proposer
 from specdec.config import EngineConfig
 from specdec.flags import add_flag, to_argv
 from specdec.generation import GenerationConfig
-from specdec.proposers.ngram import NgramProposer
-from specdec.proposers.suffix import SuffixProposer
-from specdec.serving_generate import NGRAM
+from specdec.method import Method, method_arg
+from specdec.service_config import (
+    SUFFIX_FLAGS,
+    ProposerOptions,
+    ServiceOptions,
+    VerifierOptions,
+    check_suffix_args,
+    suffix_options,
+)
 from specdec.windows import parse_sizes
-from specdec_rpc.service_cli import ServiceOptions
-from verifier_service.config import VerifierServiceConfig
 
 # k by method: prompt lookup drafts k tokens whenever an n-gram matches, so a small k; suffix
 # decoding drafts as far as its match supports, so k only caps it (python -m bench.suffix).
-DEFAULT_K = {NgramProposer.method: 3, SuffixProposer.method: 8}
+DEFAULT_K = {Method.NGRAM: 3, Method.SUFFIX: 8}
+LOOKUPS = tuple(DEFAULT_K)
 
 REPEATED_PATTERN_PROMPTS = [
     "x = 1\ny = 2\nz = 3\nprint(x)\nprint(y)\nprint(z)\nx = 1\ny = 2\n",
@@ -58,16 +61,14 @@ def parser() -> argparse.ArgumentParser:
                    metavar="K[,K...]|auto",
                    help="verify window sizes, e.g. 0,3; the largest is k; auto = each step picks "
                         f"the k in 0..max k with the most expected tokens per second (max k "
-                        f"{AUTO_MAX_K} in services started here) (default: {DEFAULT_K[NgramProposer.method]}; "
-                        f"{DEFAULT_K[SuffixProposer.method]} with --method suffix, whose drafts "
+                        f"{AUTO_MAX_K} in services started here) (default: {DEFAULT_K[Method.NGRAM]}; "
+                        f"{DEFAULT_K[Method.SUFFIX]} with --method suffix, whose drafts "
                         "are sized from the match, k the most)")
-    p.add_argument("--method", choices=(NgramProposer.method, SuffixProposer.method),
-                   default=NgramProposer.method,
+    p.add_argument("--method", choices=LOOKUPS, type=method_arg(LOOKUPS), default=Method.NGRAM,
                    help="the lookup: `ngram` (prompt lookup) or `suffix` (suffix decoding) "
                         "(default: ngram)")
-    add_flag(p, ProposerServiceConfig, "max_ngram_size")
-    for field in ("suffix_cache_requests", "max_spec_factor", "min_token_prob"):
-        add_flag(p, ProposerServiceConfig, field)
+    for field in ("max_ngram_size", *SUFFIX_FLAGS):
+        add_flag(p, ProposerOptions, field)
     add_flag(p, ServiceOptions, "device_group", prefix="verifier: ")
     p.add_argument("--local-proposer", action="store_true",
                    help="run the lookup (--method) inside the client, without a proposer service")
@@ -83,10 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_ngram_size < 1:
         p.error("--max-ngram-size must be >= 1")
     check_suffix_args(p, args)
-    if args.server_side and (args.local_proposer or args.method != NgramProposer.method
-                             or args.max_ngram_size != ProposerServiceConfig.max_ngram_size):
+    if args.server_side and (args.local_proposer or args.method != Method.NGRAM
+                             or args.max_ngram_size != ProposerOptions.max_ngram_size):
         p.error("--server-side runs the verifier's own prompt lookup (method ngram, max n-gram size "
-                f"{ProposerServiceConfig.max_ngram_size}): no --local-proposer, --method suffix or "
+                f"{ProposerOptions.max_ngram_size}): no --local-proposer, --method suffix or "
                 "--max-ngram-size")
     return args
 
@@ -96,10 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     auto = args.num_speculative_tokens == AUTO
     sizes: tuple[int, ...] = () if auto else args.num_speculative_tokens
     k = AUTO_MAX_K if auto else sizes[-1]
-    window = to_argv(VerifierServiceConfig, "window_sizes", sizes) if sizes else []
-    services = {"verifier": ServiceSpec(
-        "verifier", "verifier_service",
-        [*engine_args(args, args.target_model_name, args.device_group, k), *window])}
+    window = to_argv(VerifierOptions, "window_sizes", sizes) if sizes else []
+    services = {"verifier": [*engine_args(args, args.target_model_name, args.device_group, k), *window]}
     local = None
     if k and args.local_proposer:
         sessions = EngineConfig(args.target_model_name, ctx_len=args.ctx_len,
@@ -107,20 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         local = build_proposer(args.method, sessions, k, args.max_ngram_size,
                                suffix=suffix_options(args))
     elif k and not args.server_side:
-        services["proposer"] = ServiceSpec(
-            "proposer", "proposer_service",
-            [*to_argv(ProposerServiceConfig, "method", args.method),
-             *to_argv(ProposerServiceConfig, "max_ngram_size", args.max_ngram_size),
-             *(a for field in ("suffix_cache_requests", "max_spec_factor", "min_token_prob")
-               for a in to_argv(ProposerServiceConfig, field, getattr(args, field))),
-             *to_argv(ProposerServiceConfig, "max_k", k),
-             *to_argv(EngineConfig, "ctx_len", args.ctx_len),
-             *to_argv(EngineConfig, "full_batch_size", concurrency(args))])
+        services["proposer"] = [
+            *(a for field in ("method", "max_ngram_size", *SUFFIX_FLAGS)
+              for a in to_argv(ProposerOptions, field, getattr(args, field))),
+            *to_argv(ProposerOptions, "max_k", k), *to_argv(EngineConfig, "ctx_len", args.ctx_len),
+            *to_argv(EngineConfig, "full_batch_size", concurrency(args))]
     config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
                               adaptive_k=auto)
     return run_cli(args, args.target_model_name, services,
                    {"verifier": args.verifier, "proposer": args.proposer}, config,
-                   REPEATED_PATTERN_PROMPTS, local, NGRAM)
+                   REPEATED_PATTERN_PROMPTS, local, Method.NGRAM)
 
 
 if __name__ == "__main__":

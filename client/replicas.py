@@ -11,10 +11,10 @@ among equals. A replica that lost a session (gone, draining, too slow) or refuse
 full (RESOURCE_EXHAUSTED) is skipped for `skip_s`; when every replica is skipped, the one whose
 skip ends first is tried anyway (a client never refuses to try).
 
-The links opened here report back how their session ended (LeasedVerifierLink,
-LeasedProposerLink). A refusal for being full while another replica is usable is raised as
-ServiceLost, so the generation's recovery (specdec.recovery) opens the session again, on
-another replica, from start = 0: lossless, like any lost session.
+The links opened here (LeasedLink) report back how their session ended. A refusal for being
+full while another replica is usable is raised as ServiceLost, so the generation's recovery
+(specdec.recovery) opens the session again, on another replica, from start = 0: lossless, like
+any lost session.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any
 
 import grpc
 
-from client.links import ServiceError, ServiceLost
-from specdec.types import Proposal, StepOutcome
+from client.links import ServiceError, ServiceLost, service_error
+from specdec.links import Reply, Wrapper
 
 DNS_SCHEME = "dns:"
 
@@ -216,7 +216,7 @@ class ReplicaSet:
 
     async def first_answer(self, call: Callable[[Any], Awaitable]):
         """call(stub) on every replica at once; the first success wins, the rest are cancelled.
-        When all fail, the first replica's error is raised."""
+        When all fail, the first replica's error is raised, as this service's ServiceError."""
         live = await self._live_now()
         tasks = [asyncio.ensure_future(call(r.stub)) for r in live]
         try:
@@ -225,7 +225,10 @@ class ReplicaSet:
                     return await done
                 except grpc.aio.AioRpcError:
                     continue
-            return tasks[0].result()   # every one failed: raise the first replica's error
+            try:
+                return tasks[0].result()   # every one failed: the first replica's error
+            except grpc.aio.AioRpcError as exc:
+                raise service_error(self.service, exc.code(), exc.details() or "") from exc
         finally:
             for t in tasks:
                 t.cancel()
@@ -235,15 +238,16 @@ class ReplicaSet:
             await r.channel.close()
 
 
-class _Leased:
+class LeasedLink(Wrapper):
     """A link whose session holds a lease: its failures and its end go back to the replica set."""
 
     def __init__(self, link, lease: Lease) -> None:
-        self.link, self.lease = link, lease
+        super().__init__(link)
+        self.lease = lease
 
-    async def _guard(self, step: Awaitable):
+    async def _step(self, call: Awaitable[Reply]) -> Reply:
         try:
-            return await step
+            return await call
         except ServiceError as exc:
             moved = self.lease.failed(exc)
             if moved is exc:
@@ -255,16 +259,3 @@ class _Leased:
             await self.link.close()
         finally:
             self.lease.release()
-
-
-class LeasedVerifierLink(_Leased):
-    async def prefill(self, *args) -> StepOutcome:
-        return await self._guard(self.link.prefill(*args))
-
-    async def verify(self, *args) -> StepOutcome:
-        return await self._guard(self.link.verify(*args))
-
-
-class LeasedProposerLink(_Leased):
-    async def propose(self, *args) -> Proposal:
-        return await self._guard(self.link.propose(*args))

@@ -8,11 +8,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from proposer_service.config import ProposerServiceConfig, from_args, suffix_options
+from proposer_service.config import ProposerServiceConfig, from_args
 from proposer_service.servicer import ProposerServicer
 from specdec.build import build_proposer
+from specdec.method import Method
 from specdec.proposers.base import Proposer
 from specdec.proposers.translated_draft import TranslatedDraftProposer
+from specdec.service_config import suffix_options
 from specdec.warm_up import warm_up_proposer
 from specdec_rpc.convert import model_info
 from specdec_rpc.hosting import host_backend
@@ -28,7 +30,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Proposer"].full_name
 
 def build(cfg: ProposerServiceConfig) -> tuple[Proposer, pb.ModelInfo]:
     e = cfg.engine
-    proposer = build_proposer(cfg.method, local_model(e) if cfg.method == "draft" else e, cfg.max_k,
+    proposer = build_proposer(cfg.method, local_model(e) if cfg.method == Method.DRAFT else e, cfg.max_k,
                               cfg.max_ngram_size, cfg.executor, cfg.batching, cfg.admission, cfg.qaic,
                               pre_draft_branches=cfg.pre_draft_branches, suffix=suffix_options(cfg),
                               target_model=cfg.target_model_name)

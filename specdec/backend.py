@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from specdec.slots import SlotPool
+from specdec.admission import AdmissionPool
 
 
 class Backend(Protocol):
-    """Sessions on a bounded pool of slots, and an engine to free at shutdown. The steps
+    """Sessions admitted by a bounded pool, and an engine to free at shutdown. The steps
     themselves differ per role (TargetVerifier.prefill / verify, Proposer.propose)."""
 
-    pool: SlotPool  # one slot per open session; its in_use and waiting feed the metrics
+    pool: AdmissionPool  # one ticket per open session; its in_use and waiting feed the metrics
 
     async def open_session(self) -> Any:
-        """Waits while all slots are taken (bounded, see specdec.slots.Admission)."""
+        """Waits while the pool is full (bounded, see specdec.admission.Admission)."""
         ...
 
     async def close_session(self, session: Any) -> None:
-        """Frees the session's slot once no step of it is running."""
+        """Frees the session's ticket (and KV slot) once no step of it is running."""
         ...
 
     def close(self) -> None:

@@ -234,7 +234,7 @@ class Batcher:
             self._pending = [r for r in self._pending if id(r) not in taken]
             return batch
 
-    def _loop(self) -> None:  # noqa: C901  still to be split into steps
+    def _loop(self) -> None:
         if isinstance(self.engine, CompilesWhenIdle):   # before anyone else may compile it
             self.engine.compile_on(threading.get_ident())
         self._running.set()
@@ -243,61 +243,76 @@ class Batcher:
                 assert isinstance(self.engine, CompilesWhenIdle)
                 # One compiled shape at a time, so rows that arrive meanwhile wait for one only.
                 self._compiles_when_idle = self.engine.idle_step()
-                continue
-            if isinstance(batch, Job):
+            elif isinstance(batch, Job):
                 try:
                     result = batch.fn(*batch.args)
                 except BaseException as exc:  # a bug: fail the caller, keep serving
                     result = exc
                 _resolve_all([(batch.future, result)])
-                continue
-            start = time.perf_counter_ns()
+            else:
+                self._run(batch)
+
+    def _run(self, batch: list[Row]) -> None:
+        """One engine call: each row's logits settle its future, but a chain's step that is not
+        its last goes on as the chain's next row, ahead of every pending row."""
+        start = time.perf_counter_ns()
+        try:
+            ids, pos, slots, n = pad_rows(batch)
+            logits = self.engine.run(ids, pos, slots, n)           # [B, n, V]
+        except BaseException as exc:  # a bug: fail these rows, keep serving others
+            _resolve_all([(r.future, exc) for r in batch])
+            return
+        forward = time.perf_counter_ns() - start
+        self.calls += 1
+        self.rows += len(batch)
+        rows, window = ids.shape
+        lasts = [sum(p >= 0 for p in r.positions) for r in batch]   # real length of each row
+        ended, follow = _chain_steps(batch, logits, n, lasts, start, forward, window)
+        results: list[tuple[asyncio.Future | None, Settled | BaseException]] = []
+        for b, r in enumerate(batch):
+            if r.chain is None:
+                out = logits[b, row_logit_slice(lasts[b], r.num_logits, n)]   # [num_logits, V]
+                results.append((r.future, Settled(out, start - r.submitted_ns, forward, rows, window)))
+            elif b in ended:
+                results.append((r.future, ended[b]))
+        if follow:
+            with self._cv:   # the chains' next steps go first: they are the oldest work
+                self._pending[:0] = follow
+        _resolve_all(results)
+
+
+def _chain_steps(batch: list[Row], logits: np.ndarray, n: int, lasts: list[int], start: int, forward: int,
+                 window: int) -> tuple[dict[int, Settled | BaseException], list[Row]]:
+    """The chained rows' steps (logits [B, n, V]; lasts: the rows' real lengths): each chain
+    picks a token from its step's last logits (the argmax, for all at once, or its pick), then
+    goes on with it at the next position as its next row or, at its last step or stopped, ends:
+    (the ended chains' results by their rows' index in the batch, the next rows)."""
+    ended: dict[int, Settled | BaseException] = {}
+    follow: list[Row] = []
+    chained = [b for b, r in enumerate(batch) if r.chain is not None]
+    if not chained:
+        return ended, follow
+    at = [row_logit_slice(lasts[b], batch[b].num_logits, n).stop - 1 for b in chained]
+    last_logits = logits[chained, at]                       # [chains, V]
+    for b, step_logits, token in zip(chained, last_logits, last_logits.argmax(axis=1).tolist()):
+        r, chain = batch[b], batch[b].chain
+        assert chain is not None
+        position = r.positions[lasts[b] - 1] + 1   # the token's
+        if chain.pick is not None:
             try:
-                ids, pos, slots, n = pad_rows(batch)
-                logits = self.engine.run(ids, pos, slots, n)           # [B, n, V]
-            except BaseException as exc:  # a bug: fail these rows, keep serving others
-                _resolve_all([(r.future, exc) for r in batch])
+                token = chain.pick(step_logits, position)
+            except BaseException as exc:  # a bug: fail this chain, keep serving
+                ended[b] = exc
                 continue
-            forward = time.perf_counter_ns() - start
-            self.calls += 1
-            self.rows += len(batch)
-            results: list[tuple[asyncio.Future | None, Settled | BaseException]] = []
-            follow: list[Row] = []
-            rows, window = ids.shape
-            lasts = [sum(p >= 0 for p in r.positions) for r in batch]   # real length of each row
-            # Each chain's step: its last logits [V] and their argmax, for all chains at once.
-            chained = [b for b, r in enumerate(batch) if r.chain is not None]
-            if chained:
-                at = [row_logit_slice(lasts[b], batch[b].num_logits, n).stop - 1 for b in chained]
-                last_logits = logits[chained, at]                       # [chains, V]
-                drafted = iter(zip(last_logits, last_logits.argmax(axis=1).tolist()))
-            for b, r in enumerate(batch):
-                if r.chain is None:
-                    out = logits[b, row_logit_slice(lasts[b], r.num_logits, n)]
-                    results.append((r.future, Settled(out, start - r.submitted_ns, forward, rows, window)))
-                    continue
-                chain = r.chain
-                step_logits, token = next(drafted)   # chained is in batch order
-                if chain.pick is not None:
-                    try:
-                        token = chain.pick(step_logits, r.positions[lasts[b] - 1] + 1)
-                    except BaseException as exc:  # a bug: fail this chain, keep serving
-                        results.append((r.future, exc))
-                        continue
-                chain.logits.append(step_logits)
-                chain.tokens.append(token)
-                chain.queue_ns += start - r.submitted_ns
-                chain.forward_ns += forward
-                if len(chain.tokens) < chain.steps and not chain.stop:
-                    follow.append(Row([chain.tokens[-1]], [r.positions[lasts[b] - 1] + 1], r.slot, 1,
-                                      DECODE, r.future, chain=chain))
-                else:
-                    results.append((r.future, Settled(chain.logits, chain.queue_ns,
-                                                      chain.forward_ns, rows, window, chain.tokens)))
-            if follow:
-                with self._cv:   # the chains' next steps go first: they are the oldest work
-                    self._pending[:0] = follow
-            _resolve_all(results)
+        chain.logits.append(step_logits)
+        chain.tokens.append(token)
+        chain.queue_ns += start - r.submitted_ns
+        chain.forward_ns += forward
+        if len(chain.tokens) < chain.steps and not chain.stop:
+            follow.append(Row([token], [position], r.slot, 1, DECODE, r.future, chain=chain))
+        else:
+            ended[b] = Settled(chain.logits, chain.queue_ns, chain.forward_ns, len(batch), window, chain.tokens)
+    return ended, follow
 
 
 async def _settled(row: Row) -> Settled:

@@ -5,22 +5,21 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from specdec.admission import Admission
 from specdec.batching import Batcher
 from specdec.config import EXECUTORS, EngineConfig
 from specdec.engine import Engine
 from specdec.engine.hub import resolve_model_path
+from specdec.method import PROPOSER_METHODS, Method
 from specdec.proposers.base import Proposer
 from specdec.proposers.draft_model import DraftModelProposer
 from specdec.proposers.ngram import NgramProposer
 from specdec.proposers.suffix import SuffixOptions, SuffixProposer
 from specdec.proposers.translated_draft import TranslatedDraftProposer
 from specdec.proposers.translation import Translation
-from specdec.slots import Admission
 from specdec.tokenizer_fingerprint import load_tokenizer, tokenizer_fingerprint
 from specdec.verifier import TargetVerifier
 
-# Turbo heads run inside the verifier (build_verifier)
-PROPOSER_METHODS = (DraftModelProposer.method, NgramProposer.method, SuffixProposer.method)
 # A translating proposer's draft model may take this many of its tokens per target token (its
 # max k, in its own tokens: (max k + 1) x this); a finer vocabulary drafts less far ahead.
 TRANSLATED_DRAFT_STEPS = 3
@@ -106,7 +105,7 @@ def _translation(target_model: str, draft_model: str) -> tuple[Translation, str]
     return Translation.of(target, draft), fingerprint
 
 
-def build_proposer(method: str, config: EngineConfig, max_k: int, max_ngram_size: int = 3,
+def build_proposer(method: Method, config: EngineConfig, max_k: int, max_ngram_size: int = 3,
                    executor: str = "torch", batching: bool = True,
                    admission: Admission = Admission(), qaic: Any = None, qaic_backend: Any = None,
                    pre_draft_branches: int = 0,
@@ -115,12 +114,12 @@ def build_proposer(method: str, config: EngineConfig, max_k: int, max_ngram_size
     """The proposer a service, a client's local mode or a benchmark hosts. draft: a model from
     config.model; ngram, suffix: no model, config gives only ctx_len and full_batch_size
     (sessions); target_model: see build_draft_proposer."""
-    if method == NgramProposer.method:
+    if method == Method.NGRAM:
         return NgramProposer(max_k, max_ngram_size, config.ctx_len, config.full_batch_size,
                              admission)
-    if method == SuffixProposer.method:
+    if method == Method.SUFFIX:
         return SuffixProposer(max_k, config.ctx_len, config.full_batch_size, suffix, admission)
-    if method == "draft":
+    if method == Method.DRAFT:
         return build_draft_proposer(config, max_k, executor, batching, admission, qaic,
                                     qaic_backend, pre_draft_branches, target_model)
     raise ValueError(f"proposer method {method!r} is not available "

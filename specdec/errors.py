@@ -30,8 +30,9 @@ class PreconditionFailed(SpecDecError):
     mismatched tokenizers, a sync start beyond what is held. FAILED_PRECONDITION."""
 
 
-class OutOfSlots(SpecDecError):
-    """Every KV slot is taken. RESOURCE_EXHAUSTED."""
+class AdmissionRefused(SpecDecError):
+    """Every place of the admission pool is taken and the queue is full, or the wait timed out
+    (specdec.admission). RESOURCE_EXHAUSTED."""
 
 
 class NotReady(SpecDecError):

@@ -38,7 +38,7 @@ class LinkLost(Exception):
 
 
 class Busy(Exception):
-    """A service refused a session for lack of capacity (all its slots taken). Final for the
+    """A service refused a session for lack of capacity (its admission pool full). Final for the
     verifier; the proposer is optional, so the generation goes on target-only and retries it
     every `proposer_retry_s`, as when it is lost."""
 

@@ -22,13 +22,12 @@ from typing import Protocol
 from specdec.adaptive_k import KEstimates
 from specdec.build import build_proposer
 from specdec.config import EngineConfig
-from specdec.engine.turbo import METHOD as TURBO
 from specdec.errors import InvalidRequest, NotReady, PreconditionFailed
 from specdec.generation import GenerationConfig, GenerationRecord, ProposerLink, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
+from specdec.links import replacing
+from specdec.method import GENERATE_METHODS, Method
 from specdec.proposers.base import Proposer
-from specdec.proposers.draft_model import DraftModelProposer
-from specdec.proposers.ngram import NgramProposer
 from specdec.recovery import LinkLost, RecoveryPolicy
 from specdec.sampling import SamplingParams, Sparse
 from specdec.sequence import check_token_ids
@@ -40,15 +39,13 @@ from specdec.verifier import TargetVerifier
 
 log = logging.getLogger(__name__)
 
-TARGET_ONLY, DRAFT, NGRAM = "none", DraftModelProposer.method, NgramProposer.method
-METHODS = (TARGET_ONLY, DRAFT, NGRAM, TURBO)
 DECODE_CONTEXT = 8   # ids before the new ones a detokenization decodes with (word boundaries)
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
     prompt: str | tuple[int, ...]     # text (the target's tokenizer) or token ids
-    method: str = TARGET_ONLY         # METHODS; "" = TARGET_ONLY
+    method: str = Method.NONE         # a Method of GENERATE_METHODS, or an alias; "" = none
     k: int = 0                        # drafts per round; 0 = the largest the method accepts
     adaptive_k: bool = False          # k "auto": each round picks its k in 0..k
     sampling: SamplingParams = SamplingParams()
@@ -177,14 +174,14 @@ class OneCallGenerator:
     """The verifier's Generate: requests in, text out, the round loop in between."""
 
     def __init__(self, verifier: TargetVerifier, codec: TextCodec | None,
-                 proposers: Mapping[str, ProposerSource],
+                 proposers: Mapping[Method, ProposerSource],
                  recovery: RecoveryPolicy = RecoveryPolicy()) -> None:
         """proposers: a source per method served besides target-only and Turbo (draft: the
         --proposer service; ngram: in-process). codec: the target's tokenizer, None if none."""
         self.verifier, self.codec, self.proposers, self.recovery = verifier, codec, proposers, recovery
         self.ctx_len = verifier.engine.ctx_len
         # k auto: what rounds cost and yield here, per method, carried across requests
-        self.k_estimates = {m: KEstimates() for m in METHODS}
+        self.k_estimates = {m: KEstimates() for m in GENERATE_METHODS}
         self._running: set[asyncio.Task] = set()   # generations whose caller may be gone
 
     @classmethod
@@ -196,20 +193,20 @@ class OneCallGenerator:
         # A generation opens its proposer session while its verifier session may still wait
         # for a slot: one n-gram session per slot and per queue place (a token history each).
         sessions = engine.slots + verifier.pool.admission.max_waiting
-        ngram = build_proposer(NGRAM, EngineConfig(model="", ctx_len=engine.ctx_len,
+        ngram = build_proposer(Method.NGRAM, EngineConfig(model="", ctx_len=engine.ctx_len,
                                                    full_batch_size=sessions), verifier.max_k)
-        proposers: dict[str, ProposerSource] = {NGRAM: InProcessProposers(ngram, engine.ctx_len)}
+        proposers: dict[Method, ProposerSource] = {Method.NGRAM: InProcessProposers(ngram, engine.ctx_len)}
         if draft is not None:
-            proposers[DRAFT] = draft
+            proposers[Method.DRAFT] = draft
         return cls(verifier, codec, proposers)
 
-    def default_method(self) -> str:
+    def default_method(self) -> Method:
         """The proposer of a request that names none where a default is wanted (the OpenAI
         API): the draft model where one is configured, else the target's own Turbo heads, else
         prompt lookup, which needs nothing. Each is lossless."""
-        if DRAFT in self.proposers:
-            return DRAFT
-        return TURBO if self.verifier.engine.num_heads else NGRAM
+        if Method.DRAFT in self.proposers:
+            return Method.DRAFT
+        return Method.TURBO if self.verifier.engine.num_heads else Method.NGRAM
 
     async def _prompt(self, request: GenerateRequest) -> list[int]:
         if isinstance(request.prompt, str):
@@ -229,18 +226,18 @@ class OneCallGenerator:
                                  f"ctx_len {self.ctx_len}")
         return ids
 
-    async def _proposer(self, method: str) -> tuple[ProposerSource | None, ProposerInfo | None]:
+    async def _proposer(self, method: Method) -> tuple[ProposerSource | None, ProposerInfo | None]:
         """The method's source and its info; info None: unreachable now (target-only rounds
         until a new session opens, as the client does)."""
-        if method in (TARGET_ONLY, TURBO):
-            if method == TURBO and not self.verifier.engine.num_heads:
+        if method in (Method.NONE, Method.TURBO):
+            if method == Method.TURBO and not self.verifier.engine.num_heads:
                 raise PreconditionFailed("method turbo: this verifier has no Turbo heads (start it "
                                          "with --speculative-model-type turbo)")
             return None, None
         source = self.proposers.get(method)
         if source is None:
             raise PreconditionFailed(f"method {method}: this verifier has no such proposer"
-                                     + (" (start it with --proposer ADDR)" if method == DRAFT else ""))
+                                     + (" (start it with --proposer ADDR)" if method == Method.DRAFT else ""))
         try:
             return source, self._paired(await source.connect())
         except LinkLost as exc:
@@ -256,8 +253,14 @@ class OneCallGenerator:
                                      f"or fix --proposer")
         return info
 
-    def _k(self, request: GenerateRequest, method: str, info: ProposerInfo | None) -> int:
-        if method == TARGET_ONLY:
+    async def _open_paired(self, source: ProposerSource) -> ProposerLinkToClose:
+        """A new session on `source`, its tokenizer checked (it may have been unreachable when
+        the generation began)."""
+        self._paired(await source.connect())
+        return await source.open()
+
+    def _k(self, request: GenerateRequest, method: Method, info: ProposerInfo | None) -> int:
+        if method == Method.NONE:
             return 0
         limit = self.verifier.max_k if info is None else min(self.verifier.max_k, info.max_k)
         if request.k > limit or request.k < 0:
@@ -266,9 +269,7 @@ class OneCallGenerator:
         return request.k or limit
 
     async def run(self, request: GenerateRequest) -> AsyncGenerator[TextDelta | Finished, None]:
-        method = request.method or TARGET_ONLY
-        if method not in METHODS:
-            raise InvalidRequest(f"unknown method {method[:32]!r}: one of {', '.join(METHODS)}")
+        method = Method.parse(request.method, GENERATE_METHODS) if request.method else Method.NONE
         stops = check_stop_strings(request.stop)
         if stops and (self.codec is None or self.codec.tokenizer is None):
             raise PreconditionFailed("stop strings need the model's tokenizer, which it has none of")
@@ -300,7 +301,7 @@ class OneCallGenerator:
                     task.cancel()
 
     async def _generate(self, prompt: list[int], verifier: _TextLink, source: ProposerSource | None,
-                        info: ProposerInfo | None, config: GenerationConfig, method: str,
+                        info: ProposerInfo | None, config: GenerationConfig, method: Method,
                         queue: asyncio.Queue) -> None:
         """The round loop, its links closed however it ends (the slot and the proposer session
         freed); its end or its error goes to the queue."""
@@ -314,7 +315,7 @@ class OneCallGenerator:
                         proposer = links["proposer"] = await source.open()
                     except LinkLost:
                         proposer = None
-                reopen = _reopener(links, source, self._paired)
+                reopen = replacing(links, "proposer", lambda: self._open_paired(source))
                 if proposer is None:   # the loop's recovery retries later; lossless meanwhile
                     proposer = _Lost()
             # A proposer holding less context than the target drafts while the sequence fits
@@ -349,16 +350,3 @@ class _Lost:
 
     async def close(self) -> None:
         pass
-
-
-def _reopener(links: dict, source: ProposerSource, paired: Callable[[ProposerInfo], ProposerInfo]):
-    """A reopen function for the round loop: it closes the lost link it replaces, and checks
-    the tokenizer of a proposer that was unreachable when the generation began."""
-    async def reopen():
-        old = links.pop("proposer", None)
-        if old is not None:
-            await old.close()
-        paired(await source.connect())
-        links["proposer"] = link = await source.open()
-        return link
-    return reopen

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from specdec.acceptance import greedy_accept
+from specdec.admission import Admission, AdmissionPool
 from specdec.batching import DECODE, Batcher
 from specdec.engine import HeadsOnDemand
 from specdec.errors import InvalidRequest, PreconditionFailed, bounded
@@ -24,7 +25,6 @@ from specdec.sampling import (
     warp,
 )
 from specdec.sequence import SlotSequence, check_token_ids
-from specdec.slots import Admission, SlotPool
 from specdec.stopping import FinishReason, StopParams, cut_at_stop
 from specdec.types import StepOutcome, StepTimings
 from specdec.windows import select_window
@@ -49,7 +49,7 @@ class TargetVerifier:
         self.max_k = window_sizes[-1]
         self.fingerprint = tokenizer_fingerprint
         self.eos_token_ids = eos_token_ids
-        self.pool = SlotPool(self.engine.slots, admission)
+        self.pool = AdmissionPool(self.engine.slots, admission)  # a session's ticket is its KV slot
         # Turbo heads evaluated at the drafting position only, where the executor can.
         self.heads: HeadsOnDemand | None = (
             self.engine if self.engine.num_heads and isinstance(self.engine, HeadsOnDemand) else None)
@@ -58,7 +58,7 @@ class TargetVerifier:
         self.batcher.close()
 
     async def open_session(self) -> VerifierSession:
-        """Waits while all slots are taken (bounded, see Admission)."""
+        """Waits while every KV slot is taken (bounded, see Admission)."""
         return VerifierSession(SlotSequence(await self.pool.acquire()))
 
     async def close_session(self, session: VerifierSession) -> None:

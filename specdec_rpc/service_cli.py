@@ -8,46 +8,24 @@ import argparse
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from specdec.admission import Admission
 from specdec.config import (
-    EXECUTORS,
     EngineConfig,
     QaicOptions,
     device_for_group,
     parse_device_group,
 )
 from specdec.errors import exit_with
-from specdec.flags import add_flags, flag, is_secret, values
-from specdec.slots import Admission
+from specdec.flags import add_flags, is_secret, values
+from specdec.service_config import ServiceOptions
 from specdec_rpc.security import ServerSecurity
 from specdec_rpc.server import ServerConfig
 from specdec_rpc.sessions import SessionPolicy
 
 ENV_PREFIX = "SPECDEC_"
-
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServiceOptions:
-    """What both services' configs share beyond the engine: each service config extends it."""
-
-    executor: str = flag("torch", choices=EXECUTORS,
-                         help="`torch` (CPU/CUDA) or `qaic` (Cloud AI 100 through QEfficient)")
-    device_group: str | None = flag(
-        None, shown="cuda 0 / every core / card 0",
-        help="device ids: torch uses `cuda:<first>` where CUDA exists, else the CPU, with the "
-             "service's threads pinned to these cores (affinity, one torch thread per core); "
-             "qaic the whole card group")
-    max_k: int = flag(8, help="largest draft per step")
-    batching: bool = flag(True, on_off=True,
-                          help="coalesce the ready steps of all sessions into one engine call; "
-                               "`off` = one call per step")
-    log_level: str = flag("info", choices=LOG_LEVELS, help="log level (to stderr)")
 
 
 def add_service_args(parser: argparse.ArgumentParser, config: type[ServiceOptions],

@@ -135,7 +135,7 @@ class SessionRunner:
                 return  # opened and half-closed without a message: nothing to do
             check_first(request)
             # A stream cancelled while queued cancels the wait: the pool passes on a slot it
-            # was handed meanwhile (specdec.slots).
+            # was handed meanwhile (specdec.admission).
             session = await open_session()
         except Exception as exc:
             await abort_with(context, exc)

@@ -6,7 +6,7 @@ import logging
 
 import grpc
 
-from specdec.errors import InvalidRequest, NotReady, OutOfSlots, PreconditionFailed, SessionIdle, bounded
+from specdec.errors import AdmissionRefused, InvalidRequest, NotReady, PreconditionFailed, SessionIdle, bounded
 
 log = logging.getLogger(__name__)
 # Status details travel in a header: a longer message would be replaced by a metadata error.
@@ -15,7 +15,7 @@ MAX_DETAILS = 1024
 STATUS_OF = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
-    OutOfSlots: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    AdmissionRefused: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
     SessionIdle: grpc.StatusCode.DEADLINE_EXCEEDED,
 }

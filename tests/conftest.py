@@ -12,9 +12,9 @@ import pytest
 
 import proposer_service.__main__ as proposer_main
 import verifier_service.__main__ as verifier_main
+from specdec.admission import Admission
 from specdec.build import build_draft_proposer, build_verifier
 from specdec.config import EngineConfig
-from specdec.slots import Admission
 from specdec_rpc.convert import model_info
 from specdec_rpc.metrics import ServiceMetrics
 from specdec_rpc.server import ServerConfig

@@ -14,13 +14,13 @@ import pytest
 
 from client.api import SpecDecClient
 from client.links import ServiceError
+from specdec.admission import Admission
 from specdec.batching import DECODE, PREFILL, Batcher, Chain, Row, pad_rows
 from specdec.build import build_verifier
 from specdec.config import EngineConfig
 from specdec.engine.specializations import row_logit_slice
 from specdec.engine.torch_engine import TorchEngine
 from specdec.generation import GenerationConfig
-from specdec.slots import Admission
 from specdec.stopping import StopParams
 from specdec.types import StepTimings
 from specdec_rpc.convert import outcome_from_pb, outcome_to_pb, timings_from_pb, timings_to_pb

@@ -14,19 +14,20 @@ import pytest
 
 from client import draft_based, multi_projection, prompt_lookup
 from client.cli_common import engine_args
-from proposer_service.config import DEFAULT_PRE_DRAFT_BRANCHES, ProposerServiceConfig
+from proposer_service.config import ProposerServiceConfig
 from proposer_service.config import from_args as proposer_config
 from proposer_service.config import parser as proposer_parser
+from specdec.admission import Admission
 from specdec.config import EngineConfig, QaicOptions
 from specdec.flag_tables import default_and_meaning, replace_block
 from specdec.flags import UNSET, add_flags, declared, option, to_argv, values
 from specdec.generation import GenerationConfig
 from specdec.recovery import RecoveryPolicy
 from specdec.sampling import SamplingParams
-from specdec.slots import Admission
+from specdec.service_config import DEFAULT_PRE_DRAFT_BRANCHES, ServiceOptions
 from specdec_rpc.security import ClientSecurity, ServerSecurity
 from specdec_rpc.server import ServerConfig
-from specdec_rpc.service_cli import ServiceOptions, describe
+from specdec_rpc.service_cli import describe
 from specdec_rpc.sessions import SessionPolicy
 from verifier_service.config import VerifierServiceConfig
 from verifier_service.config import from_args as verifier_config

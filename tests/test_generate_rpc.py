@@ -22,10 +22,10 @@ import verifier_service.__main__ as verifier_main
 from client.api import SpecDecClient
 from client.launcher import start_service
 from client.links import ServiceError
+from specdec.admission import Admission
 from specdec.errors import InvalidRequest
 from specdec.sampling import SamplingParams
 from specdec.serving_generate import GenerateRequest
-from specdec.slots import Admission
 from specdec.stopping import FinishReason
 from specdec_rpc.security import ServerSecurity
 from specdec_rpc.server import ServerConfig

@@ -14,6 +14,7 @@ import pytest
 
 from client.api import SpecDecClient
 from client.links import ServiceError, ServiceLost
+from specdec.admission import Admission
 from specdec.build import build_verifier
 from specdec.errors import InvalidRequest
 from specdec.generation import GenerationConfig
@@ -25,7 +26,6 @@ from specdec.sampling import (
     check_proposals,
     rejection_sample,
 )
-from specdec.slots import Admission
 from specdec.stopping import StopParams
 from specdec.warm_up import warm_up_verifier
 from specdec_rpc.metrics import ServiceMetrics

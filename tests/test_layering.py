@@ -1,6 +1,7 @@
 """The package's layers, read from the source: the core (specdec/) knows nothing of gRPC, the
-services or the clients; the engines know only the engine contract and plain config; and no
-two core modules import each other at load time (a cycle makes import order matter)."""
+services or the clients; the client knows no service; the engines know only the engine contract
+and plain config; and no two core modules import each other at load time (a cycle makes import
+order matter)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,18 @@ def test_the_core_imports_nothing_above_it():
                               if m.split(".")[0] in ABOVE_CORE)
                  for name, path in core_modules().items()}
     assert {n: m for n, m in offenders.items() if m} == {}
+
+
+def test_the_client_imports_no_service():
+    """The client's command lines start the services by module name and pass flags on under the
+    services' declarations, which live in the core (specdec.service_config): no service code."""
+    offenders = {}
+    for path in (ROOT / "client").rglob("*.py"):
+        bad = sorted(m for m in imports(path, top_level_only=False)
+                     if m.split(".")[0] in ("proposer_service", "verifier_service"))
+        if bad:
+            offenders[module_name(path)] = bad
+    assert offenders == {}
 
 
 def test_engines_import_only_the_engine_package_and_plain_config():

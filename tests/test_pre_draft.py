@@ -10,7 +10,7 @@ import pytest
 
 from specdec.generation import GenerationConfig
 from specdec.proposers.pre_draft import (
-    AcceptanceStats,
+    PRIOR_ACCEPTANCE,
     ConfidenceBins,
     draft_confidence,
     draft_distributions,
@@ -40,20 +40,12 @@ def test_every_outcome_has_its_own_sync(k):
     assert observed_outcome(10, draft, 10, [draft[0]]) is None   # "rejected" with the draft itself
 
 
-def test_acceptance_stats():
-    s = AcceptanceStats()
-    prior = s.rate(0)
-    for _ in range(20):
-        s.observe(2, 4)          # drafts 0, 1 accepted; 2 rejected; 3 never verified
-    assert s.rate(0) > prior and s.rate(1) > prior and s.rate(2) < prior
-    assert s.rate(3) == prior
-
-
 def test_confidence_bins_learn_acceptance_by_confidence():
     """Sure drafts accepted and unsure ones rejected: the rates follow the confidence, and a
     draft past the first rejection (never verified) counts nowhere."""
     bins = ConfidenceBins()
     prior = bins.rates(np.array([0.5]))[0]
+    assert prior == pytest.approx(PRIOR_ACCEPTANCE)   # nothing observed yet
     for _ in range(50):
         bins.observe(np.array([0.9, 0.85, 0.1, 0.95]), 2)   # 0.1 rejected; 0.95 never verified
     sure, unsure, unseen = bins.rates(np.array([0.9, 0.1, 0.5]))
@@ -142,8 +134,8 @@ def test_pre_drafting_equals_greedy_and_hits(pre_drafting, target_hf, k):
         hits += rec.pre_draft_hits
         proposals += rec.proposals
     assert 0 < hits < proposals          # branches were used, and misses happened too
-    assert backend.counters.hits >= hits
-    assert sorted(backend._spare) == list(range(backend.engine.slots))   # every slot back, once
+    assert backend.pre_drafter.counters.hits >= hits
+    assert sorted(backend.pre_drafter._spare) == list(range(backend.engine.slots))   # every slot back, once
 
 
 def test_a_hit_in_a_scratch_slot_moves_the_session_there(tiny_pair):
@@ -161,11 +153,11 @@ def test_a_hit_in_a_scratch_slot_moves_the_session_there(tiny_pair):
             prompt = [5, 9, 14, 3, 22]
             await proposer.propose(session, 0, prompt, 3)
             await proposer.after_reply(session)
-            assert len(session.branches) == 3
-            assert len({b.outcome for b in session.branches.values()}) == 3
-            assert all(len(b.draft) == 3 for b in session.branches.values())
+            assert len(session.pre.branches) == 3
+            assert len({b.outcome for b in session.pre.branches.values()}) == 3
+            assert all(len(b.draft) == 3 for b in session.pre.branches.values())
             own = session.seq.slot
-            (start, tokens), branch = next((key, b) for key, b in session.branches.items()
+            (start, tokens), branch = next((key, b) for key, b in session.pre.branches.items()
                                            if b.slot != own)   # in a scratch slot
             hit = await proposer.propose(session, start, list(tokens), 3)
             assert hit.pre_drafted and hit.draft == branch.draft
@@ -179,7 +171,7 @@ def test_a_hit_in_a_scratch_slot_moves_the_session_there(tiny_pair):
             fresh_session = await fresh.open_session()
             assert on.draft == (await fresh.propose(fresh_session, 0, held, 3)).draft
             await fresh.close_session(fresh_session)
-            assert proposer.counters.drafted_tokens == 3 * 3
+            assert proposer.pre_drafter.counters.drafted_tokens == 3 * 3
         finally:
             await proposer.close_session(session)
     asyncio.run(go())
@@ -224,8 +216,8 @@ def test_a_branch_serves_a_smaller_k(tiny_pair):
         try:
             first = await proposer.propose(session, 0, [5, 9, 14, 3, 22], 3)
             await proposer.after_reply(session)
-            start, tokens = next(key for key in session.branches if len(key[1]) == 2)  # all accepted
-            full = session.branches[(start, tokens)].draft
+            start, tokens = next(key for key in session.pre.branches if len(key[1]) == 2)  # all accepted
+            full = session.pre.branches[(start, tokens)].draft
             hit = await proposer.propose(session, start, list(tokens), 2)
             assert hit.pre_drafted and hit.draft == full[:2]
             assert tokens[0] == first.draft[-1]
@@ -248,13 +240,13 @@ def test_scratch_slots_get_only_the_positions_they_lack(tiny_pair):
     proposer = build_draft_proposer(engine_config(tiny_pair[1], 1), 4, pre_draft_branches=3)
     fresh = build_draft_proposer(engine_config(tiny_pair[1], 1), 4)
     copies: list[tuple[int, int]] = []
-    assert proposer.copy_slot is not None
-    copy_slot = proposer.copy_slot
+    assert proposer.pre_drafter.copy_slot is not None
+    copy_slot = proposer.pre_drafter.copy_slot
 
     def recorded(src: int, dsts: list[int], start: int, stop: int) -> None:
         copies.append((start, stop))
         copy_slot(src, dsts, start, stop)
-    proposer.copy_slot = recorded
+    proposer.pre_drafter.copy_slot = recorded
 
     async def go() -> None:
         session, check = await proposer.open_session(), await fresh.open_session()
@@ -263,11 +255,11 @@ def test_scratch_slots_get_only_the_positions_they_lack(tiny_pair):
             proposal = await proposer.propose(session, 0, prompt, k)
             for _ in range(6):
                 await proposer.after_reply(session)
-                for branch in session.branches.values():
+                for branch in session.pre.branches.values():
                     synced = branch.tokens[:len(branch.tokens) - (k - 1)]   # prefix + outcome
                     assert branch.draft == (await fresh.propose(check, 0, synced, k)).draft
                 # The next outcome: a correction, so the hit adopts a scratch slot.
-                (start, tokens), branch = next((key, b) for key, b in session.branches.items()
+                (start, tokens), branch = next((key, b) for key, b in session.pre.branches.items()
                                                if b.outcome[0] < k and b.slot != session.seq.slot)
                 proposal = await proposer.propose(session, start, list(tokens), k)
                 assert proposal.pre_drafted and proposal.draft == branch.draft
@@ -296,7 +288,7 @@ def test_open_sessions_share_the_branch_budget(tiny_pair):
     async def branches(session) -> int:
         await proposer.propose(session, 0, [5, 9, 14, 3, 22], 3)
         await proposer.after_reply(session)
-        return len(session.branches)
+        return len(session.pre.branches)
 
     async def go() -> None:
         a = await proposer.open_session()
@@ -309,7 +301,7 @@ def test_open_sessions_share_the_branch_budget(tiny_pair):
             await proposer.close_session(s)
         assert await branches(a) == 4
         await proposer.close_session(a)
-        assert sorted(proposer._spare) == list(range(proposer.engine.slots))
+        assert sorted(proposer.pre_drafter._spare) == list(range(proposer.engine.slots))
     asyncio.run(go())
     proposer.batcher.close()
 
@@ -331,9 +323,9 @@ def test_a_request_arriving_during_the_pre_draft_waits_for_its_own_branch_only(t
         await full.propose(a, 0, prompt, 3)
         await full.after_reply(a)
         # Outcome: the second-ranked branch (a hit), or a sync no branch was drafted for.
-        (start, tokens), branch = list(a.branches.items())[1]
+        (start, tokens), branch = list(a.pre.branches.items())[1]
         if not hit:
-            start, tokens = len(prompt), (max(t for _, ts in a.branches for t in ts) + 1,)
+            start, tokens = len(prompt), (max(t for _, ts in a.pre.branches for t in ts) + 1,)
         want = await full.propose(a, start, list(tokens), 3)
         await pruned.propose(b, 0, prompt, 3)
         # The service calls after_reply once the reply is out; the request arrives meanwhile.
@@ -342,7 +334,7 @@ def test_a_request_arriving_during_the_pre_draft_waits_for_its_own_branch_only(t
         got = await pruned.propose(b, start, list(tokens), 3)
         await pre_draft
         assert got.draft == want.draft and got.pre_drafted == want.pre_drafted == hit
-        return pruned.counters.drafted_tokens
+        return pruned.pre_drafter.counters.drafted_tokens
     drafted = asyncio.run(go())
     assert drafted == (3 if hit else 0)   # one branch of k = 3, or none
     for p in (full, pruned):

@@ -201,8 +201,9 @@ def test_evicted_nodes_are_reused_so_memory_stays_bounded():
 
 
 def test_service_flags_build_the_suffix_proposer():
-    from proposer_service.config import from_args, suffix_options
+    from proposer_service.config import from_args
     from specdec.build import build_proposer
+    from specdec.service_config import suffix_options
 
     cfg = from_args(["--method", "suffix", "--suffix-cache-requests", "7", "--max-spec-factor", "2.5",
                      "--min-token-prob", "0.3"])

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from specdec.acceptance import greedy_accept
+from specdec.admission import Admission, AdmissionPool
 from specdec.config import EngineConfig, device_for_group
-from specdec.errors import InvalidRequest, OutOfSlots, PreconditionFailed
+from specdec.errors import AdmissionRefused, InvalidRequest, PreconditionFailed
 from specdec.generation import GenerationRecord
+from specdec.method import GENERATE_METHODS, Method
 from specdec.metrics import batch_metrics, draft_lengths, drafted_at_of, generation_metrics, union_length
 from specdec.sequence import SlotSequence, common_prefix_len
-from specdec.slots import Admission, SlotPool
 from specdec.stopping import FinishReason, StopParams, cut_at_stop
 
 
@@ -68,12 +69,23 @@ def test_common_prefix_len():
         assert common_prefix_len(a, b, known=int(rng.integers(0, want + 1))) == want
 
 
-def test_slot_pool():
+def test_method_names_are_the_wire_values_and_take_qefficient_aliases():
+    assert [str(m) for m in Method] == ["draft", "ngram", "suffix", "turbo", "none"]
+    assert Method.parse(" PLD ") is Method.parse("prompt_lookup") is Method.NGRAM
+    assert Method.parse("multi-projection") is Method.parse("multiprojs") is Method.TURBO
+    assert Method.parse("draft_based") is Method.DRAFT and Method.DRAFT == "draft"
+    with pytest.raises(InvalidRequest, match="unknown method 'beam': one of none, draft, ngram, turbo"):
+        Method.parse("beam", GENERATE_METHODS)
+    with pytest.raises(InvalidRequest, match="not served here: method 'suffix'"):
+        Method.parse("suffix", GENERATE_METHODS)
+
+
+def test_admission_pool():
     async def go() -> None:
-        pool = SlotPool(2)
+        pool = AdmissionPool(2)
         a, b = await pool.acquire(), await pool.acquire()
         assert {a, b} == {0, 1} and pool.in_use == 2
-        with pytest.raises(OutOfSlots):
+        with pytest.raises(AdmissionRefused):
             await pool.acquire()
         pool.release(a)
         with pytest.raises(ValueError):
@@ -82,26 +94,26 @@ def test_slot_pool():
     asyncio.run(go())
 
 
-def test_slot_pool_admission_is_an_awaitable_wait_with_a_timeout():
-    """A waiter gets the next freed slot before any newcomer; one past max_waiting is refused at
+def test_admission_pool_is_an_awaitable_wait_with_a_timeout():
+    """A waiter gets the next freed ticket before any newcomer; one past max_waiting is refused at
     once; one whose wait runs out is refused; a cancelled waiter gives up its place."""
     async def go() -> None:
-        pool = SlotPool(1, Admission(max_waiting=2, wait_s=5.0))
+        pool = AdmissionPool(1, Admission(max_waiting=2, wait_s=5.0))
         held = await pool.acquire()
         first = asyncio.ensure_future(pool.acquire())
         cancelled = asyncio.ensure_future(pool.acquire())
         await asyncio.sleep(0)
         assert pool.waiting == 2
-        with pytest.raises(OutOfSlots, match="queue is full"):
+        with pytest.raises(AdmissionRefused, match="queue is full"):
             await pool.acquire()
         cancelled.cancel()
         await asyncio.gather(cancelled, return_exceptions=True)
         assert pool.waiting == 1
         pool.release(held)
         assert await first == held and pool.in_use == 1 and pool.waiting == 0
-        short = SlotPool(1, Admission(max_waiting=1, wait_s=0.01))
+        short = AdmissionPool(1, Admission(max_waiting=1, wait_s=0.01))
         await short.acquire()
-        with pytest.raises(OutOfSlots, match="for 0.01s"):
+        with pytest.raises(AdmissionRefused, match="for 0.01s"):
             await short.acquire()
         assert short.waiting == 0
     asyncio.run(go())

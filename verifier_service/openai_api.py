@@ -4,10 +4,10 @@ as servicer.py translates protobuf: pure functions, no HTTP here (that is openai
 Supported: /v1/completions and /v1/chat/completions with model, prompt / messages, max_tokens
 (chat: also max_completion_tokens), temperature (OpenAI's default 1: sampling), top_p, seed,
 stop, stream (+ stream_options.include_usage), n = 1. Extensions: `speculation` =
-{"method": "draft" | "ngram" | "turbo" | "none", "k": int | "auto"} (default: the service's
-best method, every k it accepts) and `ignore_eos` (as vLLM's). Fields that would change the
-output in ways not served (logprobs, echo, penalties, logit_bias, best_of > 1, suffix) are
-refused, not ignored.
+{"method": "draft" | "ngram" | "turbo" | "none" (or QEfficient's names, specdec.method),
+"k": int | "auto"} (default: the service's best method, every k it accepts) and `ignore_eos`
+(as vLLM's). Fields that would change the output in ways not served (logprobs, echo,
+penalties, logit_bias, best_of > 1, suffix) are refused, not ignored.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from specdec.errors import InvalidRequest
+from specdec.method import GENERATE_METHODS, Method
 from specdec.metrics import generation_metrics
 from specdec.sampling import SamplingParams
-from specdec.serving_generate import METHODS, Finished, GenerateRequest
+from specdec.serving_generate import Finished, GenerateRequest
 from specdec.stopping import FinishReason
 
 FINISH = {FinishReason.EOS: "stop", FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
@@ -62,11 +63,12 @@ def _ranged(body: dict, key: str, default: float, low: float, high: float,
     return value
 
 
-def _speculation(body: dict, default_method: str) -> tuple[str, int, bool]:
+def _speculation(body: dict, default_method: str) -> tuple[Method, int, bool]:
     spec = _typed(body, "speculation", (dict,), {})
-    method = _typed(spec, "method", (str,), default_method)
-    if method not in METHODS:
-        raise InvalidRequest(f"'speculation.method' must be one of {', '.join(METHODS)}")
+    try:
+        method = Method.parse(_typed(spec, "method", (str,), default_method), GENERATE_METHODS)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"'speculation.method': {exc}") from None
     k = spec.get("k", 0)
     if k == "auto":
         return method, 0, True

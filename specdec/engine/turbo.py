@@ -23,9 +23,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# The method name of drafting with the heads (--method, ModelInfo.method, Generate's method), the
-# same word as QEfficient's speculative_model_type for such a target.
-METHOD = "turbo"
 CONFIG_FILE = "speculator_config.json"
 WEIGHTS_FILE = "speculator.safetensors"
 

@@ -15,9 +15,13 @@ class Proposer(Backend, Protocol):
     engine thread (specdec.batching), so a waiting session holds no thread. Sessions, their
     pool and close() as every Backend."""
 
-    method: str        # "draft", "ngram", "suffix"
     fingerprint: str   # tokenizer fingerprint; "" = works with any tokenizer
     max_k: int
+
+    @property
+    def method(self) -> str:
+        """Which proposer: a Method of PROPOSER_METHODS (specdec.method)."""
+        ...
 
     @property
     def engine(self) -> Engine | None:

@@ -21,9 +21,10 @@ import time
 
 import numpy as np
 
+from specdec.admission import Admission, AdmissionPool
 from specdec.errors import InvalidRequest, PreconditionFailed
+from specdec.method import Method
 from specdec.sampling import SamplingParams
-from specdec.slots import Admission, SlotPool
 from specdec.types import Proposal, StepTimings
 
 
@@ -55,8 +56,8 @@ def propose_ngram(history: np.ndarray, max_ngram_size: int, k: int,
 class TokenHistory:
     """Tokens of one session in a preallocated buffer: [ctx_len] int64."""
 
-    def __init__(self, ctx_len: int, slot: int) -> None:
-        self.slot = slot  # the session's place in the pool, as a KV slot is for a model
+    def __init__(self, ctx_len: int, ticket: int) -> None:
+        self.ticket = ticket  # the session's place in the admission pool
         self.buf = np.zeros(ctx_len, dtype=np.int64)
         self.length = 0
 
@@ -75,7 +76,7 @@ class TokenHistory:
 
 
 class NgramProposer:
-    method = "ngram"
+    method = Method.NGRAM
     fingerprint = ""  # proposals are ids taken from the sequence itself: any tokenizer fits
     engine = None     # no model
 
@@ -86,13 +87,13 @@ class NgramProposer:
         self.max_k = max_k
         self.max_ngram_size = max_ngram_size
         self.ctx_len = ctx_len
-        self.pool = SlotPool(sessions, admission)  # bounds memory: one history per open session
+        self.pool = AdmissionPool(sessions, admission)  # bounds memory: one history per open session
 
     async def open_session(self) -> TokenHistory:
         return TokenHistory(self.ctx_len, await self.pool.acquire())
 
     async def close_session(self, history: TokenHistory) -> None:
-        self.pool.release(history.slot)
+        self.pool.release(history.ticket)
 
     def close(self) -> None:
         """No engine to free."""

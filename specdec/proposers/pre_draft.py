@@ -8,83 +8,61 @@ exactly, given what the proposer holds (the synced prefix, L tokens, plus d1..d(
   a = k:  start = L + k - 1,  tokens = [d_k, y]
 so a pre-drafted branch is keyed by that (start, tokens) and needs no extra message.
 
-Outcomes are ranked by P(a) * q(y): P(a) from the acceptance each draft is expected to have
-(a = k: all accepted; a < k: accepted up to a, rejected at a), q(y) the draft's own probability of
-y at that position (a correction is never d_{a+1}, so it is excluded and q renormalised).
+Outcomes are ranked by P(a) * q(y) (rank_outcomes): P(a) from the acceptance each draft is
+expected to have, read off its confidence (the probability the draft gave it) by ConfidenceBins,
+the acceptance measured so far for drafts of that confidence; q(y) the draft's own probability
+of y there. The raw probability is no estimate: a small draft is under-confident (it gives its
+draft ~0.4 where the target accepts ~0.7), and a rate per draft position ignores which drafts
+were easy. Ranked by position, the shipped pair hit 52% of outcomes with 4 branches and 74% with
+8; by binned confidence, 60% and 80% (232 rounds, bench and held-out prompts).
 
-A draft's expected acceptance is read off its confidence, the probability the draft gave it, by
-`ConfidenceBins`: the acceptance measured so far for drafts of that confidence, across the
-proposer's sessions. The raw probability is no estimate: a small draft is under-confident (it
-gives its draft ~0.4 where the target accepts ~0.7), and a rate per draft position ignores which
-drafts were easy. Ranked by position, the shipped pair hit 52% of outcomes with 4 branches and
-74% with 8; by binned confidence, 60% and 80% (232 rounds, bench and held-out prompts).
-Pure functions, and the records of a pre-draft (LastDraft, Branch); the draft proposer runs
-the branches.
+A PreDrafter runs them for the draft proposer once a proposal is answered (after_reply), one
+engine call per depth for all branches, chained on the engine thread (Batcher.run_greedy; a
+sampled draft drawn there by its position, as a request would). The best all-accepted branch
+extends the session's own slot (stale positions are masked: a miss costs nothing there), the
+others a copy of it in scratch slots, where the engine copies slots (the positions each lacks).
+A hit in a scratch slot makes that the session's slot, its old one scratch: no copy back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from specdec.batching import Pick
+from specdec.admission import Admission, AdmissionPool
+from specdec.batching import DECODE, Batcher, Chain, Pick
 from specdec.sampling import DraftSampling, Sparse
+from specdec.sequence import SlotSequence, common_prefix_len
+from specdec.types import Proposal, StepTimings
 
-PRIOR_ACCEPTANCE = 0.6   # per-position acceptance assumed before anything is observed
-PRIOR_WEIGHT = 4.0       # the prior counts as this many observations per position
-
-
-@dataclass
-class AcceptanceStats:
-    """Running acceptance per draft position: accepted[i] / seen[i], smoothed by a prior."""
-
-    accepted: list[float] = field(default_factory=list)
-    seen: list[float] = field(default_factory=list)
-    decay: float = 1.0   # < 1: a running estimate, the past of a position fading per observation
-    prior: float = PRIOR_ACCEPTANCE  # the rate assumed before a position is observed
-
-    def rate(self, i: int, prior: float | None = None) -> float:
-        """prior: instead of self.prior (e.g. a broader estimate this one refines)."""
-        acc = self.accepted[i] if i < len(self.accepted) else 0.0
-        seen = self.seen[i] if i < len(self.seen) else 0.0
-        p = self.prior if prior is None else prior
-        return (acc + p * PRIOR_WEIGHT) / (seen + PRIOR_WEIGHT)
-
-    def observe(self, accepted: int, k: int) -> None:
-        """Drafts 0..accepted-1 were accepted; draft `accepted` (if < k) was rejected."""
-        for i in range(min(accepted + 1, k)):
-            self.count(i, i < accepted)
-
-    def count(self, i: int, accepted: bool) -> None:
-        """One draft counted under index i (a position, or a ConfidenceBins bin)."""
-        for lst in (self.accepted, self.seen):
-            lst.extend([0.0] * (i + 1 - len(lst)))
-        self.seen[i] = self.seen[i] * self.decay + 1
-        self.accepted[i] = self.accepted[i] * self.decay + accepted
-
-
+PRIOR_ACCEPTANCE = 0.6   # acceptance assumed for a bin before anything is observed
+PRIOR_WEIGHT = 4.0       # the prior counts as this many observations per bin
 CONFIDENCE_EDGES = (0.2, 0.4, 0.6, 0.8)   # bins of the draft's probability of its own draft
 CONFIDENCE_DECAY = 0.999                  # a bin's past fades over ~1000 of its drafts
 
 
-@dataclass
 class ConfidenceBins:
-    """Acceptance of a draft as a function of its confidence q_i(d_{i+1}): a running rate per
-    confidence bin, shared by a proposer's sessions (the calibration belongs to the draft and
-    target pair, not to one prompt; per session, the rates start cold every generation)."""
+    """Acceptance of a draft by its confidence q_i(d_{i+1}): a running rate per confidence bin,
+    smoothed by a prior, shared by a proposer's sessions (the calibration belongs to the model
+    pair, not to one prompt; per session, the rates would start cold every generation)."""
 
-    edges: tuple[float, ...] = CONFIDENCE_EDGES
-    stats: AcceptanceStats = field(default_factory=lambda: AcceptanceStats(decay=CONFIDENCE_DECAY))
+    def __init__(self, edges: tuple[float, ...] = CONFIDENCE_EDGES) -> None:
+        self.edges = edges
+        self.accepted = np.zeros(len(edges) + 1)   # [bins] drafts accepted, the past fading
+        self.seen = np.zeros(len(edges) + 1)       # [bins] drafts verified, alike
 
     def rates(self, confidence: np.ndarray) -> np.ndarray:
         """[k] confidences -> [k] expected acceptance of each draft."""
-        return np.array([self.stats.rate(int(b)) for b in np.searchsorted(self.edges, confidence)])
+        bins = np.searchsorted(self.edges, confidence)
+        return (self.accepted[bins] + PRIOR_ACCEPTANCE * PRIOR_WEIGHT) / (self.seen[bins] + PRIOR_WEIGHT)
 
     def observe(self, confidence: np.ndarray, accepted: int) -> None:
         """The verifier accepted the first `accepted` of the drafts with these confidences [k]."""
         for i, b in enumerate(np.searchsorted(self.edges, confidence[:accepted + 1])):
-            self.stats.count(int(b), i < accepted)
+            self.seen[b] = self.seen[b] * CONFIDENCE_DECAY + 1
+            self.accepted[b] = self.accepted[b] * CONFIDENCE_DECAY + (i < accepted)
 
 
 @dataclass(frozen=True)
@@ -167,8 +145,7 @@ def top_entries(score: np.ndarray, n: int) -> np.ndarray:
     Not an argpartition over all R*V entries (~0.15 ms at 5 x 4096, on the pre-draft's critical
     path): the smallest of n entries known to be large (each row's largest, then its second
     largest, ...) bounds the n-th largest from below, and only the entries above it are sorted.
-    The entries found are masked in score while looking for the next ones, then restored (no
-    copy of score)."""
+    The entries found are masked in score while looking for the next ones, then restored."""
     score = np.ascontiguousarray(score)
     flat = score.reshape(-1)   # a view: the masking below is seen by argmax
     n = min(n, flat.size)
@@ -214,8 +191,7 @@ class LastDraft:
         """[k] the draft's probability of each draft (computed once: ranked, then observed);
         dist: its distributions(), where the caller has them already."""
         if self._confidence is None:
-            self._confidence = draft_confidence(self.distributions() if dist is None else dist,
-                                                self.draft)
+            self._confidence = draft_confidence(self.distributions() if dist is None else dist, self.draft)
         return self._confidence
 
     def distributions(self, after: list[np.ndarray] | None = None) -> DraftDistributions:
@@ -229,8 +205,7 @@ class LastDraft:
 
 @dataclass
 class PreDraftCounters:
-    """Pre-draft figures of the whole proposer, for tests and debugging (Prometheus counts hits
-    from the replies: specdec_pre_drafted over specdec_proposals)."""
+    """The proposer's pre-draft figures, for tests (Prometheus: specdec_pre_drafted of specdec_proposals)."""
 
     lookups: int = 0        # proposals that could have been answered from a branch
     hits: int = 0           # ... and were
@@ -246,3 +221,179 @@ def sampled_pick(sampled: DraftSampling, probs: list[Sparse]) -> Pick:
         probs.append(q)
         return token
     return pick
+
+
+@dataclass
+class SessionPreDraft:
+    """A session's pre-drafting: the proposal being verified, the branches for its outcomes."""
+
+    last: LastDraft | None = None
+    branches: dict[OutcomeKey, Branch] = field(default_factory=dict)
+    scratch: list[int] = field(default_factory=list)   # scratch slots its branches hold
+    # The outcome the next request names, (start, tokens), once it has arrived (it waits for
+    # the pre-draft running meanwhile), and that pre-draft's chains by outcome: the request
+    # stops every chain but its own (all of them on a miss), so it waits for its own only.
+    named: OutcomeKey | None = None
+    drafting: dict[OutcomeKey, Chain] = field(default_factory=dict)
+
+    def name(self, key: OutcomeKey) -> None:
+        """A request names the outcome of the proposal being verified: a pre-draft still
+        running for it stops every branch but that outcome's, now (all of them on a miss),
+        instead of finishing branches nobody will take while the request waits."""
+        self.named = key
+        for other, chain in self.drafting.items():
+            if other != key:
+                chain.stop = True
+
+
+class PreDrafter:
+    """A draft proposer's pre-drafting, and so which of its engine's slots holds what: one per
+    session, the rest scratch for branches. Which is which changes: a hit on a scratch branch
+    makes that slot the session's and frees its old one, instead of copying the KV back."""
+
+    def __init__(self, batcher: Batcher, branches: int, admission: Admission) -> None:
+        self.batcher = batcher
+        self.engine = batcher.engine
+        self.branches = branches   # F: per pre-draft, shared by the open sessions
+        # An executor that cannot copy a slot (a QPC's retained KV) has no scratch slots.
+        self.copy_slot: Callable[[int, list[int], int, int], None] | None = getattr(self.engine, "copy_slot", None)
+        sessions = self.engine.slots // (1 + branches) if self.copy_slot is not None else self.engine.slots
+        self.pool = AdmissionPool(sessions, admission)
+        # Engine slots no session holds, its own or a branch's, taken and returned on the loop
+        # between awaits (no lock). A session holds at most 1 + F: an admitted one finds one.
+        self._spare = list(range(self.engine.slots - 1, -1, -1))   # pop() hands out slot 0 first
+        # The tokens whose KV a slot no session owns holds at 0..len-1 (none: nothing known), so
+        # a pre-draft copies a scratch slot only the positions it lacks. A session's: its seq.
+        self._held: dict[int, list[int]] = {}
+        self.counters = PreDraftCounters()
+        # Expected acceptance by draft confidence, learned from every session's outcomes, for
+        # greedy drafts [0] and sampled ones [1] (kept at other rates than greedy ones as sure).
+        self.calibration = (ConfidenceBins(), ConfidenceBins())
+
+    def open_slot(self) -> int:
+        """The slot of a session just admitted."""
+        slot = self._spare.pop()
+        self._held.pop(slot, None)
+        return slot
+
+    def close(self, pre: SessionPreDraft, seq: SlotSequence) -> None:
+        """The session's slots go back, and a pre-draft not started yet will not start."""
+        pre.last = None
+        self._drop(pre)
+        self._held[seq.slot] = seq.tokens[:seq.cached]   # no session's now: remember what it holds
+        self._spare.append(seq.slot)
+
+    def _drop(self, pre: SessionPreDraft) -> None:
+        self.counters.wasted_tokens += sum(len(b.draft) for b in pre.branches.values())
+        pre.branches.clear()
+        self._spare += pre.scratch
+        pre.scratch = []
+
+    def take(self, pre: SessionPreDraft, seq: SlotSequence, start: int, tokens: list[int], k: int,
+             sampled: DraftSampling | None, take_shorter: bool) -> Proposal | None:
+        """The proposal of the branch this sync names, drafted as this request drafts (greedy,
+        or sampled alike), at least k long (take_shorter: any); else None, every branch dropped."""
+        last, pre.last = pre.last, None
+        branch = None
+        if last is not None and self.branches:
+            accepted = observed_outcome(last.prefix_len, last.draft, start, tokens)
+            if accepted is not None:
+                self.calibration[last.sampled is not None].observe(last.confidence(), accepted)
+            self.counters.lookups += 1
+            branch = pre.branches.pop((start, tuple(tokens)), None)
+        if take_shorter and branch is not None:
+            k = min(k, len(branch.draft))
+        if last is None or branch is None or last.sampled != sampled or not 1 <= k <= len(branch.draft):
+            self._drop(pre)
+            return None
+        self.counters.hits += 1
+        if branch.slot != seq.slot:   # adopt the branch's slot; the old one goes with the rest
+            pre.scratch[pre.scratch.index(branch.slot)] = seq.slot
+            self._held[seq.slot] = seq.tokens[:seq.cached]
+            self._held.pop(branch.slot, None)   # the session's now: seq describes it
+            seq.slot = branch.slot
+        # A smaller k (adaptive k) takes the branch's first k drafts; the session then holds
+        # prefix + e1..e(k-1), and the KV of the rest is stale, masked and overwritten later.
+        held = len(branch.tokens) - (len(branch.draft) - k)
+        seq.tokens, seq.cached = branch.tokens[:held], held
+        self._drop(pre)
+        pre.last = LastDraft(held - k + 1, branch.draft[:k], branch.logits_at[:k], sampled)
+        return Proposal(branch.draft[:k], held, StepTimings(), branch.probs[:k] if sampled else None, pre_drafted=True)
+
+    def branch_budget(self) -> int:
+        """Branches per pre-draft: F shared by the open sessions, at least one each. A lone
+        session's pre-draft runs while the proposer would idle; under load the proposer is
+        busy with the other sessions' rounds and every branch row is taken from them, so its
+        pre-draft work must not grow with the sessions (8 sessions at k = 4 on the development
+        machine: 8-14% more tokens/s with one branch each than with eight)."""
+        return max(1, self.branches // max(self.pool.in_use, 1))
+
+    async def after_reply(self, pre: SessionPreDraft, seq: SlotSequence) -> None:
+        """Pre-draft the outcomes of the proposal being verified, once (nothing once closed)."""
+        last = pre.last
+        if last is None or last.pre_drafted:
+            return
+        last.pre_drafted = True
+        self._drop(pre)
+        depth = max(len(last.draft), last.depth)   # drafts per branch
+        if len(seq.tokens) + 2 + depth > self.engine.ctx_len:
+            return  # no room to draft a whole next round
+        # d_k into the session's own slot: its logits rank the bonus guesses, and every
+        # branch then starts from slot contents 0..L+k-1 = prefix + d1..dk.
+        timings = StepTimings()
+        after_dk = (await self.batcher.run_row([last.draft[-1]], [len(seq.tokens)], seq.slot, 1, DECODE,
+                                               timings))[-1]                # [V]
+        dist = last.distributions([after_dk])                                # [k+1, V]
+        rates = self.calibration[last.sampled is not None].rates(last.confidence(dist))   # [k]
+        outcomes = rank_outcomes(dist, last.draft, rates, self.branch_budget())
+        base = seq.tokens + [last.draft[-1]]               # prefix + d1..dk
+        branches = self._branches(pre, seq.slot, last, outcomes, base)
+        if not branches:
+            return   # the next request named an outcome none of them was
+        # The copies run on the engine thread before the first depth's rows (jobs go first),
+        # so they cost no extra round trip to the loop.
+        copies = [b.slot for _, b in branches if b.slot != seq.slot]
+        copied = None
+        if copies:
+            assert self.copy_slot is not None  # no scratch slots where slots don't copy
+            # Positions every scratch slot holds already are not copied again: after a hit,
+            # each shares the prefix up to the last round's outcomes (their entries go now:
+            # the copy and the rows overwrite them, and a failure leaves them unknown).
+            start = min(common_prefix_len(self._held.pop(s, []), base) for s in copies)
+            copied = self.batcher.start(self.copy_slot, seq.slot, copies, start, len(base))
+        # One engine call per depth, every branch a row; the depths chain on the engine thread.
+        # A branch the next request rules out while they run stops early, with 1..k drafts.
+        rows = [([b.tokens[-1]], [len(b.tokens) - 1], b.slot) for _, b in branches]
+        pre.drafting = {key: Chain(depth, pick=sampled_pick(last.sampled, b.probs) if last.sampled else None)
+                        for key, b in branches}
+        try:
+            drafted = await self.batcher.run_greedy(rows, depth, DECODE, timings, list(pre.drafting.values()))
+        finally:
+            pre.drafting = {}
+        for (_, b), (logits, drafts) in zip(branches, drafted):
+            b.draft, b.logits_at = drafts, logits
+            b.tokens += drafts[:-1]
+        if copied is not None:
+            await copied   # done before the first rows ran; raises if the copy failed
+        self._held.update((b.slot, b.tokens) for _, b in branches if b.slot != seq.slot)
+        pre.branches = dict(branches)
+        self.counters.drafted_tokens += sum(len(b.draft) for _, b in branches)
+
+    def _branches(self, pre: SessionPreDraft, own: int, last: LastDraft,
+                  outcomes: list[tuple[int, int, float]], base: list[int]) -> list[tuple[OutcomeKey, Branch]]:
+        """A branch per outcome in its slot: the best all-accepted one in the session's own, the
+        others in scratch slots while there are any; none for one the next request ruled out."""
+        branches: list[tuple[OutcomeKey, Branch]] = []
+        for accepted, token, _ in outcomes:
+            key = outcome_key(last.prefix_len, last.draft, accepted, token)
+            if pre.named is not None and key != pre.named:
+                continue   # the next request has arrived, and named another outcome
+            if accepted == len(last.draft) and all(b.slot != own for _, b in branches):
+                slot = own
+            elif self.copy_slot is not None and self._spare:
+                slot = self._spare.pop()
+                pre.scratch.append(slot)
+            else:
+                continue
+            branches.append((key, Branch(slot, base[:last.prefix_len + accepted] + [token], [], (accepted, token))))
+        return branches

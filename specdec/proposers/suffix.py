@@ -15,15 +15,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from specdec.admission import Admission, AdmissionPool
 from specdec.errors import InvalidRequest
+from specdec.method import Method
 from specdec.proposers.ngram import TokenHistory
 from specdec.proposers.suffix_cache import SuffixCache
 from specdec.proposers.suffix_trie import Candidate, SpecParams, SuffixTrie
 from specdec.sampling import SamplingParams
-from specdec.slots import Admission, SlotPool
 from specdec.types import Proposal, StepTimings
 
-METHOD = "suffix"
 # Longest suffix matched (Arctic's default max tree depth): longer matches rarely differ in
 # what they predict, and the tries hold up to this + max_k nodes per token.
 MAX_MATCH = 24
@@ -52,13 +52,9 @@ class SuffixStats:
 
 
 class SuffixSession:
-    def __init__(self, ctx_len: int, slot: int, depth: int) -> None:
-        self.history = TokenHistory(ctx_len, slot)
+    def __init__(self, ctx_len: int, ticket: int, depth: int) -> None:
+        self.history = TokenHistory(ctx_len, ticket)
         self.trie = SuffixTrie(depth)
-
-    @property
-    def slot(self) -> int:
-        return self.history.slot
 
     def sync(self, start: int, tokens: list[int]) -> None:
         old = self.history.length
@@ -73,7 +69,7 @@ class SuffixSession:
 
 
 class SuffixProposer:
-    method = METHOD
+    method = Method.SUFFIX
     fingerprint = ""  # proposals are ids taken from sequences of this same service: any tokenizer
     engine = None     # no model
 
@@ -91,7 +87,7 @@ class SuffixProposer:
         # Shared by every session. Safe without a lock: sessions are coroutines on one event
         # loop, and neither propose nor close_session awaits between reading and updating it.
         self.cache = SuffixCache(options.cache_requests, self.depth)
-        self.pool = SlotPool(sessions, admission)  # bounds memory: one trie per open session
+        self.pool = AdmissionPool(sessions, admission)  # bounds memory: one trie per open session
         self.proposals = self.session_drafts = self.global_drafts = 0
 
     def stats(self) -> SuffixStats:
@@ -103,7 +99,7 @@ class SuffixProposer:
 
     async def close_session(self, session: SuffixSession) -> None:
         self.cache.add(session.history.view().tolist())
-        self.pool.release(session.slot)
+        self.pool.release(session.history.ticket)
 
     def close(self) -> None:
         """No engine to free."""

@@ -18,13 +18,13 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from specdec.admission import AdmissionPool
 from specdec.engine import Engine
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.proposers.draft_model import DraftModelProposer, DraftSession
 from specdec.proposers.translation import DraftContext, Translation
 from specdec.sampling import SamplingParams
 from specdec.sequence import common_prefix_len
-from specdec.slots import SlotPool
 from specdec.types import Proposal, StepTimings
 
 # A target sequence is text the draft holds in its own context, so it cannot be longer than
@@ -51,7 +51,7 @@ class TranslatedDraftProposer:
         self.max_k = max_k
         self.fingerprint = target_fingerprint      # it speaks the target's ids
         self.draft_fingerprint = inner.fingerprint
-        self.pool: SlotPool = inner.pool
+        self.pool: AdmissionPool = inner.pool
         self.max_target_len = MAX_TARGET_PER_DRAFT_POSITION * inner.engine.ctx_len
         self.translations = 0   # drafts translated
 

@@ -1,8 +1,12 @@
-"""KV slot allocation with bounded admission: one slot per open session; when all are taken a
-new session waits in a bounded queue for a bounded time, then is refused.
+"""Bounded admission: a pool of places, one per open session; when all are taken a new session
+waits in a bounded queue for a bounded time, then is refused.
+
+A place is a ticket, 0..size-1. The verifier uses its ticket as the session's KV slot; the
+draft-model proposer holds it beside the slot its sequence is in; the n-gram and suffix
+proposers hold one token history per ticket.
 
 The pool lives on the service's event loop: a waiting session awaits a future (no thread is
-held while it queues), and a release hands the slot straight to the oldest waiter, so a slot
+held while it queues), and a release hands the ticket straight to the oldest waiter, so a place
 freed while others wait is never taken by a newcomer that did not queue.
 """
 
@@ -12,7 +16,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 
-from specdec.errors import OutOfSlots
+from specdec.errors import AdmissionRefused
 from specdec.flags import flag
 
 
@@ -20,36 +24,36 @@ from specdec.flags import flag
 class Admission:
     # The library refuses at once (no queue); the services queue, as a deployment wants.
     max_waiting: int = flag(0, name="--max-queue", cli_default=16,
-                            help="sessions that may wait for a free slot; more get RESOURCE_EXHAUSTED")
+                            help="sessions that may wait to be admitted; more get RESOURCE_EXHAUSTED")
     wait_s: float = flag(0.0, name="--queue-timeout", cli_default=30.0,
-                         help="seconds a session waits for a slot before RESOURCE_EXHAUSTED")
+                         help="seconds a session waits to be admitted before RESOURCE_EXHAUSTED")
 
 
-class SlotPool:
+class AdmissionPool:
     def __init__(self, size: int, admission: Admission = Admission()) -> None:
         self.size = size
         self.admission = admission
-        self._free = list(range(size - 1, -1, -1))  # pop() hands out slot 0 first
-        self._waiters: deque[asyncio.Future] = deque()  # each resolves to the slot it is given
+        self._free = list(range(size - 1, -1, -1))  # pop() hands out ticket 0 first
+        self._waiters: deque[asyncio.Future] = deque()  # each resolves to the ticket it is given
 
     async def acquire(self) -> int:
         if self._free:
             return self._free.pop()
         if len(self._waiters) >= self.admission.max_waiting:
-            raise OutOfSlots(self._refusal("and the wait queue is full"))
+            raise AdmissionRefused(self._refusal("and the wait queue is full"))
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            # shield: a timeout must not cancel a waiter that was handed a slot meanwhile
+            # shield: a timeout must not cancel a waiter that was handed a ticket meanwhile
             return await asyncio.wait_for(asyncio.shield(waiter), self.admission.wait_s)
         except (TimeoutError, asyncio.CancelledError) as exc:
             if waiter.done() and not waiter.cancelled():
-                self.release(waiter.result())  # handed a slot just as it gave up: pass it on
+                self.release(waiter.result())  # handed a ticket just as it gave up: pass it on
             else:
                 waiter.cancel()
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            raise OutOfSlots(self._refusal(f"for {self.admission.wait_s:g}s")) from None
+            raise AdmissionRefused(self._refusal(f"for {self.admission.wait_s:g}s")) from None
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
@@ -58,16 +62,16 @@ class SlotPool:
         return (f"all {self.size} sessions are in use (full_batch_size = {self.size}) {why}; "
                 "retry later or start the service with a larger --full-batch-size")
 
-    def release(self, slot: int) -> None:
+    def release(self, ticket: int) -> None:
         """On the loop that acquires (the service's)."""
-        if slot in self._free or not 0 <= slot < self.size:
-            raise ValueError(f"slot {slot} released twice or out of range")
+        if ticket in self._free or not 0 <= ticket < self.size:
+            raise ValueError(f"ticket {ticket} released twice or out of range")
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(slot)
+                waiter.set_result(ticket)
                 return
-        self._free.append(slot)
+        self._free.append(ticket)
 
     @property
     def in_use(self) -> int:
