@@ -10,8 +10,7 @@ here: the verifier's own --proposer):
     async with SpecDecClient("127.0.0.1:50051") as client:
         out = await client.generate_text(GenerateRequest("def f(x):", method="draft", k=4))
 
-A lost proposer or verifier does not lose the generation (specdec.recovery): the client goes on
-target-only or reopens a verifier session with the whole sequence, with backoff and a deadline.
+A lost proposer or verifier does not lose the generation (specdec.recovery).
 """
 
 from __future__ import annotations
@@ -94,9 +93,8 @@ class SpecDecClient:
                  security: ClientSecurity = ClientSecurity(), step_timeout_s: float = 60.0,
                  recovery: RecoveryPolicy = RecoveryPolicy()) -> None:
         """verifier, proposer: an address, a comma list of replicas, or dns:///name:port
-        (client.replicas: each session goes to one replica). local_proposer: a proposer object
-        run inside the client (no proposer round trip), e.g. prompt lookup; used instead of a
-        proposer address. timeout_s bounds Info calls, step_timeout_s every session step."""
+        (client.replicas). local_proposer: a proposer object run inside the client instead
+        (e.g. prompt lookup). timeout_s bounds Info calls, step_timeout_s every session step."""
         self.security = security
         self.verifier = ReplicaSet(verifier, pb_grpc.VerifierStub, security.channel,
                                    CHANNEL_OPTIONS, "verifier")
@@ -265,10 +263,9 @@ class SpecDecClient:
 
 
 class RemoteProposer:
-    """Sessions on a proposer service for a process that hosts its own verifier (the verifier
-    service's Generate): this client's links, leases and replica handling, so a lost proposer
-    is recovered the same way (target-only rounds meanwhile). A specdec.serving_generate
-    ProposerSource. Channels are made at first use, on the loop that uses them."""
+    """Sessions on a proposer service for the verifier's Generate (a serving_generate
+    ProposerSource), with this client's links, leases and recovery. Channels are made at first
+    use, on the loop that uses them."""
 
     def __init__(self, address: str, security: ClientSecurity = ClientSecurity(),
                  timeout_s: float = 10.0, step_timeout_s: float = 60.0) -> None:

@@ -141,19 +141,19 @@ def service_device_groups(args: argparse.Namespace, target: str | None,
     return target or verifier_cores, draft or proposer_cores
 
 
-def sampling_params(args: argparse.Namespace) -> SamplingParams:
-    params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
+def generation_config(args: argparse.Namespace, k: int, auto: bool, **more: Any) -> GenerationConfig:
+    """The common flags' GenerationConfig; a bad sampling flag ends the process with its line."""
+    sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
     try:
-        params.validate()
+        sampling.validate()
     except InvalidRequest as exc:
         exit_with(exc)
-    return params
+    return GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling, adaptive_k=auto, **more)
 
 
 def load_tokenizer(model: str) -> Any:
     """The tokenizer of a checkpoint directory or hub id, found as the services find their
-    models (resolve_model_path: never a hub id handed to transformers); a hub id fetches the
-    tokenizer's files only."""
+    models (resolve_model_path, the tokenizer's files only)."""
     tok = tokenizer_fingerprint.load_tokenizer(resolve_model_path(model, weights=False))
     if tok is None:
         raise FileNotFoundError(f"model {model!r} has no tokenizer files (any of "
@@ -193,9 +193,8 @@ async def _run(addresses: dict[str, str | None], prompts: list[list[int]], confi
 
 
 async def generate_record(client: SpecDecClient, request: GenerateRequest) -> GenerationRecord:
-    """One Generate call as the record the client's own loop would have made: its tokens and
-    times seen here (from the request to the last reply), its counts from the verifier's final
-    metrics (every round after the prefill counts its k in k_histogram)."""
+    """One Generate call as the record the client's own loop would have made: tokens and times
+    seen here, counts from the verifier's final metrics."""
     rec = GenerationRecord(len(request.prompt), t_start=time.perf_counter())
     last = None
     async for last in client.stream_text(request):
@@ -237,10 +236,9 @@ def _wait_listening(svc: ServiceProcess) -> str:
 
 def _start_services(args: argparse.Namespace, services: Services,
                     addresses: dict[str, str | None], stack: ExitStack) -> dict[str, ServiceProcess]:
-    """Start the services that have no address, stopped when `stack` closes, and fill in their
-    addresses once ready. All at once, so they load and compile side by side; the verifier
-    last: with --server-side it is given the proposer's address, known once that one is bound.
-    A service that cannot start ends the process with its one line, the others stopped first."""
+    """Start the services that have no address, stopped when `stack` closes, all at once (the
+    verifier last: with --server-side it is given the proposer's address, known once bound), and
+    fill in their addresses; one that cannot start ends the process with its one line."""
     started: dict[str, ServiceProcess] = {}
     try:
         for key in sorted(services, key=lambda name: name == "verifier"):

@@ -12,9 +12,9 @@ from client.cli_common import (
     AUTO_MAX_K,
     add_common_args,
     engine_args,
+    generation_config,
     k_or_auto,
     run_cli,
-    sampling_params,
     service_device_groups,
 )
 from specdec.flags import add_flag, to_argv
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         services["proposer"] = [*to_argv(ProposerOptions, "method", Method.DRAFT),
                                 *to_argv(ProposerOptions, "target_model_name", args.target_model_name),
                                 *engine_args(args, args.draft_model_name, draft_group, k, draft=True)]
-    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
-                              args.draft_top_m, adaptive_k=auto)
+    config = generation_config(args, k, auto, draft_top_m=args.draft_top_m)
     return run_cli(args, args.target_model_name, services,
                    {"verifier": args.verifier, "proposer": args.proposer}, config)
 

@@ -1,15 +1,10 @@
 """Start the services as subprocesses on free loopback ports, and stop them after.
 
-Each service prints "specdec-ready HOST:PORT" on stdout once its model is loaded and it
-listens; the launcher waits for that line, so no port is guessed and nothing races. Start-up
-fails when the service exits first, or goes `timeout_s` without a line of output: a service
-compiling many step specializations logs each one, so a long start-up that makes progress is
-never cut short, and a hung one still fails. A service that cannot start as asked (a model
-that is not there) prints one line "error: ..." and exits: start-up then fails with that line,
-which the launcher does not echo, so that its caller reports it once. After ready, a service
-prints "specdec-compiled HOST:PORT" once the step graphs it builds in the background are done
-(at once where it builds none); a caller waits for it at start (`wait_for=COMPILED_PREFIX`) or
-later (`ServiceProcess.wait_compiled`), and the times of both lines are kept.
+A service prints "specdec-ready HOST:PORT" once loaded and listening (no port is guessed), then
+"specdec-compiled HOST:PORT" once its background step graphs are built. Start-up fails when a
+service exits first, or goes `timeout_s` without a line of output (a long compile logs each
+graph, so progress is never cut short). One that cannot start prints one line "error: ..." and
+exits; that line is kept, not echoed, for the caller to report once.
 """
 
 from __future__ import annotations
@@ -54,8 +49,7 @@ class ServiceProcess:
     stderr_done: threading.Event = field(default_factory=threading.Event)  # its stderr ended
 
     def wait_ready(self) -> None:
-        """Block until the service printed its ready line; raise ServiceStartError if it
-        exits, or goes `timeout_s` without printing a line, first."""
+        """Block until the service printed its ready line (ServiceStartError: see check_start)."""
         wait_all_ready([self])
 
     def check_start(self) -> None:
@@ -84,9 +78,8 @@ class ServiceProcess:
         return f"{' '.join(self.cmd)}\n" + ("\n".join(self.stderr_tail) or "(no output)")
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
-        """Stop the service. One that had exited on its own after it was ready (a crash
-        mid-run, which its clients see only as an unreachable service) has its log tail
-        printed first."""
+        """Stop the service. One that had exited on its own after it was ready (a crash its
+        clients see only as an unreachable service) has its log tail printed first."""
         if self.proc.poll() is None:
             self.proc.terminate()  # SIGTERM: the service drains and exits 0
             try:
@@ -108,8 +101,7 @@ def start_service(name: str, module: str, args: list[str], timeout_s: float = QU
     """wait_for: READY_PREFIX (model loaded, SERVING), LISTENING_PREFIX (bound, loading) or
     COMPILED_PREFIX (ready, and its step graphs built: what a benchmark times).
     timeout_s: the longest start-up may go without a line of output (stdout or stderr).
-    wait=False returns at once; call `svc.wait_ready()` later (services then load and compile
-    side by side, each on its own cores)."""
+    wait=False returns at once, for `svc.wait_ready()` later (services then start side by side)."""
     cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args]
     started_at = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

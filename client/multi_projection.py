@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from client.cli_common import AUTO, add_common_args, engine_args, k_or_auto, run_cli, sampling_params
+from client.cli_common import AUTO, add_common_args, engine_args, generation_config, k_or_auto, run_cli
 from specdec.engine.hub import resolve_model_path
 from specdec.engine.turbo import read_turbo_config
 from specdec.errors import START_ERRORS, exit_with
 from specdec.flags import add_flag, to_argv
-from specdec.generation import GenerationConfig
 from specdec.method import Method
 from specdec.service_config import ServiceOptions, VerifierOptions
 
@@ -54,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                              *to_argv(VerifierOptions, "speculative_model_type", Method.TURBO)]}
     auto = args.num_speculative_tokens == AUTO
     k = heads if auto or args.num_speculative_tokens is None else min(args.num_speculative_tokens, heads)
-    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
-                              adaptive_k=auto)
-    return run_cli(args, model, services, {"verifier": args.verifier}, config, method=Method.TURBO)
+    return run_cli(args, model, services, {"verifier": args.verifier}, generation_config(args, k, auto),
+                   method=Method.TURBO)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,13 @@ from client.cli_common import (
     add_common_args,
     concurrency,
     engine_args,
+    generation_config,
     k_or_auto,
     run_cli,
-    sampling_params,
 )
 from specdec.build import build_proposer
 from specdec.config import EngineConfig
 from specdec.flags import add_flag, to_argv
-from specdec.generation import GenerationConfig
 from specdec.method import Method, method_arg
 from specdec.service_config import (
     SUFFIX_FLAGS,
@@ -111,10 +110,8 @@ def main(argv: list[str] | None = None) -> int:
               for a in to_argv(ProposerOptions, field, getattr(args, field))),
             *to_argv(ProposerOptions, "max_k", k), *to_argv(EngineConfig, "ctx_len", args.ctx_len),
             *to_argv(EngineConfig, "full_batch_size", concurrency(args))]
-    config = GenerationConfig(k, args.max_new_tokens, args.ignore_eos_token, sampling_params(args),
-                              adaptive_k=auto)
     return run_cli(args, args.target_model_name, services,
-                   {"verifier": args.verifier, "proposer": args.proposer}, config,
+                   {"verifier": args.verifier, "proposer": args.proposer}, generation_config(args, k, auto),
                    REPEATED_PATTERN_PROMPTS, local, Method.NGRAM)
 
 

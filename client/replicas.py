@@ -1,20 +1,9 @@
-"""Many replicas of one service behind one client: which replica a new session goes to.
-
-A target is one address or a comma list of them, each `host:port` or `dns:///name:port`. A dns
-name (e.g. a Kubernetes headless Service: one record per ready pod) is resolved to one replica
-per address, again every `refresh_s` and right after a replica is lost, so the client follows
-pods as they come and go.
-
-A session is one gRPC stream, pinned to one replica, so replicas share no state. A new session
-goes to the least-loaded replica: the fewest sessions this client has open on it, round robin
-among equals. A replica that lost a session (gone, draining, too slow) or refused one for being
-full (RESOURCE_EXHAUSTED) is skipped for `skip_s`; when every replica is skipped, the one whose
-skip ends first is tried anyway (a client never refuses to try).
-
-The links opened here (LeasedLink) report back how their session ended. A refusal for being
-full while another replica is usable is raised as ServiceLost, so the generation's recovery
-(specdec.recovery) opens the session again, on another replica, from start = 0: lossless, like
-any lost session.
+"""Many replicas of one service behind one client: which replica a new session goes to
+(docs/operations.md, "Scaling out"). A target is a comma list of `host:port` or
+`dns:///name:port` (resolved to one replica per address, again every `refresh_s` and after a
+loss). A new session goes to the least-loaded replica, round robin among equals; one that lost
+or refused a session is skipped for `skip_s`, unless all are. A refusal for being full while
+another replica is usable is raised as ServiceLost, so recovery reopens it on another replica.
 """
 
 from __future__ import annotations
@@ -120,14 +109,10 @@ class Lease:
 
     def failed(self, exc: ServiceError) -> ServiceError:
         """The error the generation should see for this session's failure (see module doc)."""
-        if isinstance(exc, ServiceLost):
+        if isinstance(exc, ServiceLost) or exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             self.replicas.skip(self.replica)
             self.release()
-            return exc
-        if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            self.replicas.skip(self.replica)
-            self.release()
-            if self.replicas.has_usable():
+            if not isinstance(exc, ServiceLost) and self.replicas.has_usable():
                 return ServiceLost(exc.service, exc.code,
                                    f"{exc.details} (replica {self.replica.address}; trying another)")
         return exc

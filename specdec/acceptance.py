@@ -1,9 +1,5 @@
-"""Greedy acceptance, a pure function over arrays.
-
-Glossary (after vLLM's RejectionSampler): the *draft* d1..dk are the proposer's guesses;
-*accepted* drafts are the longest prefix the target agrees with; one more token always comes
-from the target: the *correction* where a draft was rejected, or the *bonus* after all k were
-accepted. So a step emits n = accepted + 1 tokens, 1 <= n <= k + 1.
+"""Greedy acceptance, a pure function over arrays: a step emits the accepted drafts and one
+target token, the correction or the bonus (glossary: docs/architecture.md).
 """
 
 from __future__ import annotations

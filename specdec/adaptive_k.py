@@ -1,32 +1,13 @@
 """k auto (`--num-speculative-tokens auto`): each round asks for the k in 0..max_k with the most
 expected tokens per second (Leviathan et al.), from running estimates of what rounds yield and
-cost on these services. Per round, with a_j the chance draft j is returned and accepted given
-drafts 1..j-1 were:
+cost on these services; a_j is the chance draft j is returned and accepted given 1..j-1 were:
 
   tokens(k) = 1 + sum_{i=1..k} prod_{j<=i} a_j    (the 1: the target's own token)
   time(k)   = propose(k) + verify(k)               (propose(0) = 0: no proposer call)
   k         = argmax_k tokens(k) / time(k)
 
-- a_j: accepted / seen at position j, from a prior (a_(j-1); the first position's: PRIOR), both
-  fading by a tick's share (see below) on every round that asks for j drafts or more, and the
-  first position's on every round: at k = 0 it drifts back to the prior, so k comes back; a
-  later one keeps what rounds that went that far saw (prompt lookup accepts a match's later
-  drafts far more often than its first). A draft not returned counts as not accepted.
-- propose(k), verify(k): the typical call (`typical`) of the last RECENT ticks' rounds asking
-  for k. Pre-drafted hits are among them, at their rate; a proposer call right after a round
-  that asked for fewer is left out (no branch drafted for fewer could answer it). A verify is filed
-  under the larger of k and the window its engine call ran (batch_window - 1): in a batch rows
-  are padded to the widest. A k never measured is priced at the nearest k that was.
-
-The sessions on the estimates share one k and one clock, a tick being a round of each of them
-(as many as the verifier reports), so in a batch they try a k together. New estimates start at
-max_k and, after SETTLE ticks, try each k below for a tick, down to 0 (downwards: every round
-but the first can hit a pre-drafted branch). Then the k in use changes only for a gain of
-SWITCH_MARGIN (the estimates are noisy, and a branch pre-drafted for a smaller k cannot answer
-a larger one). Explore: every EXPLORE_EVERY ticks, EXPLORE_ROUNDS ticks at a neighbour, above
-and below in turn (two: with pre-drafting only the second round at a larger k can hit). At
-k = 0 no round brings news of acceptance, which comes in runs (prompt lookup matches a
-repeated passage, then nothing): every EXPLORE_AT_ZERO ticks one asks for the best k above 0.
+What each round files, the sessions' shared clock and the explore rule: docs/architecture.md,
+"Pre-drafting and adaptive k". Against every fixed k: `python -m bench.auto_k`.
 """
 
 from __future__ import annotations
@@ -41,14 +22,16 @@ from specdec.types import Proposal, StepOutcome
 RECENT = 48                    # ticks of calls per k a cost estimate keeps
 ACCEPTANCE_DECAY = 0.99        # weight of the past, per tick
 PRIOR, PRIOR_WEIGHT = 0.6, 1.0  # weight: as many rounds
-SWITCH_MARGIN = 0.02
+SWITCH_MARGIN = 0.02   # noisy estimates, and a branch pre-drafted for a smaller k can't answer a larger
+# EXPLORE_AT_ZERO: at k = 0 no round brings news of acceptance, which comes in runs (prompt
+# lookup matches a repeated passage, then nothing).
 EXPLORE_EVERY, EXPLORE_ROUNDS, EXPLORE_AT_ZERO = 48, 2, 12
 SETTLE = 2                     # ticks: a batch's prefills delay the first rounds
 
 
 @dataclass
 class Acceptance:
-    """a_j per draft position j = 0..: accepted / seen, fading every round (see above)."""
+    """a_j per draft position j = 0..: accepted / seen, fading every round."""
 
     accepted: list[float] = field(default_factory=list)
     seen: list[float] = field(default_factory=list)
@@ -137,7 +120,7 @@ class AutoK:
             return self.max_k
         tick = int(e.clock)
         e.clock += 1 / e.sessions
-        if tick < SETTLE + self.max_k:
+        if tick < SETTLE + self.max_k:   # downwards: every round but the first can hit a branch
             return self.max_k - max(tick - SETTLE + 1, 0)
         k = e.k_in_use if e.k_in_use is not None else self.max_k
         if k == 0 and self.max_k and tick % EXPLORE_AT_ZERO == 0:

@@ -1,13 +1,8 @@
-"""Bounded admission: a pool of places, one per open session; when all are taken a new session
-waits in a bounded queue for a bounded time, then is refused.
-
-A place is a ticket, 0..size-1. The verifier uses its ticket as the session's KV slot; the
-draft-model proposer holds it beside the slot its sequence is in; the n-gram and suffix
-proposers hold one token history per ticket.
-
-The pool lives on the service's event loop: a waiting session awaits a future (no thread is
-held while it queues), and a release hands the ticket straight to the oldest waiter, so a place
-freed while others wait is never taken by a newcomer that did not queue.
+"""Bounded admission: a pool of places (tickets 0..size-1), one per open session; when all are
+taken a new session waits in a bounded queue for a bounded time, then is refused. What a ticket
+holds is the host's (docs/architecture.md, glossary). The pool lives on the event loop: a
+waiter awaits a future (no thread held), and a release hands the ticket straight to the oldest
+waiter, so a newcomer that did not queue never takes a place freed while others wait.
 """
 
 from __future__ import annotations

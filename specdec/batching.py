@@ -1,23 +1,10 @@
-"""Continuous batching: steps of many sessions coalesced into one engine call.
+"""Continuous batching: the steps of many sessions coalesced into one engine call, run by the one
+thread that owns the engine (docs/architecture.md, "Batching and concurrency").
 
-Sessions are coroutines on the service's event loop: each submits rows (a prefill chunk, a
-draft token, a verify window) and awaits an asyncio future for the row's logits. One engine
-thread owns the engine and loops: take every row that is pending, run them as one call
-(batch_index = their slots, shorter rows padded with -1), resolve each row's future on its
-loop (call_soon_threadsafe). The engine call is blocking torch, so it never runs on the loop;
-nothing else needs a thread: a session that waits for its row holds no thread. Sessions join
-and leave between any two calls. `enabled=False` (--batching off) runs one row per call, on the
-same engine thread.
-
-Policy (how long a step may wait for others): never longer than the engine call already in
-progress. Rows that arrive while the engine is busy go together in the next call; an idle
-engine runs a lone row at once. Waiting on purpose for a fuller batch would add latency to
-every step for throughput that the busy periods already provide.
-
-Prefill chunks and decode rows (single tokens, verify windows) run in separate calls: padding
-a 1-token decode row to a 32-token prefill chunk would make it pay the chunk's compute, and a
-compiled QPC has separate prefill and decode specializations anyway. Phases alternate in
-arrival order, so neither starves the other.
+A step waits for others no longer than the engine call in progress: waiting on purpose for a
+fuller batch would add latency to every step for throughput the busy periods already give.
+Prefill chunks and decode rows run in separate calls (a 1-token row padded to a chunk would pay
+the chunk's compute, and a QPC compiles them apart), alternating in arrival order.
 """
 
 from __future__ import annotations
@@ -51,10 +38,8 @@ class Row:
     # bare rows without one).
     future: asyncio.Future | None = None
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
-    # A step of a chain (Batcher.run_greedy): until the chain has all its steps, the engine
-    # thread feeds the argmax of this step's last logits (or the chain's pick of them) at the
-    # next position as a new row, batched with whatever else is pending; the loop is woken
-    # once, when the chain ends.
+    # A chain's step (Batcher.run_greedy): the engine thread feeds its pick at the next position
+    # as a new row, batched with whatever is pending, and wakes the loop once the chain ends.
     chain: Chain | None = None
 
 
@@ -158,15 +143,9 @@ class Batcher:
                 self._jobs.append(job)
             self._cv.notify()
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) on the engine thread, between two batches (e.g. engine.copy_slot)."""
-        return await self.start(fn, *args)
-
     def start(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
-        """Queue fn(*args) for the engine thread and return its future without waiting: jobs
-        run before any row, so rows submitted after it see its effect (a slot copy, then the
-        rows that draft from the copy) without a round trip to the loop in between. Await the
-        future to get its result or error."""
+        """Queue fn(*args) for the engine thread; its future, not awaited. Jobs run before any
+        row, so rows submitted after it see its effect with no round trip to the loop."""
         job = Job(fn, args, asyncio.get_running_loop().create_future())
         self._submit(job=job)
         return job.future
@@ -185,14 +164,10 @@ class Batcher:
     async def run_greedy(self, rows: list[tuple[list[int], list[int], int]], steps: int,
                          phase: str, timings: StepTimings,
                          chains: list[Chain] | None = None) -> list[tuple[list[np.ndarray], list[int]]]:
-        """Greedy drafting of `steps` tokens from each row (ids, positions, slot), rows
-        submitted together so that each step of every row runs in one engine call (with
-        whatever else is pending). Step 1 runs the row; each later step feeds the argmax of
-        the step before (or its chain's pick) at the next position, on the engine thread: no
-        round trip to the loop between steps. Per row: the logits [V] of each step's last
-        position, and the tokens picked [steps] (the tokens drafted; all but the last were
-        fed). chains: the rows' Chain(steps), where the caller may stop one early (Chain.stop;
-        it then returns 1..steps tokens) or pick tokens otherwise (Chain.pick)."""
+        """`steps` greedy drafts from each row (ids, positions, slot), chained on the engine
+        thread, every row's step in one engine call. Per row: the logits [V] of each step and
+        the tokens picked [steps] (all but the last were fed). chains: the rows' Chain(steps),
+        to stop one early (1..steps tokens) or pick otherwise (Chain.pick)."""
         chains = chains or [Chain(steps) for _ in rows]
         batch = [Row(ids, positions, slot, 1, phase, chain=chain)
                  for (ids, positions, slot), chain in zip(rows, chains)]
@@ -283,10 +258,8 @@ class Batcher:
 
 def _chain_steps(batch: list[Row], logits: np.ndarray, n: int, lasts: list[int], start: int, forward: int,
                  window: int) -> tuple[dict[int, Settled | BaseException], list[Row]]:
-    """The chained rows' steps (logits [B, n, V]; lasts: the rows' real lengths): each chain
-    picks a token from its step's last logits (the argmax, for all at once, or its pick), then
-    goes on with it at the next position as its next row or, at its last step or stopped, ends:
-    (the ended chains' results by their rows' index in the batch, the next rows)."""
+    """The chained rows' steps (logits [B, n, V]; lasts: the rows' real lengths): each picks a
+    token and goes on as its next row, or ends -> (ended results by batch index, next rows)."""
     ended: dict[int, Settled | BaseException] = {}
     follow: list[Row] = []
     chained = [b for b, r in enumerate(batch) if r.chain is not None]
@@ -323,8 +296,8 @@ async def _settled(row: Row) -> Settled:
 
 
 def _resolve_all(results: Sequence[tuple[asyncio.Future | None, object]]) -> None:
-    """From the engine thread: settle futures on their loops, one wake-up per loop (a batch's
-    rows usually share one: a wake-up per row costs each a cross-thread hop, ~10-20 µs)."""
+    """From the engine thread: settle futures on their loops, one wake-up per loop, not per row
+    (each wake-up is a cross-thread hop; `python -m bench.overhead` measures them)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}
     for future, result in results:
         assert future is not None

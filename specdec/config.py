@@ -1,7 +1,5 @@
-"""Typed configuration passed down explicitly (no globals).
-
-Defaults follow QEfficient's draft_based.py example: prefill chunks of 32 tokens, a context of
-128 positions, k = 4.
+"""Typed configuration passed down explicitly (no globals). Defaults follow QEfficient's
+draft_based.py example: prefill chunks of 32 tokens, a context of 128 positions, k = 4.
 """
 
 from __future__ import annotations

@@ -43,11 +43,9 @@ class SessionIdle(SpecDecError):
     """A session sent nothing for longer than the idle timeout; it was closed. DEADLINE_EXCEEDED."""
 
 
-# A service or client CLI that cannot start as asked (a model that is not there or not
-# supported, a bad flag value, an unavailable executor) ends with one line "error: ..." on
-# stderr and this exit code, never a traceback; 2, as argparse exits on a bad command line.
-# The services (specdec_rpc.server.run_service) and the client CLIs (client.cli_common) map
-# START_ERRORS to it here, in one place.
+# A service or client CLI that cannot start as asked (no such model, a bad flag value, an
+# unavailable executor) ends with one line "error: ..." on stderr and this exit code, never a
+# traceback; 2, as argparse exits on a bad command line.
 EXIT_START_ERROR = 2
 START_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, RuntimeError)
 ERROR_PREFIX = "error: "   # how that line starts: a launcher picks a service's reason out by it

@@ -1,11 +1,8 @@
-"""One declaration per command-line flag: the config dataclass field it sets.
-
-A field declared with `flag(...)` carries its flag's help text, choices and parsing (and, where
-the command line's default differs from the library's, that default) in its metadata.
-`add_flag`/`add_flags` derive argparse options from those fields, `values` reads a parsed
-namespace back into the dataclass's keyword arguments, and `to_argv` writes a value as the
-flag's arguments, so a client that starts a service passes its flags on under the service's own
-declaration. Pure: dataclasses, typing and argparse only.
+"""One declaration per command-line flag: the config dataclass field it sets, with its help,
+choices, parsing and CLI default in the field's metadata (`flag(...)`). `add_flag`/`add_flags`
+derive argparse options, `values` reads a namespace back, and `to_argv` writes a value as the
+flag's arguments (a client passing flags on to a service it starts). Pure: dataclasses, typing
+and argparse only.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""The client's generation loop, written against two links (to a verifier and to an optional
-proposer) so the same loop runs over gRPC (client/) and in-process (specdec.inprocess, bench).
-
-One round (docs/architecture.md): sync the proposer and get d1..dk; verify them; append what the
-verifier emitted. The client is the source of truth for the sequence; each link mirrors it.
-The round's k comes from a KPolicy, its statistics go to the GenerationRecord, and the links'
-recovery and timing are RecoveringLinks'.
+"""The client's round loop, written against two links (a verifier and an optional proposer) so
+the same loop runs over gRPC (client/) and in-process (specdec.inprocess, bench). The client
+owns the sequence and each link mirrors it; k comes from a KPolicy, statistics go to the
+GenerationRecord, recovery and timing are RecoveringLinks' (docs/architecture.md).
 """
 
 from __future__ import annotations

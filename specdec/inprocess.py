@@ -1,8 +1,6 @@
-"""Links that call the verifier and proposer objects directly, without gRPC: the in-process
-baseline of the benchmark, and the reference the gRPC path is compared against.
-
-The domain objects are coroutines: a link awaits them on the caller's event loop, and their
-engine calls run on each engine's own thread (specdec.batching), as in the services.
+"""Links that call the verifier and proposer objects directly, without gRPC: the benchmark's
+in-process baseline, and the reference the gRPC path is compared against. They await the domain
+coroutines on the caller's loop; engine calls run on each engine's thread, as in the services.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
-"""Generation metrics with the names QEfficient's examples print, computed as pure functions.
-
-Where our formulas differ from QEfficient's `SpDPerfMetrics` (its speculative-decoding examples):
-- generated tokens are counted once: QEfficient adds 1 per prompt to the decode count and
-  another B to the E2E count;
-- decode time is the union of the prompts' decode intervals, so prompts decoded one after the
-  other and prompts decoded concurrently are both measured correctly;
-- "Avg number of accepted tokens" is pooled over all verify steps of all prompts (tokens per
-  target forward, correction/bonus included; k + 1 at full acceptance), not a mean of
-  per-iteration batch means.
+"""Generation metrics with the names QEfficient's examples print, as pure functions; where the
+formulas differ from QEfficient's `SpDPerfMetrics`: docs/operations.md, "Metrics".
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from specdec.generation import GenerationRecord
@@ -90,17 +83,10 @@ def generation_metrics(rec: GenerationRecord) -> GenerationMetrics:
 
 def union_length(intervals: list[tuple[float, float]]) -> float:
     """Total length covered by a set of [start, end] intervals."""
-    total = 0.0
-    merged: list[float] = []  # [start, end] of the run being merged, empty before the first
-    for s, e in sorted(intervals):
-        if merged and s <= merged[1]:
-            merged[1] = max(merged[1], e)
-            continue
-        if merged:
-            total += merged[1] - merged[0]
-        merged = [s, e]
-    if merged:
-        total += merged[1] - merged[0]
+    total, covered_to = 0.0, -math.inf
+    for s, e in sorted(intervals):   # each adds what lies past the ones before it
+        total += max(0.0, e - max(s, covered_to))
+        covered_to = max(covered_to, e)
     return total
 
 

@@ -1,15 +1,8 @@
-"""What the client does when a service goes away mid-generation, so that no work is lost.
-
-- The proposer is optional: while it is unreachable or full the generation goes on with target-only
-  steps (same tokens, fewer per step), and every `proposer_retry_s` the client opens a new
-  proposer session, which resyncs from start = 0 by the ordinary sync rule.
-- The verifier holds the committed sequence, but the client holds it too: a lost verifier is
-  retried with backoff until `deadline_s`, then a new session is prefilled with the whole
-  sequence (start = 0), which emits exactly the token the lost step would have ended with.
-  Retrying is safe because a prefill from start = 0 is idempotent; a verify step is never
-  re-sent on a broken stream.
-
-`RecoveringLinks` applies these rules to a generation's two links.
+"""What the client does when a service goes away mid-generation, so that no work is lost
+(docs/architecture.md, "Recovery"): without a proposer the generation goes on target-only and
+reopens one every `proposer_retry_s`; a lost verifier is retried with backoff until
+`deadline_s`, then prefilled with the whole sequence from start = 0, which is idempotent (a
+verify step is never re-sent). `RecoveringLinks` applies these rules to a generation's links.
 """
 
 from __future__ import annotations
@@ -63,10 +56,8 @@ def backoff_delays(policy: RecoveryPolicy) -> Iterator[float]:
 
 class RecoveringLinks:
     """A generation's sessions on the verifier and the proposer (each call timed into its
-    record), kept going when a service goes away, and the proposer's kept in sync with the
-    sequence: a proposal sends only the tail of it that the session lacks.
-
-    reopen_*: open a new session when a link is lost (LinkLost); None = fail instead."""
+    record), kept going when a service goes away; a proposal sends only the tail the proposer
+    lacks. reopen_*: open a new session when a link is lost (LinkLost); None = fail instead."""
 
     def __init__(self, record: GenerationRecord, seq: list[int], config: GenerationConfig,
                  fingerprint: str, verifier: VerifierLink, proposer: ProposerLink | None,

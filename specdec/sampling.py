@@ -1,18 +1,9 @@
-"""Lossless sampling: warping the target's logits, and speculative rejection sampling.
-
-Glossary (after vLLM's RejectionSampler and Leviathan et al. 2023 / Chen et al. 2023):
-- *draft*: the proposer's tokens d1..dk, each drawn from a proposal distribution q_i
-  (a point mass for deterministic proposers: n-gram, Turbo top-1, a greedy draft model);
-- *accepted*: draft d_i is kept with probability min(1, p_i(d_i) / q_i(d_i)), where p_i is the
-  target's warped distribution at that position; drafts are tested in order and the first
-  rejection stops the step;
-- *correction*: after rejecting d_i, a token is drawn from norm(max(0, p_i - q_i)) (vLLM calls
-  it the recovered token);
-- *bonus*: after accepting all k, a token is drawn from p_(k+1).
-Each emitted token is then distributed exactly as the target's own sampling would have drawn it.
-
-All functions are pure: distributions are float64 numpy arrays over the vocabulary, and the
-random source is an explicit numpy Generator.
+"""Lossless sampling: warping the target's logits, and speculative rejection sampling (Leviathan
+et al. 2023 / Chen et al. 2023; vLLM's RejectionSampler). Draft d_i, drawn from q_i (a point
+mass for deterministic proposers), is kept with probability min(1, p_i(d_i) / q_i(d_i)); the
+first rejection draws the correction from norm(max(0, p_i - q_i)), full acceptance the bonus
+from p_(k+1), so each emitted token is distributed exactly as the target's own sampling would.
+Pure functions over float64 numpy arrays and an explicit numpy Generator.
 """
 
 from __future__ import annotations
@@ -102,13 +93,10 @@ def sample_sparse(q: Sparse, rng: np.random.Generator) -> int:
 
 
 def draw_draft(q: Sparse, seed: int | None, position: int) -> int:
-    """A draft token drawn from q with the numbers of the draft stream at its sequence
-    position, not with the next numbers of one generator: a branch pre-drafted for a position
-    then draws what a request drafting it would (same seed, same tokens, pre-drafting on or
-    off), however many branches were drafted. Still independent of the target's stream, as the
-    rejection rule needs: a position's numbers are only seen by a verify once every draft
-    before it was kept, and then the position is never drafted again (kept, or replaced by the
-    target's correction); a position drafted again draws on numbers no verify has looked at."""
+    """A draft token drawn from q with the draft stream's numbers at its sequence position, not
+    a generator's next ones: a pre-drafted branch draws what a request drafting there would.
+    Still independent of the target's stream: a verify sees a position's numbers only once
+    every draft before it was kept, and the position is then never drafted again."""
     return sample_sparse(q, seeded_rng(seed, DRAFT_STREAM, position))
 
 

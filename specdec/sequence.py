@@ -36,8 +36,7 @@ class SlotSequence:
         self.cached = min(self.cached, start)
 
     async def feed(self, batcher: Batcher, timings: StepTimings) -> np.ndarray:
-        """Run tokens[cached:] through the engine in chunks of prefill_seq_len.
-        Returns the logits of the last fed token: [V] float32."""
+        """Run tokens[cached:] through the engine in prefill_seq_len chunks -> the last one's [V]."""
         s = await self._feed_head(batcher, timings)
         end = len(self.tokens)
         logits = await batcher.run_row(self.tokens[s:], list(range(s, end)), self.slot, 1,
@@ -47,11 +46,9 @@ class SlotSequence:
 
     async def feed_greedy(self, batcher: Batcher, timings: StepTimings,
                           steps: int) -> tuple[list[np.ndarray], list[int]]:
-        """feed, then `steps` greedy drafts as one chain on the engine thread
-        (Batcher.run_greedy): the last chunk and the draft feeds after it need no round trip
-        to the loop. The drafts but the last are appended to tokens (and cached): the slot
-        then holds what a draft proposer holds after proposing. Returns the logits [V] each
-        draft was picked from, and the drafts [steps]."""
+        """feed, then `steps` greedy drafts chained on the engine thread (Batcher.run_greedy);
+        the drafts but the last are appended and cached, as a draft proposer holds them.
+        -> the logits [V] each draft was picked from, and the drafts [steps]."""
         s = await self._feed_head(batcher, timings)
         end = len(self.tokens)
         [(logits, drafts)] = await batcher.run_greedy(
@@ -86,9 +83,8 @@ def check_token_ids(tokens: list[int], vocab_size: int) -> None:
 
 
 def common_prefix_len(a: list[int], b: list[int], known: int = 0) -> int:
-    """Length of the common prefix; `known` leading tokens are already known to agree.
-    Bisected by comparing slices (a comparison in C), not token by token in Python: a
-    pre-draft compares a few hundred tokens per scratch slot on its critical path."""
+    """Length of the common prefix; `known` leading tokens are already known to agree. Bisected
+    by comparing slices (in C): a pre-draft compares hundreds of tokens on its critical path."""
     lo, hi = min(known, len(a), len(b)), min(len(a), len(b))
     while lo < hi:   # the common prefix is lo..hi tokens long
         mid = (lo + hi + 1) // 2

@@ -1,9 +1,5 @@
 """The services' own flags, declared once (specdec.flags) for the services that parse them and
-for the client command lines that start the services and pass flags on to them.
-
-Each service's config (`proposer_service.config`, `verifier_service.config`) extends its options
-here with what only a running service holds (engine, server, admission, sessions).
-"""
+the client command lines that pass them on; each `*_service/config.py` extends these options."""
 
 from __future__ import annotations
 
@@ -18,11 +14,9 @@ from specdec.proposers.suffix_trie import SpecParams
 from specdec.windows import parse_sizes
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# Measured on the shipped models with compiled steps (CPU, batch 1, k = 4, `python -m bench`,
-# the client asking for each draft): 8 branches ran at 1.29-1.33x of sequential drafting in
-# three runs (hit rate 76%), 12 at 1.32x (86%, but no faster), 6 at 1.36x and 4 at 1.22-1.25x
-# in earlier runs. 6 and 8 rows take the same batch bucket of the draft's compiled steps, so 8
-# costs no more per depth. Each session then holds 1 + 8 KV slots of the draft.
+# Fewer branches hit less often and more hit no faster (`python -m bench --method draft
+# --pre-draft-branches F`); 6 and 8 rows share a batch bucket of the draft's compiled steps.
+# Each session then holds 1 + 8 KV slots of the draft.
 DEFAULT_PRE_DRAFT_BRANCHES = 8
 PROPOSER_FLAG_METHODS = (*PROPOSER_METHODS, Method.TURBO)   # turbo: says where the heads run
 TARGET = "target"   # QEfficient's speculative_model_type of a plain target (Turbo: Method.TURBO)

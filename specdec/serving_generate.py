@@ -1,14 +1,11 @@
-"""One call to generate, served where the target is: the verifier runs the client's round loop
-(specdec.generation.generate, the one copy of it) over an in-process link to its own verifier and
-a link to the proposer the request names, and streams the text.
+"""One call to generate, served where the target is: the verifier runs the round loop
+(specdec.generation.generate) over an in-process link to its own verifier and a link to the
+request's proposer, and streams the text (docs/architecture.md, "The round loop served by the
+verifier").
 
     generator = OneCallGenerator.serving(verifier, codec, draft=remote_proposer)
     async for event in generator.run(GenerateRequest("def f(x):", method="draft", k=4)):
         ...   # TextDelta per step, then one Finished
-
-What the round loop does not know is text: the incremental detokenization and the stop strings
-are applied by a verifier link wrapper (`_TextLink`) to each step's outcome before the loop
-commits it, so a stop string ends the loop as EOS would (finish STOP), with its record intact.
 """
 
 from __future__ import annotations
@@ -82,9 +79,8 @@ class ProposerLinkToClose(ProposerLink, Protocol):
 
 
 class ProposerSource(Protocol):
-    """Where a method's proposer sessions come from: a proposer service (client.api's
-    RemoteProposer) or a proposer object in this process (InProcessProposers). Both raise
-    LinkLost while the proposer cannot be reached."""
+    """Where a method's proposer sessions come from (client.api's RemoteProposer, or
+    InProcessProposers); LinkLost while the proposer cannot be reached."""
 
     async def connect(self) -> ProposerInfo: ...
 
@@ -110,8 +106,7 @@ class _Halted(Exception):
 
 @dataclass
 class _Text:
-    """The incremental text of one generation: ids decoded a few at a time with the ids before
-    them (TextCodec.detokenize), and how much of it has been handed out."""
+    """One generation's incremental text (TextCodec.detokenize), and how much was handed out."""
 
     codec: TextCodec | None           # None: the model has no tokenizer, ids only
     stops: tuple[str, ...]
@@ -143,9 +138,8 @@ class _Text:
 
 
 class _TextLink:
-    """A verifier link that turns each step's tokens into text before the round loop commits
-    them, and ends the generation at a stop string (finish STOP, the tokens cut after the one
-    that completed it) or when the caller is gone (halted, after the step: never during it)."""
+    """A verifier link that turns each step's tokens into text before the loop commits them,
+    and ends the generation at a stop string (STOP) or once the caller is gone (halted)."""
 
     def __init__(self, link: InProcessVerifierLink, text: _Text,
                  emit: Callable[[TextDelta], None]) -> None:
@@ -187,8 +181,7 @@ class OneCallGenerator:
     @classmethod
     def serving(cls, verifier: TargetVerifier, codec: TextCodec | None,
                 draft: ProposerSource | None) -> OneCallGenerator:
-        """What a verifier service serves: prompt lookup in this process (no model), the draft
-        model from `draft` (a proposer service) where there is one, Turbo where it has heads."""
+        """Prompt lookup in this process, the draft model from `draft` (a proposer service)."""
         engine = verifier.engine
         # A generation opens its proposer session while its verifier session may still wait
         # for a slot: one n-gram session per slot and per queue place (a token history each).
@@ -201,9 +194,7 @@ class OneCallGenerator:
         return cls(verifier, codec, proposers)
 
     def default_method(self) -> Method:
-        """The proposer of a request that names none where a default is wanted (the OpenAI
-        API): the draft model where one is configured, else the target's own Turbo heads, else
-        prompt lookup, which needs nothing. Each is lossless."""
+        """For a request that names no method (the OpenAI API): draft, else Turbo, else ngram."""
         if Method.DRAFT in self.proposers:
             return Method.DRAFT
         return Method.TURBO if self.verifier.engine.num_heads else Method.NGRAM
@@ -335,15 +326,13 @@ class OneCallGenerator:
 
 
 def _say_cancelled(task: asyncio.Task, queue: asyncio.Queue) -> None:
-    """A generation cancelled from outside (the loop is closing) says so to its caller, who
-    would otherwise wait for ever."""
+    """A generation cancelled from outside (the loop closing) tells its caller, who would wait."""
     if task.cancelled():
         queue.put_nowait(NotReady("the service is stopping: the generation was cancelled"))
 
 
 class _Lost:
-    """A proposer link that is lost from the start: the round loop goes target-only and opens
-    a session after its retry interval (specdec.recovery)."""
+    """A proposer link lost from the start: the loop goes target-only and retries later."""
 
     async def propose(self, *args, **kwargs):
         raise LinkLost("proposer unreachable")

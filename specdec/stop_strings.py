@@ -1,10 +1,7 @@
 """Stop strings, pure functions: where a generated text must end, and how much of it may be
-streamed before that is known.
-
-Tokens and text do not line up: a stop string can span several tokens, and the first of them can
-carry text before it. So the cut is made in the text, and the tokens are cut after the one that
-completes the stop string (what the target generated to produce it; the text excludes it, as
-OpenAI's `stop`).
+streamed before that is known. A stop string can span tokens and its first token can carry text
+before it, so the cut is made in the text, and the tokens are cut after the one that completes
+it (the text excludes it, as OpenAI's `stop`).
 """
 
 from __future__ import annotations

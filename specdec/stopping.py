@@ -24,11 +24,8 @@ class StopParams:
 
 def cut_at_stop(candidates: list[int], emitted: int, seq_len: int, params: StopParams,
                 eos_ids: tuple[int, ...], ctx_len: int) -> tuple[list[int], FinishReason]:
-    """Keep the prefix of `candidates` that may be emitted, and say whether the session ends.
-
-    emitted: tokens this session emitted before; seq_len: sequence length before appending.
-    The sequence never grows past ctx_len; an EOS is kept and ends the session.
-    """
+    """Keep the prefix of `candidates` that may be emitted, and say whether the session ends
+    (emitted: tokens emitted before; seq_len: before appending). An EOS is kept and ends it."""
     limit = ctx_len - seq_len
     if params.max_new_tokens:
         limit = min(limit, params.max_new_tokens - emitted)

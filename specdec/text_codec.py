@@ -51,12 +51,9 @@ class TextCodec:
 
     def detokenize(self, ids: list[int], prefix_ids: list[int],
                    skip_special_tokens: bool = False) -> tuple[str, int]:
-        """-> (the text `ids` add after `prefix_ids`, how many of `ids` it covers).
-
-        Decoding the prefix with the new ids, not the ids alone, keeps the spaces and the
-        characters that byte-level pieces split across ids. Trailing ids that end inside a
-        character are left out (fewer than len(ids) covered) until the ids that complete it come.
-        """
+        """-> (the text `ids` add after `prefix_ids`, how many of `ids` it covers). Decoded with
+        the prefix, which keeps the spaces and characters byte-level pieces split across ids;
+        trailing ids that end inside a character are left out until the ids that complete it."""
         tok = self._require()
         if len(prefix_ids) + len(ids) > self.ctx_len:
             raise InvalidRequest(f"{len(prefix_ids) + len(ids)} ids to decode: more than ctx_len "

@@ -22,10 +22,8 @@ def load_tokenizer(model_dir: Path) -> Any:
 
 
 def tokenizer_fingerprint(model_dir: Path, vocab_size: int) -> str:
-    """sha256 of the id -> token table (plus special tokens), 16 hex digits.
-
-    A checkpoint without tokenizer files gets "vocab-<V>": only the vocab size is known.
-    """
+    """sha256 of the id -> token table (plus special tokens), 16 hex digits; "vocab-<V>" for a
+    checkpoint without tokenizer files (only the vocab size is known)."""
     tok = load_tokenizer(model_dir)
     if tok is None:
         return f"vocab-{vocab_size}"

@@ -1,7 +1,5 @@
-"""What crosses between the services and the client: a proposal, the outcome of a verify step,
-and the timings every reply carries. Plain data: the proposers and the verifier produce them,
-specdec_rpc.convert puts them on the wire, and the client's generation loop reads them, so
-neither side imports the other's modules to share them."""
+"""What crosses between the services and the client, as plain data: the proposers and the
+verifier make it, specdec_rpc.convert puts it on the wire, and the round loop reads it."""
 
 from __future__ import annotations
 
@@ -16,9 +14,8 @@ class StepTimings:
     queue_ns: int = 0    # rows waiting for the engine (another batch was running)
     forward_ns: int = 0  # engine calls that carried this step's rows
     total_ns: int = 0    # whole step, set by the code that sees the request arrive
-    # The engine call that carried this step's rows (a verify's one call; a proposer's last):
-    # its rows, its sessions' and other sessions', and its window, padded to the widest row.
-    # Every row of a call pays for batch_rows x batch_window tokens. 0 = not reported.
+    # The engine call that carried this step's rows (a proposer's last): its rows, of every
+    # session, and its window, the widest row's; each row pays for both. 0 = not reported.
     batch_rows: int = 0
     batch_window: int = 0
 

@@ -98,14 +98,10 @@ class TargetVerifier:
     async def verify(self, session: VerifierSession, draft: list[int],
                draft_probs: list[Sparse] | None = None) -> StepOutcome:
         """One target forward over [t, d1..dk]; keep the accepted prefix plus one target token.
-
-        draft_probs: per draft, the sparse distribution it was sampled from; None = the drafts
-        are deterministic (point masses). Only used when the session samples.
-        """
+        draft_probs: per draft, the q it was sampled from; None = deterministic drafts."""
         t0 = time.perf_counter_ns()
-        # The request's own faults come before the session's state, so that a malformed Verify
-        # gets INVALID_ARGUMENT whatever the session's last token happened to be (a sampled
-        # prefill may have drawn EOS).
+        # The request's own faults first: a malformed Verify gets INVALID_ARGUMENT whatever the
+        # session's state (a sampled prefill may have drawn EOS).
         if len(draft) > self.max_k:
             raise InvalidRequest(f"draft of {len(draft)} tokens exceeds this verifier's max k "
                                  f"{self.max_k}")
@@ -156,10 +152,8 @@ class TargetVerifier:
     async def _heads_at(self, session: VerifierSession, position: int,
                         timings: StepTimings) -> list[int]:
         """HeadsOnDemand: the heads' top-1 guesses [H] at one position of the session's last
-        step: those the step itself evaluated when it guessed that position (greedy), else a
-        second small computation on the kept hidden state; [] otherwise (a QPC returned every
-        head with the window, see _split_heads). The second computation runs on the engine
-        thread, between two batches: the kept states are the engine's, written by its calls."""
+        step, as the step evaluated them (greedy) or computed again on the engine thread from the
+        kept hidden state; [] otherwise (a QPC returns every head with the window)."""
         if self.heads is None or session.finish:
             return []
         # Greedy: the engine evaluated them at this position within the verify call itself.
@@ -167,7 +161,7 @@ class TargetVerifier:
         if ready is not None:
             return ready
         t0 = time.perf_counter_ns()
-        logits = await self.batcher.call(self.heads.head_logits, np.array([session.seq.slot]),
+        logits = await self.batcher.start(self.heads.head_logits, np.array([session.seq.slot]),
                                          np.array([position]))
         timings.forward_ns += time.perf_counter_ns() - t0
         return logits[0].argmax(-1).tolist()                                   # [H]

@@ -11,10 +11,7 @@ from specdec.verifier import TargetVerifier
 
 
 async def warm_up_verifier(verifier: TargetVerifier) -> None:
-    """One prefill and one verify window.
-
-    Whatever the model answers must not matter: a model may well emit EOS after token 0, which
-    would end the session before the verify, so EOS is ignored and the budget is unbounded."""
+    """One prefill and one verify window, EOS ignored (a model may end after token 0)."""
     session = await verifier.open_session()
     try:
         await verifier.prefill(session, 0, [0], StopParams(max_new_tokens=0, ignore_eos=True), "")

@@ -1,15 +1,9 @@
 """Draft-model proposer: k steps of a small model on its own engine, each the draft's argmax
 or, when the session samples, a token drawn from the draft's warped q (returned with it).
 
-Sync follows the protocol (drop positions >= start, append tokens). After proposing d1..dk the
-session holds the synced sequence plus d1..d(k-1), the drafts it fed to itself; dk is never
-fed. When the verifier accepts all k drafts, the client's next sync therefore carries two
-tokens, [dk, bonus] (QEfficient's bonus-token case), and the proposer runs both in one call.
-
-With pre-drafting (pre_draft_branches F > 0), its PreDrafter (pre_draft.py) drafts the next
-round for the likeliest outcomes of each proposal once it has been answered, while the
-verifier checks it (after_reply); a request asks it first, and a hit is answered at once. The
-PreDrafter also decides which engine slot is a session's: a hit may move the session.
+After proposing d1..dk a session holds the synced sequence plus d1..d(k-1): dk is never fed, so
+after full acceptance the next sync carries [dk, bonus] (QEfficient's bonus-token case). Its
+PreDrafter (pre_draft.py) answers a request first, and decides which engine slot is a session's.
 """
 
 from __future__ import annotations
@@ -69,11 +63,8 @@ class DraftModelProposer:
     async def propose(self, session: DraftSession, start: int, tokens: list[int], k: int,
                       sampling: SamplingParams = SamplingParams(), top_m: int = 0,
                       *, take_shorter: bool = False) -> Proposal:
-        """Greedy drafts, or with sampling.temperature > 0 and top_m > 0 drafts sampled from the
-        top m tokens of the warped draft distribution (returned as the exact proposal q).
-        take_shorter: a pre-drafted hit shorter than k is answered with its drafts rather than
-        drafted again.
-        """
+        """Greedy drafts, or (sampling, top_m > 0) drafts sampled from the warped draft's top m,
+        with their exact q. take_shorter: a pre-drafted hit shorter than k is answered as it is."""
         t0 = time.perf_counter_ns()
         session.pre.name((start, tuple(tokens)))   # stops a running pre-draft's other branches
         async with session.busy:   # after the last proposal's pre-draft, if it started first
@@ -125,10 +116,9 @@ class DraftModelProposer:
         return Proposal(draft, len(seq.tokens), timings, probs if sampled else None)
 
     def keep_drafts(self, session: DraftSession, m: int) -> None:
-        """The caller uses only the first m drafts of the proposal just made: the session then
-        holds prefix + d1..d(m-1), as if m had been asked, and pre-drafts the outcomes of those
-        m, as deep as the draft it made (a translating caller cuts the draft where the two
-        vocabularies' texts meet, and needs the next one as long as this one was)."""
+        """The caller uses only the first m drafts just proposed (a translating caller's cut): the
+        session holds prefix + d1..d(m-1), as if m had been asked, and pre-drafts the outcomes
+        of those m as deep as the draft it made."""
         last = session.pre.last
         if last is None or not 1 <= m < len(last.draft):
             return

@@ -1,18 +1,13 @@
 """The n-gram proposer (QEfficient's "prompt lookup"): propose the tokens that followed an
-earlier occurrence of the sequence's last n tokens. No model, no device. Each session holds its
-token history in a preallocated buffer, synced by start + tokens; the proposer feeds nothing to
-itself, so after a reply a session holds exactly the synced sequence.
+earlier occurrence of the sequence's last n tokens. No model; a session's token history is a
+preallocated buffer synced by start + tokens, and the proposer feeds nothing to itself.
 
-Which match wins, and why: for n from max_ngram_size down to 1 (longer n-grams are more
-specific, so they are tried first), look for earlier occurrences of the last n tokens. The
-self-match (the suffix itself) is excluded. Among the occurrences of the first n that has any,
-the **most recent one whose continuation has all k tokens** wins: recent context predicts the
-next tokens best (the current loop iteration, the current block of a repeated pattern). When
-no occurrence has k tokens after it (all are near the end), the one with the longest
-continuation wins, and the proposal is partial (fewer than k tokens).
-
-QEfficient's `find_candidate_pred_tokens` (and HF's prompt lookup) instead keep the earliest
-match; `test_most_recent_full_match_wins` in tests/test_ngram.py shows where they differ.
+Which match wins: n from max_ngram_size down to 1 (longer is more specific), the self-match
+excluded; among the first n's occurrences, the **most recent one with all k tokens after it**
+(recent context predicts best: the current loop iteration, the current block of a pattern),
+else the one with the longest continuation (a partial proposal). QEfficient's
+`find_candidate_pred_tokens` (and HF's prompt lookup) keep the earliest match instead;
+`test_most_recent_full_match_wins` in tests/test_ngram.py shows where they differ.
 """
 
 from __future__ import annotations
@@ -103,9 +98,8 @@ class NgramProposer:
 
     async def propose(self, history: TokenHistory, start: int, tokens: list[int], k: int,
                 sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
-        """Deterministic drafts whatever the sampling: the point-mass case of the rejection rule.
-        Nothing pre-drafted: a lookup costs microseconds, there is nothing to draft ahead. A coroutine
-        like every proposer's, though it never waits: microseconds on the loop."""
+        """Deterministic drafts whatever the sampling (the rejection rule's point-mass case); a
+        coroutine like every proposer's, though it never waits."""
         t0 = time.perf_counter_ns()
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")

@@ -1,27 +1,11 @@
 """Pre-drafting: while the verifier checks round T's draft, the proposer drafts round T+1 for
-the likeliest outcomes of that check, so a hit answers the next request at once.
+the likeliest outcomes of that check (docs/architecture.md, "Pre-drafting and adaptive k").
 
-An outcome is (a, y): the verifier accepted a of the k drafts and added token y, the correction
-at position a (a < k) or the bonus after d_k (a = k). The next request's sync identifies it
-exactly, given what the proposer holds (the synced prefix, L tokens, plus d1..d(k-1)):
+An outcome is (a, y): a of the k drafts accepted and y added, the correction at a (a < k) or
+the bonus after d_k (a = k). The next request's sync names it exactly, given what the proposer
+holds (L synced tokens plus d1..d(k-1)), so a branch is keyed by that sync, with no message:
   a < k:  start = L + a,      tokens = [y]
   a = k:  start = L + k - 1,  tokens = [d_k, y]
-so a pre-drafted branch is keyed by that (start, tokens) and needs no extra message.
-
-Outcomes are ranked by P(a) * q(y) (rank_outcomes): P(a) from the acceptance each draft is
-expected to have, read off its confidence (the probability the draft gave it) by ConfidenceBins,
-the acceptance measured so far for drafts of that confidence; q(y) the draft's own probability
-of y there. The raw probability is no estimate: a small draft is under-confident (it gives its
-draft ~0.4 where the target accepts ~0.7), and a rate per draft position ignores which drafts
-were easy. Ranked by position, the shipped pair hit 52% of outcomes with 4 branches and 74% with
-8; by binned confidence, 60% and 80% (232 rounds, bench and held-out prompts).
-
-A PreDrafter runs them for the draft proposer once a proposal is answered (after_reply), one
-engine call per depth for all branches, chained on the engine thread (Batcher.run_greedy; a
-sampled draft drawn there by its position, as a request would). The best all-accepted branch
-extends the session's own slot (stale positions are masked: a miss costs nothing there), the
-others a copy of it in scratch slots, where the engine copies slots (the positions each lacks).
-A hit in a scratch slot makes that the session's slot, its old one scratch: no copy back.
 """
 
 from __future__ import annotations
@@ -67,9 +51,8 @@ class ConfidenceBins:
 
 @dataclass(frozen=True)
 class DraftDistributions:
-    """The draft's distributions at n positions, e / z, left unnormalised: ranking scales each
-    row by one factor anyway, and a confidence reads one entry per row. A pre-draft computes
-    them once, on its critical path, where each pass over [n, V] and each temporary counts."""
+    """The draft's distributions at n positions, e / z, left unnormalised (ranking scales a row
+    by one factor anyway): computed once, on the pre-draft's critical path."""
 
     e: np.ndarray   # [n, V] float32 exp(logits - the row's max)
     z: np.ndarray   # [n] the row sums of e
@@ -77,8 +60,7 @@ class DraftDistributions:
 
 def draft_distributions(logits_at: list[np.ndarray]) -> DraftDistributions:
     """[n] logits [V] -> their DraftDistributions. float32, in one array: [5, 4096] of float64
-    is over malloc's mmap threshold (128 KiB), and fresh pages for every temporary cost more
-    than the arithmetic."""
+    is over malloc's mmap threshold, and fresh pages per temporary cost more than the math."""
     e = np.stack(logits_at).astype(np.float32, copy=False)   # a new array: updated in place
     e -= e.max(axis=1, keepdims=True)
     np.exp(e, out=e)
@@ -118,12 +100,10 @@ def observed_outcome(prefix_len: int, draft: list[int], start: int, tokens: list
 
 def rank_outcomes(dist: DraftDistributions, draft: list[int], rates: np.ndarray,
                   budget: int) -> list[tuple[int, int, float]]:
-    """The `budget` likeliest outcomes (accepted, token, probability), best first.
+    """The `budget` likeliest outcomes (accepted, token, probability), best first, in one pass.
 
-    dist [k+1, V]: row i the draft's distribution at draft position i (the one d_{i+1} was
-    picked from), i = 0..k; row k the one after d_k (bonus guesses). rates [k]: each draft's
-    expected acceptance (ConfidenceBins). All positions in one pass over [k+1, V]: this runs
-    on the critical path of a pre-draft."""
+    dist [k+1, V]: row i the draft's distribution d_{i+1} was picked from; row k the one after
+    d_k (bonus guesses). rates [k]: each draft's expected acceptance (ConfidenceBins)."""
     k = len(draft)
     rows = np.arange(k)
     # P(the check stops at a): drafts 0..a-1 accepted, then a rejected (a < k) or a = k.
@@ -140,12 +120,10 @@ def rank_outcomes(dist: DraftDistributions, draft: list[int], rates: np.ndarray,
 
 
 def top_entries(score: np.ndarray, n: int) -> np.ndarray:
-    """Flat indices of the n largest entries of a [R, V] array, largest first.
-
-    Not an argpartition over all R*V entries (~0.15 ms at 5 x 4096, on the pre-draft's critical
-    path): the smallest of n entries known to be large (each row's largest, then its second
-    largest, ...) bounds the n-th largest from below, and only the entries above it are sorted.
-    The entries found are masked in score while looking for the next ones, then restored."""
+    """Flat indices of the n largest entries of a [R, V] array, largest first. Cheaper than an
+    argpartition of all R*V on the pre-draft's critical path: the smallest of n entries known to
+    be large (each row's largest, then second largest, ...; masked in score meanwhile) bounds
+    the n-th from below, and only the entries above it are sorted."""
     score = np.ascontiguousarray(score)
     flat = score.reshape(-1)   # a view: the masking below is seen by argmax
     n = min(n, flat.size)
@@ -207,10 +185,8 @@ class LastDraft:
 class PreDraftCounters:
     """The proposer's pre-draft figures, for tests (Prometheus: specdec_pre_drafted of specdec_proposals)."""
 
-    lookups: int = 0        # proposals that could have been answered from a branch
-    hits: int = 0           # ... and were
+    hits: int = 0            # proposals answered from a branch
     drafted_tokens: int = 0  # tokens pre-drafted
-    wasted_tokens: int = 0   # ... in branches that missed
 
 
 def sampled_pick(sampled: DraftSampling, probs: list[Sparse]) -> Pick:
@@ -230,16 +206,12 @@ class SessionPreDraft:
     last: LastDraft | None = None
     branches: dict[OutcomeKey, Branch] = field(default_factory=dict)
     scratch: list[int] = field(default_factory=list)   # scratch slots its branches hold
-    # The outcome the next request names, (start, tokens), once it has arrived (it waits for
-    # the pre-draft running meanwhile), and that pre-draft's chains by outcome: the request
-    # stops every chain but its own (all of them on a miss), so it waits for its own only.
-    named: OutcomeKey | None = None
-    drafting: dict[OutcomeKey, Chain] = field(default_factory=dict)
+    named: OutcomeKey | None = None   # the outcome the next request names, once it arrived
+    drafting: dict[OutcomeKey, Chain] = field(default_factory=dict)   # the running pre-draft's
 
     def name(self, key: OutcomeKey) -> None:
-        """A request names the outcome of the proposal being verified: a pre-draft still
-        running for it stops every branch but that outcome's, now (all of them on a miss),
-        instead of finishing branches nobody will take while the request waits."""
+        """A request names the outcome: a pre-draft still running stops every branch but that
+        outcome's now (all on a miss), so the request waits for no branch nobody will take."""
         self.named = key
         for other, chain in self.drafting.items():
             if other != key:
@@ -266,8 +238,8 @@ class PreDrafter:
         # a pre-draft copies a scratch slot only the positions it lacks. A session's: its seq.
         self._held: dict[int, list[int]] = {}
         self.counters = PreDraftCounters()
-        # Expected acceptance by draft confidence, learned from every session's outcomes, for
-        # greedy drafts [0] and sampled ones [1] (kept at other rates than greedy ones as sure).
+        # Expected acceptance by draft confidence, from every session's outcomes: greedy drafts
+        # [0], sampled ones [1] (a sampled draft is kept at another rate than an equally sure one).
         self.calibration = (ConfidenceBins(), ConfidenceBins())
 
     def open_slot(self) -> int:
@@ -284,7 +256,6 @@ class PreDrafter:
         self._spare.append(seq.slot)
 
     def _drop(self, pre: SessionPreDraft) -> None:
-        self.counters.wasted_tokens += sum(len(b.draft) for b in pre.branches.values())
         pre.branches.clear()
         self._spare += pre.scratch
         pre.scratch = []
@@ -299,7 +270,6 @@ class PreDrafter:
             accepted = observed_outcome(last.prefix_len, last.draft, start, tokens)
             if accepted is not None:
                 self.calibration[last.sampled is not None].observe(last.confidence(), accepted)
-            self.counters.lookups += 1
             branch = pre.branches.pop((start, tuple(tokens)), None)
         if take_shorter and branch is not None:
             k = min(k, len(branch.draft))
@@ -321,11 +291,9 @@ class PreDrafter:
         return Proposal(branch.draft[:k], held, StepTimings(), branch.probs[:k] if sampled else None, pre_drafted=True)
 
     def branch_budget(self) -> int:
-        """Branches per pre-draft: F shared by the open sessions, at least one each. A lone
-        session's pre-draft runs while the proposer would idle; under load the proposer is
-        busy with the other sessions' rounds and every branch row is taken from them, so its
-        pre-draft work must not grow with the sessions (8 sessions at k = 4 on the development
-        machine: 8-14% more tokens/s with one branch each than with eight)."""
+        """Branches per pre-draft: F shared by the open sessions, at least one each. Under load
+        every branch row is taken from the other sessions' rounds, so the pre-draft work must
+        not grow with the sessions (`python -m bench.auto_k --method draft --sessions 8`)."""
         return max(1, self.branches // max(self.pool.in_use, 1))
 
     async def after_reply(self, pre: SessionPreDraft, seq: SlotSequence) -> None:

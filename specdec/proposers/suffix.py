@@ -1,13 +1,8 @@
-"""The suffix-decoding proposer (Arctic Inference's): no model, no device. Each session keeps a
-suffix trie over its own prompt + accepted output; the proposer keeps a global one over the
-sequences of finished sessions (SuffixCache). Each round both propose the most frequent
-continuation of the sequence's longest suffix match, sized from the match length; the one with
-the higher expected number of accepted tokens wins (Arctic's score). A session's tokens enter
-the global cache when it closes, never while it runs: a running session's own future is not
-evidence about itself.
-
-Sync is the n-gram proposer's (start + tokens into a TokenHistory); the trie grows by the
-appended tokens only, and is rebuilt only when a sync rewrites tokens it already held.
+"""The suffix-decoding proposer (Arctic Inference's; docs/architecture.md): a suffix trie per
+session over its prompt and output, and a global one over finished sessions (SuffixCache); each
+round the candidate with the higher expected accepted tokens (Arctic's score) wins. A session
+joins the global cache when it closes, never while it runs: its own future is no evidence about
+itself. Sync is the n-gram proposer's; a sync that rewrites held tokens rebuilds the trie.
 """
 
 from __future__ import annotations
@@ -27,10 +22,9 @@ from specdec.types import Proposal, StepTimings
 # Longest suffix matched (Arctic's default max tree depth): longer matches rarely differ in
 # what they predict, and the tries hold up to this + max_k nodes per token.
 MAX_MATCH = 24
-# Memory bounds the cache, not speed: a trie node costs ~270 bytes and unique text takes up to
-# depth nodes per token (measured 8.5 KB per token at depth 32 on random tokens), so 100
-# finished 3,000-token sessions can hold ~2.5 GB. Arctic keeps 10,000 in compressed suffix
-# trees; compressing single-occurrence chains would let this grow the same way.
+# Memory bounds the cache, not speed: unique text takes up to depth trie nodes per token, so
+# 100 finished 3,000-token sessions can hold gigabytes (stats().cached_tokens). Arctic keeps
+# 10,000 in compressed suffix trees; compressing single-occurrence chains would allow as many.
 DEFAULT_CACHE_REQUESTS = 100
 
 
@@ -109,8 +103,7 @@ class SuffixProposer:
 
     async def propose(self, session: SuffixSession, start: int, tokens: list[int], k: int,
                       sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
-        """Deterministic drafts whatever the sampling, as the n-gram proposer's: the point-mass
-        case of the rejection rule, so lossless for sampling too. Nothing pre-drafted."""
+        """Deterministic drafts whatever the sampling, as the n-gram proposer's."""
         t0 = time.perf_counter_ns()
         if not 0 <= k <= self.max_k:
             raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")

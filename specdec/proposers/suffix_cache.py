@@ -24,10 +24,8 @@ class SuffixCache:
         return len(self._sequences)
 
     def add(self, tokens: list[int]) -> None:
-        """A finished session's sequence; evicts the least recently used past capacity.
-        O(depth) per token either way (add, evict), on the caller's thread. A sequence of one
-        token has nothing that follows anything, so it is not kept (the service's warm-up
-        session is one: it must not take a place in the cache)."""
+        """A finished session's sequence; evicts the least recently used past capacity. A
+        one-token sequence (the service's warm-up session) predicts nothing and is not kept."""
         if self.capacity == 0 or len(tokens) < 2:
             return
         self._sequences[self._next_key] = tokens
@@ -41,9 +39,8 @@ class SuffixCache:
 
     def touch(self, node: int) -> None:
         """A draft was taken from the path ending at `node`: the sequence that last passed
-        through it becomes the most recently used. Approximate where several cached sequences
-        share the path (the newest of them is credited), and a no-op where that one has been
-        evicted since (the tag outlives it on nodes others still hold)."""
+        through it becomes the most recently used (approximate where several share the path; a
+        no-op where that one was evicted since)."""
         key = self.trie.tags[node]
         if key in self._sequences:
             self._sequences.move_to_end(key)

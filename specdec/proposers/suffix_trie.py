@@ -2,20 +2,15 @@
 Inference's, arXiv 2411.04975): find the longest suffix of the current sequence that occurred
 before, and propose its most frequent continuation.
 
-The trie holds every substring of length <= depth of the sequences added to it; a node's count
-is how many times its substring occurs (once per start position). A node's children are the
-tokens that followed an occurrence, so the final occurrence of a sequence's own suffix adds no
-child: "the suffix matched and has a continuation" never counts the self-match. Appending a
-token touches the (at most depth) substrings that end at it, so a session's trie grows in
-O(depth) per token instead of being rebuilt each round.
-
-Why a trie bounded in depth and not a suffix tree: simple, and every operation is a dict walk of
-at most `depth` steps; its size is <= depth nodes per token, which `depth` keeps small.
+It holds every substring of length <= depth of the sequences added; a node's count is how many
+times its substring occurs, its children the tokens that followed an occurrence, so a
+sequence's own final suffix adds no child (a match never counts the self-match). An append
+touches the <= depth substrings ending at it: O(depth) per token, no rebuild per round; every
+operation is a dict walk of <= depth steps, simpler than a suffix tree.
 
 Nodes are ids into a list of token -> child dicts and an array of counts, not an object each:
-dicts of ints are invisible to the garbage collector, objects are not, and with an object per
-node (tens of thousands per session) full collections paused the event loop for 40-220 ms
-and made appends 3-8x slower (measured on 2,000-3,000-token random sequences).
+dicts of ints are invisible to the garbage collector, and tens of thousands of node objects per
+session made full collections pause the event loop (`python -m bench.suffix`).
 """
 
 from __future__ import annotations
