@@ -57,7 +57,8 @@ Step = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 # wrapper drops the Python launch code between kernels. The KV cache is not a parameter, so it
 # stays a mutable input. Its register tiles are narrowed while compiling (cpu_gemm_tiles).
 # weight_prepack off: oneDNN's prepacked weights are opaque tensors that inductor's on-disk
-# cache cannot store, so with them every start compiled every graph again.
+# cache cannot store, so with them every start compiled every graph again; steps of three rows
+# or more reach oneDNN through packed_linear instead, where inductor's GEMM falls behind.
 CPU_FROZEN_INDUCTOR = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
                        "cpp_wrapper": True, "cpp.weight_prepack": False}
 # Graphs that read the engine's own weights (inputs, not constants): no copies, cacheable.
@@ -150,6 +151,8 @@ class StepCompiler:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(self.cache_dir).expanduser() / "torch-inductor")
         self.frozen = not cuda and weight_bytes(engine) <= FREEZE_MAX_BYTES
         self.options = {} if cuda else CPU_FROZEN_INDUCTOR if self.frozen else CPU_SHARED_INDUCTOR
+        if self.frozen:   # a third copy of the weights, as small as the frozen one (packed_linear)
+            engine.model.pack_projections()
         if cuda:  # CUDA graphs replay fixed addresses: the cache and tables must not move
             for t in [engine.cos, engine.sin, *(x for kv in engine.caches for x in kv)]:
                 torch._dynamo.mark_static_address(t)

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specdec.engine import packed_linear
 from specdec.engine.checkpoint import LlamaFamilyConfig
+from specdec.engine.packed_linear import PackedWeight
 
 
 class RMSNorm(nn.Module):
@@ -86,9 +88,19 @@ class Proj(nn.Module):
         super().__init__()
         self.weight_t = nn.Parameter(torch.empty(in_features, out_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.packed: PackedWeight | None = None   # set by pack(): compiled CPU steps only
+
+    def pack(self) -> None:
+        """Compiled steps of MIN_ROWS rows or more multiply through oneDNN (packed_linear)."""
+        if packed_linear.available(self.weight_t):
+            self.packed = packed_linear.pack(self.weight_t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x @ self.weight_t
+        if self.packed is not None and torch.compiler.is_compiling() \
+                and x.shape[:-1].numel() >= packed_linear.MIN_ROWS:
+            y = torch.ops.specdec.packed_linear(x, self.packed.key)
+        else:
+            y = x @ self.weight_t
         return y if self.bias is None else y + self.bias
 
 
@@ -210,6 +222,12 @@ class LlamaFamilyModel(nn.Module):
             x = x + layer.self_attn(h, cos, sin, w_slot, w_pos, slots, mask, ck, cv)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return x
+
+    def pack_projections(self) -> None:
+        """Every projection (lm_head too) packed for oneDNN: see packed_linear."""
+        for module in self.modules():
+            if isinstance(module, Proj):
+                module.pack()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] pre-norm hidden states -> [..., V] float32 logits."""
