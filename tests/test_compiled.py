@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import replace
 
 import numpy as np
@@ -233,34 +232,42 @@ def test_compiled_turbo_is_lossless(tiny, cache, tmp_path_factory, monkeypatch):
     assert rec.drafted > 0 and sum(used.values()) >= rec.verify_steps
 
 
-def test_small_gemm_tiles_reach_the_generated_kernel():
-    """Under cpu_gemm_tiles a 5-row GEMM is built from a tile of at most 12 accumulators (not
-    inductor's stock 8 x 48), results are unchanged, and the stock tiles come back afterwards."""
+def test_steps_of_three_rows_or_more_multiply_through_the_packed_weight():
+    """A packed projection compiled for 5 rows calls specdec::packed_linear (oneDNN), for one
+    row inductor's own GEMM; both give the matmul's result. Two modules of one weight share one
+    packed copy, and it goes with the last of them."""
+    import gc
+
     import torch._inductor.config as inductor
-    import torch._inductor.select_algorithm  # noqa: F401  (first: see cpu_gemm_tiles)
-    from torch._inductor.cpu_vec_isa import VecAVX512, pick_vec_isa
     from torch._inductor.utils import run_and_get_code
 
-    from specdec.engine.cpu_gemm_tiles import SMALL_TILES, small_gemm_tiles
+    from specdec.engine import packed_linear
+    from specdec.engine.compiled import CPU_FROZEN_INDUCTOR
+    from specdec.engine.llama import Proj
 
-    if not isinstance(pick_vec_isa(), VecAVX512):
-        pytest.skip("the tiles apply to AVX-512 only")
-    from torch._inductor.codegen import cpp_micro_gemm as mg
-    stock = list(mg.micro_gemm_configs[mg.CppMicroGemmFP32Vec])
-    lin = torch.nn.Linear(320, 96, bias=False).eval()
-    x = torch.randn(5, 320)
+    proj = Proj(320, 96, bias=True).eval()
+    with torch.no_grad():
+        proj.weight_t.normal_()
+        proj.bias.normal_()
+    proj.pack()
+    if proj.packed is None:
+        pytest.skip("this torch has no oneDNN")
+    for rows, through_onednn in ((5, True), (1, False)):
+        x = torch.randn(rows, 320)
+        torch._dynamo.reset()
+        with torch.no_grad(), inductor.patch({**CPU_FROZEN_INDUCTOR, "force_disable_caches": True}):
+            out, (code, *_) = run_and_get_code(torch.compile(proj), x)
+        assert ("packed_linear" in code) == through_onednn, code
+        torch.testing.assert_close(out, x @ proj.weight_t.detach() + proj.bias.detach(), rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
-    with small_gemm_tiles() as salt, torch.no_grad(), inductor.patch(
-            {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP",
-             "force_disable_caches": True, **salt}):
-        assert salt["post_grad_custom_post_pass"].uuid().endswith(str(SMALL_TILES))
-        out, (code, *_) = run_and_get_code(torch.compile(lin), x)
-    torch._dynamo.reset()
-    tiles = {(int(m), int(n)) for m, n in
-             re.findall(r"constexpr int64_t Mr = (\d+);\s+constexpr int64_t Nr = (\d+);", code)}
-    assert tiles and all(m * n // 16 <= 12 for m, n in tiles), tiles
-    torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-5)
-    assert mg.micro_gemm_configs[mg.CppMicroGemmFP32Vec] == stock
+    twin = Proj(320, 96, bias=True)
+    twin.load_state_dict(proj.state_dict())
+    twin.pack()
+    assert twin.packed is proj.packed
+    key = proj.packed.key
+    del proj, twin
+    gc.collect()
+    assert key not in packed_linear._REGISTRY
 
 
 def test_the_constant_pool_returns_an_equal_constant_it_holds():

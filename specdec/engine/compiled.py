@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from specdec.engine.cpu_gemm_tiles import small_gemm_tiles
 from specdec.engine.shared_constants import ConstantPool, shared_constants
 from specdec.engine.specializations import Specialization, by_size, fit, gather_index, pad_call
 
@@ -53,9 +52,9 @@ Step = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 
 # On CPU the step is a chain of GEMVs (a few rows times each weight matrix): inductor's own C++
 # GEMM, tuned per shape on weights frozen and packed at compile time, streams them faster than
-# the MKL call (measured on the shipped target, one core: 4.5 -> 3.0 ms per step), and the C++
-# wrapper drops the Python launch code between kernels. The KV cache is not a parameter, so it
-# stays a mutable input. Its register tiles are narrowed while compiling (cpu_gemm_tiles).
+# the MKL call (python -m bench.floor), and the C++ wrapper drops the Python launch code
+# between kernels. The KV cache is not a parameter, so it
+# stays a mutable input.
 # weight_prepack off: oneDNN's prepacked weights are opaque tensors that inductor's on-disk
 # cache cannot store, so with them every start compiled every graph again; steps of three rows
 # or more reach oneDNN through packed_linear instead, where inductor's GEMM falls behind.
@@ -71,12 +70,12 @@ COMPILE_MIN_GAIN = 0.10
 
 # The attended KV length is a dynamic dimension of every CPU graph, rounded up to this many
 # positions: a step reads and attends over the positions in use, not all of ctx_len. Each row's
-# cache is gathered for attention, so at 8 rows the shipped draft's step costs 0.69 ms over 256
-# positions and 0.54 ms over 64 (one core). On CUDA the graphs keep ctx_len (a CUDA graph is
+# cache is gathered for attention, so its cost grows with the positions attended (python -m
+# bench.concurrency times 8 rows). On CUDA the graphs keep ctx_len (a CUDA graph is
 # recorded per shape, and the GPU reads a few hundred positions in no measurable time).
 KV_BUCKET = 32
 
-# Inductor's registries (tiles, constants) are process-wide: graphs are built one at a time.
+# Inductor's registries (config, constants) are process-wide: graphs are built one at a time.
 _ONE_GRAPH_AT_A_TIME = threading.Lock()
 # Graphs dynamo may hold per step code object (one engine's specializations: own_step) and in
 # all (every engine's in the process); past its defaults (8, 256) it would fall back to eager.
@@ -159,9 +158,9 @@ class StepCompiler:
         # Every call checks dynamo's guards of each cached specialization in turn until one
         # holds. Guards on the modules' attributes cannot fail here (the weights never change
         # after load): dropping them leaves the input shapes to pick the specialization, and
-        # cuts the lookup from ~0.2 ms to ~0.05 ms a call (torch profiler, the Turbo target's
-        # step). CUDA adds mode="reduce-overhead"'s one option (CUDA graphs): torch.compile
-        # takes a mode or options, not both.
+        # cuts the lookup by about three quarters (torch profiler on a step). CUDA adds
+        # mode="reduce-overhead"'s one option (CUDA graphs): torch.compile takes a mode or
+        # options, not both.
         options: dict[str, Any] = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
         fn = torch.compile(own_step(engine), dynamic=False, fullgraph=True,
                            options={**options, "triton.cudagraphs": True} if cuda else options)
@@ -265,9 +264,9 @@ class StepCompiler:
 
     @contextlib.contextmanager
     def _settings(self) -> Iterator[None]:
-        """Inductor's settings, the CPU tiles and this engine's constant pool, around one graph.
+        """Inductor's settings and this engine's constant pool, around one graph.
         One graph at a time in the process: the settings are process-wide (inductor's config,
-        its tile and constant registries), and two engines may compile side by side."""
+        its constant registry), and two engines may compile side by side."""
         # torch's config patches are per thread: the compiling thread sets its own.
         limits = torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
                                             accumulated_recompile_limit=RECOMPILE_LIMIT)
@@ -275,8 +274,7 @@ class StepCompiler:
             if self.cuda:
                 yield
                 return
-            with small_gemm_tiles() as salt, shared_constants(self._pool), \
-                    torch._inductor.config.patch({**self.options, **salt}):
+            with shared_constants(self._pool), torch._inductor.config.patch(self.options):
                 yield
 
     def _pays(self, spec: Specialization) -> bool:

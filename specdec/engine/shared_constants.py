@@ -2,15 +2,13 @@
 
 Why: on CPU, inductor freezes the weights into each compiled graph and prepacks them for its
 C++ GEMM (compiled.CPU_FROZEN_INDUCTOR), so every specialization held a copy of every weight of its
-own. A call at another specialization than the engine's last then read its copy cold:
-`python -m bench.floor --compile on --full-batch-size 1` on the development machine (the
-shipped target, one core) timed windows of 1 and 5 tokens at 3.1 and 4.8 ms a call alone, and
-4.6 and 6.9 ms called in turn. Every round of `--num-speculative-tokens auto` that explores or
-trims its window paid that, as does a batch whose rows move between batch buckets. The packing
-is deterministic, so the graphs' packed weights are equal tensor for tensor: while an engine
-compiles, a constant equal to one that an earlier graph registered is replaced by it. Shared,
-the windows called in turn cost 3.4 and 4.6 ms (3.3 and 4.5 alone), and a verifier with
-windows 1-5 held 40-100 MB less.
+own. A call at another specialization than the engine's last then read its copy cold (`python
+-m bench.floor --compile on --full-batch-size 1` times windows alone and called in turn): every
+round of `--num-speculative-tokens auto` that explores or trims its window paid that, as does a
+batch whose rows move between batch buckets. The packing is deterministic, so the graphs'
+packed weights are equal tensor for tensor: while an engine compiles, a constant equal to one
+that an earlier graph registered is replaced by it, and a verifier holds one copy, not one per
+window.
 
 Constants are read-only (freezing inlines only parameters that are never mutated), so sharing
 one changes no result. The hook is inductor's registry of a graph's constants
