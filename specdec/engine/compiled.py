@@ -53,8 +53,7 @@ Step = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 # On CPU the step is a chain of GEMVs (a few rows times each weight matrix): inductor's own C++
 # GEMM, tuned per shape on weights frozen and packed at compile time, streams them faster than
 # the MKL call (python -m bench.floor), and the C++ wrapper drops the Python launch code
-# between kernels. The KV cache is not a parameter, so it
-# stays a mutable input.
+# between kernels. The KV cache is not a parameter, so it stays a mutable input.
 # weight_prepack off: oneDNN's prepacked weights are opaque tensors that inductor's on-disk
 # cache cannot store, so with them every start compiled every graph again; steps of three rows
 # or more reach oneDNN through packed_linear instead, where inductor's GEMM falls behind.
