@@ -10,11 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.__main__ import measured, run_grpc, service_flags, start_proposer, start_verifier
+from bench.__main__ import measured_in_turn, run_grpc, service_flags, start_proposer, start_verifier
 from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf, measured_peer
 from bench.rows import GENERATE, PEER_OF, TARGET_ONLY, Row, peer_row, service_row, target_round_ms
 from specdec.engine.turbo import read_turbo_config
-from specdec.generation import GenerationConfig
+from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.method import Method
 
 
@@ -24,6 +24,10 @@ class Plan:
     k: int                      # the headline k: pre-drafting runs at it, the headline shows it
     auto_max_k: int             # k auto picks from 0..this each round
     pre_draft_branches: int
+    # The draft's and prompt lookup's rows, every fixed k and k auto, are measured in turn this
+    # many times and each shows its median (bench.__main__.measured_in_turn): auto is compared
+    # with the best fixed k, and a shared CPU drifts by 10-20% between rows measured once.
+    repeats: int = 1
 
 
 def steps(plan: Plan) -> int:
@@ -52,12 +56,19 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
     new = args.max_new_tokens
     warm = prompts[:1]
 
+    def in_turn(runs: list[tuple[str, str, str | None, GenerationConfig]], repeats: int = 1):
+        """(label, verifier, proposer, config) rows measured in turn: each row's median records."""
+        def run(verifier: str, proposer: str | None, config: GenerationConfig):
+            return lambda warmup: asyncio.run(run_grpc(
+                services[verifier].address, services[proposer].address if proposer else None,
+                warm if warmup else prompts, config))
+        measured = measured_in_turn([(label, run(*how)) for label, *how in runs], repeats)
+        for label, *_ in runs:
+            tick(label)
+        return [records for records, _ in measured]
+
     def grpc(verifier: str, proposer: str | None, config: GenerationConfig, label: str):
-        records, _ = measured(label, lambda warmup: asyncio.run(
-            run_grpc(services[verifier].address, services[proposer].address if proposer else None,
-                     warm if warmup else prompts, config)))
-        tick(label)
-        return records
+        return in_turn([(label, verifier, proposer, config)])[0]
 
     rows: list[Row] = []
     try:
@@ -67,12 +78,15 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
         base = grpc("plain", None, GenerationConfig(0, new, ignore_eos=True), TARGET_ONLY)
         ref, t_ms = [r.tokens for r in base], target_round_ms(base)
         rows.append(service_row(TARGET_ONLY, 0, base, ref))
+        auto = GenerationConfig(plan.auto_max_k, new, ignore_eos=True, adaptive_k=True)
+        auto_rows = []   # shown after the fixed-k methods, as in the headline
         for method in (Method.DRAFT, Method.NGRAM):
-            for k in plan.ks:
-                recs = grpc("plain", method, GenerationConfig(k, new, ignore_eos=True), f"{method} k={k}")
-                rows.append(service_row(method, k, recs, ref, t_ms))
+            runs = [(f"{method} k={k}", "plain", method, GenerationConfig(k, new, ignore_eos=True)) for k in plan.ks]
+            *fixed, auto_recs = in_turn([*runs, (f"{method} k auto", "plain", method, auto)], plan.repeats)
+            rows += [service_row(method, k, recs, ref, t_ms) for k, recs in zip(plan.ks, fixed)]
+            auto_rows.append(auto_row(method, plan, auto_recs, rows, ref))
         # Turbo at each k up to its heads: a round verifies the first k guesses (a smaller window
-        # can cost less per token than all H: on CPU the compiled 5-token window costs ~1.5x a 4-token one).
+        # can cost less per token than all H: `python -m bench.turbo_cost`).
         for k in sorted({*(k for k in plan.ks if k <= heads), min(plan.k, heads)}):
             recs = grpc(Method.TURBO, None, GenerationConfig(k, new, ignore_eos=True), f"turbo k={k}")
             rows.append(service_row(Method.TURBO, k, recs, ref, t_ms))
@@ -80,17 +94,24 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
         hits = sum(r.pre_draft_hits for r in recs) / max(1, sum(r.proposals for r in recs))
         rows.append(service_row("draft pre-drafting", plan.k, recs, ref, note=f"{plan.pre_draft_branches} "
                                 f"branches, {hits:.0%} of drafts pre-drafted"))
-        auto = GenerationConfig(plan.auto_max_k, new, ignore_eos=True, adaptive_k=True)
-        for method in (Method.DRAFT, Method.NGRAM):
-            recs = grpc("plain", method, auto, f"{method} k auto")
-            hist = [sum(r.k_histogram[k] for r in recs if k < len(r.k_histogram))
-                    for k in range(plan.auto_max_k + 1)]
-            rows.append(service_row(f"{method} k auto", plan.auto_max_k, recs, ref,
-                                    note="rounds by k: " + " ".join(f"{k}:{n}" for k, n in enumerate(hist) if n)))
+        rows += auto_rows
     finally:
         for svc in services.values():
             svc.stop()
     return rows + run_peers(args, plan, prompts, ref, tick), ref
+
+
+def auto_row(method: Method, plan: Plan, records: list[GenerationRecord], rows: list[Row],
+             reference: list[list[int]]) -> Row:
+    """k auto's row, its note the rounds by k and how it compares with the best fixed k in its
+    range (target-only is k = 0)."""
+    hist = [sum(r.k_histogram[k] for r in records if k < len(r.k_histogram)) for k in range(plan.auto_max_k + 1)]
+    row = service_row(f"{method} k auto", plan.auto_max_k, records, reference)
+    best = max((r for r in rows if r.mode == TARGET_ONLY or (r.mode == method and r.k <= plan.auto_max_k)),
+               key=lambda r: r.tokens_per_s)
+    row.note = (f"rounds by k: {' '.join(f'{k}:{n}' for k, n in enumerate(hist) if n)}; "
+                f"{row.tokens_per_s / best.tokens_per_s:.2f}x the best fixed k ({best.k})")
+    return row
 
 
 def run_peers(args: argparse.Namespace, plan: Plan, prompts: list[list[int]], ref: list[list[int]],

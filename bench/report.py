@@ -53,7 +53,8 @@ class Scale:
     compile: str   # the method rows' --compile; the concurrency rows run eager
 
 
-FULL = Scale(Plan(ks=(1, 2, 3, 4, 6), k=4, auto_max_k=4, pre_draft_branches=DEFAULT_PRE_DRAFT_BRANCHES),
+FULL = Scale(Plan(ks=(1, 2, 3, 4, 6), k=4, auto_max_k=6, pre_draft_branches=DEFAULT_PRE_DRAFT_BRANCHES,
+                  repeats=5),
              prompts=4, max_new_tokens=96, sessions=(1, 2, 4, 8), compile="on")
 QUICK = Scale(Plan(ks=(2,), k=2, auto_max_k=2, pre_draft_branches=DEFAULT_PRE_DRAFT_BRANCHES),
               prompts=2, max_new_tokens=24, sessions=(1, 2), compile="off")
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{bench.device}/{bench.dtype}; method rows: services compiled: {compile_}, batch 1; "
                 f"concurrency rows: services eager, k = {plan.k}; pre-drafting: "
                 f"{plan.pre_draft_branches} branches at k = {plan.k}; k auto: 0..{plan.auto_max_k}; "
+                f"the draft's and n-gram's rows (each k, k auto) in turn, median of {plan.repeats}; "
                 f"n-gram size {bench.max_ngram_size}; models: {bench.target_model} (target, Turbo heads), "
                 f"{bench.draft_model} (draft)")
     summary = (f"{len(prompts)} prompts x {bench.max_new_tokens} tokens, {bench.device}, services "
