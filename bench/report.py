@@ -3,7 +3,7 @@ decoding on the same models, prompts and machine, in one run; written as docs/be
 (tables, machine, date, command), PNG plots beside it, benchmarks.json, and the README's
 headline block.
 
-    python -m bench.report            # the full report (13 minutes on a busy 2-core CPU)
+    python -m bench.report            # the full report (about 6 minutes on a 2-core CPU)
     python -m bench.report --quick    # a small one, services eager (what the test runs)
     python -m bench.report --quick --out /tmp/report   # elsewhere: the README is left alone
 
