@@ -62,7 +62,7 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
             return lambda warmup: asyncio.run(run_grpc(
                 services[verifier].address, services[proposer].address if proposer else None,
                 warm if warmup else prompts, config))
-        measured = measured_in_turn([(label, run(*how)) for label, *how in runs], repeats)
+        measured = measured_in_turn([(label, run(v, p, c)) for label, v, p, c in runs], repeats)
         for label, *_ in runs:
             tick(label)
         return [records for records, _ in measured]
