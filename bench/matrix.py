@@ -1,6 +1,6 @@
 """The report's matrix: each method x k over gRPC, and the transformers peers, on one set of
 prompts, in one process run. The rows come from the benchmark's own pieces (bench.__main__:
-its service flags and starts, `run_grpc`, `measured`; bench.peers, `measured_peer`)."""
+its service flags and starts, `run_grpc`, `measured_in_turn`; bench.peers, `measured_peer`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,21 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.__main__ import measured_in_turn, run_grpc, service_flags, start_proposer, start_verifier
 from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf, measured_peer
-from bench.rows import GENERATE, PEER_OF, TARGET_ONLY, Row, peer_row, service_row, target_round_ms
+from bench.rows import (
+    AUTO_OF,
+    GENERATE,
+    PEER_OF,
+    PRE_DRAFTING,
+    TARGET_ONLY,
+    Row,
+    peer_row,
+    service_row,
+    target_round_ms,
+)
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.method import Method
@@ -24,15 +35,45 @@ class Plan:
     k: int                      # the headline k: pre-drafting runs at it, the headline shows it
     auto_max_k: int             # k auto picks from 0..this each round
     pre_draft_branches: int
-    # The draft's and prompt lookup's rows, every fixed k and k auto, are measured in turn this
-    # many times and each shows its median (bench.__main__.measured_in_turn): auto is compared
-    # with the best fixed k, and a shared CPU drifts by 10-20% between rows measured once.
+    # Every gRPC row is measured in turn this many times and shows its median repeat
+    # (bench.__main__.measured_in_turn): a shared CPU drifts by 10-20% between rows measured
+    # once each, which is as much as k auto and the best fixed k differ by.
     repeats: int = 1
 
 
-def steps(plan: Plan) -> int:
-    """Progress-bar steps of `run_matrix`: service start, rows, peers."""
-    return 1 + (1 + 2 * len(plan.ks) + 1 + 1 + 2) + (1 + 2 * len(plan.ks))
+class GrpcRun(NamedTuple):
+    """A row over gRPC: its mode (bench.rows), the services by name, its generation config."""
+
+    mode: str
+    verifier: str
+    proposer: str | None
+    config: GenerationConfig
+
+    @property
+    def label(self) -> str:
+        k = self.config.num_speculative_tokens
+        return self.mode if self.mode in (TARGET_ONLY, PRE_DRAFTING, *AUTO_OF.values()) else f"{self.mode} k={k}"
+
+
+def grpc_runs(plan: Plan, heads: int, new: int) -> list[GrpcRun]:
+    """The rows over gRPC, in the order they are shown (k auto after the fixed-k methods)."""
+    def fixed(k: int) -> GenerationConfig:
+        return GenerationConfig(k, new, ignore_eos=True)
+
+    auto = GenerationConfig(plan.auto_max_k, new, ignore_eos=True, adaptive_k=True)
+    # Turbo at each k up to its heads: a round verifies the first k guesses (a smaller window
+    # can cost less per token than all H: `python -m bench.turbo_cost`).
+    turbo_ks = sorted({*(k for k in plan.ks if k <= heads), min(plan.k, heads)})
+    return [GrpcRun(TARGET_ONLY, "plain", None, fixed(0)),
+            *(GrpcRun(m, "plain", m, fixed(k)) for m in AUTO_OF for k in plan.ks),
+            *(GrpcRun(Method.TURBO, Method.TURBO, None, fixed(k)) for k in turbo_ks),
+            GrpcRun(PRE_DRAFTING, "plain", "pre", fixed(plan.k)),
+            *(GrpcRun(mode, "plain", m, auto) for m, mode in AUTO_OF.items())]
+
+
+def steps(plan: Plan, heads: int) -> int:
+    """Progress-bar steps of `run_matrix`: service start, each gRPC row's repeats, peers."""
+    return 1 + len(grpc_runs(plan, heads, 0)) * plan.repeats + (1 + 2 * len(plan.ks))
 
 
 def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
@@ -53,51 +94,39 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
                 Method.DRAFT: start_proposer(args, p_flags, Method.DRAFT, wait=False),
                 "pre": start_proposer(args, p_flags, Method.DRAFT, plan.pre_draft_branches, wait=False),
                 Method.NGRAM: start_proposer(args, p_flags, Method.NGRAM, wait=False)}
-    new = args.max_new_tokens
-    warm = prompts[:1]
+    runs = grpc_runs(plan, heads, args.max_new_tokens)
 
-    def in_turn(runs: list[tuple[str, str, str | None, GenerationConfig]], repeats: int = 1):
-        """(label, verifier, proposer, config) rows measured in turn: each row's median records."""
-        def run(verifier: str, proposer: str | None, config: GenerationConfig):
-            return lambda warmup: asyncio.run(run_grpc(
-                services[verifier].address, services[proposer].address if proposer else None,
-                warm if warmup else prompts, config))
-        measured = measured_in_turn([(label, run(v, p, c)) for label, v, p, c in runs], repeats)
-        for label, *_ in runs:
-            tick(label)
-        return [records for records, _ in measured]
+    def run(row: GrpcRun):
+        def once(warmup: bool) -> list[GenerationRecord]:
+            records = asyncio.run(run_grpc(services[row.verifier].address,
+                                           services[row.proposer].address if row.proposer else None,
+                                           prompts[:1] if warmup else prompts, row.config))
+            if not warmup:
+                tick(row.label)
+            return records
+        return row.label, once
 
-    def grpc(verifier: str, proposer: str | None, config: GenerationConfig, label: str):
-        return in_turn([(label, verifier, proposer, config)])[0]
-
-    rows: list[Row] = []
     try:
         for svc in services.values():
             svc.wait_ready()
         tick("services ready")
-        base = grpc("plain", None, GenerationConfig(0, new, ignore_eos=True), TARGET_ONLY)
-        ref, t_ms = [r.tokens for r in base], target_round_ms(base)
-        rows.append(service_row(TARGET_ONLY, 0, base, ref))
-        auto = GenerationConfig(plan.auto_max_k, new, ignore_eos=True, adaptive_k=True)
-        auto_rows = []   # shown after the fixed-k methods, as in the headline
-        for method in (Method.DRAFT, Method.NGRAM):
-            runs = [(f"{method} k={k}", "plain", method, GenerationConfig(k, new, ignore_eos=True)) for k in plan.ks]
-            *fixed, auto_recs = in_turn([*runs, (f"{method} k auto", "plain", method, auto)], plan.repeats)
-            rows += [service_row(method, k, recs, ref, t_ms) for k, recs in zip(plan.ks, fixed)]
-            auto_rows.append(auto_row(method, plan, auto_recs, rows, ref))
-        # Turbo at each k up to its heads: a round verifies the first k guesses (a smaller window
-        # can cost less per token than all H: `python -m bench.turbo_cost`).
-        for k in sorted({*(k for k in plan.ks if k <= heads), min(plan.k, heads)}):
-            recs = grpc(Method.TURBO, None, GenerationConfig(k, new, ignore_eos=True), f"turbo k={k}")
-            rows.append(service_row(Method.TURBO, k, recs, ref, t_ms))
-        recs = grpc("plain", "pre", GenerationConfig(plan.k, new, ignore_eos=True), "draft pre-drafting")
-        hits = sum(r.pre_draft_hits for r in recs) / max(1, sum(r.proposals for r in recs))
-        rows.append(service_row("draft pre-drafting", plan.k, recs, ref, note=f"{plan.pre_draft_branches} "
-                                f"branches, {hits:.0%} of drafts pre-drafted"))
-        rows += auto_rows
+        measured = [records for records, _ in measured_in_turn([run(r) for r in runs], plan.repeats)]
     finally:
         for svc in services.values():
             svc.stop()
+    ref, t_ms = [r.tokens for r in measured[0]], target_round_ms(measured[0])   # target-only first
+    rows: list[Row] = []
+    for row, records in zip(runs, measured):
+        k = row.config.num_speculative_tokens
+        if row.config.adaptive_k:
+            method = next(m for m, mode in AUTO_OF.items() if mode == row.mode)
+            rows.append(auto_row(method, plan, records, rows, ref))
+        elif row.mode == PRE_DRAFTING:
+            hits = sum(r.pre_draft_hits for r in records) / max(1, sum(r.proposals for r in records))
+            rows.append(service_row(row.mode, k, records, ref, note=f"{plan.pre_draft_branches} branches, "
+                                    f"{hits:.0%} of drafts pre-drafted"))
+        else:
+            rows.append(service_row(row.mode, k, records, ref, t_ms if k else None))
     return rows + run_peers(args, plan, prompts, ref, tick), ref
 
 
@@ -106,7 +135,7 @@ def auto_row(method: Method, plan: Plan, records: list[GenerationRecord], rows: 
     """k auto's row, its note the rounds by k and how it compares with the best fixed k in its
     range (target-only is k = 0)."""
     hist = [sum(r.k_histogram[k] for r in records if k < len(r.k_histogram)) for k in range(plan.auto_max_k + 1)]
-    row = service_row(f"{method} k auto", plan.auto_max_k, records, reference)
+    row = service_row(AUTO_OF[method], plan.auto_max_k, records, reference)
     best = max((r for r in rows if r.mode == TARGET_ONLY or (r.mode == method and r.k <= plan.auto_max_k)),
                key=lambda r: r.tokens_per_s)
     row.note = (f"rounds by k: {' '.join(f'{k}:{n}' for k, n in enumerate(hist) if n)}; "

@@ -36,6 +36,7 @@ from bench.matrix import Plan, run_matrix, steps
 from bench.rows import TARGET_ONLY, Row
 from client.cli_common import load_tokenizer
 from specdec.cpu_cores import available_cores
+from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig
 from specdec.service_config import DEFAULT_PRE_DRAFT_BRANCHES
 
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = bench_args(["--max-new-tokens", str(cfg.max_new_tokens), "--compile", compile_])
     tok = load_tokenizer(bench.target_model)
     prompts = [tok(t)["input_ids"] for t in texts]
-    bar = tqdm(total=steps(plan) + 2 * len(cfg.sessions) + 1, desc="bench.report", unit="step",
+    heads = read_turbo_config(Path(bench.target_model)).num_heads
+    bar = tqdm(total=steps(plan, heads) + 2 * len(cfg.sessions) + 1, desc="bench.report", unit="step",
                file=sys.stderr, dynamic_ncols=True)
 
     def tick(label: str) -> None:
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{bench.device}/{bench.dtype}; method rows: services compiled: {compile_}, batch 1; "
                 f"concurrency rows: services eager, k = {plan.k}; pre-drafting: "
                 f"{plan.pre_draft_branches} branches at k = {plan.k}; k auto: 0..{plan.auto_max_k}; "
-                f"the draft's and n-gram's rows (each k, k auto) in turn, median of {plan.repeats}; "
+                f"gRPC rows measured in turn, median of {plan.repeats}; "
                 f"n-gram size {bench.max_ngram_size}; models: {bench.target_model} (target, Turbo heads), "
                 f"{bench.draft_model} (draft)")
     summary = (f"{len(prompts)} prompts x {bench.max_new_tokens} tokens, {bench.device}, services "

@@ -16,6 +16,8 @@ from specdec.metrics import batch_metrics
 TARGET_ONLY = "target-only"
 GENERATE = "transformers generate()"
 PEER_OF = {Method.DRAFT: "transformers assisted", Method.NGRAM: "transformers prompt lookup"}
+PRE_DRAFTING = "draft pre-drafting"
+AUTO_OF = {Method.DRAFT: "draft k auto", Method.NGRAM: "ngram k auto"}   # each method's k auto row
 TIME_PARTS = ("proposer", "verifier", "network", "client")
 
 
