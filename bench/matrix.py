@@ -27,6 +27,7 @@ from bench.rows import (
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.method import Method
+from specdec.metrics import batch_metrics
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
             method = next(m for m, mode in AUTO_OF.items() if mode == row.mode)
             rows.append(auto_row(method, plan, records, rows, ref))
         elif row.mode == PRE_DRAFTING:
-            hits = sum(r.pre_draft_hits for r in records) / max(1, sum(r.proposals for r in records))
+            hits = batch_metrics(records).pre_draft_hit_rate
             rows.append(service_row(row.mode, k, records, ref, note=f"{plan.pre_draft_branches} branches, "
                                     f"{hits:.0%} of drafts pre-drafted"))
         else:
