@@ -14,10 +14,10 @@ from specdec.proposers.suffix_trie import SpecParams
 from specdec.windows import parse_sizes
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# Fewer branches hit less often and more hit no faster (`python -m bench --method draft
-# --pre-draft-branches F`); 6 and 8 rows share a batch bucket of the draft's compiled steps.
-# Each session then holds 1 + 8 KV slots of the draft.
-DEFAULT_PRE_DRAFT_BRANCHES = 8
+# Fewer branches hit less often; more take longer to draft than a cheap verify leaves them, so
+# the request waits for its branch (`python -m bench.branches`: F against sequential drafting).
+# Each session holds 1 + F KV slots of the draft.
+DEFAULT_PRE_DRAFT_BRANCHES = 4
 PROPOSER_FLAG_METHODS = (*PROPOSER_METHODS, Method.TURBO)   # turbo: says where the heads run
 TARGET = "target"   # QEfficient's speculative_model_type of a plain target (Turbo: Method.TURBO)
 
