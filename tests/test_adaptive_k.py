@@ -14,6 +14,7 @@ from specdec import generation
 from specdec.adaptive_k import (
     EXPLORE_EVERY,
     SWITCH_MARGIN,
+    ZERO_MARGIN,
     AutoK,
     KEstimates,
     choose,
@@ -56,6 +57,16 @@ def test_the_k_in_use_is_kept_within_the_margin():
     assert choose(rates, 1, SWITCH_MARGIN) == 1          # within the margin: kept
     assert choose(rates, 3, SWITCH_MARGIN) == 2          # beyond it: switched
     assert choose(rates, 9, SWITCH_MARGIN) == 2          # beyond this max_k
+
+
+def test_k_zero_must_win_by_its_own_margin():
+    """A k = 0 round brings no news of acceptance: a near tie keeps drafting."""
+    near = [1.0 * (1 + ZERO_MARGIN / 2), 0.5, 1.0, 0.9]
+    assert choose(near, None, SWITCH_MARGIN) == 2
+    clear = [1.0 * (1 + 2 * ZERO_MARGIN), 0.5, 1.0, 0.9]
+    assert choose(clear, None, SWITCH_MARGIN) == 0
+    assert choose(clear, 2, SWITCH_MARGIN) == 0          # beyond the switch margin too
+    assert choose([1.0], None, SWITCH_MARGIN) == 0       # max k 0: nothing else to choose
 
 
 def step(drafted: int, accepted: int, window: int = 0, sessions: int = 1) -> StepOutcome:
