@@ -23,11 +23,10 @@ RECENT = 48                    # ticks of calls per k a cost estimate keeps
 ACCEPTANCE_DECAY = 0.99        # weight of the past, per tick
 PRIOR, PRIOR_WEIGHT = 0.6, 1.0  # weight: as many rounds
 SWITCH_MARGIN = 0.02   # noisy estimates, and a branch pre-drafted for a smaller k can't answer a larger
-# k = 0 must beat every k > 0 by this much: its rounds bring no news of acceptance, which for
-# prompt lookup comes in runs, so a near tie that stops drafting misses the next run's start.
+# At k = 0 no round brings news of acceptance, which comes in runs (prompt lookup matches a
+# repeated passage, then nothing): k = 0 must beat every k > 0 by ZERO_MARGIN, so a near tie
+# keeps drafting, and once at 0 every EXPLORE_AT_ZERO ticks one round drafts.
 ZERO_MARGIN = 0.10
-# EXPLORE_AT_ZERO: at k = 0 no round brings news of acceptance, which comes in runs (prompt
-# lookup matches a repeated passage, then nothing).
 EXPLORE_EVERY, EXPLORE_ROUNDS, EXPLORE_AT_ZERO = 48, 2, 12
 SETTLE = 2                     # ticks: a batch's prefills delay the first rounds
 
@@ -104,10 +103,7 @@ def priced(measured: Mapping[int, float], k: int) -> float:
 
 def choose(rates: Sequence[float], in_use: int | None, margin: float) -> int:
     """The best k, unless the one in use is within `margin` of it (k = 0: ZERO_MARGIN)."""
-    best = max(range(len(rates)), key=rates.__getitem__)
-    if best == 0 and len(rates) > 1:
-        drafting = max(range(1, len(rates)), key=rates.__getitem__)
-        best = 0 if rates[0] > rates[drafting] * (1 + ZERO_MARGIN) else drafting
+    best = max(range(len(rates)), key=lambda k: rates[k] / (1 + ZERO_MARGIN) if k == 0 else rates[k])
     if in_use is not None and in_use < len(rates) and rates[best] <= rates[in_use] * (1 + margin):
         return in_use
     return best
