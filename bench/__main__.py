@@ -40,11 +40,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf, measured_peer, own_tokenizers
 from client.api import SpecDecClient
 from client.cli_common import DEFAULT_PROMPTS, generate_record, generate_request, load_tokenizer
 from client.launcher import ServiceProcess, start_service
+from specdec.adaptive_k import KEstimates
 from specdec.build import build_proposer, build_verifier
 from specdec.config import DTYPES, EngineConfig
 from specdec.cpu_cores import available_cores, split_cores
@@ -77,8 +79,9 @@ def read_prompts(path: Path) -> list[str]:
 
 
 async def run_grpc(verifier: str, proposer: str | None, prompts: list[list[int]],
-                   config: GenerationConfig) -> list[GenerationRecord]:
-    async with SpecDecClient(verifier, proposer) as client:
+                   config: GenerationConfig, k_estimates: KEstimates | None = None) -> list[GenerationRecord]:
+    """k_estimates: k auto's, carried from an earlier run (None: this client's own)."""
+    async with SpecDecClient(verifier, proposer, k_estimates=k_estimates) as client:
         return [await client.generate(p, config) for p in prompts]
 
 
@@ -115,15 +118,17 @@ def measured_in_turn(rows: list[tuple[str, Callable[..., list[GenerationRecord]]
                      repeats: int) -> list[tuple[list[GenerationRecord], BatchMetrics]]:
     """Each row warmed up, then measured `repeats` times in turn (a, b, ..., a, b, ...): a
     machine that speeds up or slows down during the run (a shared CPU does, by 10-20% over
-    minutes) then moves every row alike, not only the one it was running. A row's figures
-    are those of its median repeat by tokens per second; the spread is printed beside it."""
+    minutes) then moves every row alike, not only the one it was running; each turn starts
+    further along the rows (`rotated`), so no row always runs at the same point of a turn. A
+    row's figures are those of its median repeat by tokens per second; the spread is printed
+    beside it."""
     for _, run in rows:
         run(warmup=True)
     runs: list[list[tuple[list[GenerationRecord], BatchMetrics]]] = [[] for _ in rows]
-    for _ in range(repeats):
-        for (_, run), done in zip(rows, runs):
-            records = run(warmup=False)
-            done.append((records, batch_metrics(records)))
+    for r in range(repeats):
+        for i in rotated(list(range(len(rows))), r, repeats):
+            records = rows[i][1](warmup=False)
+            runs[i].append((records, batch_metrics(records)))
     out = []
     for (label, _), done in zip(rows, runs):
         done.sort(key=lambda r: r[1].e2e_throughput)
@@ -134,6 +139,16 @@ def measured_in_turn(rows: list[tuple[str, Callable[..., list[GenerationRecord]]
               f"accepted/step {m.mean_accepted_tokens:5.2f}{spread}", file=sys.stderr, flush=True)
         out.append((records, m))
     return out
+
+
+T = TypeVar("T")
+
+
+def rotated(items: list[T], repeat: int, repeats: int) -> list[T]:
+    """The order of the items in repeat `repeat` of `repeats`: the repeats' first items spread
+    evenly over the list."""
+    i = repeat * len(items) // max(repeats, 1) % max(len(items), 1)
+    return items[i:] + items[:i]
 
 
 def throughput_without(records: list[GenerationRecord], skip: list[int]) -> float:

@@ -8,8 +8,8 @@ or prompt lookup) with as many slots as the largest session count. For each sess
 every row runs the prompts: one after another through one client at N = 1 (its estimates
 carried from prompt to prompt, as a client's are), N at once otherwise (each row's client
 starts from no estimates). The rows are k = 0..--max-k fixed and k auto (0..--max-k); each is
-measured --repeats times, and every repeat starts at the next row, so no row always runs first
-or after the same one (a shared CPU drifts by 10-20% over minutes). Reports each row's median
+measured --repeats times, and each repeat starts further along the rows, so no row always runs
+first (a shared CPU drifts by 10-20% over minutes). Reports each row's median
 tokens/s, auto over the best fixed k (of the medians, and per repeat against that repeat's
 best; and held out: per repeat against the k the other repeats measure best), auto's rounds
 by k, and whether every row produced the same tokens (greedy: lossless).
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.__main__ import BENCH_PROMPTS, run_grpc, service_flags, start_proposer, start_verifier
+from bench.__main__ import BENCH_PROMPTS, rotated, run_grpc, service_flags, start_proposer, start_verifier
 from bench.concurrency import generate_concurrently
 from client.cli_common import load_tokenizer
 from specdec.config import DTYPES
@@ -43,12 +43,6 @@ def rows(max_k: int, max_new_tokens: int) -> dict[str, GenerationConfig]:
     row per name)."""
     fixed = {f"k={k}": GenerationConfig(k, max_new_tokens, ignore_eos=True) for k in range(max_k + 1)}
     return {**fixed, AUTO: GenerationConfig(max_k, max_new_tokens, ignore_eos=True, adaptive_k=True)}
-
-
-def rotated(names: list[str], repeat: int) -> list[str]:
-    """The order of the rows in this repeat: each repeat starts one row later."""
-    i = repeat % len(names)
-    return names[i:] + names[:i]
 
 
 def summary(rates: dict[str, list[float]]) -> dict:
@@ -125,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
             outputs: dict[str, list[list[int]]] = {}
             histogram = [0] * (args.max_k + 1)
             for r in range(args.repeats):
-                for name in rotated(list(configs), r):
+                for name in rotated(list(configs), r, args.repeats):
                     records, wall = run(n, configs[name])
                     rates[name][r] = sum(len(rec.tokens) for rec in records) / wall
                     outputs.setdefault(name, [rec.tokens for rec in records])

@@ -24,6 +24,7 @@ from bench.rows import (
     service_row,
     target_round_ms,
 )
+from specdec.adaptive_k import KEstimates
 from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.method import Method
@@ -98,10 +99,14 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
     runs = grpc_runs(plan, heads, args.max_new_tokens)
 
     def run(row: GrpcRun):
+        # k auto's estimates live as long as a client or the verifier's Generate: the row's
+        # warm-up and repeats share one set, so its start-up sweep is paid once, as theirs is.
+        estimates = KEstimates() if row.config.adaptive_k else None
+
         def once(warmup: bool) -> list[GenerationRecord]:
             records = asyncio.run(run_grpc(services[row.verifier].address,
                                            services[row.proposer].address if row.proposer else None,
-                                           prompts[:1] if warmup else prompts, row.config))
+                                           prompts[:1] if warmup else prompts, row.config, estimates))
             if not warmup:
                 tick(row.label)
             return records

@@ -91,10 +91,12 @@ class SpecDecClient:
     def __init__(self, verifier: str, proposer: str | None = None, timeout_s: float = 30.0,
                  local_proposer: Proposer | None = None,
                  security: ClientSecurity = ClientSecurity(), step_timeout_s: float = 60.0,
-                 recovery: RecoveryPolicy = RecoveryPolicy()) -> None:
+                 recovery: RecoveryPolicy = RecoveryPolicy(),
+                 k_estimates: KEstimates | None = None) -> None:
         """verifier, proposer: an address, a comma list of replicas, or dns:///name:port
         (client.replicas). local_proposer: a proposer object run inside the client instead
-        (e.g. prompt lookup). timeout_s bounds Info calls, step_timeout_s every session step."""
+        (e.g. prompt lookup). timeout_s bounds Info calls, step_timeout_s every session step.
+        k_estimates: k auto's estimates to start from (None: none yet)."""
         self.security = security
         self.verifier = ReplicaSet(verifier, pb_grpc.VerifierStub, security.channel,
                                    CHANNEL_OPTIONS, "verifier")
@@ -108,7 +110,7 @@ class SpecDecClient:
         self.proposer_info: pb.ModelInfo | None = None
         # --num-speculative-tokens auto: what rounds on these services yield and cost, carried
         # from one generation to the next (and shared by concurrent ones)
-        self.k_estimates = KEstimates()
+        self.k_estimates = KEstimates() if k_estimates is None else k_estimates
 
     async def __aenter__(self) -> SpecDecClient:
         await self.connect()

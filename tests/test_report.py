@@ -121,10 +121,13 @@ def test_alpha_pools_drafts_that_were_reached():
 
 
 def test_auto_k_bench_rotates_rows_and_compares_auto_with_each_repeats_best():
-    from bench.auto_k import AUTO, rotated, summary
+    from bench.__main__ import rotated
+    from bench.auto_k import AUTO, summary
     names = ["k=1", "k=2", AUTO]
-    orders = [rotated(names, r) for r in range(3)]
+    orders = [rotated(names, r, 3) for r in range(3)]
     assert [o[0] for o in orders] == names and all(sorted(o) == sorted(names) for o in orders)
+    # More rows than repeats: the turns' first rows spread over the list.
+    assert [rotated(list(range(10)), r, 5)[0] for r in range(5)] == [0, 2, 4, 6, 8]
     s = summary({"k=1": [100.0, 90.0, 120.0], "k=2": [110.0, 130.0, 100.0], AUTO: [99.0, 117.0, 126.0]})
     assert s["best_fixed"] == "k=2" and s["tokens_per_s"]["k=2"] == 110.0
     assert s["auto_over_best_fixed"] == pytest.approx(117.0 / 110.0)
