@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = (f"{len(prompts)} prompts x {bench.max_new_tokens} new tokens, greedy, EOS ignored; "
                 f"{bench.device}/{bench.dtype}; method rows: services compiled: {compile_}, batch 1; "
                 f"concurrency rows: services eager, k = {plan.k}; pre-drafting: "
-                f"{plan.pre_draft_branches} branches at k = {plan.k}; k auto: 0..{plan.auto_max_k}; "
+                f"{plan.pre_draft_branches} branches at k = {plan.k}; k auto: 0..{plan.auto_max_k}, "
+                f"its estimates carried across its repeats; "
                 f"gRPC rows measured in turn, median of {plan.repeats}; "
                 f"n-gram size {bench.max_ngram_size}; models: {bench.target_model} (target, Turbo heads), "
                 f"{bench.draft_model} (draft)")
