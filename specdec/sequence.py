@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specdec.batching import DECODE, PREFILL, Batcher
+from specdec.batching import DECODE, PREFILL, Batcher, Chain, Pick
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.types import StepTimings
 
@@ -44,15 +44,16 @@ class SlotSequence:
         self.cached = end
         return logits[-1]
 
-    async def feed_greedy(self, batcher: Batcher, timings: StepTimings,
-                          steps: int) -> tuple[list[np.ndarray], list[int]]:
-        """feed, then `steps` greedy drafts chained on the engine thread (Batcher.run_greedy);
-        the drafts but the last are appended and cached, as a draft proposer holds them.
-        -> the logits [V] each draft was picked from, and the drafts [steps]."""
+    async def feed_drafts(self, batcher: Batcher, timings: StepTimings, steps: int,
+                          pick: Pick | None = None) -> tuple[list[np.ndarray], list[int]]:
+        """feed, then `steps` drafts chained on the engine thread (Batcher.run_greedy), each the
+        argmax or pick's; the drafts but the last are appended and cached, as a draft proposer
+        holds them. -> the logits [V] each draft was picked from, and the drafts [steps]."""
         s = await self._feed_head(batcher, timings)
         end = len(self.tokens)
         [(logits, drafts)] = await batcher.run_greedy(
-            [(self.tokens[s:], list(range(s, end)), self.slot)], steps, _phase(end - s), timings)
+            [(self.tokens[s:], list(range(s, end)), self.slot)], steps, _phase(end - s), timings,
+            [Chain(steps, pick=pick)])
         self.tokens += drafts[:-1]
         self.cached = len(self.tokens)
         return logits, drafts

@@ -3,7 +3,7 @@
 request's proposer, and streams the text (docs/architecture.md, "The round loop served by the
 verifier").
 
-    generator = OneCallGenerator.serving(verifier, codec, draft=remote_proposer)
+    generator = OneCallGenerator(verifier, codec, draft=remote_proposer)
     async for event in generator.run(GenerateRequest("def f(x):", method="draft", k=4)):
         ...   # TextDelta per step, then one Finished
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -25,7 +25,7 @@ from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.links import replacing
 from specdec.method import GENERATE_METHODS, Method
 from specdec.proposers.base import Proposer
-from specdec.recovery import LinkLost, RecoveryPolicy
+from specdec.recovery import LinkLost
 from specdec.sampling import SamplingParams, Sparse
 from specdec.sequence import check_token_ids
 from specdec.stop_strings import check_stop_strings, cut_at_stop_string
@@ -168,30 +168,25 @@ class OneCallGenerator:
     """The verifier's Generate: requests in, text out, the round loop in between."""
 
     def __init__(self, verifier: TargetVerifier, codec: TextCodec | None,
-                 proposers: Mapping[Method, ProposerSource],
-                 recovery: RecoveryPolicy = RecoveryPolicy()) -> None:
-        """proposers: a source per method served besides target-only and Turbo (draft: the
-        --proposer service; ngram: in-process). codec: the target's tokenizer, None if none."""
-        self.verifier, self.codec, self.proposers, self.recovery = verifier, codec, proposers, recovery
-        self.ctx_len = verifier.engine.ctx_len
-        # k auto: what rounds cost and yield here, per method, carried across requests
-        self.k_estimates = {m: KEstimates() for m in GENERATE_METHODS}
-        self._running: set[asyncio.Task] = set()   # generations whose caller may be gone
-
-    @classmethod
-    def serving(cls, verifier: TargetVerifier, codec: TextCodec | None,
-                draft: ProposerSource | None) -> OneCallGenerator:
-        """Prompt lookup in this process, the draft model from `draft` (a proposer service)."""
+                 draft: ProposerSource | None) -> None:
+        """Prompt lookup in this process, the draft model from `draft` (a proposer service).
+        codec: the target's tokenizer, None if none."""
+        self.verifier = verifier
+        self.codec = codec if codec is not None and codec.tokenizer is not None else None
         engine = verifier.engine
+        self.ctx_len = engine.ctx_len
         # A generation opens its proposer session while its verifier session may still wait
         # for a slot: one n-gram session per slot and per queue place (a token history each).
         sessions = engine.slots + verifier.pool.admission.max_waiting
         ngram = build_proposer(Method.NGRAM, EngineConfig(model="", ctx_len=engine.ctx_len,
                                                    full_batch_size=sessions), verifier.max_k)
-        proposers: dict[Method, ProposerSource] = {Method.NGRAM: InProcessProposers(ngram, engine.ctx_len)}
+        # A source per method served besides target-only and Turbo
+        self.proposers: dict[Method, ProposerSource] = {Method.NGRAM: InProcessProposers(ngram, engine.ctx_len)}
         if draft is not None:
-            proposers[Method.DRAFT] = draft
-        return cls(verifier, codec, proposers)
+            self.proposers[Method.DRAFT] = draft
+        # k auto: what rounds cost and yield here, per method, carried across requests
+        self.k_estimates = {m: KEstimates() for m in GENERATE_METHODS}
+        self._running: set[asyncio.Task] = set()   # generations whose caller may be gone
 
     def default_method(self) -> Method:
         """For a request that names no method (the OpenAI API): draft, else Turbo, else ngram."""
@@ -203,10 +198,9 @@ class OneCallGenerator:
         if isinstance(request.prompt, str):
             if not request.prompt:
                 raise InvalidRequest("empty prompt: send some text or token ids")
-            if self.codec is None or self.codec.tokenizer is None:
+            if self.codec is None:
                 raise PreconditionFailed("this model has no tokenizer files: send token ids")
-            codec = self.codec
-            ids, _ = await asyncio.to_thread(codec.tokenize, request.prompt)
+            ids, _ = await asyncio.to_thread(self.codec.tokenize, request.prompt)
         else:
             ids = list(request.prompt)
         if not ids:
@@ -262,7 +256,7 @@ class OneCallGenerator:
     async def run(self, request: GenerateRequest) -> AsyncGenerator[TextDelta | Finished, None]:
         method = Method.parse(request.method, GENERATE_METHODS) if request.method else Method.NONE
         stops = check_stop_strings(request.stop)
-        if stops and (self.codec is None or self.codec.tokenizer is None):
+        if stops and self.codec is None:
             raise PreconditionFailed("stop strings need the model's tokenizer, which it has none of")
         request.sampling.validate()
         prompt = await self._prompt(request)
@@ -271,9 +265,7 @@ class OneCallGenerator:
         config = GenerationConfig(k, request.max_new_tokens, request.ignore_eos, request.sampling,
                                   adaptive_k=request.adaptive_k and k > 0)
         queue: asyncio.Queue[TextDelta | Finished | BaseException] = asyncio.Queue()
-        has_text = self.codec is not None and self.codec.tokenizer is not None
-        verifier = _TextLink(InProcessVerifierLink(self.verifier),
-                             _Text(self.codec if has_text else None, stops), queue.put_nowait)
+        verifier = _TextLink(InProcessVerifierLink(self.verifier), _Text(self.codec, stops), queue.put_nowait)
         task = asyncio.ensure_future(self._generate(prompt, verifier, source, info, config,
                                                     method, queue))
         self._running.add(task)
@@ -314,7 +306,7 @@ class OneCallGenerator:
             ctx_len = min(self.ctx_len, info.ctx_len) if info is not None else self.ctx_len
             record = await generate(prompt, verifier, proposer, config, ctx_len,
                                     info.fingerprint if info else "", reopen_proposer=reopen,
-                                    policy=self.recovery, k_estimates=self.k_estimates[method])
+                                    k_estimates=self.k_estimates[method])
             queue.put_nowait(Finished(record.finish, len(prompt), record))
         except _Halted:
             pass

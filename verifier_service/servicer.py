@@ -36,7 +36,7 @@ class VerifierServicer(AttachedBackend[TargetVerifier], pb_grpc.VerifierServicer
         engine = backend.engine
         self.text = TextCodec.load(engine.path, engine.vocab_size, engine.ctx_len)
         # Generate: prompt lookup in this process, the draft model from --proposer
-        self.generator = OneCallGenerator.serving(backend, self.text, self.remote)
+        self.generator = OneCallGenerator(backend, self.text, self.remote)
         super().attach(backend, info)
 
     def _codec(self) -> TextCodec:

@@ -228,7 +228,3 @@ class LlamaFamilyModel(nn.Module):
         for module in self.modules():
             if isinstance(module, Proj):
                 module.pack()
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., D] pre-norm hidden states -> [..., V] float32 logits."""
-        return self.lm_head(self.model.norm(hidden)).float()

@@ -12,13 +12,11 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from specdec.admission import Admission
 from specdec.batching import Batcher
 from specdec.errors import InvalidRequest, PreconditionFailed
 from specdec.method import Method
-from specdec.proposers.pre_draft import LastDraft, PreDrafter, SessionPreDraft
+from specdec.proposers.pre_draft import LastDraft, PreDrafter, SessionPreDraft, sampled_pick
 from specdec.sampling import DraftSampling, SamplingParams, Sparse
 from specdec.sequence import SlotSequence
 from specdec.types import Proposal, StepTimings
@@ -88,7 +86,6 @@ class DraftModelProposer:
         # Fed drafts d1..d(k-1) take positions len..len+k-2, which must exist.
         k = min(k, self.engine.ctx_len - len(seq.tokens) + 1)
         draft: list[int] = []
-        logits_at: list[np.ndarray] = []
         probs: list[Sparse] = []
         if k > 0 and not seq.tokens:
             raise PreconditionFailed("nothing to draft from: sync the prompt first")
@@ -98,19 +95,9 @@ class DraftModelProposer:
         else:
             # The last token's logits are needed even if its KV is already in the slot.
             seq.cached = min(seq.cached, len(seq.tokens) - 1)
-            if not sampled:   # the k steps chain on the engine thread
-                logits_at, draft = await seq.feed_greedy(self.batcher, timings, k)   # k x [V], [k]
-            else:
-                logits = await seq.feed(self.batcher, timings)             # [V]
-                while True:   # on the loop: each draft drawn for its position (draw_draft)
-                    logits_at.append(logits)
-                    token, q = sampled.draw(logits, len(seq.tokens))
-                    draft.append(token)
-                    probs.append(q)
-                    if len(draft) == k:
-                        break
-                    seq.tokens.append(draft[-1])
-                    logits = await seq.feed(self.batcher, timings)
+            # The k steps chain on the engine thread, sampled drafts drawn there by position.
+            pick = sampled_pick(sampled, probs) if sampled else None
+            logits_at, draft = await seq.feed_drafts(self.batcher, timings, k, pick)   # k x [V], [k]
         if draft:   # what the pre-draft after the reply starts from
             session.pre.last = LastDraft(len(seq.tokens) - len(draft) + 1, draft, logits_at, sampled)
         return Proposal(draft, len(seq.tokens), timings, probs if sampled else None)

@@ -13,6 +13,7 @@ else the one with the longest continuation (a partial proposal). QEfficient's
 from __future__ import annotations
 
 import time
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -70,40 +71,60 @@ class TokenHistory:
         return self.buf[:self.length]
 
 
-class NgramProposer:
-    method = Method.NGRAM
-    fingerprint = ""  # proposals are ids taken from the sequence itself: any tokenizer fits
+H = TypeVar("H", bound=TokenHistory)
+
+
+class LookupProposer(Generic[H]):
+    """A proposer without a model (n-gram, suffix): its drafts are looked up in token histories
+    of sessions of type H. Deterministic drafts whatever the sampling (the rejection rule's
+    point-mass case); coroutines like every proposer's, though they never wait."""
+
+    # Proposals are ids taken from the sequence itself, or from sequences of this same service:
+    # any tokenizer fits.
+    fingerprint = ""
     engine = None     # no model
+
+    def __init__(self, max_k: int, ctx_len: int, sessions: int, admission: Admission) -> None:
+        self.max_k = max_k
+        self.ctx_len = ctx_len
+        self.pool = AdmissionPool(sessions, admission)  # bounds memory: one history per open session
+
+    def lookup(self, session: H, k: int) -> list[int]:
+        """Up to k > 0 drafts for the synced session."""
+        raise NotImplementedError
+
+    async def close_session(self, session: H) -> None:
+        self.pool.release(session.ticket)
+
+    def close(self) -> None:
+        """No engine to free."""
+
+    async def after_reply(self, session: H) -> None:
+        """Nothing to pre-draft: a lookup costs microseconds."""
+
+    async def propose(self, session: H, start: int, tokens: list[int], k: int,
+                      sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
+        t0 = time.perf_counter_ns()
+        if not 0 <= k <= self.max_k:
+            raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
+        session.sync(start, tokens)
+        draft = self.lookup(session, k) if k else []
+        elapsed = time.perf_counter_ns() - t0
+        return Proposal(draft, session.length, StepTimings(forward_ns=elapsed, total_ns=elapsed))
+
+
+class NgramProposer(LookupProposer[TokenHistory]):
+    method = Method.NGRAM
 
     def __init__(self, max_k: int, max_ngram_size: int, ctx_len: int, sessions: int,
                  admission: Admission = Admission()) -> None:
         if max_ngram_size < 1:
             raise ValueError("max_ngram_size must be >= 1")
-        self.max_k = max_k
+        super().__init__(max_k, ctx_len, sessions, admission)
         self.max_ngram_size = max_ngram_size
-        self.ctx_len = ctx_len
-        self.pool = AdmissionPool(sessions, admission)  # bounds memory: one history per open session
 
     async def open_session(self) -> TokenHistory:
         return TokenHistory(self.ctx_len, await self.pool.acquire())
 
-    async def close_session(self, history: TokenHistory) -> None:
-        self.pool.release(history.ticket)
-
-    def close(self) -> None:
-        """No engine to free."""
-
-    async def after_reply(self, history: TokenHistory) -> None:
-        """Nothing to pre-draft: a lookup costs microseconds."""
-
-    async def propose(self, history: TokenHistory, start: int, tokens: list[int], k: int,
-                sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
-        """Deterministic drafts whatever the sampling (the rejection rule's point-mass case); a
-        coroutine like every proposer's, though it never waits."""
-        t0 = time.perf_counter_ns()
-        if not 0 <= k <= self.max_k:
-            raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
-        history.sync(start, tokens)
-        draft = propose_ngram(history.view(), self.max_ngram_size, k).tolist()
-        elapsed = time.perf_counter_ns() - t0
-        return Proposal(draft, history.length, StepTimings(forward_ns=elapsed, total_ns=elapsed))
+    def lookup(self, session: TokenHistory, k: int) -> list[int]:
+        return propose_ngram(session.view(), self.max_ngram_size, k).tolist()

@@ -190,8 +190,9 @@ class PreDraftCounters:
 
 
 def sampled_pick(sampled: DraftSampling, probs: list[Sparse]) -> Pick:
-    """A sampled branch's Chain.pick: draws each draft as a request drafting it would
-    (draw_draft: by its position), on the engine thread, and keeps its q in probs."""
+    """A sampled draft's Chain.pick (a request's, or a branch's drafted as that request would
+    be): draws each draft by its position (draw_draft), on the engine thread, and keeps its q
+    in probs."""
     def pick(logits: np.ndarray, position: int) -> int:   # logits [V]
         token, q = sampled.draw(logits, position)
         probs.append(q)

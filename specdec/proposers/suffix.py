@@ -7,17 +7,13 @@ itself. Sync is the n-gram proposer's; a sync that rewrites held tokens rebuilds
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
-from specdec.admission import Admission, AdmissionPool
-from specdec.errors import InvalidRequest
+from specdec.admission import Admission
 from specdec.method import Method
-from specdec.proposers.ngram import TokenHistory
+from specdec.proposers.ngram import LookupProposer, TokenHistory
 from specdec.proposers.suffix_cache import SuffixCache
 from specdec.proposers.suffix_trie import Candidate, SpecParams, SuffixTrie
-from specdec.sampling import SamplingParams
-from specdec.types import Proposal, StepTimings
 
 # Longest suffix matched (Arctic's default max tree depth): longer matches rarely differ in
 # what they predict, and the tries hold up to this + max_k nodes per token.
@@ -45,27 +41,25 @@ class SuffixStats:
     cached_tokens: int     # their tokens
 
 
-class SuffixSession:
+class SuffixSession(TokenHistory):
     def __init__(self, ctx_len: int, ticket: int, depth: int) -> None:
-        self.history = TokenHistory(ctx_len, ticket)
+        super().__init__(ctx_len, ticket)
         self.trie = SuffixTrie(depth)
 
     def sync(self, start: int, tokens: list[int]) -> None:
-        old = self.history.length
+        old = self.length
         overlap = max(0, min(old, start + len(tokens)) - start)
-        unchanged = self.history.buf[start:start + overlap].tolist() == tokens[:overlap]
-        self.history.sync(start, tokens)  # validates start and ctx_len
-        if unchanged and self.history.length >= old:
+        unchanged = self.buf[start:start + overlap].tolist() == tokens[:overlap]
+        super().sync(start, tokens)  # validates start and ctx_len
+        if unchanged and self.length >= old:
             self.trie.extend(tokens[old - start:])
         else:  # a rewrite of held tokens (a client resending from an earlier start): rare
             self.trie = SuffixTrie(self.trie.depth)
-            self.trie.extend(self.history.view().tolist())
+            self.trie.extend(self.view().tolist())
 
 
-class SuffixProposer:
+class SuffixProposer(LookupProposer[SuffixSession]):
     method = Method.SUFFIX
-    fingerprint = ""  # proposals are ids taken from sequences of this same service: any tokenizer
-    engine = None     # no model
 
     def __init__(self, max_k: int, ctx_len: int, sessions: int,
                  options: SuffixOptions = SuffixOptions(),
@@ -74,14 +68,12 @@ class SuffixProposer:
             raise ValueError("max_spec_factor must be > 0")
         if not 0 <= options.params.min_token_prob <= 1:
             raise ValueError("min_token_prob must be in 0..1")
-        self.max_k = max_k
-        self.ctx_len = ctx_len
+        super().__init__(max_k, ctx_len, sessions, admission)
         self.params = options.params
         self.depth = MAX_MATCH + max(max_k, 1)  # a full-length match still has k tokens below it
         # Shared by every session. Safe without a lock: sessions are coroutines on one event
         # loop, and neither propose nor close_session awaits between reading and updating it.
         self.cache = SuffixCache(options.cache_requests, self.depth)
-        self.pool = AdmissionPool(sessions, admission)  # bounds memory: one trie per open session
         self.proposals = self.session_drafts = self.global_drafts = 0
 
     def stats(self) -> SuffixStats:
@@ -92,37 +84,20 @@ class SuffixProposer:
         return SuffixSession(self.ctx_len, await self.pool.acquire(), self.depth)
 
     async def close_session(self, session: SuffixSession) -> None:
-        self.cache.add(session.history.view().tolist())
-        self.pool.release(session.history.ticket)
+        self.cache.add(session.view().tolist())
+        await super().close_session(session)
 
-    def close(self) -> None:
-        """No engine to free."""
-
-    async def after_reply(self, session: SuffixSession) -> None:
-        """Nothing to pre-draft: a lookup costs microseconds."""
-
-    async def propose(self, session: SuffixSession, start: int, tokens: list[int], k: int,
-                      sampling: SamplingParams = SamplingParams(), top_m: int = 0) -> Proposal:
-        """Deterministic drafts whatever the sampling, as the n-gram proposer's."""
-        t0 = time.perf_counter_ns()
-        if not 0 <= k <= self.max_k:
-            raise InvalidRequest(f"k = {k} is outside 0..{self.max_k} (this proposer's max k)")
-        session.sync(start, tokens)
-        draft: list[int] = []
-        if k:
-            context = session.history.view()[-MAX_MATCH:].tolist()
-            best = choose(session.trie.propose(context, MAX_MATCH, k, self.params),
-                          self.cache.trie.propose(context, MAX_MATCH, k, self.params))
-            draft = best[0].tokens
-            self.proposals += 1
-            if draft and best[1]:
-                self.global_drafts += 1
-                self.cache.touch(best[0].node)
-            elif draft:
-                self.session_drafts += 1
-        elapsed = time.perf_counter_ns() - t0
-        return Proposal(draft, session.history.length,
-                        StepTimings(forward_ns=elapsed, total_ns=elapsed))
+    def lookup(self, session: SuffixSession, k: int) -> list[int]:
+        context = session.view()[-MAX_MATCH:].tolist()
+        best = choose(session.trie.propose(context, MAX_MATCH, k, self.params),
+                      self.cache.trie.propose(context, MAX_MATCH, k, self.params))
+        self.proposals += 1
+        if best[0].tokens and best[1]:
+            self.global_drafts += 1
+            self.cache.touch(best[0].node)
+        elif best[0].tokens:
+            self.session_drafts += 1
+        return best[0].tokens
 
 
 def choose(local: Candidate, cached: Candidate) -> tuple[Candidate, bool]:

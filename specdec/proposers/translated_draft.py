@@ -52,12 +52,9 @@ class TranslatedDraftProposer:
         self.fingerprint = target_fingerprint      # it speaks the target's ids
         self.draft_fingerprint = inner.fingerprint
         self.pool: AdmissionPool = inner.pool
+        self.engine: Engine = inner.engine
         self.max_target_len = MAX_TARGET_PER_DRAFT_POSITION * inner.engine.ctx_len
         self.translations = 0   # drafts translated
-
-    @property
-    def engine(self) -> Engine:
-        return self.inner.engine
 
     def close(self) -> None:
         self.inner.close()
