@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bench.__main__ import measured_in_turn, run_grpc, service_flags, start_proposer, start_verifier
+from bench.auto_k import AUTO, summary
 from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf, measured_peer
 from bench.rows import (
     AUTO_OF,
@@ -98,6 +99,8 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
                 Method.NGRAM: start_proposer(args, p_flags, Method.NGRAM, wait=False)}
     runs = grpc_runs(plan, heads, args.max_new_tokens)
 
+    per_repeat: dict[str, list[float]] = {}   # label -> tokens/s of each repeat, in turn order
+
     def run(row: GrpcRun):
         # k auto's estimates live as long as a client or the verifier's Generate: the row's
         # warm-up and repeats share one set, so its start-up sweep is paid once, as theirs is.
@@ -108,6 +111,7 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
                                            services[row.proposer].address if row.proposer else None,
                                            prompts[:1] if warmup else prompts, row.config, estimates))
             if not warmup:
+                per_repeat.setdefault(row.label, []).append(batch_metrics(records).e2e_throughput)
                 tick(row.label)
             return records
         return row.label, once
@@ -126,7 +130,11 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
         k = row.config.num_speculative_tokens
         if row.config.adaptive_k:
             method = next(m for m, mode in AUTO_OF.items() if mode == row.mode)
-            rows.append(auto_row(method, plan, records, rows, ref))
+            fixed = {r.label: r.config.num_speculative_tokens for r in runs
+                     if r.mode == TARGET_ONLY or (r.mode == method and r.config.num_speculative_tokens
+                                                  <= plan.auto_max_k)}
+            rows.append(auto_row(method, plan, records, ref, fixed,
+                                 {**{label: per_repeat[label] for label in fixed}, AUTO: per_repeat[row.label]}))
         elif row.mode == PRE_DRAFTING:
             hits = batch_metrics(records).pre_draft_hit_rate
             rows.append(service_row(row.mode, k, records, ref, note=f"{plan.pre_draft_branches} branches, "
@@ -136,16 +144,18 @@ def run_matrix(args: argparse.Namespace, plan: Plan, prompts: list[list[int]],
     return rows + run_peers(args, plan, prompts, ref, tick), ref
 
 
-def auto_row(method: Method, plan: Plan, records: list[GenerationRecord], rows: list[Row],
-             reference: list[list[int]]) -> Row:
-    """k auto's row, its note the rounds by k and how it compares with the best fixed k in its
-    range (target-only is k = 0)."""
+def auto_row(method: Method, plan: Plan, records: list[GenerationRecord], reference: list[list[int]],
+             fixed: dict[str, int], rates: dict[str, list[float]]) -> Row:
+    """k auto's row, its note the rounds by k and how it compares with the fixed k in its range
+    (target-only is k = 0). fixed: their labels -> k; rates: tokens/s per repeat by label, and
+    k auto's as AUTO (bench.auto_k.summary)."""
     hist = [sum(r.k_histogram[k] for r in records if k < len(r.k_histogram)) for k in range(plan.auto_max_k + 1)]
     row = service_row(AUTO_OF[method], plan.auto_max_k, records, reference)
-    best = max((r for r in rows if r.mode == TARGET_ONLY or (r.mode == method and r.k <= plan.auto_max_k)),
-               key=lambda r: r.tokens_per_s)
+    vs = summary(rates)
+    held_out = vs["auto_over_held_out_best"]
     row.note = (f"rounds by k: {' '.join(f'{k}:{n}' for k, n in enumerate(hist) if n)}; "
-                f"{row.tokens_per_s / best.tokens_per_s:.2f}x the best fixed k ({best.k})")
+                f"{vs['auto_over_best_fixed']:.2f}x the best fixed k ({fixed[vs['best_fixed']]})"
+                + (f", {held_out:.2f}x held out (median of repeats)" if held_out is not None else ""))
     return row
 
 

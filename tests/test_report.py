@@ -14,6 +14,7 @@ import pytest
 from bench.markdown import END, PLOTS, START, block, readme_block, with_readme_block
 from bench.rows import alpha, expected_tokens, speedup_bound
 from specdec.generation import GenerationRecord
+from specdec.method import Method
 from tests.tiny_models import greedy_reference
 
 pytestmark = pytest.mark.slow  # services, compiling or a benchmark: `pytest -m "not slow"` skips it
@@ -137,3 +138,18 @@ def test_auto_k_bench_rotates_rows_and_compares_auto_with_each_repeats_best():
     assert s["auto_over_held_out_best"] == pytest.approx(1.26)
     one = summary({"k=0": [50.0], "k=1": [100.0], AUTO: [90.0]})   # one repeat: none held out
     assert one["best_fixed"] == "k=1" and one["auto_over_held_out_best"] is None
+
+
+def test_k_auto_note_names_the_best_fixed_k_and_auto_held_out():
+    from bench.auto_k import AUTO
+    from bench.matrix import Plan, auto_row
+    rec = GenerationRecord(prompt_len=1, tokens=[5, 6, 7], t_start=0.0, t_first=0.1, t_end=1.0,
+                           k_histogram=[1, 0, 2], verify_steps=3)
+    fixed = {"target-only": 0, "draft k=1": 1, "draft k=2": 2}
+    rates = {"target-only": [50.0, 50.0, 50.0], "draft k=1": [100.0, 90.0, 120.0],
+             "draft k=2": [110.0, 130.0, 100.0], AUTO: [99.0, 117.0, 126.0]}
+    row = auto_row(Method.DRAFT, Plan(ks=(1, 2), k=2, auto_max_k=2, pre_draft_branches=0),
+                   [rec], [[5, 6, 7]], fixed, rates)
+    # The best median is k = 2's (110); held out, repeat 2 compares with k = 1 (test above).
+    assert row.note == "rounds by k: 0:1 2:2; 1.06x the best fixed k (2), 1.26x held out (median of repeats)"
+    assert row.identical
