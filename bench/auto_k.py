@@ -23,6 +23,8 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bench.__main__ import BENCH_PROMPTS, rotated, run_grpc, service_flags, start_proposer, start_verifier
@@ -68,7 +70,7 @@ def summary(rates: dict[str, list[float]]) -> dict:
             "auto_over_held_out_best_per_repeat": held_out}
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split into steps
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.auto_k", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default=Method.DRAFT, choices=AUTO_K_METHODS, type=method_arg(AUTO_K_METHODS))
@@ -91,7 +93,50 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
     args = p.parse_args(argv)
     if args.max_k < 1:
         p.error("--max-k must be >= 1 (auto needs a k > 0 to choose from)")
+    return args
 
+
+def measured_at(n: int, configs: dict[str, GenerationConfig], repeats: int,
+                run: Callable[[GenerationConfig], tuple[list[GenerationRecord], float]]) -> dict:
+    """Every row `repeats` times at n sessions, each repeat starting further along the rows:
+    bench.auto_k.summary's figures, auto's rounds by k, and whether every row gave the same
+    tokens. run: a row's records and wall time, s."""
+    rates: dict[str, list[float]] = {name: [0.0] * repeats for name in configs}
+    outputs: dict[str, list[list[int]]] = {}
+    histogram = [0] * (configs[AUTO].num_speculative_tokens + 1)   # rounds by k, k = 0..max_k
+    for r in range(repeats):
+        for name in rotated(list(configs), r, repeats):
+            records, wall = run(configs[name])
+            rates[name][r] = sum(len(rec.tokens) for rec in records) / wall
+            outputs.setdefault(name, [rec.tokens for rec in records])
+            if name == AUTO:
+                for rec in records:
+                    for k, count in enumerate(rec.k_histogram):
+                        histogram[k] += count
+        print(f"{n} sessions, repeat {r + 1}/{repeats}: "
+              + "  ".join(f"{name} {rates[name][r]:.0f}" for name in configs), file=sys.stderr, flush=True)
+    result = summary(rates)
+    result["auto_k_histogram"] = histogram
+    first = next(iter(outputs.values()))
+    result["identical"] = all(o == first for o in outputs.values())
+    return result
+
+
+def described(method: str, n: int, repeats: int, result: dict) -> str:
+    held_out = result["auto_over_held_out_best"]
+    return (f"{method}, {n} session(s), tokens/s (median of {repeats}): "
+            + "  ".join(f"{name} {t:.0f}" for name, t in result["tokens_per_s"].items())
+            + f"\n  auto / best fixed ({result['best_fixed']}): {result['auto_over_best_fixed']:.3f}"
+            f"  per repeat: {' '.join(f'{x:.2f}' for x in result['auto_over_best_fixed_per_repeat'])}"
+            + (f"\n  auto / held-out best fixed: {held_out:.3f}  per repeat: "
+               f"{' '.join(f'{x:.2f}' for x in result['auto_over_held_out_best_per_repeat'])}"
+               if held_out is not None else "")
+            + f"\n  auto's rounds by k: {result['auto_k_histogram']}  identical outputs: "
+            f"{'yes' if result['identical'] else 'NO'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     tok = load_tokenizer(args.target_model)
     prompts = [tok(t)["input_ids"] for t in BENCH_PROMPTS]
     most = max(args.sessions)
@@ -115,35 +160,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
 
         run(1, configs[AUTO])   # warm-up
         for n in args.sessions:
-            rates: dict[str, list[float]] = {name: [0.0] * args.repeats for name in configs}
-            outputs: dict[str, list[list[int]]] = {}
-            histogram = [0] * (args.max_k + 1)
-            for r in range(args.repeats):
-                for name in rotated(list(configs), r, args.repeats):
-                    records, wall = run(n, configs[name])
-                    rates[name][r] = sum(len(rec.tokens) for rec in records) / wall
-                    outputs.setdefault(name, [rec.tokens for rec in records])
-                    if name == AUTO:
-                        for rec in records:
-                            for k, count in enumerate(rec.k_histogram):
-                                histogram[k] += count
-                print(f"{n} sessions, repeat {r + 1}/{args.repeats}: "
-                      + "  ".join(f"{name} {rates[name][r]:.0f}" for name in configs),
-                      file=sys.stderr, flush=True)
-            result = summary(rates)
-            result["auto_k_histogram"] = histogram
-            first = next(iter(outputs.values()))
-            result["identical"] = all(o == first for o in outputs.values())
-            figures["sessions"][n] = result
-            print(f"{args.method}, {n} session(s), tokens/s (median of {args.repeats}): "
-                  + "  ".join(f"{name} {t:.0f}" for name, t in result["tokens_per_s"].items())
-                  + f"\n  auto / best fixed ({result['best_fixed']}): {result['auto_over_best_fixed']:.3f}"
-                  f"  per repeat: {' '.join(f'{x:.2f}' for x in result['auto_over_best_fixed_per_repeat'])}"
-                  + (f"\n  auto / held-out best fixed: {result['auto_over_held_out_best']:.3f}  per repeat: "
-                     f"{' '.join(f'{x:.2f}' for x in result['auto_over_held_out_best_per_repeat'])}"
-                     if result["auto_over_held_out_best"] is not None else "")
-                  + f"\n  auto's rounds by k: {histogram}  identical outputs: "
-                  f"{'yes' if result['identical'] else 'NO'}", flush=True)
+            result = figures["sessions"][n] = measured_at(n, configs, args.repeats, partial(run, n))
+            print(described(args.method, n, args.repeats, result), flush=True)
     finally:
         for s in services:
             s.stop()
