@@ -37,11 +37,10 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
 
+from bench.measure import Result, measured, measured_in_turn, throughput_without
 from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf, measured_peer, own_tokenizers
 from client.api import SpecDecClient
 from client.cli_common import DEFAULT_PROMPTS, generate_record, generate_request, load_tokenizer
@@ -55,7 +54,7 @@ from specdec.engine.turbo import read_turbo_config
 from specdec.generation import GenerationConfig, GenerationRecord, generate
 from specdec.inprocess import InProcessProposerLink, InProcessVerifierLink
 from specdec.method import Method, method_arg
-from specdec.metrics import BatchMetrics, batch_metrics
+from specdec.metrics import BatchMetrics
 from specdec.sampling import SamplingParams
 from specdec.service_config import DEFAULT_PRE_DRAFT_BRANCHES
 from specdec_rpc.server import COMPILED_PREFIX
@@ -108,53 +107,6 @@ async def run_inprocess(verifier, proposer, prompts: list[list[int]],
             if d is not None:
                 await d.close()
     return records
-
-
-def measured(label: str, run) -> tuple[list[GenerationRecord], BatchMetrics]:
-    return measured_in_turn([(label, run)], 1)[0]
-
-
-def measured_in_turn(rows: list[tuple[str, Callable[..., list[GenerationRecord]]]],
-                     repeats: int) -> list[tuple[list[GenerationRecord], BatchMetrics]]:
-    """Each row warmed up, then measured `repeats` times in turn (a, b, ..., a, b, ...): a
-    machine that speeds up or slows down during the run (a shared CPU does, by 10-20% over
-    minutes) then moves every row alike, not only the one it was running; each turn starts
-    further along the rows (`rotated`), so no row always runs at the same point of a turn. A
-    row's figures are those of its median repeat by tokens per second; the spread is printed
-    beside it."""
-    for _, run in rows:
-        run(warmup=True)
-    runs: list[list[tuple[list[GenerationRecord], BatchMetrics]]] = [[] for _ in rows]
-    for r in range(repeats):
-        for i in rotated(list(range(len(rows))), r, repeats):
-            records = rows[i][1](warmup=False)
-            runs[i].append((records, batch_metrics(records)))
-    out = []
-    for (label, _), done in zip(rows, runs):
-        done.sort(key=lambda r: r[1].e2e_throughput)
-        records, m = done[len(done) // 2]
-        spread = (f"  (of {repeats}: {done[0][1].e2e_throughput:.0f}-{done[-1][1].e2e_throughput:.0f})"
-                  if repeats > 1 else "")
-        print(f"{label:<32} {m.e2e_throughput:8.2f} tok/s  decode {m.decode_throughput:8.2f} tok/s  "
-              f"accepted/step {m.mean_accepted_tokens:5.2f}{spread}", file=sys.stderr, flush=True)
-        out.append((records, m))
-    return out
-
-
-T = TypeVar("T")
-
-
-def rotated(items: list[T], repeat: int, repeats: int) -> list[T]:
-    """The order of the items in repeat `repeat` of `repeats`: the repeats' first items spread
-    evenly over the list."""
-    i = repeat * len(items) // max(repeats, 1) % max(len(items), 1)
-    return items[i:] + items[:i]
-
-
-def throughput_without(records: list[GenerationRecord], skip: list[int]) -> float:
-    """tokens/s of a row's generations but those at `skip` (the prompts a peer failed on)."""
-    kept = [r for i, r in enumerate(records) if i not in skip]
-    return sum(len(r.tokens) for r in kept) / sum(r.t_end - r.t_start for r in kept)
 
 
 def service_flags(args: argparse.Namespace, max_k: int, windows: list[int],
@@ -226,35 +178,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split into steps
-    args = parse_args(argv)
-    if args.method == Method.TURBO:  # a round verifies the first k of the heads' guesses
-        heads = read_turbo_config(Path(args.target_model)).num_heads
-        args.k = heads if args.k is None else min(args.k, heads)
-        args.auto_max_k = min(args.auto_max_k or 0, heads)
-    elif args.k is None:
-        args.k = 4
-    tok = load_tokenizer(args.target_model)
-    texts = args.prompts or (read_prompts(args.prompts_file) if args.prompts_file else BENCH_PROMPTS)
-    prompts = [tok(t)["input_ids"] for t in texts]
-    sampling = SamplingParams(args.temperature, seed=0)   # greedy at 0
-    sampled = not sampling.greedy
-    config = GenerationConfig(args.k, args.max_new_tokens, ignore_eos=True, sampling=sampling)
-    auto_k = 0 if sampled else args.k if args.auto_max_k is None else args.auto_max_k
+@dataclass
+class Served:
+    """The gRPC rows: (a), (b), (g), and (b~) and (b+r) where they run."""
+
+    a: Result
+    b: Result
+    g: Result
+    auto: Result | None
+    pre: Result | None
+
+
+def served_rows(args: argparse.Namespace, prompts: list[list[int]], config: GenerationConfig,
+                auto_k: int) -> Served:
+    """Start the services, measure the gRPC rows in turn, stop them."""
+    warm = prompts[:1]
+    target_only = replace(config, num_speculative_tokens=0)
     auto = GenerationConfig(auto_k, args.max_new_tokens, ignore_eos=True, adaptive_k=True)
-    max_k = max(args.k, auto_k)
-    target_only = GenerationConfig(0, args.max_new_tokens, ignore_eos=True, sampling=sampling)
-    warm = [prompts[0]]
-    engine = EngineConfig(model=args.target_model, device=args.device, dtype=args.dtype,
-                          prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
-                          full_batch_size=1, compile=args.compile)
     # 0 and k, and with k auto every size up to its max (each size is compiled at start-up).
     # Turbo: (a)'s verifier only runs k = 0; the Turbo verifier compiles the windows of its heads.
     windows = [0] if args.method == Method.TURBO else sorted({0, args.k, *range(auto_k + 1)})
-    _, v_flags, p_flags = service_flags(args, max_k, windows)
-    print(f"bench: {args.method}, {len(prompts)} prompts x {args.max_new_tokens} tokens, "
-          f"k = {args.k}, {args.device}/{args.dtype}", file=sys.stderr)
-
+    _, v_flags, p_flags = service_flags(args, max(args.k, auto_k), windows)
     if args.method == Method.DRAFT:  # sequential drafting, first: (g)'s verifier drafts on it (--proposer)
         drafts = start_proposer(args, p_flags, Method.DRAFT)
         services = [start_verifier(args, [*v_flags, "--proposer", drafts.address]), drafts]
@@ -266,11 +210,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
         services.append(start_proposer(args, p_flags, Method.NGRAM))
     elif args.pre_draft_branches:  # (b+r) a second proposer that pre-drafts
         services.append(start_proposer(args, p_flags, Method.DRAFT, args.pre_draft_branches))
-    pre_on_request = rec_auto = None
     try:
         plain = services[0].address
         spec_v, spec_p = (services[1].address, None) if args.method == Method.TURBO \
             else (plain, services[1].address)
+
         def grpc_row(label: str, verifier: str, proposer: str | None, cfg: GenerationConfig):
             return label, lambda warmup: asyncio.run(
                 run_grpc(verifier, proposer, warm if warmup else prompts, cfg))
@@ -284,50 +228,54 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
             rows.append(grpc_row(f"(b+r) pre-drafting {args.pre_draft_branches}, hits on request, gRPC",
                                  plain, services[2].address, config))
         results = measured_in_turn(rows, args.repeats)
-        (rec_a, a), (rec_b, b), (rec_g, g) = results[:3]
-        if auto_k:
-            rec_auto, m_auto = results[3]
-        if len(services) > 2:
-            pre_on_request = results[-1]
     finally:
         for svc in services:
             svc.stop()
+    return Served(results[0], results[1], results[2], results[3] if auto_k else None,
+                  results[-1] if len(services) > 2 else None)
+
+
+def in_process_row(args: argparse.Namespace, prompts: list[list[int]], config: GenerationConfig) -> Result:
+    """(c): the same loop over in-process links, every step shape compiled first, as the services."""
+    engine = EngineConfig(model=args.target_model, device=args.device, dtype=args.dtype,
+                          prefill_seq_len=args.prefill_seq_len, ctx_len=args.ctx_len,
+                          full_batch_size=1, compile=args.compile)
     if args.method == Method.TURBO:
         verifier, proposer = build_verifier(replace(engine, turbo=True), (0,)), None
     else:
         verifier = build_verifier(engine, (0, args.k) if args.method == Method.DRAFT else tuple(range(args.k + 1)))
         proposer = build_proposer(args.method, replace(engine, model=args.draft_model), args.k,
                                   args.max_ngram_size, target_model=args.target_model)
-    for built in (verifier, proposer):   # timed with every step shape compiled, as the services
+    for built in (verifier, proposer):
         engine_of = getattr(built, "engine", None)
         if isinstance(engine_of, TorchEngine):
             engine_of.wait_compiled()
-    rec_c, c = measured("(c) speculative, in-process", lambda warmup: asyncio.run(
-        run_inprocess(verifier, proposer, warm if warmup else prompts, config)))
+    return measured("(c) speculative, in-process", lambda warmup: asyncio.run(
+        run_inprocess(verifier, proposer, prompts[:1] if warmup else prompts, config)))
 
-    # The speculative rows' tokens; greedy, also target-only's and transformers' (sampled, those
-    # draw other numbers from the same seed).
-    outputs = [[r.tokens for r in records] for records in
-               [rec_b, rec_g, rec_c] + ([pre_on_request[0]] if pre_on_request else [])
-               + ([rec_auto] if rec_auto else [])]
-    d = peer = None
-    if not sampled:
-        hf = load_hf(args.target_model)
-        new = args.max_new_tokens
-        out_d, d, _, _ = measured_peer("(d) transformers generate()", lambda p: hf_generate(hf, p, new), prompts)
-        if args.method == Method.DRAFT:
-            hf_draft, tokenizers = load_hf(args.draft_model), own_tokenizers(args.target_model, args.draft_model)
-            peer = measured_peer("(e) transformers " + ("universal assisted" if tokenizers else "assisted"),
-                                 lambda p: hf_assisted(hf, hf_draft, p, new, args.k, tokenizers), prompts)
-        elif args.method == Method.NGRAM:
-            peer = measured_peer("(e) transformers prompt lookup",
-                                 lambda p: hf_prompt_lookup(hf, p, new, args.k, args.max_ngram_size), prompts)
-        # A prompt the peer failed on is compared without it.
-        outputs += [[r.tokens for r in rec_a], out_d] + \
-            ([[ref if i in peer[3] else o for i, (o, ref) in enumerate(zip(peer[0], outputs[0]))]]
-             if peer else [])
-    same = all(o == outputs[0] for o in outputs)
-    figures = {
+
+def peer_rows(args: argparse.Namespace, prompts: list[list[int]]) -> tuple[list[list[int]], float, tuple | None]:
+    """(d) transformers generate() -> its outputs and tokens/s; (e) its own speculation on the
+    same models (measured_peer's outputs, tokens/s, tokens per step, failed prompts), if any."""
+    hf, new = load_hf(args.target_model), args.max_new_tokens
+    out_d, d, _, _ = measured_peer("(d) transformers generate()", lambda p: hf_generate(hf, p, new), prompts)
+    peer = None
+    if args.method == Method.DRAFT:
+        hf_draft, tokenizers = load_hf(args.draft_model), own_tokenizers(args.target_model, args.draft_model)
+        peer = measured_peer("(e) transformers " + ("universal assisted" if tokenizers else "assisted"),
+                             lambda p: hf_assisted(hf, hf_draft, p, new, args.k, tokenizers), prompts)
+    elif args.method == Method.NGRAM:
+        peer = measured_peer("(e) transformers prompt lookup",
+                             lambda p: hf_prompt_lookup(hf, p, new, args.k, args.max_ngram_size), prompts)
+    return out_d, d, peer
+
+
+def bench_figures(args: argparse.Namespace, s: Served, c: BatchMetrics, d: float | None,
+                  peer: tuple | None) -> dict:
+    """The JSON figures of a run: tokens/s and the ratios between the rows."""
+    (_, a), (rec_b, b), (_, g) = s.a, s.b, s.g
+    pre, auto = s.pre, s.auto
+    return {
         "tokens_per_s": {"target_only_grpc": a.e2e_throughput, "speculative_grpc": b.e2e_throughput,
                          "speculative_inprocess": c.e2e_throughput, "transformers_generate": d,
                          "transformers_speculative": peer[1] if peer else None},
@@ -336,53 +284,89 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901  still to be split
         "server_side_tokens_per_s": g.e2e_throughput,
         "server_side_vs_client_loop": g.e2e_throughput / b.e2e_throughput,
         "target_only_vs_transformers_a_over_d": a.e2e_throughput / d if d else None,
-        "pre_draft_on_request_tokens_per_s": pre_on_request[1].e2e_throughput if pre_on_request else None,
-        "pre_draft_on_request_vs_sequential_bplusr_over_b":
-            pre_on_request[1].e2e_throughput / b.e2e_throughput if pre_on_request else None,
-        "pre_draft_on_request_hit_rate": pre_on_request[1].pre_draft_hit_rate if pre_on_request else None,
+        "pre_draft_on_request_tokens_per_s": pre[1].e2e_throughput if pre else None,
+        "pre_draft_on_request_vs_sequential_bplusr_over_b": pre[1].e2e_throughput / b.e2e_throughput if pre else None,
+        "pre_draft_on_request_hit_rate": pre[1].pre_draft_hit_rate if pre else None,
         "pre_draft_on_request_split_vs_inprocess_bplusr_over_c":
-            pre_on_request[1].e2e_throughput / c.e2e_throughput if pre_on_request else None,
+            pre[1].e2e_throughput / c.e2e_throughput if pre else None,
         "pre_draft_on_request_vs_transformers_bplusr_over_e":
-            throughput_without(pre_on_request[0], peer[3]) / peer[1] if pre_on_request and peer else None,
-        "auto_tokens_per_s": m_auto.e2e_throughput if rec_auto else None,
-        "auto_vs_fixed_bauto_over_b": m_auto.e2e_throughput / b.e2e_throughput if rec_auto else None,
-        "auto_k_histogram": m_auto.k_histogram if rec_auto else None,
+            throughput_without(pre[0], peer[3]) / peer[1] if pre and peer else None,
+        "auto_tokens_per_s": auto[1].e2e_throughput if auto else None,
+        "auto_vs_fixed_bauto_over_b": auto[1].e2e_throughput / b.e2e_throughput if auto else None,
+        "auto_k_histogram": auto[1].k_histogram if auto else None,
         "speculative_vs_transformers_b_over_e": throughput_without(rec_b, peer[3]) / peer[1] if peer else None,
         "transformers_speculative_failed_prompts": peer[3] if peer else None,
         "transformers_speculative_accepted_per_step": peer[2] if peer else None,
         "mean_accepted_tokens": b.mean_accepted_tokens,
         "acceptance_rate": b.acceptance_rate,
-        "identical_outputs": same,
-        "setup": {"method": args.method, "k": args.k, "auto_max_k": auto_k, "prompts": len(prompts),
-                  "prompts_file": str(args.prompts_file) if args.prompts_file else None,
-                  "max_new_tokens": args.max_new_tokens, "device": args.device,
-                  "dtype": args.dtype, "compile": args.compile, "target": args.target_model,
-                  "draft": args.draft_model, "temperature": args.temperature},
     }
-    print(f"\nspeedup b/a (speculative vs target-only, both gRPC): {figures['speedup_b_over_a']:.2f}x")
-    print(f"split  b/c (gRPC services vs in-process):          {figures['split_ratio_b_over_c']:.2f}x")
-    print(f"server-side g/b (Generate on the verifier vs the client's loop): "
-          f"{figures['server_side_vs_client_loop']:.2f}x")
-    print(f"mean accepted tokens per target step: {b.mean_accepted_tokens:.2f} "
-          f"(acceptance rate {b.acceptance_rate:.1%})")
-    if d:
-        print(f"target-only a/d (gRPC vs transformers generate()): "
-              f"{figures['target_only_vs_transformers_a_over_d']:.2f}x")
-    if peer:
-        print(f"speculative b/e (gRPC vs transformers' own, same k): "
-              f"{figures['speculative_vs_transformers_b_over_e']:.2f}x"
-              + (f" (on the prompts but {peer[3]}, which transformers failed)" if peer[3] else ""))
-    if pre_on_request:
-        print("pre-drafting, hits on request b+r/b:  "
-              f"{figures['pre_draft_on_request_vs_sequential_bplusr_over_b']:.2f}x"
-              f"  (hit rate {pre_on_request[1].pre_draft_hit_rate:.0%})")
-        print("pre-drafting b+r/c (split vs sequential in-process): "
-              f"{figures['pre_draft_on_request_split_vs_inprocess_bplusr_over_c']:.2f}x")
-    if rec_auto:
-        print(f"k auto b~/b (auto up to {auto_k} vs k = {args.k}, both gRPC): "
-              f"{figures['auto_vs_fixed_bauto_over_b']:.2f}x  (rounds by k: "
-              + " ".join(f"{k}:{n}" for k, n in enumerate(m_auto.k_histogram) if n) + ")")
-    print(f"identical outputs across every row: {same}")
+
+
+def summary_lines(args: argparse.Namespace, figures: dict, auto_k: int) -> list[str]:
+    f, peer_failed = figures, figures["transformers_speculative_failed_prompts"]
+    lines = [f"\nspeedup b/a (speculative vs target-only, both gRPC): {f['speedup_b_over_a']:.2f}x",
+             f"split  b/c (gRPC services vs in-process):          {f['split_ratio_b_over_c']:.2f}x",
+             f"server-side g/b (Generate on the verifier vs the client's loop): "
+             f"{f['server_side_vs_client_loop']:.2f}x",
+             f"mean accepted tokens per target step: {f['mean_accepted_tokens']:.2f} "
+             f"(acceptance rate {f['acceptance_rate']:.1%})"]
+    if f["target_only_vs_transformers_a_over_d"]:
+        lines.append(f"target-only a/d (gRPC vs transformers generate()): "
+                     f"{f['target_only_vs_transformers_a_over_d']:.2f}x")
+    if f["speculative_vs_transformers_b_over_e"] is not None:
+        lines.append(f"speculative b/e (gRPC vs transformers' own, same k): "
+                     f"{f['speculative_vs_transformers_b_over_e']:.2f}x"
+                     + (f" (on the prompts but {peer_failed}, which transformers failed)" if peer_failed else ""))
+    if f["pre_draft_on_request_tokens_per_s"] is not None:
+        lines += ["pre-drafting, hits on request b+r/b:  "
+                  f"{f['pre_draft_on_request_vs_sequential_bplusr_over_b']:.2f}x"
+                  f"  (hit rate {f['pre_draft_on_request_hit_rate']:.0%})",
+                  "pre-drafting b+r/c (split vs sequential in-process): "
+                  f"{f['pre_draft_on_request_split_vs_inprocess_bplusr_over_c']:.2f}x"]
+    if f["auto_tokens_per_s"] is not None:
+        lines.append(f"k auto b~/b (auto up to {auto_k} vs k = {args.k}, both gRPC): "
+                     f"{f['auto_vs_fixed_bauto_over_b']:.2f}x  (rounds by k: "
+                     + " ".join(f"{k}:{n}" for k, n in enumerate(f["auto_k_histogram"]) if n) + ")")
+    return lines + [f"identical outputs across every row: {f['identical_outputs']}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.method == Method.TURBO:  # a round verifies the first k of the heads' guesses
+        heads = read_turbo_config(Path(args.target_model)).num_heads
+        args.k = heads if args.k is None else min(args.k, heads)
+        args.auto_max_k = min(args.auto_max_k or 0, heads)
+    elif args.k is None:
+        args.k = 4
+    tok = load_tokenizer(args.target_model)
+    texts = args.prompts or (read_prompts(args.prompts_file) if args.prompts_file else BENCH_PROMPTS)
+    prompts = [tok(t)["input_ids"] for t in texts]
+    sampling = SamplingParams(args.temperature, seed=0)   # greedy at 0
+    config = GenerationConfig(args.k, args.max_new_tokens, ignore_eos=True, sampling=sampling)
+    auto_k = 0 if not sampling.greedy else args.k if args.auto_max_k is None else args.auto_max_k
+    print(f"bench: {args.method}, {len(prompts)} prompts x {args.max_new_tokens} tokens, "
+          f"k = {args.k}, {args.device}/{args.dtype}", file=sys.stderr)
+    s = served_rows(args, prompts, config, auto_k)
+    rec_c, c = in_process_row(args, prompts, config)
+    # The speculative rows' tokens; greedy, also target-only's and transformers' (sampled, those
+    # draw other numbers from the same seed).
+    outputs = [[r.tokens for r in records] for records in
+               [s.b[0], s.g[0], rec_c] + ([s.pre[0]] if s.pre else []) + ([s.auto[0]] if s.auto else [])]
+    d = peer = None
+    if sampling.greedy:
+        out_d, d, peer = peer_rows(args, prompts)
+        # A prompt the peer failed on is compared without it.
+        outputs += [[r.tokens for r in s.a[0]], out_d] + \
+            ([[ref if i in peer[3] else o for i, (o, ref) in enumerate(zip(peer[0], outputs[0]))]]
+             if peer else [])
+    figures = bench_figures(args, s, c, d, peer)
+    figures["identical_outputs"] = same = all(o == outputs[0] for o in outputs)
+    figures["setup"] = {"method": args.method, "k": args.k, "auto_max_k": auto_k, "prompts": len(prompts),
+                        "prompts_file": str(args.prompts_file) if args.prompts_file else None,
+                        "max_new_tokens": args.max_new_tokens, "device": args.device,
+                        "dtype": args.dtype, "compile": args.compile, "target": args.target_model,
+                        "draft": args.draft_model, "temperature": args.temperature}
+    print("\n".join(summary_lines(args, figures, auto_k)))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0 if same else 1

@@ -27,8 +27,9 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from bench.__main__ import BENCH_PROMPTS, rotated, run_grpc, service_flags, start_proposer, start_verifier
+from bench.__main__ import BENCH_PROMPTS, run_grpc, service_flags, start_proposer, start_verifier
 from bench.concurrency import generate_concurrently
+from bench.measure import rotated
 from client.cli_common import load_tokenizer
 from specdec.config import DTYPES
 from specdec.generation import GenerationConfig, GenerationRecord

@@ -5,7 +5,7 @@
 
 Starts one verifier and a draft proposer per F (`--pre-draft-branches F`), all on the
 proposer's cores, and decodes the bench prompts through each in turn (`--repeats` times,
-bench.__main__.measured_in_turn): tokens/s, over F = the first, and the share of drafts answered
+bench.measure.measured_in_turn): tokens/s, over F = the first, and the share of drafts answered
 from a pre-drafted branch. Every row must give the same tokens (greedy: lossless).
 """
 
@@ -15,8 +15,9 @@ import argparse
 import asyncio
 import sys
 
-from bench.__main__ import BENCH_PROMPTS, measured_in_turn, run_grpc, service_flags, start_proposer, start_verifier
+from bench.__main__ import BENCH_PROMPTS, run_grpc, service_flags, start_proposer, start_verifier
 from bench.__main__ import parse_args as bench_args
+from bench.measure import measured_in_turn
 from client.cli_common import load_tokenizer
 from specdec.generation import GenerationConfig
 from specdec.method import Method

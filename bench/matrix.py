@@ -1,6 +1,7 @@
 """The report's matrix: each method x k over gRPC, and the transformers peers, on one set of
 prompts, in one process run. The rows come from the benchmark's own pieces (bench.__main__:
-its service flags and starts, `run_grpc`, `measured_in_turn`; bench.peers, `measured_peer`)."""
+its service flags and starts, `run_grpc`; bench.measure, `measured_in_turn`; bench.peers,
+`measured_peer`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from bench.__main__ import measured_in_turn, run_grpc, service_flags, start_proposer, start_verifier
+from bench.__main__ import run_grpc, service_flags, start_proposer, start_verifier
 from bench.auto_k import AUTO, summary
+from bench.measure import measured_in_turn
 from bench.peers import hf_assisted, hf_generate, hf_prompt_lookup, load_hf, measured_peer
 from bench.rows import (
     AUTO_OF,
@@ -39,7 +41,7 @@ class Plan:
     auto_max_k: int             # k auto picks from 0..this each round
     pre_draft_branches: int
     # Every gRPC row is measured in turn this many times and shows its median repeat
-    # (bench.__main__.measured_in_turn): a shared CPU drifts by 10-20% between rows measured
+    # (bench.measure.measured_in_turn): a shared CPU drifts by 10-20% between rows measured
     # once each, which is as much as k auto and the best fixed k differ by.
     repeats: int = 1
 

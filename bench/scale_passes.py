@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.__main__ import measured_in_turn, run_grpc, service_flags, start_proposer, start_verifier
+from bench.__main__ import run_grpc, service_flags, start_proposer, start_verifier
+from bench.measure import measured_in_turn
 from client.launcher import ServiceProcess, wait_all_ready
 from specdec.generation import GenerationConfig, GenerationRecord
 from specdec.method import Method

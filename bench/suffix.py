@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.__main__ import BENCH_PROMPTS, measured_in_turn, service_flags, start_proposer, start_verifier
+from bench.__main__ import BENCH_PROMPTS, service_flags, start_proposer, start_verifier
+from bench.measure import measured_in_turn
 from bench.peers import hf_prompt_lookup, load_hf
 from bench.workload import WORKLOAD, Request, load
 from client.api import SpecDecClient

@@ -122,8 +122,8 @@ def test_alpha_pools_drafts_that_were_reached():
 
 
 def test_auto_k_bench_rotates_rows_and_compares_auto_with_each_repeats_best():
-    from bench.__main__ import rotated
     from bench.auto_k import AUTO, summary
+    from bench.measure import rotated
     names = ["k=1", "k=2", AUTO]
     orders = [rotated(names, r, 3) for r in range(3)]
     assert [o[0] for o in orders] == names and all(sorted(o) == sorted(names) for o in orders)
