@@ -89,15 +89,15 @@ class SuffixProposer(LookupProposer[SuffixSession]):
 
     def lookup(self, session: SuffixSession, k: int) -> list[int]:
         context = session.view()[-MAX_MATCH:].tolist()
-        best = choose(session.trie.propose(context, MAX_MATCH, k, self.params),
-                      self.cache.trie.propose(context, MAX_MATCH, k, self.params))
+        best, cached = choose(session.trie.propose(context, MAX_MATCH, k, self.params),
+                              self.cache.trie.propose(context, MAX_MATCH, k, self.params))
         self.proposals += 1
-        if best[0].tokens and best[1]:
+        if best.tokens and cached:
             self.global_drafts += 1
-            self.cache.touch(best[0].node)
-        elif best[0].tokens:
+            self.cache.touch(best.node)
+        elif best.tokens:
             self.session_drafts += 1
-        return best[0].tokens
+        return best.tokens
 
 
 def choose(local: Candidate, cached: Candidate) -> tuple[Candidate, bool]:
